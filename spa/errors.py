@@ -1,0 +1,40 @@
+"""Exception hierarchy and warning category for spa.
+
+Every error a user can cause is a `SpaError`; messages say what went wrong, where (layer path or
+file), the offending value, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SpaError",
+    "ConfigError",
+    "UnsupportedLayerError",
+    "NoTargetsError",
+    "BundleError",
+    "SpaWarning",
+]
+
+
+class SpaError(Exception):
+    """Base class of every error raised by spa."""
+
+
+class ConfigError(SpaError, ValueError):
+    """A configuration value is invalid; the message names the field, value and allowed range."""
+
+
+class UnsupportedLayerError(SpaError, TypeError):
+    """A layer cannot be adapted or pruned; the message names the layer and the supported types."""
+
+
+class NoTargetsError(SpaError, ValueError):
+    """A target selection matched no eligible layer."""
+
+
+class BundleError(SpaError, ValueError):
+    """A task bundle is damaged, of an unknown version, or was made from another base model."""
+
+
+class SpaWarning(UserWarning):
+    """A valid but surprising situation."""
