@@ -1,0 +1,170 @@
+"""Dimension-free helpers shared by every adapter over `nn.Linear` and `nn.Conv1d/2d/3d`.
+
+A Linear layer is treated as a convolution with zero spatial dimensions: its weight is
+`(out, in)`, a conv weight is `(out, in/groups, *kernel)`. Every helper reads the dimension from
+the weight, never from the class name.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spa.errors import UnsupportedLayerError
+
+SUPPORTED_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+SUPPORTED_LAYERS = (nn.Linear, *SUPPORTED_CONVS)
+_POINTWISE_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def check_supported(base: nn.Module, name: str) -> None:
+    """Raise unless `base` is exactly a Linear or a plain Conv1d/2d/3d.
+
+    ConvTranspose subclasses `_ConvNd` but stores its weight as (in, out/groups, ...), so it is
+    rejected by name rather than silently accepted.
+
+    Raises:
+        UnsupportedLayerError: naming the layer path and the supported types.
+    """
+    if isinstance(base, nn.modules.conv._ConvTransposeNd):
+        raise UnsupportedLayerError(
+            f"{name}: {type(base).__name__} is not supported (its weight is stored transposed); "
+            "exclude it via `exclude_modules=`"
+        )
+    if not isinstance(base, SUPPORTED_LAYERS):
+        supported = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
+        raise UnsupportedLayerError(
+            f"{name}: {type(base).__name__} is not supported; supported types: {supported}"
+        )
+
+
+def spatial_dims(base: nn.Module) -> int:
+    """Number of spatial dimensions of the layer's weight (0 for Linear)."""
+    return base.weight.dim() - 2
+
+
+def groups_of(base: nn.Module) -> int:
+    """Convolution groups (1 for Linear)."""
+    return getattr(base, "groups", 1)
+
+
+def centre_tap(base: nn.Module, name: str = "layer") -> tuple:
+    """Index tuple selecting the kernel's centre tap: `(:, :, k0 // 2, k1 // 2, ...)`.
+
+    The rule: the adapter acts at kernel index `k // 2` in every spatial dimension, which is a
+    point-wise path aligned with the receptive field's centre. Even kernel sizes have no centre
+    and are refused; PyTorch's symmetric integer padding, 'valid', and 'same' with odd kernels are
+    all exact under this rule (the padding shifts base and adapter paths alike).
+
+    Raises:
+        UnsupportedLayerError: for even kernel sizes, naming the layer, kernel_size and padding.
+    """
+    kernel = tuple(base.weight.shape[2:])
+    if any(k % 2 == 0 for k in kernel):
+        raise UnsupportedLayerError(
+            f"{name}: the SPLoRA conv adapter needs odd kernel sizes (a centre tap), got "
+            f"kernel_size={kernel}, padding={getattr(base, 'padding', None)}; "
+            "exclude it via `exclude_modules=`"
+        )
+    return (slice(None), slice(None)) + tuple(k // 2 for k in kernel)
+
+
+def layer_forward(
+    base: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Run `base`'s own operation (linear or conv with its stride, padding, ...) with `weight`."""
+    if isinstance(base, nn.Linear):
+        return F.linear(x, weight, bias)
+    # The one place that touches torch's private conv entry point; it honours padding_mode.
+    return base._conv_forward(x, weight, bias)
+
+
+def _padding_tuple(base: nn.Module) -> tuple[int, ...]:
+    dims = spatial_dims(base)
+    if isinstance(base.padding, str):
+        if base.padding == "valid":
+            return (0,) * dims
+        # 'same' with odd kernels (checked by centre_tap) pads d * (k - 1) / 2 on each side.
+        return tuple(d * (k - 1) // 2 for d, k in zip(base.dilation, base.weight.shape[2:]))
+    return tuple(base.padding)
+
+
+def centre_samples(base: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Input values at the centre tap of every output position of conv `base`.
+
+    Returns a tensor of shape `(batch, in, *out_spatial)` such that a point-wise (1x1) operation
+    on it equals convolving `x` with a kernel that is zero except at its centre tap.
+    """
+    dims = spatial_dims(base)
+    padding = _padding_tuple(base)
+    kernel = base.weight.shape[2:]
+    out_sizes = [
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, p, d, k, s in zip(x.shape[-dims:], padding, base.dilation, kernel, base.stride)
+    ]
+    if base.padding_mode != "zeros":
+        # Pad exactly as the base conv does; the centre then sits at d * (k // 2).
+        x = F.pad(x, [p for p in reversed(padding) for _ in range(2)], mode=base.padding_mode)
+        offsets = [d * (k // 2) for d, k in zip(base.dilation, kernel)]
+    else:
+        offsets = [d * (k // 2) - p for d, k, p in zip(base.dilation, kernel, padding)]
+        if any(o < 0 for o in offsets):  # padding wider than the kernel's half-width
+            extra = [max(-o, 0) for o in offsets]
+            x = F.pad(x, [e for e in reversed(extra) for _ in range(2)])
+            offsets = [o + e for o, e in zip(offsets, extra)]
+    index = [slice(None), slice(None)]
+    for offset, stride, n in zip(offsets, base.stride, out_sizes):
+        index.append(slice(offset, offset + stride * (n - 1) + 1, stride))
+    return x[tuple(index)]
+
+
+def pointwise(base: nn.Module, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Apply an `(out, in/groups)` matrix point-wise with `base`'s groups (a 1x1 conv or linear).
+
+    `x` must already be sampled at the centre taps (see `centre_samples`) for convolutions.
+    """
+    if isinstance(base, nn.Linear):
+        return F.linear(x, matrix)
+    dims = spatial_dims(base)
+    kernel = matrix.reshape(matrix.shape + (1,) * dims)  # (out, in/groups, 1, ..., 1)
+    return _POINTWISE_CONV[dims](x, kernel, groups=groups_of(base))
+
+
+def channel_view(mask: torch.Tensor, weight_dim: int) -> torch.Tensor:
+    """Reshape a per-output-channel vector to broadcast over an activation or weight tensor."""
+    return mask.reshape((-1,) + (1,) * (weight_dim - 1))
+
+
+def rebuild_layer(base: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A fresh layer of `type(base)` with `base`'s hyper-parameters and the given weight/bias.
+
+    Channel counts are read from `weight`, so the same function fuses and compacts every
+    Linear/Conv dimension. For grouped convs the group count is kept.
+    """
+    out_channels = weight.shape[0]
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    if isinstance(base, nn.Linear):
+        layer = nn.Linear(weight.shape[1], out_channels, bias=bias is not None, **factory)
+    else:
+        groups = base.groups
+        if base.groups == base.in_channels and base.groups == base.out_channels:
+            groups = out_channels  # depth-wise stays depth-wise when channels are removed
+        layer = type(base)(
+            weight.shape[1] * groups,
+            out_channels,
+            kernel_size=base.kernel_size,
+            stride=base.stride,
+            padding=base.padding,
+            dilation=base.dilation,
+            groups=groups,
+            bias=bias is not None,
+            padding_mode=base.padding_mode,
+            **factory,
+        )
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    layer.train(base.training)
+    return layer

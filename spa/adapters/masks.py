@@ -1,0 +1,56 @@
+"""Mask buffers and a version-keyed cache for tensors derived from parameters and masks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def ones_mask(size: int, device: torch.device | None = None) -> torch.Tensor:
+    """An all-true boolean mask of length `size` (nothing pruned)."""
+    return torch.ones(size, dtype=torch.bool, device=device)
+
+
+def outer_mask(out_mask: torch.Tensor, in_mask: torch.Tensor, weight_dim: int) -> torch.Tensor:
+    """`m_row m_col^T` shaped to broadcast over a `(out, in, *kernel)` weight."""
+    mask = out_mask[:, None] & in_mask[None, :]  # (out, in)
+    return mask.reshape(mask.shape + (1,) * (weight_dim - 2))
+
+
+class DerivedTensorCache:
+    """Caches a tensor computed from other tensors until one of them changes.
+
+    A source counts as changed when it is a different object, lives at a different address
+    (e.g. after `.to(device)`) or was modified in place (its version counter moved, as after an
+    optimizer step or `load_state_dict`). Holding the sources keeps their identities unique.
+    """
+
+    def __init__(self) -> None:
+        self._sources: tuple[torch.Tensor, ...] = ()
+        self._keys: tuple[tuple[int, int], ...] = ()
+        self._value: torch.Tensor | None = None
+
+    def get(
+        self, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """Return the cached value, recomputing it (without autograd) if any source changed."""
+        keys = tuple((t.data_ptr(), t._version) for t in sources)
+        same = (
+            self._value is not None
+            and len(sources) == len(self._sources)
+            and all(a is b for a, b in zip(sources, self._sources))
+            and keys == self._keys
+        )
+        if not same:
+            with torch.no_grad():
+                self._value = compute()
+            self._sources, self._keys = tuple(sources), keys
+        return self._value
+
+    def clear(self) -> None:
+        """Forget the cached value."""
+        self._sources, self._keys, self._value = (), (), None
+
+    def __deepcopy__(self, memo: dict) -> DerivedTensorCache:
+        return DerivedTensorCache()  # a copy recomputes from its own tensors

@@ -1,0 +1,233 @@
+"""SPLoPA: structured-pruning low-rank prototype adapter for Linear layers (DESIGN §2, Eq. 6)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from spa.adapters._conv import check_supported
+from spa.adapters.masks import DerivedTensorCache
+from spa.errors import ConfigError, UnsupportedLayerError
+
+
+class PrototypeBank(nn.Module):
+    """`R` rank-`r` block prototypes `P_i = p_i q_i^T`, owned by one layer or shared by several.
+
+    `adapt` creates one bank per block shape when prototypes are shared and passes it to each
+    layer, so sharing is explicit: the same tensors appear under every sharing layer in
+    `state_dict`, and `named_parameters()` lists them once.
+
+    Args:
+        block_shape: `(p, q)`, rows and columns of one block.
+        num_prototypes: `R`.
+        prototype_rank: `r`.
+
+    Attributes:
+        row_factors: `p_i` stacked, shape `(R, p, r)`.
+        col_factors: `q_i` stacked, shape `(R, q, r)`.
+    """
+
+    def __init__(
+        self,
+        block_shape: tuple[int, int],
+        num_prototypes: int,
+        prototype_rank: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        rows, cols = block_shape
+        self.block_shape = (rows, cols)
+        self.num_prototypes = num_prototypes
+        self.prototype_rank = prototype_rank
+        factory = {"device": device, "dtype": dtype}
+        self.row_factors = nn.Parameter(
+            torch.empty(num_prototypes, rows, prototype_rank, **factory)
+        )
+        self.col_factors = nn.Parameter(
+            torch.empty(num_prototypes, cols, prototype_rank, **factory)
+        )
+        # Unit-scale prototypes; the block weights (near zero) set the adapter's initial size.
+        nn.init.uniform_(
+            self.row_factors, -math.sqrt(3 / prototype_rank), math.sqrt(3 / prototype_rank)
+        )
+        nn.init.uniform_(self.col_factors, -math.sqrt(3), math.sqrt(3))
+
+    def prototypes(self) -> torch.Tensor:
+        """The dense prototypes `P_i`, shape `(R, p, q)`."""
+        return torch.einsum("ick,ibk->icb", self.row_factors, self.col_factors)
+
+    def extra_repr(self) -> str:
+        return (
+            f"block_shape={self.block_shape}, num_prototypes={self.num_prototypes}, "
+            f"prototype_rank={self.prototype_rank}"
+        )
+
+
+class SPLoPALinear(nn.Module):
+    """A frozen `nn.Linear` plus a block-masked low-rank prototype adapter (Eq. 6)::
+
+        W_t = W_s * (M_b kron J) + sum_i (M_b * B_i) kron (p_i q_i^T)
+
+    Symbols map to attributes: `W_s` -> `base.weight` (n x m), `M_b` -> `block_mask`
+    (n/p x m/q, bool), `B_i` -> `block_weights[i]` (shape `(R, n/p, m/q)`), `p_i` / `q_i` ->
+    `prototypes.row_factors[i]` / `prototypes.col_factors[i]`. The bias is the base's, unmasked.
+
+    Args:
+        base: the `nn.Linear` to adapt; its shape must be divisible by the block shape.
+        block_shape: `(p, q)`.
+        num_prototypes: `R`.
+        prototype_rank: `r`.
+        init_range: block weights are drawn from U(-init_range, init_range).
+        bank: a shared `PrototypeBank` with the same block shape; a private one if None.
+        name: dotted layer path, used in error messages.
+
+    Raises:
+        UnsupportedLayerError: for a non-Linear base or a shape not divisible by the block shape.
+        ConfigError: for a bank whose configuration differs from the arguments.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        block_shape: tuple[int, int] = (32, 32),
+        num_prototypes: int = 64,
+        prototype_rank: int = 1,
+        init_range: float = 1e-4,
+        bank: PrototypeBank | None = None,
+        name: str = "layer",
+    ) -> None:
+        super().__init__()
+        check_supported(base, name)
+        if not isinstance(base, nn.Linear):
+            raise UnsupportedLayerError(
+                f"{name}: SPLoPA supports nn.Linear only, got {type(base).__name__}; "
+                "use SPLoRA for convolutions"
+            )
+        rows, cols = block_shape
+        out_features, in_features = base.weight.shape
+        if out_features % rows or in_features % cols:
+            raise UnsupportedLayerError(
+                f"{name}: weight shape ({out_features}, {in_features}) is not divisible by "
+                f"block_shape=({rows}, {cols}); choose a block shape dividing both or exclude it "
+                "via `exclude_modules=`"
+            )
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        if bank is None:
+            bank = PrototypeBank((rows, cols), num_prototypes, prototype_rank, **factory)
+        elif (bank.block_shape, bank.num_prototypes, bank.prototype_rank) != (
+            (rows, cols),
+            num_prototypes,
+            prototype_rank,
+        ):
+            raise ConfigError(
+                f"{name}: shared PrototypeBank has block_shape={bank.block_shape}, "
+                f"num_prototypes={bank.num_prototypes}, prototype_rank={bank.prototype_rank}; "
+                f"the layer asked for {(rows, cols)}, {num_prototypes}, {prototype_rank}"
+            )
+        self.base = base
+        self.name = name
+        self.block_shape = (rows, cols)
+        self.prototypes = bank
+        grid = (out_features // rows, in_features // cols)
+        self.register_buffer(
+            "block_mask", torch.ones(grid, dtype=torch.bool, device=factory["device"])
+        )
+        self.block_weights = nn.Parameter(torch.empty(num_prototypes, *grid, **factory))
+        nn.init.uniform_(self.block_weights, -init_range, init_range)
+        self._masked_base_cache = DerivedTensorCache()
+        self._fused_cache = DerivedTensorCache()
+
+    # -- AdapterLayer protocol -------------------------------------------------------------------
+    def adapter_parameter_names(self) -> list[str]:
+        """Names of the layer's own adapter parameters (shared prototypes live in the bank)."""
+        return ["block_weights"]
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The layer's pruning masks by name."""
+        return {"block_mask": self.block_mask}
+
+    def weight_mask(self) -> torch.Tensor:
+        """`M_b kron J`, the element mask over `base.weight`."""
+        rows, cols = self.block_shape
+        return self.block_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+
+    def masked_base_weight(self) -> torch.Tensor:
+        """`W_s * (M_b kron J)`; cached without autograd while the base weight is frozen."""
+        weight = self.base.weight
+        if weight.requires_grad and torch.is_grad_enabled():
+            return weight * self.weight_mask()
+        return self._masked_base_cache.get(
+            (weight, self.block_mask),
+            lambda: (
+                weight.detach()
+                if bool(self.block_mask.all())
+                else weight.detach() * self.weight_mask()
+            ),
+        )
+
+    def masked_block_weights(self) -> torch.Tensor:
+        """`M_b * B_i` for every prototype, shape `(R, n/p, m/q)`."""
+        return self.block_weights * self.block_mask
+
+    def delta_weight(self) -> torch.Tensor:
+        """The adapter term of Eq. 6 as a dense `(n, m)` matrix."""
+        rows, cols = self.block_shape
+        grid_rows, grid_cols = self.block_mask.shape
+        delta = torch.einsum(
+            "iaj,icb->acjb", self.masked_block_weights(), self.prototypes.prototypes()
+        )
+        return delta.reshape(grid_rows * rows, grid_cols * cols)
+
+    def fused_weight(self) -> torch.Tensor:
+        """`W_t` of Eq. 6; cached (no autograd) when nothing in it requires a gradient."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return self.masked_base_weight() + self.delta_weight()
+        sources = (
+            self.base.weight,
+            self.block_mask,
+            self.block_weights,
+            self.prototypes.row_factors,
+            self.prototypes.col_factors,
+        )
+        return self._fused_cache.get(
+            sources, lambda: self.masked_base_weight() + self.delta_weight()
+        )
+
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The adapter term applied to `x` in factored form, never forming an n x m matrix.
+
+        Input blocks are projected with the q-factors, mixed across blocks with the masked block
+        weights, and expanded with the p-factors.
+        """
+        rows, cols = self.block_shape
+        grid_rows, grid_cols = self.block_mask.shape
+        bank = self.prototypes
+        num, rank = bank.num_prototypes, bank.prototype_rank
+        lead = x.shape[:-1]
+        tokens = x.reshape(-1, grid_cols, cols)  # (N, m/q, q)
+        col_factors = bank.col_factors.permute(1, 0, 2).reshape(cols, num * rank)  # (q, R*r)
+        projected = tokens @ col_factors  # (N, m/q, R*r)
+        projected = projected.reshape(-1, grid_cols, num, rank).permute(
+            2, 0, 3, 1
+        )  # (R, N, r, m/q)
+        projected = projected.reshape(num, -1, grid_cols)  # (R, N*r, m/q)
+        mixed = torch.bmm(projected, self.masked_block_weights().transpose(1, 2))  # (R, N*r, n/p)
+        mixed = mixed.reshape(num, -1, rank, grid_rows).permute(1, 3, 0, 2)  # (N, n/p, R, r)
+        mixed = mixed.reshape(-1, grid_rows, num * rank)
+        row_factors = bank.row_factors.permute(0, 2, 1).reshape(num * rank, rows)  # (R*r, p)
+        out = mixed @ row_factors  # (N, n/p, p)
+        return out.reshape(*lead, grid_rows * rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 6 applied to `x`: frozen base path plus factored adapter path when training."""
+        bias = self.base.bias
+        if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+            return nn.functional.linear(x, self.fused_weight(), bias)
+        return nn.functional.linear(x, self.masked_base_weight(), bias) + self.adapter_forward(x)
+
+    def extra_repr(self) -> str:
+        kept = int(self.block_mask.sum())
+        return f"block_shape={self.block_shape}, blocks={kept}/{self.block_mask.numel()}"

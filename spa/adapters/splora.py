@@ -1,0 +1,200 @@
+"""SPLoRA: structured-pruning low-rank adapter for Linear and Conv1d/2d/3d (DESIGN §2, Eq. 4)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from spa.adapters import _conv
+from spa.adapters.masks import DerivedTensorCache, ones_mask, outer_mask
+from spa.errors import ConfigError
+
+
+class SPLoRALayer(nn.Module):
+    """A frozen Linear/ConvNd plus a channel-masked low-rank adapter.
+
+    Implements Eq. 4 of the paper on the layer's weight matrix `W_s` (`out x in/groups`, with the
+    kernel's spatial taps as extra trailing dimensions for convolutions)::
+
+        W_t = W_s * (m_row m_col^T) + (W_down * m_row 1^T)(W_up * 1 m_col^T)
+
+    Symbols map to attributes: `W_s` -> `base.weight`, `m_row` -> `out_mask`, `m_col` ->
+    `in_mask`, `W_down` -> `down` (out x rank), `W_up` -> `up` (rank x in/groups). For
+    convolutions the adapter product is added at the kernel's centre tap (a parallel point-wise
+    path), so it fuses into the kernel. `out_indices` / `in_indices` record which channels of the
+    original base layer this layer still holds after compaction, so a task can be rebuilt from the
+    shared base weights. Output channels removed by `out_mask` are exactly zero (bias included).
+
+    With `rank=0` the layer holds no adapter: it is the fine-pruning form, where `base.weight`
+    itself is the learned parameter and only the masks apply.
+
+    Args:
+        base: the layer to adapt (`nn.Linear` or `nn.Conv1d/2d/3d`, any groups/stride/dilation/
+            padding mode; odd kernel sizes only).
+        rank: adapter rank `r`; 0 for no adapter.
+        init_range: `up` is drawn from U(-init_range, init_range); `down` is Kaiming-uniform.
+        name: dotted layer path, used in error messages.
+
+    Raises:
+        UnsupportedLayerError: for other layer types or even kernel sizes.
+        ConfigError: for a negative rank or non-positive init range.
+    """
+
+    def __init__(
+        self, base: nn.Module, rank: int, init_range: float = 1e-4, name: str = "layer"
+    ) -> None:
+        super().__init__()
+        _conv.check_supported(base, name)
+        if _conv.spatial_dims(base) > 0:
+            _conv.centre_tap(base, name)  # validates the kernel early
+        if rank < 0:
+            raise ConfigError(f"{name}: rank must be >= 0, got {rank}")
+        if not init_range > 0:
+            raise ConfigError(f"{name}: init_range must be > 0, got {init_range}")
+        self.base = base
+        self.rank = rank
+        self.name = name
+        out_channels, in_columns = base.weight.shape[:2]
+        device = base.weight.device
+        self.register_buffer("out_mask", ones_mask(out_channels, device))
+        self.register_buffer("in_mask", ones_mask(in_columns, device))
+        self.register_buffer("out_indices", torch.arange(out_channels, device=device))
+        self.register_buffer("in_indices", torch.arange(in_columns, device=device))
+        if rank > 0:
+            factory = {"device": device, "dtype": base.weight.dtype}
+            self.down = nn.Parameter(torch.empty(out_channels, rank, **factory))
+            self.up = nn.Parameter(torch.empty(rank, in_columns, **factory))
+            nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+            nn.init.uniform_(self.up, -init_range, init_range)
+        else:
+            self.register_parameter("down", None)
+            self.register_parameter("up", None)
+        self._masked_base_cache = DerivedTensorCache()
+        self._fused_cache = DerivedTensorCache()
+
+    # -- AdapterLayer protocol -------------------------------------------------------------------
+    def adapter_parameter_names(self) -> list[str]:
+        """Names of this layer's own learned adapter parameters (empty for rank 0)."""
+        return ["down", "up"] if self.rank > 0 else []
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The layer's pruning masks by name."""
+        return {"out_mask": self.out_mask, "in_mask": self.in_mask}
+
+    def weight_mask(self) -> torch.Tensor:
+        """`m_row m_col^T` broadcastable over `base.weight`."""
+        return outer_mask(self.out_mask, self.in_mask, self.base.weight.dim())
+
+    def masked_base_weight(self) -> torch.Tensor:
+        """`W_s * (m_row m_col^T)`; cached without autograd while the base weight is frozen."""
+        weight = self.base.weight
+        if weight.requires_grad and torch.is_grad_enabled():
+            return weight * self.weight_mask()
+        sources = (weight, self.out_mask, self.in_mask)
+        return self._masked_base_cache.get(sources, self._compute_masked_base)
+
+    def _compute_masked_base(self) -> torch.Tensor:
+        if bool(self.out_mask.all()) and bool(self.in_mask.all()):
+            return self.base.weight.detach()  # nothing pruned: no copy
+        return self.base.weight.detach() * self.weight_mask()
+
+    def masked_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(W_down * m_row 1^T, W_up * 1 m_col^T)`."""
+        return self.down * self.out_mask[:, None], self.up * self.in_mask[None, :]
+
+    def delta_weight(self) -> torch.Tensor:
+        """The adapter term of Eq. 4 as a full weight tensor (zero outside the centre tap)."""
+        weight = self.base.weight
+        if self.rank == 0:
+            return torch.zeros_like(weight)
+        down, up = self.masked_factors()
+        matrix = down @ up  # (out, in/groups)
+        if weight.dim() == 2:
+            return matrix
+        delta = torch.zeros(weight.shape, dtype=matrix.dtype, device=matrix.device)
+        delta[_conv.centre_tap(self.base, self.name)] = matrix  # (out, in/groups, *kernel)
+        return delta
+
+    def fused_weight(self) -> torch.Tensor:
+        """`W_t` of Eq. 4; cached (no autograd) when nothing in it requires a gradient."""
+        if torch.is_grad_enabled() and self._has_trainable():
+            return self.masked_base_weight() + self.delta_weight()
+        sources = (self.base.weight, self.out_mask, self.in_mask)
+        if self.rank > 0:
+            sources += (self.down, self.up)
+        return self._fused_cache.get(
+            sources, lambda: self.masked_base_weight() + self.delta_weight()
+        )
+
+    def masked_bias(self) -> torch.Tensor | None:
+        """The base bias with removed output channels zeroed (None if the layer has no bias)."""
+        bias = self.base.bias
+        return None if bias is None else bias * self.out_mask
+
+    def _has_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 applied to `x`.
+
+        With gradients needed, the frozen base path and the low-rank path run separately, so no
+        gradient of the full base weight is ever formed and the adapter never builds a full-size
+        matrix. Otherwise one op runs with the cached fused weight.
+        """
+        bias = self.masked_bias()
+        if not (torch.is_grad_enabled() and self._has_trainable()):
+            return _conv.layer_forward(self.base, x, self.fused_weight(), bias)
+        out = _conv.layer_forward(self.base, x, self.masked_base_weight(), bias)
+        if self.rank == 0:
+            return out
+        down, up = self.masked_factors()
+        if _conv.spatial_dims(self.base) > 0:
+            x = _conv.centre_samples(self.base, x)  # (batch, in, *out_spatial)
+            groups = self.base.groups
+            hidden = _conv.pointwise(self.base, x, up.repeat(groups, 1))  # (batch, g*r, ...)
+            return out + _conv.pointwise(self.base, hidden, down)
+        return out + nn.functional.linear(nn.functional.linear(x, up), down)
+
+    # -- compaction ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def select_channels(
+        self, out_positions: torch.Tensor | None = None, in_positions: torch.Tensor | None = None
+    ) -> None:
+        """Physically keep only the given output rows / input columns (positions in this layer).
+
+        Slices the base weight and bias, the adapter factors, masks and base-channel indices
+        together, so Eq. 4 on the kept channels is unchanged. Replaces `base` by a smaller layer of
+        the same type; the original base module is not modified.
+        """
+        weight = self.base.weight
+        out_positions = _all(weight.shape[0], weight) if out_positions is None else out_positions
+        in_positions = _all(weight.shape[1], weight) if in_positions is None else in_positions
+        new_weight = weight[out_positions][:, in_positions]
+        bias = self.base.bias
+        new_bias = None if bias is None else bias[out_positions]
+        requires_grad = weight.requires_grad
+        self.base = _conv.rebuild_layer(self.base, new_weight, new_bias)
+        self.base.weight.requires_grad_(requires_grad)
+        if bias is not None:
+            self.base.bias.requires_grad_(bias.requires_grad)
+        self.out_mask = self.out_mask[out_positions]
+        self.in_mask = self.in_mask[in_positions]
+        self.out_indices = self.out_indices[out_positions]
+        self.in_indices = self.in_indices[in_positions]
+        if self.rank > 0:
+            self.down = nn.Parameter(self.down[out_positions], self.down.requires_grad)
+            self.up = nn.Parameter(self.up[:, in_positions], self.up.requires_grad)
+        self._masked_base_cache.clear()
+        self._fused_cache.clear()
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, out={int(self.out_mask.sum())}/{self.out_mask.numel()}, " + (
+            f"in={int(self.in_mask.sum())}/{self.in_mask.numel()}"
+        )
+
+
+def _all(size: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.arange(size, device=like.device)
