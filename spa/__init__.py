@@ -18,6 +18,8 @@ from spa.adapters import (
     adapter_layers,
 )
 from spa.export import fuse
+from spa.flops import count_flops, count_macs, density
+from spa.pruning import compact
 
 __version__ = "0.1.0"
 
@@ -33,7 +35,11 @@ __all__ = [
     "__version__",
     "adapt",
     "adapter_layers",
+    "compact",
+    "count_flops",
     "count_learned_parameters",
+    "count_macs",
+    "density",
     "fuse",
     "learned_parameters",
 ]

@@ -68,11 +68,37 @@ def _count_splopa(result: LearnedParameters, name: str, layer: SPLoPALinear, ban
         result.add(name, "bias", bias.numel())
 
 
+def _count_block_fine_pruning(result: LearnedParameters, name: str, layer: nn.Module) -> None:
+    rows, cols = layer.block_shape
+    if layer.base.weight.requires_grad:
+        result.add(name, "fine-pruned", rows * cols * int(layer.block_mask.sum()))  # p q ||M_b||
+    bias = layer.base.bias
+    if bias is not None and bias.requires_grad:
+        result.add(name, "bias", bias.numel())
+
+
+def _retained(module: nn.Module, parameter: nn.Parameter) -> int:
+    """Entries of a plain module's parameter that survive its channel-pruning hook masks.
+
+    `spa.pruning.apply_masks` gives norms, the head and other non-adapter modules non-persistent
+    `spa_out_mask` / `spa_in_mask` buffers until `spa.compact` slices them away.
+    """
+    count = parameter.numel()
+    out_mask = getattr(module, "spa_out_mask", None)
+    in_mask = getattr(module, "spa_in_mask", None)
+    if out_mask is not None and parameter.dim() >= 1 and parameter.shape[0] == out_mask.numel():
+        count = count // out_mask.numel() * int(out_mask.sum())
+    if in_mask is not None and parameter.dim() >= 2 and parameter.shape[1] == in_mask.numel():
+        count = count // in_mask.numel() * int(in_mask.sum())
+    return count
+
+
 def learned_parameters(model: nn.Module) -> LearnedParameters:
     """Count the task's learned parameters (dParams), honouring the current masks.
 
     Adapter layers count per DESIGN §2 (SPLoRA `r (||m_row||_0 + ||m_col||_0)`, SPLoPA
-    `R ||M_b||_0` plus prototypes once per sharing group, fine-pruning the retained weights);
+    `R ||M_b||_0` plus prototypes once per sharing group, fine-pruning the retained weights,
+    block fine-pruning `p q ||M_b||_0`);
     every other parameter with `requires_grad` counts fully, classified as head, norm, bias or
     other. A plain or compacted model counts its trainable parameters, so fine-pruned and adapted
     models are comparable.
@@ -82,7 +108,14 @@ def learned_parameters(model: nn.Module) -> LearnedParameters:
     result = LearnedParameters()
     seen: set[int] = set()
     banks: set[int] = set()
+    # Imported here: spa.pruning sits above spa.accounting's other imports and may import it.
+    from spa.pruning.block_layers import BlockMaskedLinear
+
     for name, module in model.named_modules():
+        if isinstance(module, BlockMaskedLinear):
+            seen.update(id(p) for p in module.parameters())
+            _count_block_fine_pruning(result, name, module)
+            continue
         if isinstance(module, ADAPTER_TYPES):
             seen.update(id(p) for p in module.parameters())
             if isinstance(module, SPLoRALayer):
@@ -103,7 +136,7 @@ def learned_parameters(model: nn.Module) -> LearnedParameters:
                 kind = "bias"
             else:
                 kind = "other"
-            result.add(name, kind, parameter.numel())
+            result.add(name, kind, _retained(module, parameter))
     return result
 
 

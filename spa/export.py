@@ -14,7 +14,7 @@ from spa.adapters.splora import SPLoRALayer
 
 
 def fused_layer(layer: nn.Module) -> nn.Module:
-    """A plain `nn.Linear` / `nn.ConvNd` whose weight is the adapter layer's fused, masked weight."""
+    """A plain `nn.Linear` / `nn.ConvNd` holding the adapter layer's fused, masked weight."""
     with torch.no_grad():
         weight = layer.fused_weight().detach().clone()
         bias = layer.masked_bias() if isinstance(layer, SPLoRALayer) else layer.base.bias

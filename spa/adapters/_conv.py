@@ -80,7 +80,8 @@ def layer_forward(
     return base._conv_forward(x, weight, bias)
 
 
-def _padding_tuple(base: nn.Module) -> tuple[int, ...]:
+def padding_tuple(base: nn.Module) -> tuple[int, ...]:
+    """The conv's padding as integers per spatial dimension ('valid'/'same' resolved)."""
     dims = spatial_dims(base)
     if isinstance(base.padding, str):
         if base.padding == "valid":
@@ -97,7 +98,7 @@ def centre_samples(base: nn.Module, x: torch.Tensor) -> torch.Tensor:
     on it equals convolving `x` with a kernel that is zero except at its centre tap.
     """
     dims = spatial_dims(base)
-    padding = _padding_tuple(base)
+    padding = padding_tuple(base)
     kernel = base.weight.shape[2:]
     out_sizes = [
         (n + 2 * p - d * (k - 1) - 1) // s + 1

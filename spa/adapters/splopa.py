@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -10,6 +11,9 @@ from torch import nn
 from spa.adapters._conv import check_supported
 from spa.adapters.masks import DerivedTensorCache
 from spa.errors import ConfigError, UnsupportedLayerError
+
+# (layer) -> (gated base weight (n, m), gated block weights (R, n/p, m/q)), see `block_gate`.
+GateHook = Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 class PrototypeBank(nn.Module):
@@ -139,6 +143,10 @@ class SPLoPALinear(nn.Module):
         nn.init.uniform_(self.block_weights, -init_range, init_range)
         self._masked_base_cache = DerivedTensorCache()
         self._fused_cache = DerivedTensorCache()
+        # Training-time hook set by a block pruning criterion (spa.pruning.block_criteria): it
+        # returns the gated `(base weight, block weights)` that replace the masked ones in the
+        # training forward. A plain attribute, so it never enters `state_dict` or a bundle.
+        self.block_gate: GateHook | None = None
 
     # -- AdapterLayer protocol -------------------------------------------------------------------
     def adapter_parameter_names(self) -> list[str]:
@@ -196,12 +204,23 @@ class SPLoPALinear(nn.Module):
             sources, lambda: self.masked_base_weight() + self.delta_weight()
         )
 
-    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def adapter_forward(
+        self, x: torch.Tensor, block_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The adapter term applied to `x` in factored form, never forming an n x m matrix.
 
         Input blocks are projected with the q-factors, mixed across blocks with the masked block
         weights, and expanded with the p-factors.
+
+        Args:
+            x: input of shape `(..., m)`.
+            block_weights: `(R, n/p, m/q)` weights to mix with; `masked_block_weights()` if None.
+
+        Returns:
+            The adapter output, shape `(..., n)`.
         """
+        if block_weights is None:
+            block_weights = self.masked_block_weights()
         rows, cols = self.block_shape
         grid_rows, grid_cols = self.block_mask.shape
         bank = self.prototypes
@@ -214,7 +233,7 @@ class SPLoPALinear(nn.Module):
             2, 0, 3, 1
         )  # (R, N, r, m/q)
         projected = projected.reshape(num, -1, grid_cols)  # (R, N*r, m/q)
-        mixed = torch.bmm(projected, self.masked_block_weights().transpose(1, 2))  # (R, N*r, n/p)
+        mixed = torch.bmm(projected, block_weights.transpose(1, 2))  # (R, N*r, n/p)
         mixed = mixed.reshape(num, -1, rank, grid_rows).permute(1, 3, 0, 2)  # (N, n/p, R, r)
         mixed = mixed.reshape(-1, grid_rows, num * rank)
         row_factors = bank.row_factors.permute(0, 2, 1).reshape(num * rank, rows)  # (R*r, p)
@@ -226,6 +245,11 @@ class SPLoPALinear(nn.Module):
         bias = self.base.bias
         if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
             return nn.functional.linear(x, self.fused_weight(), bias)
+        if self.block_gate is not None:
+            base_weight, block_weights = self.block_gate(self)
+            return nn.functional.linear(x, base_weight, bias) + self.adapter_forward(
+                x, block_weights
+            )
         return nn.functional.linear(x, self.masked_base_weight(), bias) + self.adapter_forward(x)
 
     def extra_repr(self) -> str:

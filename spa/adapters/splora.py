@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from spa.adapters import _conv
+from spa.adapters._lowrank_autograd import FusedLowRank, supports_fused_training
 from spa.adapters.masks import DerivedTensorCache, ones_mask, outer_mask
 from spa.errors import ConfigError
 
@@ -56,6 +57,9 @@ class SPLoRALayer(nn.Module):
         self.base = base
         self.rank = rank
         self.name = name
+        # Shape of the original base weight; compaction keeps it, so density is measured
+        # against the base (issue 3).
+        self.base_shape = tuple(base.weight.shape)
         out_channels, in_columns = base.weight.shape[:2]
         device = base.weight.device
         self.register_buffer("out_mask", ones_mask(out_channels, device))
@@ -140,13 +144,20 @@ class SPLoRALayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 4 applied to `x`.
 
-        With gradients needed, the frozen base path and the low-rank path run separately, so no
-        gradient of the full base weight is ever formed and the adapter never builds a full-size
-        matrix. Otherwise one op runs with the cached fused weight.
+        Without gradients, one op runs with the cached fused weight. With a frozen base and a
+        trainable adapter, one op runs with the fused weight and a custom backward forms neither
+        the base weight's gradient nor any full-size adapter matrix (see `_lowrank_autograd`).
+        Otherwise (trainable base, grouped or non-zero-padded convs) the base path and the
+        point-wise low-rank path run separately under autograd.
         """
         bias = self.masked_bias()
         if not (torch.is_grad_enabled() and self._has_trainable()):
             return _conv.layer_forward(self.base, x, self.fused_weight(), bias)
+        base_frozen = not self.base.weight.requires_grad and (
+            bias is None or not bias.requires_grad
+        )
+        if self.rank > 0 and base_frozen and supports_fused_training(self.base):
+            return FusedLowRank.apply(x, self.down, self.up, self)
         out = _conv.layer_forward(self.base, x, self.masked_base_weight(), bias)
         if self.rank == 0:
             return out

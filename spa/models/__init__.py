@@ -1,0 +1,75 @@
+"""Model registry and the networks spa ships: torchvision-compatible ResNets and tiny test nets.
+
+Example:
+    >>> from spa.models import create_model
+    >>> model = create_model("resnet18", num_classes=10, small_input=True)
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from spa._registry import Registry
+from spa.errors import ConfigError
+from spa.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    WeightLoadReport,
+    load_torchvision_weights,
+    resnet18,
+    resnet34,
+    resnet50,
+)
+from spa.models.tiny import MLP, TinyConvNet, mlp, tiny_convnet
+
+__all__ = [
+    "MODELS",
+    "MLP",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "TinyConvNet",
+    "WeightLoadReport",
+    "create_model",
+    "load_torchvision_weights",
+    "mlp",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "tiny_convnet",
+]
+
+MODELS: Registry = Registry("model")
+MODELS.register("resnet18")(resnet18)
+MODELS.register("resnet34")(resnet34)
+MODELS.register("resnet50")(resnet50)
+MODELS.register("tiny_convnet")(tiny_convnet)
+MODELS.register("mlp")(mlp)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the model registered under `name`.
+
+    Args:
+        name: a registered model name (see `MODELS.names()`).
+        **kwargs: keyword arguments of the model's builder, e.g. `num_classes`.
+
+    Returns:
+        The randomly initialised model.
+
+    Raises:
+        ConfigError: if `name` is unknown (the message lists the known names) or the keyword
+            arguments do not fit the builder.
+    """
+    builder = MODELS.get(name)
+    try:
+        inspect.signature(builder).bind(**kwargs)
+    except TypeError as error:
+        raise ConfigError(
+            f"model {name!r}: invalid keyword arguments {sorted(kwargs)} ({error})"
+        ) from None
+    return builder(**kwargs)

@@ -1,0 +1,48 @@
+"""Channel pruning: coupled groups, criteria, masks, compaction and the iterative schedule.
+
+Data flow: `channel_groups(model, example_inputs)` -> `score(model, criterion, groups, data)`
+-> `compute_masks(groups, scores, density)` -> `apply_masks(model, masks)` -> train ->
+`compact(model)` -> `spa.fuse`. `iterative_prune` runs the whole loop.
+"""
+
+from spa.pruning.channel_group import ChannelGroup, GroupMember, LayerInfo, refresh_groups
+from spa.pruning.compaction import compact
+from spa.pruning.config import ChannelPruningConfig
+from spa.pruning.criteria import CRITERIA, normalise, score
+from spa.pruning.groups import channel_groups, remove_channels
+from spa.pruning.iterative import iterative_prune, prune_step
+from spa.pruning.lrp import Relevance, lrp
+from spa.pruning.masking import ChannelMasks, apply_masks, compute_masks
+from spa.pruning.schedules import (
+    IterativeSchedule,
+    iterative_densities,
+    paper_lr_factor,
+    paper_optimizer,
+    paper_scheduler,
+)
+
+__all__ = [
+    "CRITERIA",
+    "ChannelGroup",
+    "ChannelMasks",
+    "ChannelPruningConfig",
+    "GroupMember",
+    "IterativeSchedule",
+    "LayerInfo",
+    "Relevance",
+    "apply_masks",
+    "channel_groups",
+    "compact",
+    "compute_masks",
+    "iterative_densities",
+    "iterative_prune",
+    "lrp",
+    "normalise",
+    "paper_lr_factor",
+    "paper_optimizer",
+    "paper_scheduler",
+    "prune_step",
+    "refresh_groups",
+    "remove_channels",
+    "score",
+]

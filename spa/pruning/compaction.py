@@ -1,0 +1,76 @@
+"""`compact(model)`: physically remove masked channels so tensors get smaller.
+
+Pruning steps only set masks (training continues on the masked model); `compact` is the separate
+deployment step. It is module-local: every adapter layer drops the rows/columns its masks
+remove (`SPLoRALayer.select_channels`, through the Torch-Pruning pruner registered in
+`spa.pruning.groups`), and every hook-masked module (norms, the head, excluded layers) is sliced
+with Torch-Pruning's own pruning functions. `apply_masks` keeps masks consistent across coupled
+modules, so the result computes exactly what the masked model computes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spa.adapters.splora import SPLoRALayer
+from spa.errors import SpaError
+from spa.pruning.groups import remove_channels
+from spa.pruning.module_masks import module_mask, remove_module_masks
+
+
+def _removed(mask: torch.Tensor | None) -> list[int]:
+    return [] if mask is None else (~mask).nonzero().flatten().tolist()
+
+
+def compact(model: nn.Module, example_inputs=None) -> nn.Module:
+    """Remove masked channels physically, in place; the outputs stay those of the masked model.
+
+    After compaction every mask is all-ones, norm layers have updated `num_features` /
+    `normalized_shape`, and `SPLoRALayer.out_indices` / `in_indices` still name the channels of
+    the original base layer each kept row/column comes from, so a task can be rebuilt from the
+    shared base weights. `spa.fuse` then gives an ordinary PyTorch model with fewer parameters
+    and FLOPs.
+
+    Args:
+        model: a masked adapted model (see `apply_masks`).
+        example_inputs: optional batch; if given, the compacted model is run on it as a check.
+
+    Returns:
+        `model`, compacted.
+
+    Raises:
+        SpaError: if the compacted model fails on `example_inputs` (inconsistent masks).
+    """
+    for module in list(model.modules()):
+        if isinstance(module, SPLoRALayer):
+            out_removed, in_removed = _removed(module.out_mask), _removed(module.in_mask)
+        else:
+            out_removed = _removed(module_mask(module, "out"))
+            in_removed = _removed(module_mask(module, "in"))
+            remove_module_masks(module)
+        if out_removed or in_removed:
+            remove_channels(module, out_removed, in_removed)
+    if example_inputs is not None:
+        _check_runs(model, example_inputs)
+    return model
+
+
+def _check_runs(model: nn.Module, example_inputs) -> None:
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(example_inputs, dict):
+                model(**example_inputs)
+            elif isinstance(example_inputs, tuple | list):
+                model(*example_inputs)
+            else:
+                model(example_inputs)
+    except RuntimeError as error:
+        raise SpaError(
+            f"compact: the compacted model fails on the example inputs ({error}); the masks "
+            "were not consistent across coupled layers - set them with spa.pruning.apply_masks"
+        ) from error
+    finally:
+        model.train(training)

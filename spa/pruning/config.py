@@ -1,0 +1,60 @@
+"""Channel-pruning configuration: criterion, ranking, floors and the iterative schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from spa.errors import ConfigError
+from spa.pruning.schedules import IterativeSchedule
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelPruningConfig:
+    """How channels are scored, ranked and removed.
+
+    Args:
+        criterion: a name in `spa.pruning.CRITERIA` ("weight", "gradient", "taylor", "lrp").
+        ranking: "global" (all groups compete on per-layer-normalised scores) or "local" (the
+            same fraction of every group).
+        min_channels: never keep fewer channels than this in a group (>= 1).
+        min_fraction: never keep fewer than this fraction of a group's channels, in [0, 1].
+        round_to: keep channel counts multiples of this (e.g. 8); None for no rounding.
+        num_batches: batches the data-based criteria accumulate over (None = all).
+        norm_p: the `p` of the Weight criterion's L_p norm.
+        lrp_rule: "epsilon" or "zplus".
+        lrp_epsilon: the LRP stabiliser.
+        schedule: the iterative schedule.
+    """
+
+    criterion: str = "weight"
+    ranking: Literal["global", "local"] = "global"
+    min_channels: int = 1
+    min_fraction: float = 0.0
+    round_to: int | None = None
+    num_batches: int | None = 1
+    norm_p: float = 2.0
+    lrp_rule: Literal["epsilon", "zplus"] = "epsilon"
+    lrp_epsilon: float = 1e-6
+    schedule: IterativeSchedule = IterativeSchedule()
+
+    def __post_init__(self) -> None:
+        from spa.pruning.criteria import CRITERIA  # the registry validates the name
+
+        CRITERIA.get(self.criterion)
+        if self.ranking not in ("global", "local"):
+            raise ConfigError(f"ranking must be 'global' or 'local', got {self.ranking!r}")
+        if not isinstance(self.min_channels, int) or self.min_channels < 1:
+            raise ConfigError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        if not 0.0 <= self.min_fraction <= 1.0:
+            raise ConfigError(f"min_fraction must be in [0, 1], got {self.min_fraction!r}")
+        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+            raise ConfigError(f"round_to must be an integer >= 1 or None, got {self.round_to!r}")
+        if self.num_batches is not None and self.num_batches < 1:
+            raise ConfigError(f"num_batches must be >= 1 or None, got {self.num_batches!r}")
+        if not self.norm_p > 0:
+            raise ConfigError(f"norm_p must be > 0, got {self.norm_p!r}")
+        if self.lrp_rule not in ("epsilon", "zplus"):
+            raise ConfigError(f"lrp_rule must be 'epsilon' or 'zplus', got {self.lrp_rule!r}")
+        if self.lrp_epsilon < 0:
+            raise ConfigError(f"lrp_epsilon must be >= 0, got {self.lrp_epsilon!r}")

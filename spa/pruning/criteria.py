@@ -1,0 +1,252 @@
+"""Channel criteria (Weight, Gradient, Taylor, LRP) and `score`, which ranks group channels.
+
+A criterion maps the producer layers of the groups (the Linear/Conv/SPLoRA layers whose output
+channels carry the group channels) to raw per-output-channel statistics, accumulated over
+batches. `score` then applies `reduce_fn` (the place for a distributed all-reduce), normalises
+every layer's vector to unit L2 norm and gives each group channel the mean over its producers.
+Adapter layers are always scored through their adapted (fused, masked) weight and output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spa._registry import Registry
+from spa.errors import ConfigError
+from spa.pruning._layers import (
+    batches,
+    call,
+    channels_per_sample,
+    effective_bias,
+    effective_weight,
+    run_layer,
+)
+from spa.pruning.groups import ChannelGroup
+from spa.pruning.lrp import lrp
+
+Statistics = dict[str, torch.Tensor]
+CRITERIA: Registry = Registry("criterion")
+
+
+@CRITERIA.register("weight")
+def weight_norm(
+    model: nn.Module, layers: Mapping[str, nn.Module], data=None, loss_fn=None, **options
+) -> Statistics:
+    """L_p norm of each output channel's (adapted) weights; `p` from option `norm_p`, default 2.
+
+    Args:
+        model: the adapted model (unused: weights only).
+        layers: producer layers by path.
+        data: unused.
+        loss_fn: unused.
+        **options: `norm_p` (default 2.0).
+
+    Returns:
+        Per layer path, one value per output channel.
+    """
+    p = float(options.get("norm_p", 2.0))
+    return {
+        name: effective_weight(layer).flatten(1).norm(p=p, dim=1) for name, layer in layers.items()
+    }
+
+
+def _backward_statistics(model, layers, data, loss_fn, num_batches, kind: str) -> Statistics:
+    """Run batches with each producer recomputed from a leaf copy of its adapted weight."""
+    if data is None:
+        raise ConfigError(f"criterion {kind!r} needs data: pass data=[(inputs, targets), ...]")
+    loss_fn = loss_fn or F.cross_entropy
+    totals: Statistics = {}
+    samples = 0
+    for inputs, targets in batches(data, num_batches):
+        leaves: dict[str, torch.Tensor] = {}
+        outputs: dict[str, torch.Tensor] = {}
+
+        def make_hook(name, leaves=leaves, outputs=outputs):
+            def hook(module, args, output):
+                leaves[name] = effective_weight(module).clone().requires_grad_(True)
+                outputs[name] = run_layer(module, args[0], leaves[name], effective_bias(module))
+                return outputs[name].clone()  # protect `outputs` from in-place ops later on
+
+            return hook
+
+        handles = [layer.register_forward_hook(make_hook(n)) for n, layer in layers.items()]
+        try:
+            with torch.enable_grad():
+                loss = loss_fn(call(model, inputs), targets)
+                names = list(leaves)
+                wrt = (
+                    [leaves[n] for n in names]
+                    if kind == "gradient"
+                    else [outputs[n] for n in names]
+                )
+                grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, grad in zip(names, grads):
+            if grad is None:
+                continue
+            if kind == "gradient":
+                value = grad.abs().flatten(1).sum(dim=1)  # |dL/dW| per output channel
+            else:
+                product = channels_per_sample(outputs[name].detach() * grad, layers[name])
+                value = product.mean(dim=2).abs().sum(dim=0)  # sum_n |mean_positions(a g)|
+            totals[name] = totals.get(name, 0) + value.detach()
+        samples += len(targets) if kind == "taylor" and targets is not None else 1
+    return {name: value / max(samples, 1) for name, value in totals.items()}
+
+
+@CRITERIA.register("gradient")
+def gradient_magnitude(
+    model: nn.Module, layers: Mapping[str, nn.Module], data=None, loss_fn=None, **options
+) -> Statistics:
+    """Per output channel, `sum |dL/dW_t|` over its adapted weights, averaged over batches.
+
+    Args:
+        model: the adapted model.
+        layers: producer layers by path.
+        data: iterable of `(inputs, targets)` batches.
+        loss_fn: `loss_fn(outputs, targets)`; default cross-entropy.
+        **options: `num_batches` (None = all of `data`).
+
+    Returns:
+        Per layer path, one value per output channel.
+    """
+    return _backward_statistics(
+        model, layers, data, loss_fn, options.get("num_batches"), "gradient"
+    )
+
+
+@CRITERIA.register("taylor")
+def taylor(
+    model: nn.Module, layers: Mapping[str, nn.Module], data=None, loss_fn=None, **options
+) -> Statistics:
+    """First-order Taylor estimate of the loss change from removing a channel (Molchanov 2017).
+
+    Per sample and output channel, `|mean over positions (a * dL/da)|` of the layer output `a`,
+    averaged over all samples; `score` L2-normalises it per layer.
+
+    Args:
+        model: the adapted model.
+        layers: producer layers by path.
+        data: iterable of `(inputs, targets)` batches.
+        loss_fn: `loss_fn(outputs, targets)`; default cross-entropy.
+        **options: `num_batches` (None = all of `data`).
+
+    Returns:
+        Per layer path, one value per output channel.
+    """
+    return _backward_statistics(model, layers, data, loss_fn, options.get("num_batches"), "taylor")
+
+
+@CRITERIA.register("lrp")
+def lrp_relevance(
+    model: nn.Module, layers: Mapping[str, nn.Module], data=None, loss_fn=None, **options
+) -> Statistics:
+    """Relevance of each output channel (sum over positions), averaged over samples.
+
+    Args:
+        model: the adapted model.
+        layers: producer layers by path.
+        data: iterable of `(inputs, targets)` batches; targets choose the explained logit.
+        loss_fn: unused.
+        **options: `num_batches`, `lrp_rule` ("epsilon" or "zplus"), `lrp_epsilon` (1e-6).
+
+    Returns:
+        Per layer path, one value per output channel.
+    """
+    if data is None:
+        raise ConfigError("criterion 'lrp' needs data: pass data=[(inputs, targets), ...]")
+    totals: Statistics = {}
+    samples = 0
+    for inputs, targets in batches(data, options.get("num_batches")):
+        result = lrp(
+            model,
+            inputs,
+            targets,
+            rule=options.get("lrp_rule", "epsilon"),
+            epsilon=options.get("lrp_epsilon", 1e-6),
+        )
+        for name, layer in layers.items():
+            per_channel = channels_per_sample(result.layers[name], layer).sum(dim=(0, 2))
+            totals[name] = totals.get(name, 0) + per_channel
+        samples += result.output.numel()
+    return {name: value / max(samples, 1) for name, value in totals.items()}
+
+
+def normalise(statistics: Statistics) -> Statistics:
+    """Divide each layer's vector by its L2 norm (zero vectors stay zero).
+
+    Args:
+        statistics: per layer, one value per output channel.
+
+    Returns:
+        The normalised statistics.
+    """
+    return {name: value / value.norm().clamp_min(1e-12) for name, value in statistics.items()}
+
+
+def score(
+    model: nn.Module,
+    criterion: str,
+    groups: Sequence[ChannelGroup],
+    data: Iterable | None = None,
+    loss_fn: Callable | None = None,
+    num_batches: int | None = 1,
+    reduce_fn: Callable[[Statistics], Statistics] | None = None,
+    **options,
+) -> dict[int, torch.Tensor]:
+    """Score every group channel with a registered criterion (higher = more important).
+
+    The model runs in eval mode (so BatchNorm statistics are not updated) and is restored; no
+    parameter gradient is written.
+
+    Args:
+        model: the adapted model the groups were built for.
+        criterion: a name in `CRITERIA` ("weight", "gradient", "taylor", "lrp").
+        groups: from `channel_groups`.
+        data: iterable of `(inputs, targets)` batches (not needed for "weight").
+        loss_fn: `loss_fn(outputs, targets)` for gradient-based criteria; default cross-entropy.
+        num_batches: batches of `data` to accumulate over (None = all).
+        reduce_fn: applied to the accumulated per-layer statistics before normalisation, e.g.
+            an all-reduce across data-parallel ranks; default identity.
+        **options: criterion options (`norm_p`, `lrp_rule`, `lrp_epsilon`).
+
+    Returns:
+        Per group index, a float tensor with one score per group channel.
+
+    Raises:
+        ConfigError: for an unknown criterion or missing data.
+    """
+    function = CRITERIA.get(criterion)
+    producers = {m.name for g in groups for m in g.producers()}
+    layers = {name: model.get_submodule(name) for name in sorted(producers)}
+    training = model.training
+    model.eval()
+    try:
+        statistics = function(
+            model, layers, data=data, loss_fn=loss_fn, num_batches=num_batches, **options
+        )
+    finally:
+        model.train(training)
+    if reduce_fn is not None:
+        statistics = reduce_fn(statistics)
+    statistics = normalise({n: v.double() for n, v in statistics.items()})
+    result = {}
+    for index, group in enumerate(groups):
+        total = torch.zeros(group.size, dtype=torch.float64)
+        count = torch.zeros(group.size, dtype=torch.float64)
+        for member in group.producers():
+            values = statistics.get(member.name)
+            if values is None:
+                continue
+            channels = torch.tensor(member.channels, dtype=torch.long)
+            positions = torch.tensor(member.positions, dtype=torch.long)
+            total.index_add_(0, channels, values.cpu()[positions])
+            count.index_add_(0, channels, torch.ones(len(channels), dtype=torch.float64))
+        result[index] = (total / count.clamp_min(1)).float()
+    return result

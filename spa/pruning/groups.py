@@ -1,0 +1,228 @@
+"""Coupled channel groups from Torch-Pruning's dependency graph, and physical channel removal.
+
+This is the only module that imports `torch_pruning`. It is used for two things: tracing the
+model into a dependency graph (which channels must go together: residual additions,
+concatenations, normalisation layers, grouped and depth-wise convolutions) and slicing modules
+(its per-type pruning functions). `SPLoRALayer` is registered with it as a customised layer whose
+pruner calls `SPLoRALayer.select_channels`, so base weight slices, adapter factors, masks and
+base-channel indices are removed together. No Torch-Pruning object leaves this module: groups
+are returned as spa `ChannelGroup` dataclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch_pruning
+from torch import nn
+from torch_pruning import ops
+from torch_pruning.pruner import function as tp_function
+
+from spa.adapters._conv import groups_of
+from spa.adapters.base import adapter_layers
+from spa.adapters.inject import NORM_TYPES, find_head
+from spa.adapters.splora import SPLoRALayer
+from spa.errors import ConfigError
+from spa.pruning.channel_group import (
+    LAYER_TYPES,
+    ChannelGroup,
+    Role,
+    UnionFind,
+    assemble,
+    layer_table,
+    refresh_groups,
+)
+from spa.pruning.module_masks import resume_hooks, suspend_hooks
+
+__all__ = ["ChannelGroup", "channel_groups", "refresh_groups", "remove_channels"]
+
+
+class _SPLoRAPruner(tp_function.BasePruningFunc):
+    """Torch-Pruning pruning function for `SPLoRALayer` (indices in base-layer channel terms)."""
+
+    TARGET_MODULES = (SPLoRALayer,)
+
+    def prune_out_channels(self, layer: SPLoRALayer, idxs: Sequence[int]) -> SPLoRALayer:
+        layer.select_channels(out_positions=_kept(layer.base.weight.shape[0], idxs, layer))
+        return layer
+
+    def prune_in_channels(self, layer: SPLoRALayer, idxs: Sequence[int]) -> SPLoRALayer:
+        columns = layer.base.weight.shape[1]
+        if columns == 1 and groups_of(layer.base) > 1:
+            return layer  # depth-wise: an input goes with its output, removed by the out side
+        removed = sorted({int(i) % columns for i in idxs})  # grouped: column within the group
+        layer.select_channels(in_positions=_kept(columns, removed, layer))
+        return layer
+
+    def get_out_channels(self, layer: SPLoRALayer) -> int:
+        return layer.base.weight.shape[0]
+
+    def get_in_channels(self, layer: SPLoRALayer) -> int:
+        return layer.base.weight.shape[1] * groups_of(layer.base)
+
+
+def _kept(size: int, removed: Sequence[int], layer: nn.Module) -> torch.Tensor:
+    keep = sorted(set(range(size)) - {int(i) for i in removed})
+    return torch.tensor(keep, dtype=torch.long, device=layer.out_mask.device)
+
+
+_SPLORA_PRUNER = _SPLoRAPruner()
+
+
+def remove_channels(
+    module: nn.Module, out_positions: Sequence[int] = (), in_positions: Sequence[int] = ()
+) -> None:
+    """Physically remove output and input channels of one module with Torch-Pruning's functions.
+
+    Args:
+        module: a `SPLoRALayer`, Linear/ConvNd, BatchNorm/InstanceNorm or LayerNorm.
+        out_positions: output channels to remove (a norm layer's channels); for adapter layers
+            positions in `out_mask`.
+        in_positions: input channels to remove; for adapter layers positions in `in_mask`.
+
+    Raises:
+        ConfigError: if Torch-Pruning has no pruning function for the module type.
+    """
+    if isinstance(module, SPLoRALayer):
+        pruner = _SPLORA_PRUNER
+    elif isinstance(module, nn.LayerNorm):
+        pruner = tp_function.LayernormPruner(pruning_dim=-1)
+    else:
+        pruner = tp_function.PrunerBox.get(ops.module2type(module))
+    if pruner is None:
+        raise ConfigError(f"cannot remove channels of {type(module).__name__}")
+    # Torch-Pruning re-creates parameters as trainable; keep the frozen ones frozen.
+    flags = {name: p.requires_grad for name, p in module.named_parameters(recurse=False)}
+    if len(out_positions):
+        pruner.prune_out_channels(module, sorted(int(i) for i in out_positions))
+    if len(in_positions) and pruner.prune_in_channels != pruner.prune_out_channels:
+        pruner.prune_in_channels(module, sorted(int(i) for i in in_positions))
+    for name, parameter in module.named_parameters(recurse=False):
+        parameter.requires_grad_(flags.get(name, parameter.requires_grad))
+
+
+def _entries(module: nn.Module, role: Role, index: int) -> list[tuple[Role, int]]:
+    """Mask positions of a Torch-Pruning channel index, in the member's own mask terms."""
+    if role != "in" or not isinstance(module, SPLoRALayer):
+        return [(role, index)]
+    columns, groups = module.base.weight.shape[1], groups_of(module.base)
+    if columns == 1 and groups > 1:  # depth-wise: input c is output(s) of group c
+        per_group = module.base.weight.shape[0] // groups
+        return [("out", index * per_group + j) for j in range(per_group)]
+    return [("in", index % columns)]
+
+
+def _group_couplings(module: nn.Module, role: Role, position: int) -> tuple | None:
+    """Key shared by the positions a grouped conv must lose together (same place in each group)."""
+    base = module.base if isinstance(module, SPLoRALayer) else module
+    groups = groups_of(base)
+    if groups == 1 or base.weight.shape[1] == 1:
+        return None
+    if role == "out":
+        return ("group", id(module), "out", position % (base.weight.shape[0] // groups))
+    if role == "in" and not isinstance(module, SPLoRALayer):
+        return ("group", id(module), "in", position % base.weight.shape[1])
+    return None
+
+
+def _role(graph, module: nn.Module, handler) -> Role | None:
+    if isinstance(module, NORM_TYPES):
+        return "norm"
+    if isinstance(module, (SPLoRALayer, *LAYER_TYPES)):
+        pruner = graph.get_pruner_of_module(module)
+        return "out" if handler == pruner.prune_out_channels else "in"
+    return None
+
+
+def _trace(model: nn.Module, example_inputs):
+    """Build Torch-Pruning's graph with every adapter layer traced as one op."""
+    modes = {module: module.training for module in model.modules()}
+    flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    inside = {id(p) for _, layer in adapter_layers(model) for p in layer.parameters()}
+    suspended = suspend_hooks(model)
+    try:
+        # Frozen adapters run one fused op (no internal graph); other modules need grad_fns.
+        for parameter in flags:
+            parameter.requires_grad_(id(parameter) not in inside)
+        inputs = _with_grad(example_inputs)
+        graph = torch_pruning.DependencyGraph().build_dependency(
+            model,
+            example_inputs=inputs,
+            customized_pruners={SPLoRALayer: _SPLORA_PRUNER},
+            verbose=False,
+        )
+    finally:
+        for parameter, flag in flags.items():
+            parameter.requires_grad_(flag)
+        for module, mode in modes.items():
+            module.train(mode)
+        resume_hooks(suspended)
+    return graph
+
+
+def _with_grad(example_inputs):
+    if isinstance(example_inputs, torch.Tensor):
+        tensor = example_inputs.detach().clone()
+        return tensor.requires_grad_(True) if tensor.is_floating_point() else tensor
+    if isinstance(example_inputs, dict):
+        return {key: _with_grad(value) for key, value in example_inputs.items()}
+    if isinstance(example_inputs, list | tuple):
+        return type(example_inputs)(_with_grad(value) for value in example_inputs)
+    return example_inputs
+
+
+def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
+    """Channels of the adapted model that must be pruned together, one group per coupling.
+
+    Torch-Pruning traces the model with `example_inputs`; every group is rooted at an adapter
+    layer's output channels and lists every module slice those channels touch (producers,
+    consumers, norms, the head's input). Grouped convs couple the same position in every group
+    and a depth-wise conv couples its input and output channel, so channels the dependency graph
+    keeps apart are merged where compaction needs it. The task head's output is never pruned.
+    Groups that touch a module whose masked form would differ from its compacted form (e.g.
+    GroupNorm) are left out with a `SpaWarning`.
+
+    Args:
+        model: a model adapted with `spa.adapt` (SPLoRA or fine-pruning).
+        example_inputs: a batch the model accepts (tensor, tuple of tensors or dict).
+
+    Returns:
+        The channel groups, in the order Torch-Pruning finds their roots.
+
+    Raises:
+        ConfigError: if the model has no SPLoRA / fine-pruning layer.
+    """
+    layers = layer_table(model)
+    if not layers:
+        raise ConfigError(
+            "channel pruning needs SPLoRA or fine-pruning layers; adapt the model first with "
+            "spa.adapt(model, SPLoRAConfig()) or spa.adapt(model, FinePruningConfig())"
+        )
+    report = getattr(model, "spa_report", None)
+    head_names = report.head if report is not None else find_head(model, None)
+    head = [model.get_submodule(name) for name in head_names]
+    graph = _trace(model, example_inputs)
+    names = {id(module): name for name, module in model.named_modules()}
+    links = UnionFind()
+    entries = []  # (tp group index, global channel, module, role, position)
+    tp_groups = list(graph.get_all_groups(ignored_layers=head, root_module_types=[SPLoRALayer]))
+    offset = 0
+    for group_index, group in enumerate(tp_groups):
+        size = max(max(item.root_idxs) for item in group.items if item.root_idxs) + 1
+        for item in group.items:
+            module = item.dep.target.module
+            role = _role(graph, module, item.dep.handler) if id(module) in names else None
+            if role is None:
+                continue
+            for index, root in zip(item.idxs, item.root_idxs):
+                for entry_role, position in _entries(module, role, int(index)):
+                    channel = offset + int(root)
+                    entries.append((group_index, channel, module, entry_role, position))
+                    links.union(("slot", id(module), entry_role, position), ("ch", channel))
+                    coupling = _group_couplings(module, entry_role, position)
+                    if coupling is not None:
+                        links.union(coupling, ("ch", channel))
+        offset += size
+    roots = [names[id(group[0].dep.target.module)] for group in tp_groups]
+    return assemble(roots, entries, links, names, layers)

@@ -1,0 +1,154 @@
+"""Layer-wise relevance propagation (LRP) implemented in-project, as a modified gradient.
+
+Relevance is carried backwards as a modified gradient `G`, with `R = a * G` at every tensor `a`
+(Ancona et al., ICLR 2018). Every Linear / Conv / SPLoRA layer (its adapted, fused weight) is
+given the chosen rule by a forward hook that returns the same values with a different backward:
+
+- "epsilon": `R_j = sum_k a_j w_jk R_k / (z_k + eps * sign(z_k))` (eps = 0 is the basic z-rule);
+- "zplus": `R_j = sum_k a_j w+_jk R_k / (sum_j a_j w+_jk + eps)` (for non-negative inputs).
+
+Everything else uses its ordinary gradient, which *is* the LRP rule for the piecewise-linear
+parts of a CNN: ReLU passes relevance on unchanged, a residual addition `z = a + b` splits it as
+`a/z` and `b/z`, average pooling proportionally, max pooling winner-take-all, and BatchNorm in
+eval mode (an affine map) proportionally with its shift absorbing relevance, as a bias does.
+Relevance is therefore conserved, layer by layer, up to what biases, BatchNorm shifts and the
+epsilon stabiliser absorb; for a bias-free ReLU network under the z-rule it equals
+gradient x input. Other non-linearities (GELU, sigmoid) get plain gradient x input treatment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from spa.adapters.splora import SPLoRALayer
+from spa.errors import ConfigError
+from spa.pruning._layers import call, effective_bias, effective_weight, run_layer
+
+Rule = Literal["epsilon", "zplus"]
+_PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class Relevance:
+    """Relevance maps of one batch.
+
+    Args:
+        input: relevance of every input element, shaped like the input.
+        layers: per layer path, the relevance of its output (shaped like the output).
+        output: the relevance put on the output (the target logits), `(N,)`.
+    """
+
+    input: torch.Tensor
+    layers: dict[str, torch.Tensor]
+    output: torch.Tensor
+
+
+def _stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    return torch.where(denominator == 0, torch.zeros_like(numerator), numerator / safe)
+
+
+def _rule_output(layer: nn.Module, x: torch.Tensor, rule: Rule, epsilon: float) -> torch.Tensor:
+    """Value of the layer's output, with the backward of the LRP rule."""
+    weight, bias = effective_weight(layer), effective_bias(layer)
+    z = run_layer(layer, x, weight, bias)
+    if rule == "epsilon":
+        # Gradient of the linear part, scaled by z / (z + eps sign z): R_k / (z_k + eps) per unit.
+        path, ratio = run_layer(layer, x, weight, None), _ratio(z, _stabilise(z, epsilon))
+    else:
+        path = run_layer(layer, x, weight.clamp(min=0), None)
+        ratio = _ratio(z, path.detach() + epsilon)
+    scaled = path * ratio.detach()
+    return scaled + (z - scaled).detach()
+
+
+def lrp(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    rule: Rule = "epsilon",
+    epsilon: float = 1e-6,
+) -> Relevance:
+    """Propagate the target logits' relevance back to every layer and the input.
+
+    The model runs in eval mode (BatchNorm as an affine map) and is restored afterwards; no
+    parameter gradient is written.
+
+    Args:
+        model: a classifier whose output is `(N, classes)` logits.
+        inputs: a batch (floating point).
+        targets: class per sample whose logit is explained; None uses the predicted class.
+        rule: "epsilon" or "zplus" for every Linear/Conv layer.
+        epsilon: the stabiliser (0 gives the basic z-rule for "epsilon").
+
+    Returns:
+        The input relevance, each layer's output relevance and the start relevance.
+
+    Raises:
+        ConfigError: for an unknown rule or a negative epsilon.
+    """
+    if rule not in ("epsilon", "zplus"):
+        raise ConfigError(f"lrp: rule must be 'epsilon' or 'zplus', got {rule!r}")
+    if epsilon < 0:
+        raise ConfigError(f"lrp: epsilon must be >= 0, got {epsilon!r}")
+    layers = _rule_layers(model)
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [
+        layer.register_forward_hook(_hook(name, outputs, rule, epsilon))
+        for name, layer in layers.items()
+    ]
+    training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            x = inputs.detach().clone().requires_grad_(True)
+            logits = call(model, x)
+            if targets is None:
+                targets = logits.argmax(dim=1)
+            picked = logits.gather(1, targets.reshape(-1, 1)).flatten()
+            names = list(outputs)
+            grads = torch.autograd.grad(
+                picked.sum(), [x] + [outputs[n] for n in names], allow_unused=True
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    layer_relevance = {
+        name: (outputs[name] * grad).detach()
+        if grad is not None
+        else torch.zeros_like(outputs[name])
+        for name, grad in zip(names, grads[1:])
+    }
+    return Relevance(input=(x * grads[0]).detach(), layers=layer_relevance, output=picked.detach())
+
+
+def _rule_layers(model: nn.Module) -> dict[str, nn.Module]:
+    layers = {}
+    inside: set[int] = set()
+    for name, module in model.named_modules():
+        if id(module) in inside:
+            continue
+        if isinstance(module, SPLoRALayer):
+            inside.update(id(m) for m in module.modules())
+            layers[name] = module
+        elif isinstance(module, _PLAIN):
+            layers[name] = module
+    return layers
+
+
+def _hook(name: str, outputs: dict, rule: Rule, epsilon: float):
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        out = _rule_output(module, args[0], rule, epsilon)
+        outputs[name] = out
+        return out.clone()  # later in-place ops (ReLU(inplace=True)) must not touch `out`
+
+    return hook

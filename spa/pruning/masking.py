@@ -1,0 +1,282 @@
+"""Scores + target density -> channel masks (global or local ranking), and applying them.
+
+Density is the fraction of the prunable layers' base weights that is retained: the sum over
+adapter layers of `||m_row||_0 * ||m_col||_0 * k` divided by the sum of their original
+(uncompacted) weight counts, as in the paper. Removing a group channel removes its rows from
+every producer and its columns from every consumer, so the retained count is updated exactly
+after every removal.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from spa.adapters.splora import SPLoRALayer
+from spa.errors import ConfigError
+from spa.pruning.groups import ChannelGroup
+from spa.pruning.module_masks import set_module_mask
+
+logger = logging.getLogger(__name__)
+
+# Module path -> {"out_mask": bool tensor, "in_mask": bool tensor} (either may be absent).
+ChannelMasks = dict[str, dict[str, torch.Tensor]]
+Ranking = Literal["global", "local"]
+
+
+class _Retained:
+    """Retained weight counts per adapter layer, updated as group channels are removed."""
+
+    def __init__(self, groups: Sequence[ChannelGroup]) -> None:
+        layers = groups[0].layers
+        self.kernel = {name: info.kernel for name, info in layers.items()}
+        self.out = {name: sum(info.out_mask) for name, info in layers.items()}
+        self.cols = {name: sum(info.in_mask) for name, info in layers.items()}
+        self.base = sum(info.base_weights for info in layers.values())
+        self.total = sum(self._layer(name) for name in layers)
+        # Per (group, channel): [(layer, role, number of positions)] over adapter members.
+        self.effects: dict[tuple[int, int], list[tuple[str, str, int]]] = {}
+        for index, group in enumerate(groups):
+            counts: dict[tuple[int, str, str], int] = {}
+            for member in group.members:
+                if not member.is_adapter or member.role == "norm":
+                    continue
+                for channel in member.channels:
+                    key = (channel, member.name, member.role)
+                    counts[key] = counts.get(key, 0) + 1
+            for (channel, name, role), count in counts.items():
+                self.effects.setdefault((index, channel), []).append((name, role, count))
+
+    def _layer(self, name: str) -> int:
+        return self.out[name] * self.cols[name] * self.kernel[name]
+
+    def remove(self, group: int, channel: int) -> None:
+        for name, role, count in self.effects.get((group, channel), []):
+            self.total -= self._layer(name)
+            if role == "out":
+                self.out[name] -= count
+            else:
+                self.cols[name] -= count
+            self.total += self._layer(name)
+
+    @property
+    def density(self) -> float:
+        return self.total / self.base if self.base else 1.0
+
+
+def _floor(size: int, min_channels: int, min_fraction: float, round_to: int | None) -> int:
+    floor = max(min_channels, math.ceil(min_fraction * size), 1)
+    if round_to:
+        floor = math.ceil(floor / round_to) * round_to
+    return min(floor, size)
+
+
+def _chunks(
+    group: ChannelGroup, scores: torch.Tensor, floor: int, round_to: int | None
+) -> list[tuple[float, list[int]]]:
+    """Removable channels of a group, lowest score first, in chunks keeping `round_to` widths."""
+    alive = [c for c in range(group.size) if group.kept[c]]
+    alive.sort(key=lambda c: float(scores[c]))
+    kept = len(alive)
+    chunks = []
+    step = round_to or 1
+    while kept > floor:
+        size = kept % step or step
+        if kept - size < floor:
+            break
+        chunk, alive = alive[:size], alive[size:]
+        chunks.append((float(scores[chunk].mean()), chunk))
+        kept -= size
+    return chunks
+
+
+def _check(groups, scores, density, ranking, min_channels, min_fraction, round_to) -> None:
+    if not groups:
+        raise ConfigError("compute_masks: no channel groups; nothing can be pruned")
+    if not 0.0 < density <= 1.0:
+        raise ConfigError(f"compute_masks: density must be in (0, 1], got {density!r}")
+    if ranking not in ("global", "local"):
+        raise ConfigError(f"compute_masks: ranking must be 'global' or 'local', got {ranking!r}")
+    if min_channels < 1:
+        raise ConfigError(f"compute_masks: min_channels must be >= 1, got {min_channels!r}")
+    if not 0.0 <= min_fraction <= 1.0:
+        raise ConfigError(f"compute_masks: min_fraction must be in [0, 1], got {min_fraction!r}")
+    if round_to is not None and round_to < 1:
+        raise ConfigError(f"compute_masks: round_to must be >= 1 or None, got {round_to!r}")
+    for index, group in enumerate(groups):
+        if index not in scores or scores[index].shape != (group.size,):
+            got = None if index not in scores else tuple(scores[index].shape)
+            raise ConfigError(
+                f"compute_masks: scores[{index}] (group rooted at {group.root}) must have shape "
+                f"({group.size},), got {got}"
+            )
+
+
+def compute_masks(
+    groups: Sequence[ChannelGroup],
+    scores: Mapping[int, torch.Tensor],
+    density: float,
+    ranking: Ranking = "global",
+    min_channels: int = 1,
+    min_fraction: float = 0.0,
+    round_to: int | None = None,
+) -> ChannelMasks:
+    """Choose the channels to remove so that the retained weight density reaches `density`.
+
+    Channels already masked stay removed. Global ranking removes the lowest-scored channel (or
+    chunk, with `round_to`) over all groups until the density is at most `density`; scores
+    should be normalised per layer (as `score` returns them). Local ranking removes the same
+    fraction of every group's channels (the smallest fraction reaching `density`).
+
+    Args:
+        groups: from `channel_groups`.
+        scores: per group index, one score per group channel (higher = more important).
+        density: target fraction of the prunable layers' base weights to keep, in (0, 1].
+        ranking: "global" (all groups compete) or "local" (same fraction per group).
+        min_channels: never keep fewer channels than this in a group (never zero).
+        min_fraction: never keep fewer than this fraction of a group's channels.
+        round_to: keep channel counts multiples of this (hardware-friendly widths); None = 1.
+
+    Returns:
+        Masks for every member module, to pass to `apply_masks`.
+
+    Raises:
+        ConfigError: for invalid arguments or scores of the wrong shape.
+    """
+    _check(groups, scores, density, ranking, min_channels, min_fraction, round_to)
+    floors = [_floor(g.size, min_channels, min_fraction, round_to) for g in groups]
+    if ranking == "global":
+        removed = _global(groups, scores, density, floors, round_to)
+    else:
+        removed = _local(groups, scores, density, floors, round_to)
+    state = _Retained(groups)
+    for index, channels in enumerate(removed):
+        for channel in channels:
+            state.remove(index, channel)
+    if state.density > density + 1e-9:
+        logger.warning(
+            "density %.4f not reached (got %.4f): the channel floors stop further pruning",
+            density,
+            state.density,
+        )
+    return _masks(groups, removed)
+
+
+def _initial(groups: Sequence[ChannelGroup]) -> tuple[_Retained, list[set[int]]]:
+    state = _Retained(groups)
+    # Layer masks already exclude removed channels; only record them.
+    removed = [{c for c in range(g.size) if not g.kept[c]} for g in groups]
+    return state, removed
+
+
+def _global(groups, scores, density, floors, round_to) -> list[set[int]]:
+    state, removed = _initial(groups)
+    queues = [_chunks(g, scores[i], floors[i], round_to) for i, g in enumerate(groups)]
+    heap = [(queue[0][0], index, 0) for index, queue in enumerate(queues) if queue]
+    heapq.heapify(heap)
+    while heap and state.density > density:
+        _, index, position = heapq.heappop(heap)
+        for channel in queues[index][position][1]:
+            state.remove(index, channel)
+            removed[index].add(channel)
+        if position + 1 < len(queues[index]):
+            heapq.heappush(heap, (queues[index][position + 1][0], index, position + 1))
+    return removed
+
+
+def _local_removal(groups, scores, fraction, floors, round_to) -> list[set[int]]:
+    removed = []
+    for index, group in enumerate(groups):
+        target = max(floors[index], group.size - math.floor(fraction * group.size + 1e-9))
+        if round_to:
+            target = min(group.size, math.ceil(target / round_to) * round_to)
+        dead = {c for c in range(group.size) if not group.kept[c]}
+        alive = sorted(set(range(group.size)) - dead, key=lambda c: float(scores[index][c]))
+        extra = max(0, len(alive) - target)
+        removed.append(dead | set(alive[:extra]))
+    return removed
+
+
+def _density_of(groups, removed) -> float:
+    state, initial = _initial(groups)
+    for index, channels in enumerate(removed):
+        for channel in channels - initial[index]:
+            state.remove(index, channel)
+    return state.density
+
+
+def _local(groups, scores, density, floors, round_to) -> list[set[int]]:
+    low, high = 0.0, 1.0
+    best = _local_removal(groups, scores, high, floors, round_to)
+    if _density_of(groups, _local_removal(groups, scores, low, floors, round_to)) <= density:
+        return _local_removal(groups, scores, low, floors, round_to)
+    for _ in range(30):  # bisection on the shared fraction
+        middle = (low + high) / 2
+        candidate = _local_removal(groups, scores, middle, floors, round_to)
+        if _density_of(groups, candidate) <= density:
+            high, best = middle, candidate
+        else:
+            low = middle
+    return best
+
+
+def _masks(groups: Sequence[ChannelGroup], removed: list[set[int]]) -> ChannelMasks:
+    layers = groups[0].layers
+    masks: ChannelMasks = {}
+    for index, group in enumerate(groups):
+        for member in group.members:
+            key = "in_mask" if member.role == "in" else "out_mask"
+            entry = masks.setdefault(member.name, {})
+            if key not in entry:
+                info = layers.get(member.name)
+                start = (
+                    None if info is None else (info.in_mask if key == "in_mask" else info.out_mask)
+                )
+                entry[key] = (
+                    torch.tensor(start, dtype=torch.bool)
+                    if start is not None
+                    else torch.ones(member.mask_size, dtype=torch.bool)
+                )
+            for position, channel in zip(member.positions, member.channels):
+                if channel in removed[index]:
+                    entry[key][position] = False
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Set the channel masks on the model's modules (in place).
+
+    Adapter layers get their `out_mask` / `in_mask` buffers overwritten. Every other module
+    (norms, the head, excluded layers) gets a hook mask (see `spa.pruning.module_masks`), so a
+    removed channel contributes nothing anywhere: the masked model computes exactly what the
+    compacted model computes.
+
+    Args:
+        model: the adapted model the masks were computed for.
+        masks: from `compute_masks`.
+
+    Raises:
+        ConfigError: if a module path is unknown or a mask has the wrong length.
+    """
+    for name, entry in masks.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"apply_masks: the model has no module {name!r}") from None
+        for key, mask in entry.items():
+            if isinstance(module, SPLoRALayer):
+                target = getattr(module, key)
+                if target.shape != mask.shape:
+                    raise ConfigError(
+                        f"apply_masks: {name}.{key} has {target.numel()} channels, the mask has "
+                        f"{mask.numel()}; were the masks computed for another (compacted) model?"
+                    )
+                target.copy_(mask.to(target.device))
+            else:
+                set_module_mask(module, "in" if key == "in_mask" else "out", mask.clone())

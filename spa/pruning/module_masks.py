@@ -1,0 +1,118 @@
+"""Channel masks on modules that are not adapter layers: norms, the head, excluded layers.
+
+`SPLoRALayer` masks its own rows and columns. A removed channel must also vanish from every
+other module it passes through, or the masked model would differ from the compacted one (a
+BatchNorm shift would revive it, the head would still read it). Such modules get a
+non-persistent boolean buffer and a hook:
+
+- `spa_out_mask` (output channels; a norm layer's channels) with a forward hook that zeroes the
+  removed output channels. A `LayerNorm` is recomputed over the kept features only, so its
+  statistics match the compacted layer exactly.
+- `spa_in_mask` (input channels) with a forward pre-hook that zeroes the removed inputs.
+
+The buffers are non-persistent, so `state_dict` keys do not change; hooks are module-level
+functions that read the buffer from the module they are called on, so `copy.deepcopy` keeps
+working. `spa.compact` removes both after slicing the module.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OUT_MASK = "spa_out_mask"
+IN_MASK = "spa_in_mask"
+
+
+def channel_dim(module: nn.Module) -> int:
+    """The channel dimension of the module's activations: last for Linear/LayerNorm, else 1."""
+    return -1 if isinstance(module, nn.Linear | nn.LayerNorm) else 1
+
+
+def _view(mask: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
+    if dim == -1 or like.dim() == 2:
+        return mask.to(like.dtype)
+    return mask.to(like.dtype).reshape((-1,) + (1,) * (like.dim() - 2))
+
+
+def _mask_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    mask = getattr(module, OUT_MASK)
+    if isinstance(module, nn.LayerNorm):
+        x = args[0]
+        kept = mask.nonzero().flatten()
+        weight = None if module.weight is None else module.weight[kept]
+        bias = None if module.bias is None else module.bias[kept]
+        normed = F.layer_norm(x[..., kept], (kept.numel(),), weight, bias, module.eps)
+        return torch.zeros_like(output).index_copy(-1, kept, normed)
+    return output * _view(mask, output, channel_dim(module))
+
+
+def _mask_input(module: nn.Module, args: tuple) -> tuple:
+    mask = getattr(module, IN_MASK)
+    x = args[0]
+    return (x * _view(mask, x, channel_dim(module)),) + tuple(args[1:])
+
+
+def _has_hook(hooks: dict, function) -> bool:
+    return any(hook is function for hook in hooks.values())
+
+
+def set_module_mask(module: nn.Module, kind: str, mask: torch.Tensor) -> None:
+    """Give a plain module a channel mask (`kind` "out" or "in") and the hook that applies it.
+
+    Args:
+        module: a non-adapter module (norm, Linear/Conv head or excluded layer).
+        kind: "out" for output channels (a norm layer's channels), "in" for input channels.
+        mask: boolean, True = kept.
+    """
+    attr = OUT_MASK if kind == "out" else IN_MASK
+    device = next(iter(module.parameters()), mask).device
+    module.register_buffer(attr, mask.to(device=device, dtype=torch.bool), persistent=False)
+    if kind == "out" and not _has_hook(module._forward_hooks, _mask_output):
+        module.register_forward_hook(_mask_output)
+    if kind == "in" and not _has_hook(module._forward_pre_hooks, _mask_input):
+        module.register_forward_pre_hook(_mask_input)
+
+
+def module_mask(module: nn.Module, kind: str) -> torch.Tensor | None:
+    """The module's hook mask of `kind` ("out" or "in"), or None if it has none."""
+    return getattr(module, OUT_MASK if kind == "out" else IN_MASK, None)
+
+
+def remove_module_masks(module: nn.Module) -> None:
+    """Remove both hook masks and their hooks from `module` (a no-op without them)."""
+    for key in [k for k, hook in module._forward_hooks.items() if hook is _mask_output]:
+        del module._forward_hooks[key]
+    for key in [k for k, hook in module._forward_pre_hooks.items() if hook is _mask_input]:
+        del module._forward_pre_hooks[key]
+    for attr in (OUT_MASK, IN_MASK):
+        if attr in module._buffers:
+            del module._buffers[attr]
+
+
+def suspend_hooks(model: nn.Module) -> list[tuple[nn.Module, str, object]]:
+    """Detach the mask hooks of every module (tracing must see plain ops); see `resume_hooks`.
+
+    Returns:
+        What to pass to `resume_hooks`.
+    """
+    suspended = []
+    for module in model.modules():
+        for table, function in (
+            (module._forward_hooks, _mask_output),
+            (module._forward_pre_hooks, _mask_input),
+        ):
+            for key in [k for k, hook in table.items() if hook is function]:
+                del table[key]
+                suspended.append((module, "pre" if function is _mask_input else "post", function))
+    return suspended
+
+
+def resume_hooks(suspended: list[tuple[nn.Module, str, object]]) -> None:
+    """Re-register hooks removed by `suspend_hooks`."""
+    for module, kind, function in suspended:
+        if kind == "pre":
+            module.register_forward_pre_hook(function)
+        else:
+            module.register_forward_hook(function)
