@@ -20,6 +20,7 @@ from spa.adapters import (
 from spa.export import fuse
 from spa.flops import count_flops, count_macs, density
 from spa.pruning import compact
+from spa.tasks import TaskHost, TaskReport, load_task, read_bundle, save_task
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,8 @@ __all__ = [
     "SPLoPALinear",
     "SPLoRAConfig",
     "SPLoRALayer",
+    "TaskHost",
+    "TaskReport",
     "__version__",
     "adapt",
     "adapter_layers",
@@ -42,4 +45,7 @@ __all__ = [
     "density",
     "fuse",
     "learned_parameters",
+    "load_task",
+    "read_bundle",
+    "save_task",
 ]

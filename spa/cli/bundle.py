@@ -1,0 +1,181 @@
+"""`spa bundle info|verify` and `spa export`: inspect, check and export task bundles.
+
+Base models are given as `--base PATH`: either a state-dict file (`.safetensors`, or `.pt` /
+`.pth` read with `torch.load(weights_only=True)`) together with `--model NAME` (a `spa.models`
+registry name), `--num-classes N` and any other builder argument as `--model-arg KEY=VALUE`
+(VALUE parsed as JSON, else kept as a string); or a local `transformers` model directory (with
+`config.json`), loaded with `from_pretrained` without any download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spa.errors import ConfigError
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    for item in args.model_arg or []:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except ValueError:
+            kwargs[key] = value
+    return kwargs
+
+
+def load_base(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """Build and load the base model named by `--base` (and `--model`); return it and its
+    architecture description (see `spa.tasks.export.build_architecture`).
+
+    Raises:
+        ConfigError: if the checkpoint or model name is missing or does not fit.
+    """
+    path = Path(args.base)
+    if path.is_dir():
+        import transformers
+
+        from spa.tasks.export import describe_transformers
+
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        names = getattr(config, "architectures", None) or []
+        model_class = getattr(transformers, names[0], None) if names else None
+        if model_class is None:
+            raise ConfigError(f"{path}: config.json names no known transformers architecture")
+        model = model_class.from_pretrained(path, local_files_only=True)
+        return model.eval(), describe_transformers(model)
+    if not args.model:
+        raise ConfigError(
+            f"--base {path}: a state-dict file needs --model NAME (a spa.models registry name)"
+        )
+    from spa.models import create_model, load_torchvision_weights
+
+    kwargs = _model_kwargs(args)
+    model = create_model(args.model, **kwargs)
+    load_torchvision_weights(model, path)
+    architecture = {"source": "spa.models", "name": args.model, "kwargs": kwargs}
+    return model.eval(), architecture
+
+
+def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--base",
+        required=True,
+        help="base checkpoint: state-dict file (.safetensors/.pt, with --model) or a local "
+        "transformers model directory",
+    )
+    parser.add_argument("--model", help="spa.models registry name of the base architecture")
+    parser.add_argument("--num-classes", type=int, help="num_classes of the model builder")
+    parser.add_argument(
+        "--model-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="further model builder argument (VALUE as JSON), repeatable",
+    )
+
+
+def _info(args: argparse.Namespace) -> int:
+    from spa.tasks import read_bundle
+
+    bundle = read_bundle(args.path)
+    metadata = bundle.metadata
+    if args.json:
+        print(json.dumps({**metadata, "bytes_on_disk": bundle.size_bytes}, indent=2))
+        return 0
+    adapter = metadata.get("adapter") or {}
+    stored = sum(t.numel() * t.element_size() for t in bundle.tensors.values())
+    lines = [
+        f"bundle:          {args.path}",
+        f"format version:  {metadata['format_version']} (spa {metadata.get('spa_version')})",
+        f"architecture:    {metadata.get('architecture')} (model {metadata.get('model_name')})",
+        f"base:            {metadata.get('base_fingerprint')}",
+        f"adapter:         {adapter.get('type')} {json.dumps(adapter.get('config'))}",
+        f"density:         {metadata['density']:.4f}",
+        f"dParams:         {metadata['dparams']:,} {json.dumps(metadata.get('dparams_by_kind'))}",
+        f"storage dtype:   {metadata.get('dtype')} (norm statistics {metadata['norm_statistics']})",
+        f"bytes on disk:   {bundle.size_bytes:,} (tensors {stored:,}, header "
+        f"{bundle.size_bytes - stored:,}; 4 x dParams = {4 * metadata['dparams']:,})",
+        f"adapted layers:  {len(metadata.get('layers', []))}",
+    ]
+    for entry in metadata.get("layers", []):
+        lines.append(
+            f"  {entry['path']}: {entry.get('kind', 'splora')} {tuple(entry['shape'])} of base "
+            f"{tuple(entry['base_shape'])}"
+        )
+    lines.append(f"other changed modules: {len(metadata.get('modules', []))}")
+    print("\n".join(lines))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from spa.tasks import fingerprint, plan_task, read_bundle
+
+    bundle = read_bundle(args.path)
+    base, _ = load_base(args)
+    base_fingerprint = fingerprint(base)
+    plan_task(base, bundle, base_fingerprint=base_fingerprint)
+    print(f"OK: {args.path} fits base {args.base} ({base_fingerprint})")
+    return 0
+
+
+def _input_shape(text: str | None) -> tuple[int, ...]:
+    if not text:
+        raise ConfigError("--format onnx needs --input-shape, e.g. 1,3,224,224")
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape must be comma-separated integers, got {text!r}") from None
+
+
+def _export(args: argparse.Namespace) -> int:
+    from spa.tasks import load_task
+    from spa.tasks.export import export_model, export_onnx
+
+    base, architecture = load_base(args)
+    task = load_task(base, args.bundle)
+    if args.format == "onnx":
+        if architecture["source"] == "transformers":
+            example = (torch.ones(_input_shape(args.input_shape or "1,128"), dtype=torch.long),)
+        else:
+            example = (torch.randn(_input_shape(args.input_shape)),)
+        export_onnx(task, args.output, example)
+    else:
+        export_model(task, args.output, architecture=architecture, reference=base)
+    print(f"wrote {args.output} ({Path(args.output).stat().st_size:,} bytes, {args.format})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `spa bundle info|verify` and `spa export` to the `spa` command line."""
+    bundle = subparsers.add_parser("bundle", help="inspect and check task bundles")
+    actions = bundle.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
+    info = actions.add_parser("info", help="print a bundle's metadata and sizes")
+    info.add_argument("path", help="bundle file")
+    info.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
+    info.set_defaults(func=_info)
+    verify = actions.add_parser("verify", help="check a bundle against a base model checkpoint")
+    verify.add_argument("path", help="bundle file")
+    _add_base_arguments(verify)
+    verify.set_defaults(func=_verify)
+    export = subparsers.add_parser(
+        "export", help="write the fused, compacted task model (safetensors or ONNX)"
+    )
+    export.add_argument("bundle", help="bundle file")
+    _add_base_arguments(export)
+    export.add_argument("-o", "--output", required=True, help="output file")
+    export.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
+    export.add_argument(
+        "--input-shape", help="example input shape for ONNX tracing, e.g. 1,3,224,224"
+    )
+    export.set_defaults(func=_export)

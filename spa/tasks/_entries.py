@@ -1,0 +1,165 @@
+"""Helpers shared by the per-layer bundle entries: kept base channels, masks, checked tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from spa.errors import BundleError, ConfigError
+from spa.tasks.format import Bundle
+
+
+def encode_selection(writer: Any, name: str, side: str, indices: torch.Tensor, size: int) -> str:
+    """Record which of the base layer's `size` channels a layer keeps, as cheaply as possible.
+
+    Returns "all" (every channel, in order: nothing stored), "mask" (sorted: a bit-packed mask
+    over the base channels) or "indices" (any other order: int32 indices).
+    """
+    indices = indices.detach().cpu()
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= size):
+        raise ConfigError(
+            f"save_task: {name}: {side}_indices reach {int(indices.max())}, outside the base "
+            f"layer's {size} channels; pass the base model the task was adapted from"
+        )
+    if indices.numel() == size and torch.equal(indices, torch.arange(size)):
+        return "all"
+    if indices.numel() < 2 or bool((indices[1:] > indices[:-1]).all()):
+        mask = torch.zeros(size, dtype=torch.bool)
+        mask[indices] = True
+        writer.add_mask(f"{name}:{side}_kept", mask)
+        return "mask"
+    writer.add(f"layers.{name}.{side}_indices", indices.to(torch.int32))
+    return "indices"
+
+
+def bundle_error(bundle: Bundle, message: str) -> BundleError:
+    """A `BundleError` whose message starts with the bundle's path."""
+    return BundleError(f"{bundle.path or 'bundle'}: {message}")
+
+
+def decode_selection(
+    bundle: Bundle, entry: dict[str, Any], side: str, size: int, count: int
+) -> torch.Tensor | None:
+    """The base-channel indices a layer keeps on `side` (None for all, in order); validated.
+
+    Raises:
+        BundleError: if the selection does not fit a base layer with `size` channels or does not
+            select `count` channels.
+    """
+    name, kind = entry["path"], entry.get(f"{side}_selection", "all")
+    if kind == "all":
+        indices = None
+        selected = size
+    elif kind == "mask":
+        mask = bundle.mask(f"{name}:{side}_kept")
+        if mask.numel() != size:
+            raise bundle_error(
+                bundle,
+                f"shape mismatch at layer {name!r}: the bundle selects from {mask.numel()} "
+                f"{side}put channels, the base layer has {size}",
+            )
+        indices = mask.nonzero().flatten()
+        selected = indices.numel()
+    elif kind == "indices":
+        indices = expect(bundle, f"layers.{name}.{side}_indices", (count,)).long()
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= size):
+            raise bundle_error(
+                bundle, f"layer {name!r}: {side}put channel index outside the base's {size}"
+            )
+        selected = indices.numel()
+    else:
+        raise bundle_error(bundle, f"layer {name!r}: unknown {side} selection {kind!r}")
+    if selected != count:
+        raise bundle_error(
+            bundle,
+            f"shape mismatch at layer {name!r}: {selected} {side}put channels selected from the "
+            f"base, the task layer has {count}",
+        )
+    return indices
+
+
+def decode_mask(bundle: Bundle, entry: dict[str, Any], key: str, length: int) -> torch.Tensor:
+    """The layer's boolean mask `key` (all ones when the bundle stores none), length-checked."""
+    if not entry.get(key):
+        return torch.ones(length, dtype=torch.bool)
+    mask = bundle.mask(f"{entry['path']}:{key}")
+    if mask.numel() != length:
+        raise bundle_error(
+            bundle,
+            f"shape mismatch at layer {entry['path']!r}: {key} has {mask.numel()} entries, "
+            f"expected {length}",
+        )
+    return mask
+
+
+def expect(bundle: Bundle, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The stored tensor `name`, checked to have `shape`.
+
+    Raises:
+        BundleError: naming the tensor if it is missing or has another shape.
+    """
+    tensor = bundle.tensors.get(name)
+    if tensor is None:
+        raise bundle_error(bundle, f"tensor {name!r} is missing; the file is damaged")
+    if tuple(tensor.shape) != tuple(shape):
+        raise bundle_error(
+            bundle,
+            f"shape mismatch for {name!r}: stored {tuple(tensor.shape)}, expected {tuple(shape)}",
+        )
+    return tensor
+
+
+def select(
+    weight: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None
+) -> torch.Tensor:
+    """`weight[rows][:, cols]` in one gather (a new tensor; None selects everything)."""
+    if rows is None and cols is None:
+        return weight.detach().clone()
+    if rows is None:
+        return weight.detach().index_select(1, cols.to(weight.device))
+    if cols is None:
+        return weight.detach().index_select(0, rows.to(weight.device))
+    weight = weight.detach()
+    rows, cols = rows.to(weight.device), cols.to(weight.device)
+    if weight.dim() > 2 and weight[0, 0].numel() > 1:
+        # One gather of whole kernels: flat (out * in, taps) rows, much faster than two passes.
+        out_channels, in_channels = weight.shape[:2]
+        flat = (rows[:, None] * in_channels + cols).reshape(-1)
+        kernels = weight.reshape(out_channels * in_channels, -1).index_select(0, flat)
+        return kernels.reshape(len(rows), len(cols), *weight.shape[2:])
+    return weight.index_select(0, rows).index_select(1, cols)
+
+
+def check_base_layer(
+    bundle: Bundle, entry: dict[str, Any], base: Any, types: tuple[type, ...]
+) -> None:
+    """Check the base module for a layer entry exists, has a supported type and its shape.
+
+    Raises:
+        BundleError: for a missing layer, another type or a shape mismatch.
+    """
+    name = entry["path"]
+    if base is None:
+        raise bundle_error(
+            bundle,
+            f"layer {name!r} is missing from the base model; the bundle was made for "
+            f"{bundle.metadata.get('architecture')!r}",
+        )
+    if not isinstance(base, types):
+        raise bundle_error(
+            bundle,
+            f"layer {name!r} is a {type(base).__name__} in the base model, not a layer "
+            "this bundle can rebuild",
+        )
+    if list(base.weight.shape) != list(entry.get("base_shape", [])):
+        raise bundle_error(
+            bundle,
+            f"shape mismatch at layer {name!r}: base weight {tuple(base.weight.shape)}, bundle "
+            f"expects {tuple(entry.get('base_shape', []))}",
+        )
+
+
+def default_bias(base: Any) -> str:
+    """The bias kind of an entry that records none: the base's bias, or none if it has none."""
+    return "none" if base.bias is None else "base"

@@ -1,0 +1,194 @@
+"""Bundle entries of block-pruned layers (`SPLoPALinear`) and their prototype banks.
+
+Saved per layer: the bit-packed block mask `M_b`, the block weights of kept blocks only
+(`B[:, M_b]`, `R ||M_b||_0` values), a reference to its prototype bank (each bank, shared or
+private, is stored once as `banks.<key>.row_factors` / `col_factors`), the retained base entries
+only if they differ from the base, and the bias only if it differs. If the layer records kept
+base rows/columns (`out_indices` / `in_indices`, after block compaction) they are stored like
+channel selections. Loading rebuilds Eq. 6 as one plain `nn.Linear`::
+
+    W_t = W_s * (M_b kron J) + sum_i (M_b * B_i) kron (p_i q_i^T)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from spa.adapters.splopa import SPLoPALinear
+from spa.tasks._entries import (
+    bundle_error,
+    check_base_layer,
+    decode_mask,
+    decode_selection,
+    default_bias,
+    encode_selection,
+    expect,
+    select,
+)
+from spa.tasks.format import Bundle
+from spa.tasks.modules import attribute_changes, same_tensor
+
+
+def _indices(layer: nn.Module, side: str, size: int, device: torch.device) -> torch.Tensor:
+    indices = getattr(layer, f"{side}_indices", None)
+    return torch.arange(size, device=device) if indices is None else indices.to(device)
+
+
+def _bank_key(layer: SPLoPALinear, writer: Any) -> str:
+    bank = layer.prototypes
+    if id(bank) not in writer.banks:
+        key = f"bank{len(writer.banks)}"
+        writer.banks[id(bank)] = {
+            "key": key,
+            "block_shape": list(bank.block_shape),
+            "num_prototypes": bank.num_prototypes,
+            "prototype_rank": bank.prototype_rank,
+        }
+        writer.add(f"banks.{key}.row_factors", bank.row_factors)  # (R, p, r)
+        writer.add(f"banks.{key}.col_factors", bank.col_factors)  # (R, q, r)
+    return writer.banks[id(bank)]["key"]
+
+
+def save_splopa(
+    name: str, layer: SPLoPALinear, base: nn.Module, writer: Any
+) -> tuple[dict[str, Any], int]:
+    """Record `layer` relative to base layer `base`; return its entry and its kept weights."""
+    weight, base_weight = layer.base.weight.detach(), base.weight.detach()
+    device = base_weight.device
+    rows, cols = layer.block_shape
+    entry: dict[str, Any] = {
+        "path": name,
+        "kind": "splopa",
+        "block_shape": [rows, cols],
+        "num_prototypes": layer.prototypes.num_prototypes,
+        "shape": list(weight.shape),
+        "base_shape": list(base_weight.shape),
+        "bank": _bank_key(layer, writer),
+    }
+    out_indices = _indices(layer, "out", weight.shape[0], device)
+    in_indices = _indices(layer, "in", weight.shape[1], device)
+    for side, indices, size in (
+        ("out", out_indices, base_weight.shape[0]),
+        ("in", in_indices, base_weight.shape[1]),
+    ):
+        selection = encode_selection(writer, name, side, indices, size)
+        if selection != "all":
+            entry[f"{side}_selection"] = selection
+    block_mask = layer.block_mask.to(device)
+    if not bool(block_mask.all()):
+        entry["block_mask"] = True
+        writer.add_mask(f"{name}:block_mask", block_mask.flatten())
+    writer.add(f"layers.{name}.block_weights", layer.block_weights.to(device)[:, block_mask])
+    element_mask = layer.weight_mask().to(device)
+    retained = weight.to(device)[element_mask]
+    reference = select(base_weight, out_indices, in_indices)[element_mask]
+    if not same_tensor(retained, reference):
+        entry["weight"] = True
+        writer.add(f"layers.{name}.weight", retained)  # kept entries, row-major
+    bias, base_bias = layer.base.bias, base.bias
+    if bias is None:
+        if base_bias is not None:
+            entry["bias"] = "none"
+    elif base_bias is None or not same_tensor(bias.to(device), base_bias[out_indices]):
+        entry["bias"] = "stored"
+        writer.add(f"layers.{name}.bias", bias)
+    if attributes := attribute_changes(layer.base, base):
+        entry["attributes"] = attributes
+    return entry, int(block_mask.sum()) * rows * cols
+
+
+@dataclass
+class BlockLayerPlan:
+    """A validated SPLoPA entry, ready to build."""
+
+    entry: dict[str, Any]
+    base: nn.Module
+    rows: torch.Tensor | None
+    cols: torch.Tensor | None
+    block_mask: torch.Tensor
+    tensors: dict[str, torch.Tensor]
+
+    def build(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fused weight and the bias of the task layer (new tensors, base untouched)."""
+        base_weight = self.base.weight.detach()
+        dtype, device = base_weight.dtype, base_weight.device
+        rows, cols = self.entry["block_shape"]
+        block_mask = self.block_mask.to(device)
+        element_mask = block_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+        if "weight" in self.tensors:
+            weight = torch.zeros(self.entry["shape"], dtype=dtype, device=device)
+            weight[element_mask] = self.tensors["weight"].to(device, dtype)
+        else:
+            weight = select(base_weight, self.rows, self.cols)
+            if not bool(block_mask.all()):
+                weight[~element_mask] = 0
+        stored = self.tensors["block_weights"].to(device, dtype)
+        block_weights = torch.zeros(
+            (stored.shape[0],) + tuple(block_mask.shape), dtype=dtype, device=device
+        )
+        block_weights[:, block_mask] = stored  # (R, n/p, m/q)
+        row_factors = self.tensors["row_factors"].to(device, dtype)
+        col_factors = self.tensors["col_factors"].to(device, dtype)
+        prototypes = torch.einsum("ick,ibk->icb", row_factors, col_factors)  # (R, p, q)
+        delta = torch.einsum("iaj,icb->acjb", block_weights, prototypes)
+        weight += delta.reshape(weight.shape)  # as SPLoPALinear.delta_weight
+        return weight, self._bias(dtype, device)
+
+    def _bias(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        kind = self.entry.get("bias", default_bias(self.base))
+        if kind == "none":
+            return None
+        if kind == "stored":
+            return self.tensors["bias"].to(device, dtype)
+        bias = self.base.bias.detach()
+        return bias.clone() if self.rows is None else bias.index_select(0, self.rows.to(device))
+
+
+def plan_splopa(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -> BlockLayerPlan:
+    """Validate a SPLoPA entry (and its bank) against its base layer without building anything.
+
+    Raises:
+        BundleError: for a missing layer, a non-Linear base, or any shape mismatch.
+    """
+    check_base_layer(bundle, entry, base, (nn.Linear,))
+    name = entry["path"]
+    try:
+        out_features, in_features = (int(v) for v in entry["shape"])
+        rows, cols = (int(v) for v in entry["block_shape"])
+        num_prototypes = int(entry["num_prototypes"])
+        bank = next(b for b in bundle.metadata.get("banks", []) if b["key"] == entry["bank"])
+        rank = int(bank["prototype_rank"])
+    except (KeyError, TypeError, ValueError, StopIteration):
+        raise bundle_error(bundle, f"layer {name!r}: malformed entry {entry!r}") from None
+    if rows <= 0 or cols <= 0 or out_features % rows or in_features % cols:
+        raise bundle_error(
+            bundle,
+            f"shape mismatch at layer {name!r}: ({out_features}, {in_features}) is not divisible "
+            f"by block_shape ({rows}, {cols})",
+        )
+    base_weight = base.weight
+    row_sel = decode_selection(bundle, entry, "out", base_weight.shape[0], out_features)
+    col_sel = decode_selection(bundle, entry, "in", base_weight.shape[1], in_features)
+    grid = (out_features // rows, in_features // cols)
+    block_mask = decode_mask(bundle, entry, "block_mask", grid[0] * grid[1]).reshape(grid)
+    kept = int(block_mask.sum())
+    key = entry["bank"]
+    tensors = {
+        "block_weights": expect(bundle, f"layers.{name}.block_weights", (num_prototypes, kept)),
+        "row_factors": expect(bundle, f"banks.{key}.row_factors", (num_prototypes, rows, rank)),
+        "col_factors": expect(bundle, f"banks.{key}.col_factors", (num_prototypes, cols, rank)),
+    }
+    if entry.get("weight"):
+        tensors["weight"] = expect(bundle, f"layers.{name}.weight", (kept * rows * cols,))
+    bias_kind = entry.get("bias", default_bias(base))
+    if bias_kind == "stored":
+        tensors["bias"] = expect(bundle, f"layers.{name}.bias", (out_features,))
+    elif bias_kind == "base" and base.bias is None:
+        raise bundle_error(bundle, f"layer {name!r} uses the base bias, the base layer has none")
+    elif bias_kind not in ("base", "stored", "none"):
+        raise bundle_error(bundle, f"layer {name!r}: unknown bias kind {bias_kind!r}")
+    return BlockLayerPlan(entry, base, row_sel, col_sel, block_mask, tensors)

@@ -1,0 +1,182 @@
+"""Bundle entries of channel-pruned layers (`SPLoRALayer`, also the fine-pruning form, rank 0).
+
+Saved per layer: the kept base channels (`out_indices`/`in_indices`), the masks when not all
+ones, the factors of kept channels only (`down[m_row]`, `up[:, m_col]`, so storage is
+`r (||m_row||_0 + ||m_col||_0)` values as in DESIGN §2), the retained weight
+`W[m_row][:, m_col]` only if it differs from the base (fine-pruning), and the bias only if it
+differs. Loading rebuilds Eq. 4 as one plain layer::
+
+    W_t = W_s[out_indices][:, in_indices] * (m_row m_col^T) + (W_down m_row)(W_up m_col)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from spa.adapters import _conv
+from spa.adapters.splora import SPLoRALayer
+from spa.errors import UnsupportedLayerError
+from spa.tasks._entries import (
+    bundle_error,
+    check_base_layer,
+    decode_mask,
+    decode_selection,
+    default_bias,
+    encode_selection,
+    expect,
+    select,
+)
+from spa.tasks.format import Bundle
+from spa.tasks.modules import attribute_changes, same_tensor
+
+
+def save_splora(
+    name: str, layer: SPLoRALayer, base: nn.Module, writer: Any
+) -> tuple[dict[str, Any], int]:
+    """Record `layer` relative to base layer `base`; return its entry and its kept weights."""
+    weight, base_weight = layer.base.weight.detach(), base.weight.detach()
+    device = base_weight.device
+    entry: dict[str, Any] = {
+        "path": name,
+        "rank": layer.rank,
+        "shape": list(weight.shape[:2]),
+        "base_shape": list(base_weight.shape),
+    }
+    out_indices, in_indices = layer.out_indices.to(device), layer.in_indices.to(device)
+    for side, indices, size in (
+        ("out", out_indices, base_weight.shape[0]),
+        ("in", in_indices, base_weight.shape[1]),
+    ):
+        selection = encode_selection(writer, name, side, indices, size)
+        if selection != "all":
+            entry[f"{side}_selection"] = selection
+    out_mask, in_mask = layer.out_mask.to(device), layer.in_mask.to(device)
+    for key, mask in (("out_mask", out_mask), ("in_mask", in_mask)):
+        if not bool(mask.all()):
+            entry[key] = True
+            writer.add_mask(f"{name}:{key}", mask)
+    rows, cols = out_mask.nonzero().flatten(), in_mask.nonzero().flatten()
+    retained = select(weight.to(device), rows, cols)
+    reference = select(select(base_weight, out_indices, in_indices), rows, cols)
+    if not same_tensor(retained, reference):
+        entry["weight"] = True
+        writer.add(f"layers.{name}.weight", retained)  # (kept out, kept in, *kernel)
+    bias, base_bias = layer.base.bias, base.bias
+    if bias is None:
+        if base.bias is not None:
+            entry["bias"] = "none"
+    else:
+        kept_bias = bias.detach().to(device)[rows]
+        if base_bias is None or not same_tensor(kept_bias, base_bias[out_indices][rows]):
+            entry["bias"] = "stored"
+            writer.add(f"layers.{name}.bias", kept_bias)
+    if layer.rank > 0:
+        writer.add(f"layers.{name}.down", layer.down.to(device)[rows])  # (kept out, r)
+        writer.add(f"layers.{name}.up", layer.up.to(device)[:, cols])  # (r, kept in)
+    if attributes := attribute_changes(layer.base, base):
+        entry["attributes"] = attributes
+    kernel = weight[0, 0].numel()
+    return entry, rows.numel() * cols.numel() * kernel
+
+
+@dataclass
+class ChannelLayerPlan:
+    """A validated SPLoRA entry, ready to build: decoded selections, masks and tensors."""
+
+    entry: dict[str, Any]
+    base: nn.Module
+    rows: torch.Tensor | None
+    cols: torch.Tensor | None
+    out_mask: torch.Tensor
+    in_mask: torch.Tensor
+    tensors: dict[str, torch.Tensor]
+
+    def build(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fused weight and masked bias of the task layer (new tensors, base untouched)."""
+        entry, base = self.entry, self.base
+        base_weight = base.weight.detach()
+        dtype, device = base_weight.dtype, base_weight.device
+        out_mask, in_mask = self.out_mask.to(device), self.in_mask.to(device)
+        keep_rows, keep_cols = out_mask.nonzero().flatten(), in_mask.nonzero().flatten()
+        if "weight" in self.tensors:  # fine-pruned: retained entries, zero elsewhere
+            shape = tuple(entry["shape"]) + tuple(base_weight.shape[2:])
+            weight = torch.zeros(shape, dtype=dtype, device=device)
+            retained = self.tensors["weight"].to(device, dtype)
+            weight[keep_rows[:, None], keep_cols] = retained
+        else:
+            weight = select(base_weight, self.rows, self.cols)
+            if not bool(out_mask.all()):
+                weight[~out_mask] = 0
+            if not bool(in_mask.all()):
+                weight[:, ~in_mask] = 0
+        rank = entry["rank"]
+        if rank > 0:
+            down = torch.zeros(len(out_mask), rank, dtype=dtype, device=device)
+            up = torch.zeros(rank, len(in_mask), dtype=dtype, device=device)
+            down[keep_rows] = self.tensors["down"].to(device, dtype)
+            up[:, keep_cols] = self.tensors["up"].to(device, dtype)
+            tap = _conv.centre_tap(base, entry["path"]) if weight.dim() > 2 else ...
+            weight[tap] += down @ up  # (out, in/groups) at the kernel's centre tap
+        return weight, self._bias(out_mask, keep_rows, dtype, device)
+
+    def _bias(
+        self, out_mask: torch.Tensor, keep_rows: torch.Tensor, dtype, device
+    ) -> torch.Tensor | None:
+        kind = self.entry.get("bias", default_bias(self.base))
+        if kind == "none":
+            return None
+        if kind == "stored":
+            bias = torch.zeros(len(out_mask), dtype=dtype, device=device)
+            bias[keep_rows] = self.tensors["bias"].to(device, dtype)
+            return bias
+        base_bias = self.base.bias.detach()
+        if self.rows is not None:
+            base_bias = base_bias.index_select(0, self.rows.to(device))
+        return base_bias * out_mask  # as SPLoRALayer.masked_bias
+
+
+def plan_splora(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -> ChannelLayerPlan:
+    """Validate a SPLoRA entry against its base layer without building anything.
+
+    Raises:
+        BundleError: for a missing layer, another layer type, or any shape mismatch.
+    """
+    check_base_layer(bundle, entry, base, _conv.SUPPORTED_LAYERS)
+    name = entry["path"]
+    base_weight = base.weight
+    try:
+        out_channels, in_columns = (int(v) for v in entry["shape"])
+        rank = int(entry["rank"])
+    except (KeyError, TypeError, ValueError):
+        raise bundle_error(bundle, f"layer {name!r}: malformed entry {entry!r}") from None
+    rows = decode_selection(bundle, entry, "out", base_weight.shape[0], out_channels)
+    cols = decode_selection(bundle, entry, "in", base_weight.shape[1], in_columns)
+    out_mask = decode_mask(bundle, entry, "out_mask", out_channels)
+    in_mask = decode_mask(bundle, entry, "in_mask", in_columns)
+    kept_rows, kept_cols = int(out_mask.sum()), int(in_mask.sum())
+    tensors = {}
+    if entry.get("weight"):
+        shape = (kept_rows, kept_cols) + tuple(base_weight.shape[2:])
+        tensors["weight"] = expect(bundle, f"layers.{name}.weight", shape)
+    bias_kind = entry.get("bias", default_bias(base))
+    if bias_kind == "stored":
+        tensors["bias"] = expect(bundle, f"layers.{name}.bias", (kept_rows,))
+    elif bias_kind == "base" and base.bias is None:
+        raise bundle_error(bundle, f"layer {name!r} uses the base bias, the base layer has none")
+    elif bias_kind not in ("base", "stored", "none"):
+        raise bundle_error(bundle, f"layer {name!r}: unknown bias kind {bias_kind!r}")
+    if rank < 0:
+        raise bundle_error(bundle, f"layer {name!r}: negative rank {rank}")
+    if rank > 0:
+        tensors["down"] = expect(bundle, f"layers.{name}.down", (kept_rows, rank))
+        tensors["up"] = expect(bundle, f"layers.{name}.up", (rank, kept_cols))
+        if base_weight.dim() > 2:
+            try:
+                _conv.centre_tap(base, name)
+            except UnsupportedLayerError as error:
+                raise bundle_error(bundle, str(error)) from None
+    return ChannelLayerPlan(entry, base, rows, cols, out_mask, in_mask, tensors)

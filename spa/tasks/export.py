@@ -1,0 +1,211 @@
+"""Standalone exports of a task model: safetensors with an architecture description, or ONNX.
+
+An exported safetensors file holds the full state dict of the fused, compacted task model and,
+in its metadata (`spa_export`, one JSON string), how to rebuild the module tree without spa's
+adapter code: the architecture (a `spa.models` registry name with keyword arguments, or a
+`transformers` class with its config) and the shape attributes that differ from that freshly
+built architecture (`in_features`, `num_features`, `groups`, ...). `load_exported` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from spa.errors import BundleError, ConfigError
+from spa.tasks.format import canonical_json, read_metadata, write_atomic
+from spa.tasks.modules import (
+    apply_attribute_changes,
+    attribute_changes,
+    check_attribute_changes,
+    direct_tensors,
+    set_tensor,
+)
+
+EXPORT_FORMAT = "spa-exported-model"
+EXPORT_VERSION = 1
+_EXPORT_KEY = "spa_export"
+
+
+def build_architecture(architecture: dict[str, Any]) -> nn.Module:
+    """Build a randomly initialised model from an architecture description.
+
+    Args:
+        architecture: `{"source": "spa.models", "name": ..., "kwargs": {...}}` or
+            `{"source": "transformers", "class": ..., "config": {...}}`.
+
+    Returns:
+        The model.
+
+    Raises:
+        ConfigError: for an unknown source, model name or class.
+    """
+    source = architecture.get("source")
+    if source == "spa.models":
+        from spa.models import create_model
+
+        return create_model(architecture["name"], **architecture.get("kwargs", {}))
+    if source == "transformers":
+        import transformers
+
+        model_class = getattr(transformers, str(architecture.get("class")), None)
+        config = dict(architecture.get("config", {}))
+        if not isinstance(model_class, type) or not issubclass(model_class, nn.Module):
+            raise ConfigError(f"unknown transformers model class {architecture.get('class')!r}")
+        model_type = config.pop("model_type", None)
+        return model_class(transformers.AutoConfig.for_model(model_type, **config))
+    raise ConfigError(
+        f"unknown architecture source {source!r}; expected 'spa.models' or 'transformers'"
+    )
+
+
+def describe_transformers(model: nn.Module) -> dict[str, Any]:
+    """The architecture description of a `transformers` model (class name and config)."""
+    return {
+        "source": "transformers",
+        "class": type(model).__name__,
+        "config": model.config.to_dict(),
+    }
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    architecture: dict[str, Any],
+    reference: nn.Module,
+) -> int:
+    """Write `model` (plain layers, e.g. from `load_task`) as a standalone safetensors file.
+
+    Args:
+        model: the fused, compacted task model.
+        path: destination file, written atomically.
+        architecture: how to build the module tree (see `build_architecture`).
+        reference: a model built from `architecture` (e.g. the base model); shape attributes of
+            `model` that differ from it are recorded.
+
+    Returns:
+        Bytes written.
+
+    Raises:
+        ConfigError: if the module trees of `model` and `reference` differ.
+    """
+    reference_modules = dict(reference.named_modules())
+    changes, removed = {}, []
+    for name, module in model.named_modules():
+        base = reference_modules.get(name)
+        if base is None or type(base) is not type(module):
+            raise ConfigError(
+                f"export: module {name!r} ({type(module).__name__}) has no counterpart of the "
+                "same type in the reference architecture"
+            )
+        if attributes := attribute_changes(module, base):
+            changes[name] = attributes
+        removed += [
+            f"{name}.{key}" if name else key
+            for key, value in module._parameters.items()
+            if value is None and base._parameters.get(key) is not None
+        ]
+    tensors = {
+        key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()
+    }
+    document = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "architecture": architecture,
+        "modules": changes,
+        "removed": removed,
+    }
+    data = safetensors.torch.save(tensors, metadata={_EXPORT_KEY: canonical_json(document)})
+    write_atomic(path, data)
+    return len(data)
+
+
+def load_exported(path: str | os.PathLike) -> nn.Module:
+    """Rebuild a model written by `export_model` (no adapter code involved), in eval mode.
+
+    Args:
+        path: the exported `.safetensors` file.
+
+    Returns:
+        The model with the exported weights.
+
+    Raises:
+        BundleError: if the file is damaged, not an export, or does not fit its architecture.
+    """
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise BundleError(f"{source}: cannot read ({error.strerror})") from None
+    try:
+        document = read_metadata(data, source, key=_EXPORT_KEY, format_name=EXPORT_FORMAT)
+        tensors = safetensors.torch.load(data)
+    except BundleError:
+        raise
+    except Exception as error:
+        raise BundleError(f"{source}: damaged export ({error})") from None
+    model = build_architecture(document["architecture"])
+    modules = dict(model.named_modules())
+    for name, attributes in document.get("modules", {}).items():
+        module = modules.get(name)
+        problem = "missing" if module is None else check_attribute_changes(module, attributes)
+        if problem:
+            raise BundleError(f"{source}: module {name!r}: {problem}")
+        apply_attribute_changes(module, attributes)
+    for key in document.get("removed", []):
+        owner, _, attr = key.rpartition(".")
+        set_tensor(modules[owner], attr, "parameter", None)
+    expected = set(model.state_dict())
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise BundleError(
+            f"{source}: tensors do not fit the architecture: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
+    for key, tensor in tensors.items():
+        owner, _, attr = key.rpartition(".")
+        kind = direct_tensors(modules[owner])[attr][0]
+        set_tensor(modules[owner], attr, kind, tensor)
+        if kind == "parameter":
+            getattr(modules[owner], attr).requires_grad_(True)
+    return model.eval()
+
+
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike, example_inputs: tuple, *, dynamic_batch: bool = True
+) -> None:
+    """Write `model` as ONNX (TorchScript-based exporter, opset default), atomically.
+
+    Args:
+        model: the fused, compacted task model.
+        path: destination `.onnx` file.
+        example_inputs: positional inputs of one forward pass (their shapes are traced).
+        dynamic_batch: make the first dimension of every input and output dynamic.
+    """
+    names = [f"input_{i}" if i else "input" for i in range(len(example_inputs))]
+    axes = {name: {0: "batch"} for name in names + ["output"]} if dynamic_batch else None
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        temporary = Path(scratch) / target.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: offline, fast
+            warnings.simplefilter("ignore", UserWarning)
+            torch.onnx.export(
+                model.eval(),
+                tuple(example_inputs),
+                str(temporary),
+                dynamo=False,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes=axes,
+            )
+        os.replace(temporary, target)

@@ -1,0 +1,174 @@
+"""Module-tree helpers for bundles: weight-sharing structural copies and attribute differences.
+
+A task changes a base model in two ways only: tensors (new values or smaller shapes) and the
+simple attributes that describe shapes (`in_features`, `num_features`, `groups`, ...). These
+helpers record the attribute changes as JSON-ready values and re-apply them safely: only
+attributes that already exist on the base module with a simple value can be set.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+# Module attributes that never describe a task (mode flags, not structure).
+_IGNORED_ATTRIBUTES = frozenset({"training"})
+# Per-module tables a structural copy must not share with the original.
+_MODULE_TABLES = (
+    "_parameters",
+    "_buffers",
+    "_non_persistent_buffers_set",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+
+def structural_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model`'s module tree that shares every parameter and buffer with `model`.
+
+    Every module is a new object with its own parameter, buffer, sub-module and hook tables, so
+    replacing a tensor, an attribute or a sub-module in the copy leaves `model` untouched; no
+    tensor is copied. Other attribute values are shared (they are replaced, never mutated, when
+    a task is applied). A module that appears twice in the tree is copied once.
+    """
+    return _copy_module(model, {})
+
+
+def _copy_module(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    if id(module) in memo:
+        return memo[id(module)]
+    new = object.__new__(type(module))  # what copy.copy does, without its generic overhead
+    state = new.__dict__
+    state.update(module.__dict__)
+    memo[id(module)] = new
+    for table in _MODULE_TABLES:
+        if table in state:
+            state[table] = type(state[table])(state[table])  # dict / OrderedDict / set
+    new._modules = {
+        name: None if child is None else _copy_module(child, memo)
+        for name, child in module._modules.items()
+    }
+    return new
+
+
+def _is_simple(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int | str):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, tuple | list):
+        return all(_is_simple(item) for item in value)
+    return False
+
+
+def simple_attributes(module: nn.Module) -> dict[str, Any]:
+    """The module's public attributes holding None, bool, int, finite float, str or tuples."""
+    return {
+        key: value
+        for key, value in vars(module).items()
+        if not key.startswith("_") and key not in _IGNORED_ATTRIBUTES and _is_simple(value)
+    }
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_to_json(item) for item in value]
+    return value
+
+
+def attribute_changes(module: nn.Module, base_module: nn.Module) -> dict[str, Any]:
+    """Simple attributes of `module` whose values differ from `base_module`'s, JSON-ready."""
+    base = simple_attributes(base_module)
+    return {
+        key: _to_json(value)
+        for key, value in simple_attributes(module).items()
+        if key in base and _to_json(base[key]) != _to_json(value)
+    }
+
+
+def _like(value: Any, reference: Any) -> Any:
+    """Convert a JSON value back to the container types of `reference` (tuples stay tuples)."""
+    if isinstance(value, list) and isinstance(reference, tuple | list):
+        items = [
+            _like(item, reference[0] if reference else None) if isinstance(item, list) else item
+            for item in value
+        ]
+        return tuple(items) if isinstance(reference, tuple) else items
+    return value
+
+
+def check_attribute_changes(module: nn.Module, changes: dict[str, Any]) -> str | None:
+    """Why `changes` cannot be applied to `module` (None if they can)."""
+    current = simple_attributes(module)
+    for key, value in changes.items():
+        if key not in current:
+            return f"attribute {key!r} does not exist on {type(module).__name__}"
+        if not _is_simple(value):
+            return f"attribute {key!r} has a non-simple value {value!r}"
+        old = current[key]
+        if (
+            old is not None
+            and value is not None
+            and isinstance(old, tuple | list) != isinstance(value, list)
+        ):
+            return f"attribute {key!r}: {value!r} does not match the kind of {old!r}"
+    return None
+
+
+def apply_attribute_changes(module: nn.Module, changes: dict[str, Any]) -> None:
+    """Set recorded attribute values on `module` (validated by `check_attribute_changes`)."""
+    current = simple_attributes(module)
+    for key, value in changes.items():
+        setattr(module, key, _like(value, current[key]))
+
+
+def direct_tensors(module: nn.Module) -> dict[str, tuple[str, torch.Tensor]]:
+    """`{name: (kind, tensor)}` of the module's own parameters and persistent buffers.
+
+    Kind is "parameter" or "buffer"; None entries and non-persistent buffers (derived state such
+    as hook masks) are left out.
+    """
+    tensors = {name: ("parameter", t) for name, t in module._parameters.items() if t is not None}
+    transient = module._non_persistent_buffers_set
+    tensors.update(
+        {
+            name: ("buffer", t)
+            for name, t in module._buffers.items()
+            if t is not None and name not in transient
+        }
+    )
+    return tensors
+
+
+def set_tensor(module: nn.Module, name: str, kind: str, tensor: torch.Tensor | None) -> None:
+    """Install `tensor` as parameter (frozen) or buffer `name` of `module`, replacing any old one.
+
+    The module's other tensors are untouched; the old tensor object (possibly shared with a
+    base model) is not modified.
+    """
+    module._parameters.pop(name, None)
+    module._buffers.pop(name, None)
+    if kind == "parameter":
+        parameter = None if tensor is None else nn.Parameter(tensor, requires_grad=False)
+        module._parameters[name] = parameter
+    else:
+        module._buffers[name] = tensor
+
+
+def same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """True if both are None, or have equal dtype, shape and values."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.detach(), b.detach())

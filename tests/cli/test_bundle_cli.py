@@ -1,0 +1,94 @@
+"""`spa bundle info|verify` and `spa export` on a tiny registry model."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+import spa
+from spa.cli import main
+from spa.errors import BundleError
+from spa.models import create_model
+from spa.tasks import load_task, save_task
+from spa.tasks.export import load_exported
+
+MODEL_ARGS = ["--model", "tiny_convnet", "--num-classes", "3", "--model-arg", "width=4"]
+
+
+@pytest.fixture
+def files(tmp_path):
+    base = create_model("tiny_convnet", num_classes=3, width=4).eval()
+    base_path = tmp_path / "base.safetensors"
+    safetensors.torch.save_file(base.state_dict(), str(base_path))
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
+    for _, layer in spa.adapter_layers(model):
+        nn.init.normal_(layer.up)
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+    bundle_path = tmp_path / "task.safetensors"
+    save_task(model, bundle_path, base_model=base, model_name="tiny_convnet")
+    return base, model.eval(), base_path, bundle_path
+
+
+def test_bundle_info_prints_metadata(files, capsys):
+    _, model, _, bundle_path = files
+    assert main(["bundle", "info", str(bundle_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"dParams:         {spa.count_learned_parameters(model):,}" in out
+    assert f"bytes on disk:   {bundle_path.stat().st_size:,}" in out
+    assert "SPLoRAConfig" in out and "layer1.conv2" in out
+
+
+def test_bundle_verify_accepts_its_base(files, capsys):
+    _, _, base_path, bundle_path = files
+    assert main(["bundle", "verify", str(bundle_path), "--base", str(base_path), *MODEL_ARGS]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_bundle_verify_refuses_other_base(files, tmp_path, capsys):
+    _, _, _, bundle_path = files
+    other = create_model("tiny_convnet", num_classes=3, width=4)
+    other_path = tmp_path / "other.safetensors"
+    safetensors.torch.save_file(other.state_dict(), str(other_path))
+    assert main(["bundle", "verify", str(bundle_path), "--base", str(other_path), *MODEL_ARGS]) == 1
+    assert "trained against base sha256:" in capsys.readouterr().err
+
+
+def test_export_safetensors_loads_without_adapters(files, tmp_path):
+    base, model, base_path, bundle_path = files
+    out = tmp_path / "task_model.safetensors"
+    assert (
+        main(["export", str(bundle_path), "--base", str(base_path), *MODEL_ARGS, "-o", str(out)])
+        == 0
+    )
+    exported = load_exported(out)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x), rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, spa.SPLoRALayer) for m in exported.modules())
+
+
+def test_load_exported_refuses_a_bundle(files):
+    _, _, _, bundle_path = files
+    with pytest.raises(BundleError, match="not a spa-exported-model file"):
+        load_exported(bundle_path)
+
+
+@pytest.mark.slow
+def test_export_onnx_matches_pytorch(files, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    base, model, base_path, bundle_path = files
+    out = tmp_path / "task.onnx"
+    args = ["export", str(bundle_path), "--base", str(base_path), *MODEL_ARGS, "-o", str(out)]
+    assert main([*args, "--format", "onnx", "--input-shape", "1,1,8,8"]) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 1, 8, 8)  # another batch size than traced: the batch axis is dynamic
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = load_task(base, bundle_path)(x)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)

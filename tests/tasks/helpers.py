@@ -1,0 +1,45 @@
+"""Task models with non-trivial adapters, masks, norms and heads, shared by the task tests."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+import spa
+
+
+def trained_task(base: nn.Module, config, example: torch.Tensor, keep: float = 0.7) -> nn.Module:
+    """Adapt a copy of `base` and change everything a training run would change.
+
+    Adapter factors get large random values, masks drop about `1 - keep` of the channels (set
+    by hand: save these with `compact=False`), fine-pruned weights move, norms and the head
+    change and batch-norm statistics are updated by a train-mode forward pass.
+    """
+    model = spa.adapt(copy.deepcopy(base), config)
+    for _, layer in spa.adapter_layers(model):
+        for name in layer.adapter_parameter_names():
+            nn.init.normal_(getattr(layer, name), std=0.3)
+        for mask in layer.masks().values():
+            mask.copy_(torch.rand(mask.shape) < keep)
+            mask[0] = True
+        if getattr(layer, "rank", None) == 0:
+            with torch.no_grad():
+                layer.base.weight.add_(torch.randn_like(layer.base.weight))
+    model.train()
+    with torch.no_grad():
+        model(example)
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm):
+                module.weight.add_(0.1 * torch.randn_like(module.weight))
+                module.bias.add_(0.1 * torch.randn_like(module.bias))
+        head = model.get_submodule(model.spa_report.head[0])
+        head.weight.add_(torch.randn_like(head.weight))
+    return model.eval()
+
+
+def outputs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """Eval-mode outputs without autograd."""
+    with torch.no_grad():
+        return model.eval()(example)
