@@ -226,19 +226,16 @@ class SPLoPALinear(nn.Module):
         bank = self.prototypes
         num, rank = bank.num_prototypes, bank.prototype_rank
         lead = x.shape[:-1]
-        tokens = x.reshape(-1, grid_cols, cols)  # (N, m/q, q)
-        col_factors = bank.col_factors.permute(1, 0, 2).reshape(cols, num * rank)  # (q, R*r)
-        projected = tokens @ col_factors  # (N, m/q, R*r)
-        projected = projected.reshape(-1, grid_cols, num, rank).permute(
-            2, 0, 3, 1
-        )  # (R, N, r, m/q)
-        projected = projected.reshape(num, -1, grid_cols)  # (R, N*r, m/q)
-        mixed = torch.bmm(projected, block_weights.transpose(1, 2))  # (R, N*r, n/p)
-        mixed = mixed.reshape(num, -1, rank, grid_rows).permute(1, 3, 0, 2)  # (N, n/p, R, r)
-        mixed = mixed.reshape(-1, grid_rows, num * rank)
+        tokens = x.reshape(-1, cols)  # (N*m/q, q): one row per input block of a token
+        count = tokens.shape[0] // grid_cols
+        # Layouts are chosen so that every product is one GEMM on contiguous or transposed
+        # operands: no permute copies, and batched products never fall back to per-batch loops.
+        col_factors = bank.col_factors.permute(0, 2, 1).reshape(num * rank, cols)  # (R*r, q)
+        projected = (col_factors @ tokens.t()).view(num, rank * count, grid_cols)  # (R, r*N, m/q)
+        mixed = torch.bmm(projected, block_weights.transpose(1, 2))  # (R, r*N, n/p)
         row_factors = bank.row_factors.permute(0, 2, 1).reshape(num * rank, rows)  # (R*r, p)
-        out = mixed @ row_factors  # (N, n/p, p)
-        return out.reshape(*lead, grid_rows * rows)
+        out = mixed.view(num * rank, count * grid_rows).t() @ row_factors  # (N*n/p, p)
+        return out.view(*lead, grid_rows * rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 6 applied to `x`: frozen base path plus factored adapter path when training."""

@@ -1,0 +1,103 @@
+"""`spa demo`, `spa run CONFIG` and `spa report RUN_DIR ...`: argparse only, no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+_RESUME_HINT = "interrupted: run the same command again to resume from the last completed step"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `demo`, `run` and `report` sub-commands.
+
+    Args:
+        subparsers: the `spa` parser's sub-parsers.
+    """
+    demo = subparsers.add_parser(
+        "demo",
+        help="transfer-prune a small ResNet to digit tasks on the CPU (no downloads)",
+        description="Train a small ResNet on scikit-learn's digits, transfer-prune it to target "
+        "tasks with fine-pruning and SPLoRA, and write a table, plots and task bundles.",
+    )
+    demo.add_argument("--quick", action="store_true", help="fewer epochs and densities (~1 min)")
+    demo.add_argument(
+        "--output", type=Path, default=Path("spa-demo-output"), help="output directory"
+    )
+    demo.set_defaults(func=_demo)
+
+    run = subparsers.add_parser(
+        "run",
+        help="run (or resume) one experiment from a TOML config",
+        description="Run one experiment from a TOML config; running the same command again "
+        "resumes an interrupted run.",
+    )
+    run.add_argument("config", type=Path, help="the TOML config file")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=0.1 (repeatable)",
+    )
+    run.add_argument(
+        "--output", type=Path, default=None, help="run directory (default: output_dir)"
+    )
+    run.set_defaults(func=_run)
+
+    report = subparsers.add_parser(
+        "report",
+        help="rebuild tables and plots from finished runs, comparing them",
+        description="Rebuild table.md, table.csv and plots from one or more run directories.",
+    )
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    report.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write (default: the single RUN_DIR, or ./spa-report for several)",
+    )
+    report.set_defaults(func=_report)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from spa.experiments.demo import run_demo
+
+    try:
+        result = run_demo(args.output, quick=args.quick)
+    except KeyboardInterrupt:
+        print(_RESUME_HINT, file=sys.stderr)
+        return 130
+    print(result.summary())
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from spa.experiments.config import load_config
+    from spa.experiments.runner import run
+
+    config = load_config(args.config, args.overrides)
+    try:
+        result = run(config, args.output)
+    except KeyboardInterrupt:
+        print(_RESUME_HINT, file=sys.stderr)
+        return 130
+    print(result.report.markdown.read_text(encoding="utf-8"))
+    print(f"run directory: {result.run_dir}")
+    print(f"  table: {result.report.markdown}, {result.report.csv}")
+    print(f"  plots: {', '.join(str(p) for p in result.report.plots)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from spa.experiments.report import write_report
+
+    output = args.output
+    if output is None:
+        output = args.run_dirs[0] if len(args.run_dirs) == 1 else Path("spa-report")
+    files = write_report(args.run_dirs, output)
+    print(files.markdown.read_text(encoding="utf-8"))
+    print(f"wrote {files.markdown}, {files.csv} and {len(files.plots)} plots in {output}")
+    return 0

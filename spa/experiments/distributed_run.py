@@ -1,0 +1,76 @@
+"""The runner's distributed-only steps: launch checks and pruning agreed on by every rank."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from torch import nn
+
+from spa import distributed
+from spa.errors import ConfigError
+from spa.experiments.config import ExperimentConfig
+from spa.experiments.pruning_steps import ChannelPruner
+from spa.pruning import prune_step
+
+logger = logging.getLogger(__name__)
+
+
+def check_distributed(config: ExperimentConfig, context: distributed.DistributedContext) -> None:
+    """Refuse configs a distributed run cannot serve (no-op in a single process).
+
+    Args:
+        config: the experiment config.
+        context: this process's distributed context.
+
+    Raises:
+        ConfigError: for SQuAD runs, or a non-CUDA `train.device` with the nccl backend.
+    """
+    if not context.is_distributed:
+        return
+    if config.data.name == "squad":
+        raise ConfigError(
+            "data.name='squad': distributed runs support the image (channel pruning) path only; "
+            "run question answering without torchrun"
+        )
+    if context.backend == "nccl" and not config.train.device.startswith("cuda"):
+        raise ConfigError(
+            f"train.device={config.train.device!r} with the nccl backend: set train.device='cuda' "
+            "(each rank uses cuda:LOCAL_RANK) or SPA_DIST_BACKEND=gloo for CPU training"
+        )
+
+
+def prune_on_all_ranks(
+    model: nn.Module, pruner: ChannelPruner, density: float, data: Iterable
+) -> None:
+    """Mask `model` to `density` from criterion statistics all-reduced over the ranks.
+
+    In a single process this is `pruner.prune_to`. Distributed, every rank scores its shard,
+    the statistics are averaged before ranking, and the masks' fingerprints are compared.
+
+    Args:
+        model: the adapted (unwrapped) model.
+        pruner: the seed's channel pruner (it records the masks for the checkpoint).
+        density: target density.
+        data: this rank's scoring batches.
+
+    Raises:
+        SpaError: if the ranks' masks differ or a rank fails.
+    """
+    masks = prune_step(
+        model,
+        pruner.groups,
+        density,
+        pruner.config,
+        data=data,
+        reduce_fn=distributed.all_reduce_statistics,
+    )
+    pruner.restore(model, masks)  # re-applies the same masks and remembers them
+    fingerprint = distributed.mask_fingerprint(model)
+    logger.info(
+        "rank %d: masks at density %.3f have fingerprint %s",
+        distributed.current_rank(),
+        density,
+        fingerprint,
+    )
+    distributed.assert_same_across_ranks(fingerprint)

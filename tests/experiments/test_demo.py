@@ -1,0 +1,51 @@
+"""The embedded demo end to end in its quick mode: tables, plots, bundles and task switching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spa.experiments.demo import QUICK, run_demo
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_end_to_end_and_bundles_reload(tmp_path) -> None:
+    from spa.data import load_dataset
+    from spa.models import create_model, load_torchvision_weights
+    from spa.tasks import load_task
+
+    result = run_demo(tmp_path, quick=True)
+
+    assert (tmp_path / "table.md").read_text().count("\n| digits/") == 2 * 2 * 3
+    assert (tmp_path / "table.csv").exists()
+    assert sorted(p.name for p in result.report.plots) == [
+        "accuracy_vs_dparams.png",
+        "accuracy_vs_flops.png",
+        "dparams_vs_density.png",
+    ]
+    bundles = sorted(tmp_path.glob("runs-quick/*/seed-0/step-*/task.safetensors"))
+    assert len(bundles) == len(QUICK.tasks) * 2 * (1 + len(QUICK.densities))
+
+    base = create_model(
+        "resnet18", num_classes=10, small_input=True, width=QUICK.width, in_channels=1
+    )
+    load_torchvision_weights(base, result.source)
+    for run in result.runs:
+        record = run.records[1]  # an intermediate density, not the one the host served
+        task_name = record["task"].split("/")[1]
+        model = load_task(base, run.run_dir / "seed-0" / record["bundle"])
+        test = load_dataset("digits", None, "test", task=task_name, size=QUICK.image_size)
+        images = torch.stack([test[i][0] for i in range(len(test))])
+        labels = torch.tensor([test[i][1] for i in range(len(test))])
+        with torch.no_grad():
+            accuracy = (model(images).argmax(dim=1) == labels).float().mean().item()
+        assert accuracy == pytest.approx(record["accuracy"], abs=1e-6)
+
+    assert len(result.switches) == len(QUICK.tasks) * 2
+    for switch in result.switches:
+        assert switch.accuracy == pytest.approx(switch.recorded_accuracy, abs=1e-6)
+    summary = result.summary()
+    assert "Task switching" in summary and str(tmp_path / "table.md") in summary
+
+    again = run_demo(tmp_path, quick=True)  # cached source, finished runs: nothing retrains
+    assert [r.records for r in again.runs] == [r.records for r in result.runs]

@@ -1,0 +1,114 @@
+"""Tests for result tables (mean ± std over seeds) and plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from spa.errors import ConfigError
+from spa.experiments.files import read_jsonl
+from spa.experiments.report import aggregate, csv_table, markdown_table, write_report
+
+
+def _record(seed: int, step: int, density: float, accuracy: float, dparams: int) -> dict:
+    return {
+        "event": "density",
+        "task": "digits/parity",
+        "method": "SPLoRA r8",
+        "criterion": "taylor",
+        "seed": seed,
+        "step": step,
+        "target_density": density,
+        "density": density,
+        "accuracy": accuracy,
+        "dparams": dparams,
+        "flops": 4_000_000,
+        "macs": 2_000_000,
+        "bundle_bytes": 2048,
+        "latency_ms": 1.5,
+    }
+
+
+def _write_run(folder: Path, records: list[dict]) -> Path:
+    for seed in {r["seed"] for r in records}:
+        path = folder / f"seed-{seed}" / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"event": "epoch", "seed": seed, "step": 0})]
+        lines += [json.dumps(r) for r in records if r["seed"] == seed]
+        path.write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_aggregate_mean_and_sample_std_over_seeds() -> None:
+    records = [_record(0, 1, 0.5, 0.5, 100), _record(1, 1, 0.5, 0.7, 300)]
+    (row,) = aggregate(records)
+    assert row.seeds == (0, 1)
+    assert row.mean["accuracy"] == pytest.approx(0.6)
+    assert row.std["accuracy"] == pytest.approx(math.sqrt((0.1**2 + 0.1**2) / 1))
+    assert row.mean["dparams"] == pytest.approx(200)
+    assert row.std["dparams"] == pytest.approx(math.sqrt(2 * 100**2))
+
+
+def test_aggregate_orders_by_decreasing_density() -> None:
+    rows = aggregate([_record(0, 2, 0.1, 0.5, 10), _record(0, 0, 1.0, 0.9, 30)])
+    assert [r.target_density for r in rows] == [1.0, 0.1]
+
+
+def test_markdown_table_labels_flops_and_macs_side_by_side() -> None:
+    text = markdown_table(aggregate([_record(0, 1, 0.5, 0.5, 1000), _record(1, 1, 0.5, 0.7, 3000)]))
+    header = text.splitlines()[0]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns.index("dParams (K)") == columns.index("Density (%)") + 1
+    assert columns.index("MFLOPs") == columns.index("dParams (K)") + 1
+    assert "MMACs" in columns
+    assert "1 MAC = 2 FLOPs" in text
+    row = text.splitlines()[2]
+    assert "60.00 ± 14.14" in row  # accuracy in %
+    assert "2.0 ± 1.4" in row  # dParams in K
+    assert "| 4.00 ± 0.00 | 2.00 ± 0.00 |" in row  # MFLOPs then MMACs
+
+
+def test_csv_table_holds_raw_means_and_stds() -> None:
+    rows = aggregate([_record(0, 1, 0.5, 0.5, 100), _record(1, 1, 0.5, 0.7, 300)])
+    (parsed,) = list(csv.DictReader(io.StringIO(csv_table(rows))))
+    assert float(parsed["accuracy_mean"]) == pytest.approx(0.6)
+    assert float(parsed["dparams_std"]) == pytest.approx(math.sqrt(20000))
+    assert parsed["seeds"] == "0 1"
+    assert float(parsed["macs_mean"]) * 2 == float(parsed["flops_mean"])
+
+
+def test_write_report_compares_runs_and_writes_plots(tmp_path: Path) -> None:
+    first = _write_run(tmp_path / "a", [_record(0, 0, 1.0, 0.9, 50), _record(0, 1, 0.3, 0.8, 20)])
+    other = dict(_record(0, 0, 1.0, 0.7, 900), method="Fine-pruning")
+    second = _write_run(tmp_path / "b", [other])
+    files = write_report([first, second], tmp_path / "out")
+    assert {r.method for r in files.rows} == {"SPLoRA r8", "Fine-pruning"}
+    assert "Fine-pruning" in files.markdown.read_text()
+    assert files.csv.read_text().count("\n") == 4  # header + 3 rows
+    names = sorted(p.name for p in files.plots)
+    assert names == ["accuracy_vs_dparams.png", "accuracy_vs_flops.png", "dparams_vs_density.png"]
+    for path in files.plots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_report_rejects_non_run_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no seed-\\*/metrics.jsonl found"):
+        write_report([tmp_path], tmp_path / "out")
+
+
+def test_read_jsonl_skips_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
+def test_read_jsonl_rejects_damaged_middle_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(ConfigError, match="line 2 is not valid JSON"):
+        read_jsonl(path)
