@@ -84,6 +84,11 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(_RESUME_HINT, file=sys.stderr)
         return 130
+    from spa.distributed import launch_environment
+
+    launch = launch_environment()  # the process group is closed by now; torchrun's env is not
+    if launch is not None and launch["rank"] != 0:
+        return 0  # under torchrun only rank 0 reports
     print(result.report.markdown.read_text(encoding="utf-8"))
     print(f"run directory: {result.run_dir}")
     print(f"  table: {result.report.markdown}, {result.report.csv}")

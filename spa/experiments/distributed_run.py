@@ -11,7 +11,6 @@ from spa import distributed
 from spa.errors import ConfigError
 from spa.experiments.config import ExperimentConfig
 from spa.experiments.pruning_steps import ChannelPruner
-from spa.pruning import prune_step
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +23,12 @@ def check_distributed(config: ExperimentConfig, context: distributed.Distributed
         context: this process's distributed context.
 
     Raises:
-        ConfigError: for SQuAD runs, or a non-CUDA `train.device` with the nccl backend.
+        ConfigError: for a global batch not divisible by the world size, SQuAD runs, or a
+            non-CUDA `train.device` with the nccl backend.
     """
     if not context.is_distributed:
         return
+    distributed.per_device_batch_size(config.data.batch_size, context.world_size)
     if config.data.name == "squad":
         raise ConfigError(
             "data.name='squad': distributed runs support the image (channel pruning) path only; "
@@ -57,15 +58,7 @@ def prune_on_all_ranks(
     Raises:
         SpaError: if the ranks' masks differ or a rank fails.
     """
-    masks = prune_step(
-        model,
-        pruner.groups,
-        density,
-        pruner.config,
-        data=data,
-        reduce_fn=distributed.all_reduce_statistics,
-    )
-    pruner.restore(model, masks)  # re-applies the same masks and remembers them
+    pruner.prune_to(model, density, data, reduce_fn=distributed.all_reduce_statistics)
     fingerprint = distributed.mask_fingerprint(model)
     logger.info(
         "rank %d: masks at density %.3f have fingerprint %s",

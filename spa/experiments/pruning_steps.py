@@ -41,18 +41,24 @@ class ChannelPruner:
         )
         self._masks: ChannelMasks | None = None
 
-    def prune_to(self, model: nn.Module, density: float, data: Iterable) -> ChannelMasks:
+    def prune_to(
+        self, model: nn.Module, density: float, data: Iterable, reduce_fn=None
+    ) -> ChannelMasks:
         """Score the channels on `data` and mask `model` down to `density` (in place).
 
         Args:
             model: the model the pruner was built for.
             density: target fraction of the prunable weights kept.
             data: `(inputs, labels)` batches for data-based criteria.
+            reduce_fn: applied to the raw criterion statistics before ranking (e.g. an
+                all-reduce over ranks); identity if None.
 
         Returns:
             The masks applied.
         """
-        self._masks = prune_step(model, self.groups, density, self.config, data=data)
+        self._masks = prune_step(
+            model, self.groups, density, self.config, data=data, reduce_fn=reduce_fn
+        )
         return self._masks
 
     def masks(self) -> ChannelMasks | None:

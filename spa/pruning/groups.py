@@ -164,6 +164,10 @@ def _trace(model: nn.Module, example_inputs):
 def _with_grad(example_inputs):
     if isinstance(example_inputs, torch.Tensor):
         tensor = example_inputs.detach().clone()
+        if tensor.dim() > 1 and tensor.shape[0] == 1:
+            # Torch-Pruning 1.6 mis-traces flatten/reshape on a batch of one (its shape
+            # matching cannot tell the batch from a channel dimension): trace two samples.
+            tensor = torch.cat([tensor, tensor])
         return tensor.requires_grad_(True) if tensor.is_floating_point() else tensor
     if isinstance(example_inputs, dict):
         return {key: _with_grad(value) for key, value in example_inputs.items()}

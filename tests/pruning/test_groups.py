@@ -108,3 +108,11 @@ def test_remove_channels_keeps_frozen_norm_parameters_frozen():
     remove_channels(norm, out_positions=[0, 3])
     assert norm.num_features == 4 and norm.weight.shape == (4,)
     assert not norm.weight.requires_grad
+
+
+def test_channel_groups_trace_a_flattening_mlp_from_one_sample():
+    from spa.models import mlp
+
+    model = spa.adapt(mlp(64, 32, 10), spa.SPLoRAConfig(rank=4))
+    groups = channel_groups(model, torch.randn(1, 1, 8, 8))  # Torch-Pruning fails on batch 1
+    assert [g.size for g in groups] == [32]
