@@ -81,7 +81,10 @@ def _stop_after_first_pruning_step(seed: int, step: int, record: dict) -> None:
 
 
 def _failure(done: subprocess.CompletedProcess) -> str:
-    return f"exit code {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-6000:]}"
+    return (
+        f"exit code {done.returncode}\nstdout:\n{done.stdout[-3000:]}\n"
+        f"stderr:\n{done.stderr[-6000:]}"
+    )
 
 
 @pytest.fixture(scope="module")
