@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from spa.adapters.base import ADAPTER_TYPES
+from spa.adapters.block_fine_pruning import BlockMaskedLinear
 from spa.adapters.inject import NORM_TYPES, find_head
 from spa.adapters.splopa import SPLoPALinear
 from spa.adapters.splora import SPLoRALayer
@@ -108,9 +109,6 @@ def learned_parameters(model: nn.Module) -> LearnedParameters:
     result = LearnedParameters()
     seen: set[int] = set()
     banks: set[int] = set()
-    # Imported here: spa.pruning sits above spa.accounting's other imports and may import it.
-    from spa.pruning.block_layers import BlockMaskedLinear
-
     for name, module in model.named_modules():
         if isinstance(module, BlockMaskedLinear):
             seen.update(id(p) for p in module.parameters())

@@ -9,6 +9,7 @@ from torch import nn
 
 from spa.adapters._conv import rebuild_layer
 from spa.adapters.base import adapter_layers
+from spa.adapters.block_fine_pruning import BlockMaskedLinear
 from spa.adapters.inject import _set_module
 from spa.adapters.splora import SPLoRALayer
 
@@ -30,10 +31,14 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     see `compact` for physically smaller tensors).
 
     Args:
-        model: an adapted model (layers from `spa.adapt`).
+        model: an adapted model (layers from `spa.adapt`, or block fine-pruning layers from
+            `wrap_block_fine_pruning`).
         inplace: modify `model` itself instead of a deep copy.
     """
     target = model if inplace else copy.deepcopy(model)
-    for name, layer in list(adapter_layers(target)):
+    block_fine_pruned = [
+        (name, m) for name, m in target.named_modules() if isinstance(m, BlockMaskedLinear)
+    ]
+    for name, layer in list(adapter_layers(target)) + block_fine_pruned:
         _set_module(target, name, fused_layer(layer))
     return target

@@ -59,3 +59,21 @@ def test_fuse_equals_adapted_splopa_with_shared_prototypes():
     fused = spa.fuse(model)
     assert [type(m) for m in fused] == [nn.Linear, nn.ReLU, nn.Linear, nn.Linear]
     torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fuse_equals_block_fine_pruned_model():
+    from spa.adapters.block_fine_pruning import BlockMaskedLinear, wrap_block_fine_pruning
+
+    model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 8), nn.Linear(8, 3))
+    wrap_block_fine_pruning(model, (4, 4))
+    assert isinstance(model[0], BlockMaskedLinear)
+    for layer in (model[0], model[2]):
+        layer.block_mask.copy_(torch.rand(layer.block_mask.shape) > 0.4)
+        layer.block_mask[0, 0], layer.block_mask[-1, -1] = True, False
+    x = torch.randn(5, 8)
+    expected = model(x)
+    fused = spa.fuse(model)
+    assert [type(m) for m in fused] == [nn.Linear, nn.ReLU, nn.Linear, nn.Linear]
+    torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-6)
+    unmasked = model[3](model[2].base(torch.relu(model[0].base(x))))
+    assert not torch.allclose(expected, unmasked)

@@ -71,7 +71,7 @@ def load_qa(config: ExperimentConfig) -> tuple[nn.Module, Any, list, list]:
 def _prepare(model: nn.Module, config: ExperimentConfig) -> nn.Module:
     if config.adapter.method == "splopa":
         return adapt_model(model, config)
-    from spa.pruning.block_layers import wrap_block_fine_pruning
+    from spa.adapters.block_fine_pruning import wrap_block_fine_pruning
 
     adapter = config.adapter
     return wrap_block_fine_pruning(
@@ -85,8 +85,8 @@ def _prepare(model: nn.Module, config: ExperimentConfig) -> nn.Module:
 
 def _deployable(model: nn.Module) -> nn.Module:
     """A copy with block fine-pruning layers fused into plain `nn.Linear` (for the bundle)."""
+    from spa.adapters.block_fine_pruning import BlockMaskedLinear
     from spa.export import fused_layer
-    from spa.pruning.block_layers import BlockMaskedLinear
 
     result = copy.deepcopy(model)
     for name, module in list(result.named_modules()):

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from spa.adapters.block_fine_pruning import block_prunable_layers
 from spa.adapters.inject import _set_module
 from spa.errors import UnsupportedLayerError
-from spa.pruning.block_layers import block_prunable_layers
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spa.adapters.block_fine_pruning import block_prunable_layers
 from spa.errors import ConfigError
 from spa.pruning.block_criteria import BlockCriterion
-from spa.pruning.block_layers import block_prunable_layers
 from spa.pruning.block_masking import Scope, apply_block_masks, block_density
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class GradualBlockPruner:
         if not self.layers:
             raise ConfigError(
                 "model has no block layers; adapt it with SPLoPAConfig or wrap it with "
-                "spa.pruning.block_layers.wrap_block_fine_pruning first"
+                "spa.adapters.block_fine_pruning.wrap_block_fine_pruning first"
             )
         self.criterion = criterion
         self.config = config

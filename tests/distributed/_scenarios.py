@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import spa
+from spa.adapters.block_fine_pruning import block_prunable_layers
 from spa.distributed import (
     all_reduce_gradients,
     all_reduce_statistics,
@@ -42,7 +43,6 @@ from spa.pruning import (
     score,
 )
 from spa.pruning.block_criteria import MovementCriterion
-from spa.pruning.block_layers import block_prunable_layers
 from spa.pruning.block_masking import apply_block_masks
 
 GLOBAL_BATCH = 8

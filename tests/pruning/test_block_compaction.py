@@ -6,10 +6,10 @@ from torch import nn
 from transformers import BertConfig, BertForQuestionAnswering
 
 from spa import SPLoPAConfig, adapt
+from spa.adapters.block_fine_pruning import block_prunable_layers, wrap_block_fine_pruning
 from spa.errors import UnsupportedLayerError
 from spa.pruning.block_compaction import NoAttentionHeads, compact_bert, count_flops
 from spa.pruning.block_criteria import create_block_criterion
-from spa.pruning.block_layers import block_prunable_layers, wrap_block_fine_pruning
 from spa.pruning.gradual import GradualBlockPruner, GradualPruningConfig
 
 PROJECTIONS = (

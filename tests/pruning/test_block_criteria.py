@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from spa.adapters.block_fine_pruning import BlockMaskedLinear
 from spa.adapters.splopa import SPLoPALinear
 from spa.errors import ConfigError
 from spa.pruning.block_criteria import (
@@ -16,7 +17,6 @@ from spa.pruning.block_criteria import (
     SoftMovementCriterion,
     create_block_criterion,
 )
-from spa.pruning.block_layers import BlockMaskedLinear
 
 
 def _splopa() -> SPLoPALinear:

@@ -5,13 +5,13 @@ import torch
 from torch import nn
 
 from spa import count_learned_parameters
-from spa.adapters.splopa import SPLoPALinear
-from spa.errors import ConfigError, NoTargetsError, UnsupportedLayerError
-from spa.pruning.block_layers import (
+from spa.adapters.block_fine_pruning import (
     BlockMaskedLinear,
     block_prunable_layers,
     wrap_block_fine_pruning,
 )
+from spa.adapters.splopa import SPLoPALinear
+from spa.errors import ConfigError, NoTargetsError, UnsupportedLayerError
 from spa.pruning.block_masking import (
     adapted_weight,
     apply_block_masks,
