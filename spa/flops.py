@@ -8,18 +8,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from spa._batch import call_model
 from spa.adapters.base import adapter_layers
 from spa.adapters.splora import SPLoRALayer
 from spa.errors import ConfigError
-
-
-def _run(model: nn.Module, example_inputs) -> None:
-    if isinstance(example_inputs, dict):
-        model(**example_inputs)
-    elif isinstance(example_inputs, tuple | list):
-        model(*example_inputs)
-    else:
-        model(example_inputs)
 
 
 def count_flops(model: nn.Module, example_inputs) -> int:
@@ -40,7 +32,7 @@ def count_flops(model: nn.Module, example_inputs) -> int:
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            _run(model, example_inputs)
+            call_model(model, example_inputs)
     finally:
         model.train(training)
     return int(counter.get_total_flops())

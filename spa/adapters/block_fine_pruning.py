@@ -9,6 +9,7 @@ from torch import nn
 
 from spa.adapters.config import ModuleSelection
 from spa.adapters.inject import _set_module, find_head, matches
+from spa.adapters.masks import expand_block_mask
 from spa.adapters.splopa import GateHook, SPLoPALinear
 from spa.errors import NoTargetsError, UnsupportedLayerError
 
@@ -68,8 +69,7 @@ class BlockMaskedLinear(nn.Module):
 
     def weight_mask(self) -> torch.Tensor:
         """`M_b kron J`, the element mask over `base.weight`."""
-        rows, cols = self.block_shape
-        return self.block_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+        return expand_block_mask(self.block_mask, self.block_shape)
 
     def masked_base_weight(self) -> torch.Tensor:
         """`W * (M_b kron J)`."""

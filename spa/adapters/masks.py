@@ -18,6 +18,20 @@ def outer_mask(out_mask: torch.Tensor, in_mask: torch.Tensor, weight_dim: int) -
     return mask.reshape(mask.shape + (1,) * (weight_dim - 2))
 
 
+def expand_block_mask(block_mask: torch.Tensor, block_shape: tuple[int, int]) -> torch.Tensor:
+    """`M_b kron J`: a `(n/p, m/q)` block tensor expanded to the `(n, m)` weight grid.
+
+    Args:
+        block_mask: one value per block (bool mask or float gate).
+        block_shape: `(p, q)`.
+
+    Returns:
+        The element-wise tensor.
+    """
+    rows, cols = block_shape
+    return block_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+
+
 class DerivedTensorCache:
     """Caches a tensor computed from other tensors until one of them changes.
 

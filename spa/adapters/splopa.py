@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from spa.adapters._conv import check_supported
-from spa.adapters.masks import DerivedTensorCache
+from spa.adapters.masks import DerivedTensorCache, expand_block_mask
 from spa.errors import ConfigError, UnsupportedLayerError
 
 # (layer) -> (gated base weight (n, m), gated block weights (R, n/p, m/q)), see `block_gate`.
@@ -159,8 +159,7 @@ class SPLoPALinear(nn.Module):
 
     def weight_mask(self) -> torch.Tensor:
         """`M_b kron J`, the element mask over `base.weight`."""
-        rows, cols = self.block_shape
-        return self.block_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+        return expand_block_mask(self.block_mask, self.block_shape)
 
     def masked_base_weight(self) -> torch.Tensor:
         """`W_s * (M_b kron J)`; cached without autograd while the base weight is frozen."""

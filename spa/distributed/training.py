@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from spa._batch import call_model
 from spa.distributed.process_group import (
     collective_errors,
     current_rank,
@@ -82,12 +83,7 @@ def unused_parameters(model: nn.Module, example_inputs) -> list[str]:
     model.eval()
     try:
         with torch.enable_grad():
-            if isinstance(example_inputs, dict):
-                output = model(**example_inputs)
-            elif isinstance(example_inputs, tuple | list):
-                output = model(*example_inputs)
-            else:
-                output = model(example_inputs)
+            output = call_model(model, example_inputs)
             grads = torch.autograd.grad(_scalar(output), [p for _, p in named], allow_unused=True)
     finally:
         model.train(training)

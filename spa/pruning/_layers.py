@@ -68,12 +68,3 @@ def batches(data: Iterable, num_batches: int | None) -> Iterator[tuple]:
             yield batch[0], batch[1]
         else:
             yield batch, None
-
-
-def call(model: nn.Module, inputs) -> torch.Tensor:
-    """Run `model` on a batch given as a tensor, a tuple of tensors or a dict."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, tuple | list):
-        return model(*inputs)
-    return model(inputs)

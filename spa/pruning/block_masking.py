@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from spa.adapters.masks import expand_block_mask
 from spa.adapters.splopa import SPLoPALinear
 from spa.errors import ConfigError
 
@@ -40,20 +41,6 @@ class _GateThrough(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_gate = (grad * weight).sum_to_size(gate.shape)
         return grad_weight, grad_gate
-
-
-def expand_block_mask(block_mask: torch.Tensor, block_shape: tuple[int, int]) -> torch.Tensor:
-    """`M_b kron J`: a `(n/p, m/q)` block tensor expanded to the `(n, m)` weight grid.
-
-    Args:
-        block_mask: one value per block.
-        block_shape: `(p, q)`.
-
-    Returns:
-        The element-wise tensor.
-    """
-    rows, cols = block_shape
-    return block_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
 
 
 def block_sums(values: torch.Tensor, block_shape: tuple[int, int]) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spa._batch import call_model
 from spa.adapters.splora import SPLoRALayer
 from spa.errors import SpaError
 from spa.pruning.groups import remove_channels
@@ -61,12 +62,7 @@ def _check_runs(model: nn.Module, example_inputs) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            if isinstance(example_inputs, dict):
-                model(**example_inputs)
-            elif isinstance(example_inputs, tuple | list):
-                model(*example_inputs)
-            else:
-                model(example_inputs)
+            call_model(model, example_inputs)
     except RuntimeError as error:
         raise SpaError(
             f"compact: the compacted model fails on the example inputs ({error}); the masks "

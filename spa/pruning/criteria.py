@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spa._batch import call_model
 from spa._registry import Registry
 from spa.errors import ConfigError
 from spa.pruning._layers import (
     batches,
-    call,
     channels_per_sample,
     effective_bias,
     effective_weight,
@@ -76,7 +76,7 @@ def _backward_statistics(model, layers, data, loss_fn, num_batches, kind: str) -
         handles = [layer.register_forward_hook(make_hook(n)) for n, layer in layers.items()]
         try:
             with torch.enable_grad():
-                loss = loss_fn(call(model, inputs), targets)
+                loss = loss_fn(call_model(model, inputs), targets)
                 names = list(leaves)
                 wrt = (
                     [leaves[n] for n in names]

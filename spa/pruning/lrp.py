@@ -24,9 +24,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from spa._batch import call_model
 from spa.adapters.splora import SPLoRALayer
 from spa.errors import ConfigError
-from spa.pruning._layers import call, effective_bias, effective_weight, run_layer
+from spa.pruning._layers import effective_bias, effective_weight, run_layer
 
 Rule = Literal["epsilon", "zplus"]
 _PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -110,7 +111,7 @@ def lrp(
     try:
         with torch.enable_grad():
             x = inputs.detach().clone().requires_grad_(True)
-            logits = call(model, x)
+            logits = call_model(model, x)
             if targets is None:
                 targets = logits.argmax(dim=1)
             picked = logits.gather(1, targets.reshape(-1, 1)).flatten()

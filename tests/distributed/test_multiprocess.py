@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._torchrun import describe, torchrun
 from tests.distributed import _scenarios
 
 pytestmark = pytest.mark.slow
@@ -36,17 +37,9 @@ def _environment(**extra: str) -> dict[str, str]:
 
 
 def _torchrun(scenario: str, out_dir: Path) -> list[dict]:
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "tests.distributed._worker", scenario, str(out_dir),
-    ]  # fmt: skip
-    done = subprocess.run(
-        command, cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, (
-        f"exit code {done.returncode}\nstdout:\n{done.stdout[-3000:]}\n"
-        f"stderr:\n{done.stderr[-6000:]}"
-    )
+    arguments = ["--nproc-per-node", "2", "-m", "tests.distributed._worker", scenario, str(out_dir)]
+    done = torchrun(arguments, _environment(), timeout=120)
+    assert done.returncode == 0, describe(done)
     return [torch.load(out_dir / f"rank-{r}.pt", weights_only=False) for r in range(2)]
 
 

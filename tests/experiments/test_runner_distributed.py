@@ -15,13 +15,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from spa.experiments.config import load_config
 from spa.experiments.runner import run
+from tests._torchrun import describe, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -59,11 +59,10 @@ lr = 0.05
 """
 
 
-def _torchrun(arguments: list[str], **environment: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"] + arguments
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **environment)
+def _torchrun(arguments: list[str], retry: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop("SPA_DIST_BACKEND", None)
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    return torchrun(arguments, env, timeout=240, retry=retry)
 
 
 def _density_records(run_dir: Path) -> list[dict]:
@@ -80,13 +79,6 @@ def _stop_after_first_pruning_step(seed: int, step: int, record: dict) -> None:
         raise Interrupted
 
 
-def _failure(done: subprocess.CompletedProcess) -> str:
-    return (
-        f"exit code {done.returncode}\nstdout:\n{done.stdout[-3000:]}\n"
-        f"stderr:\n{done.stderr[-6000:]}"
-    )
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("distributed")
@@ -94,13 +86,13 @@ def runs(tmp_path_factory) -> dict:
     config_path.write_text(CONFIG)
     arguments = ["--nproc-per-node", "2", "-m", "spa", "run", str(config_path)]
     done = _torchrun(arguments + ["--output", str(folder / "two")])
-    assert done.returncode == 0, _failure(done)
+    assert done.returncode == 0, describe(done)
     run(load_config(config_path), folder / "one")
     # An interrupted run (checkpoint after step 1), resumed by two ranks.
     with pytest.raises(Interrupted):
         run(load_config(config_path), folder / "resumed", step_hook=_stop_after_first_pruning_step)
     resumed = _torchrun(arguments + ["--output", str(folder / "resumed")])
-    assert resumed.returncode == 0, _failure(resumed)
+    assert resumed.returncode == 0, describe(resumed)
     return {"folder": folder, "stderr": done.stderr, "resumed_stderr": resumed.stderr}
 
 
@@ -157,7 +149,7 @@ def test_distributed_run_refuses_indivisible_global_batch(runs):
     config_path = runs["folder"] / "odd.toml"
     config_path.write_text(CONFIG.replace("batch_size = 16", "batch_size = 15"))
     arguments = ["--nproc-per-node", "2", "-m", "spa", "run", str(config_path)]
-    done = _torchrun(arguments + ["--output", str(runs["folder"] / "odd")])
+    done = _torchrun(arguments + ["--output", str(runs["folder"] / "odd")], retry=False)
     assert done.returncode != 0
     assert "global batch size 15 must be a positive multiple of the number of processes (2)" in (
         done.stderr

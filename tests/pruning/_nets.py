@@ -1,57 +1,11 @@
-"""Tiny networks for the pruning tests (conftest models are not importable)."""
+"""Tiny networks for the pruning tests, beside the shared ones in tests/conftest.py."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-POOLS = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
-
-
-class ConvNet(nn.Module):
-    """conv-BN-ReLU, a grouped conv (2 groups), a depth-wise conv, global pool, head `fc`."""
-
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 4, num_classes: int = 3) -> None:
-        super().__init__()
-        conv, norm = CONVS[spatial_dims], NORMS[spatial_dims]
-        self.conv1 = conv(in_channels, 8, 3, padding=1)
-        self.bn1 = norm(8)
-        self.conv2 = conv(8, 8, 3, padding=1, groups=2)
-        self.bn2 = norm(8)
-        self.conv3 = conv(8, 8, 3, padding=1, groups=8)
-        self.bn3 = norm(8)
-        self.pool = POOLS[spatial_dims](1)
-        self.fc = nn.Linear(8, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        x = torch.relu(self.bn3(self.conv3(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-
-class ResidualNet(nn.Module):
-    """A stem and one residual block with a projection shortcut, head `fc`."""
-
-    def __init__(self, in_channels: int = 3, width: int = 8, num_classes: int = 4) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(width)
-        self.conv_a = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
-        self.bn_a = nn.BatchNorm2d(2 * width)
-        self.conv_b = nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False)
-        self.bn_b = nn.BatchNorm2d(2 * width)
-        self.shortcut = nn.Conv2d(width, 2 * width, 1, stride=2, bias=False)
-        self.bn_s = nn.BatchNorm2d(2 * width)
-        self.fc = nn.Linear(2 * width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn(self.stem(x)))
-        y = torch.relu(self.bn_a(self.conv_a(x)))
-        y = self.bn_b(self.conv_b(y)) + self.bn_s(self.shortcut(x))
-        return self.fc(torch.relu(y).mean(dim=(2, 3)))
+from tests.conftest import ConvNet, ResidualNet  # noqa: F401 - the shared tiny models
 
 
 class ConcatNet(nn.Module):
