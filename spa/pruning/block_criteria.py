@@ -45,6 +45,15 @@ def _check_positive(field: str, value: float) -> None:
 
 
 @BLOCK_CRITERIA.register("magnitude")
+def _descend(tensors, learning_rate: float) -> None:
+    """One plain SGD step on learned score tensors: `t -= lr * dL/dt`, then clear the gradient."""
+    with torch.no_grad():
+        for tensor in tensors:
+            if tensor.grad is not None:
+                tensor -= learning_rate * tensor.grad
+                tensor.grad = None
+
+
 class MagnitudeCriterion(BlockCriterion):
     """Block score = Frobenius norm of the adapted block weight."""
 
@@ -105,11 +114,7 @@ class MovementCriterion(BlockCriterion):
 
     def update_scores(self) -> None:
         """`S -= lr * dL/dS` for every layer, then clear the gradients."""
-        with torch.no_grad():
-            for score in self._scores.values():
-                if score.grad is not None:
-                    score -= self.score_learning_rate * score.grad
-                    score.grad = None
+        _descend(self._scores.values(), self.score_learning_rate)
 
     def state_tensors(self) -> list[torch.Tensor]:
         """The score tensors.
@@ -285,11 +290,7 @@ class L0Criterion(BlockCriterion):
 
     def update_scores(self) -> None:
         """`a -= lr * dL/da` for every layer, then clear the gradients."""
-        with torch.no_grad():
-            for value in self._log_alpha.values():
-                if value.grad is not None:
-                    value -= self.score_learning_rate * value.grad
-                    value.grad = None
+        _descend(self._log_alpha.values(), self.score_learning_rate)
 
     def state_tensors(self) -> list[torch.Tensor]:
         """The log-alpha tensors.
