@@ -35,9 +35,14 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def load_base(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+def load_base(
+    args: argparse.Namespace, metadata: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Build and load the base model named by `--base` (and `--model`); return it and its
     architecture description (see `spa.tasks.export.build_architecture`).
+
+    Without `--model`, the `spa.models` name and builder arguments recorded in the bundle's
+    `metadata` are used; `--num-classes` / `--model-arg` override recorded arguments.
 
     Raises:
         ConfigError: if the checkpoint or model name is missing or does not fit.
@@ -55,16 +60,20 @@ def load_base(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
             raise ConfigError(f"{path}: config.json names no known transformers architecture")
         model = model_class.from_pretrained(path, local_files_only=True)
         return model.eval(), describe_transformers(model)
-    if not args.model:
+    recorded = metadata or {}
+    name = args.model or recorded.get("model_name")
+    if not name:
         raise ConfigError(
-            f"--base {path}: a state-dict file needs --model NAME (a spa.models registry name)"
+            f"--base {path}: a state-dict file needs --model NAME (a spa.models registry name); "
+            "the bundle does not record one"
         )
     from spa.models import create_model, load_torchvision_weights
 
-    kwargs = _model_kwargs(args)
-    model = create_model(args.model, **kwargs)
+    kwargs = dict(recorded.get("model_options") or {}) if not args.model else {}
+    kwargs.update(_model_kwargs(args))
+    model = create_model(name, **kwargs)
     load_torchvision_weights(model, path)
-    architecture = {"source": "spa.models", "name": args.model, "kwargs": kwargs}
+    architecture = {"source": "spa.models", "name": name, "kwargs": kwargs}
     return model.eval(), architecture
 
 
@@ -72,10 +81,14 @@ def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base",
         required=True,
-        help="base checkpoint: state-dict file (.safetensors/.pt, with --model) or a local "
-        "transformers model directory",
+        help="base checkpoint: state-dict file (.safetensors/.pt; architecture from --model or "
+        "the bundle) or a local transformers model directory",
     )
-    parser.add_argument("--model", help="spa.models registry name of the base architecture")
+    parser.add_argument(
+        "--model",
+        help="spa.models registry name of the base architecture (default: the name and builder "
+        "arguments recorded in the bundle)",
+    )
     parser.add_argument("--num-classes", type=int, help="num_classes of the model builder")
     parser.add_argument(
         "--model-arg",
@@ -98,7 +111,8 @@ def _info(args: argparse.Namespace) -> int:
     lines = [
         f"bundle:          {args.path}",
         f"format version:  {metadata['format_version']} (spa {metadata.get('spa_version')})",
-        f"architecture:    {metadata.get('architecture')} (model {metadata.get('model_name')})",
+        f"architecture:    {metadata.get('architecture')} (model {metadata.get('model_name')}"
+        f" {json.dumps(metadata.get('model_options'))})",
         f"base:            {metadata.get('base_fingerprint')}",
         f"adapter:         {adapter.get('type')} {json.dumps(adapter.get('config'))}",
         f"density:         {metadata['density']:.4f}",
@@ -122,7 +136,7 @@ def _verify(args: argparse.Namespace) -> int:
     from spa.tasks import fingerprint, plan_task, read_bundle
 
     bundle = read_bundle(args.path)
-    base, _ = load_base(args)
+    base, _ = load_base(args, bundle.metadata)
     base_fingerprint = fingerprint(base)
     plan_task(base, bundle, base_fingerprint=base_fingerprint)
     print(f"OK: {args.path} fits base {args.base} ({base_fingerprint})")
@@ -139,10 +153,10 @@ def _input_shape(text: str | None) -> tuple[int, ...]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from spa.tasks import load_task
+    from spa.tasks import load_task, read_bundle
     from spa.tasks.export import export_model, export_onnx
 
-    base, architecture = load_base(args)
+    base, architecture = load_base(args, read_bundle(args.bundle).metadata)
     task = load_task(base, args.bundle)
     if args.format == "onnx":
         if architecture["source"] == "transformers":

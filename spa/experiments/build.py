@@ -6,6 +6,7 @@ import copy
 import inspect
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -136,18 +137,32 @@ def build_models(
     if config.name == "transformers":
         model = _transformers_model(config, num_classes)
         return copy.deepcopy(model), model
-    from spa.models import MODELS, create_model, load_torchvision_weights
+    from spa.models import create_model, load_torchvision_weights
 
-    options = _builder_defaults(MODELS.get(config.name), config.options, num_classes, in_channels)
+    options = base_options(config, num_classes, in_channels)
     if config.weights is None:
         model = create_model(config.name, **options)
         return copy.deepcopy(model), model
-    options["num_classes"] = _stored_head_classes(config)
     base = create_model(config.name, **options)
     load_torchvision_weights(base, config.weights, head_name=config.head)
     model = copy.deepcopy(base)
     _replace_head(model, config.head, num_classes)
     return base, model
+
+
+def base_options(config: ModelConfig, num_classes: int, in_channels: int) -> dict[str, Any] | None:
+    """The `spa.models` builder arguments of the base model (None for `transformers` models).
+
+    With `weights`, `num_classes` is the stored head's size, so the base is the stored network.
+    """
+    if config.name == "transformers":
+        return None
+    from spa.models import MODELS
+
+    options = _builder_defaults(MODELS.get(config.name), config.options, num_classes, in_channels)
+    if config.weights is not None:
+        options["num_classes"] = _stored_head_classes(config)
+    return options
 
 
 def _stored_head_classes(config: ModelConfig) -> int:

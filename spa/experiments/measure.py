@@ -59,6 +59,7 @@ def measure_task(
     bundle_path: Path | None,
     latency_batch_size: int = 1,
     model_name: str | None = None,
+    model_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compact a copy of the masked task model, measure it and save its task bundle.
 
@@ -69,6 +70,7 @@ def measure_task(
         bundle_path: where the bundle goes (None: no bundle).
         latency_batch_size: batch size of the latency measurement.
         model_name: `spa.models` name recorded in the bundle metadata.
+        model_options: the base's builder arguments, recorded in the bundle metadata.
 
     Returns:
         `density` (measured), `dparams`, `params` and `flops` / `macs` per example of the fused
@@ -90,6 +92,12 @@ def measure_task(
         "bundle_bytes": None,
     }
     if bundle_path is not None:
-        bundle = save_task(compacted, bundle_path, base_model=base, model_name=model_name)
+        bundle = save_task(
+            compacted,
+            bundle_path,
+            base_model=base,
+            model_name=model_name,
+            model_options=model_options,
+        )
         result["bundle_bytes"] = bundle.size_bytes
     return result

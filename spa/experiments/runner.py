@@ -18,13 +18,12 @@ same command again restores it (model, optimiser, RNG states, channel masks), dr
 the interrupted step and continues with the next step. Data order depends only on (seed, epoch),
 so the final results equal an uninterrupted run's.
 
-Distributed (`torchrun --nproc-per-node N -m spa run CONFIG`, see docs/distributed.md): every
-rank trains its shard of each global batch under DDP, scores on its shard with all-reduced
-criterion statistics (identical masks, checked by fingerprint), and only rank 0 writes files;
-on resume every rank loads the checkpoint rank 0 wrote.
+Distributed (`torchrun ... -m spa run CONFIG`, docs/distributed.md): every rank trains and scores
+its shard under DDP with all-reduced criterion statistics (identical masks, checked by
+fingerprint); only rank 0 writes files; on resume every rank loads rank 0's checkpoint.
 
-Question answering (`data.name = "squad"`, see `spa.experiments.qa_run`) runs each seed as one
-step (gradual block pruning over the whole training); a finished seed is skipped on resume.
+Question answering (`data.name = "squad"`, `spa.experiments.qa_run`): one step per seed (gradual
+block pruning throughout training); a finished seed is skipped on resume.
 """
 
 from __future__ import annotations
@@ -205,6 +204,7 @@ class _Seed:
     pruner: ChannelPruner | None
     densities: list[float]
     labels: dict[str, Any]
+    model_options: dict[str, Any] | None = None  # the base's builder arguments, for bundles
 
     @property
     def metrics_path(self) -> Path:
@@ -235,6 +235,7 @@ def _setup(config: ExperimentConfig, seed_dir: Path, seed: int) -> _Seed:
         pruner=pruner,
         densities=densities,
         labels=_labels(config, seed, criterion),
+        model_options=build.base_options(config.model, train_set.num_classes, example.shape[1]),
     )
 
 
@@ -311,6 +312,7 @@ def _save_step(config: ExperimentConfig, state: _Seed, step: int, target: float,
         step_dir / BUNDLE,
         config.train.latency_batch_size,
         model_name=config.model.name,
+        model_options=state.model_options,
     )
     record = {
         "event": "density",

@@ -44,7 +44,6 @@ def _check_positive(field: str, value: float) -> None:
         raise ConfigError(f"{field} must be > 0, got {value!r}")
 
 
-@BLOCK_CRITERIA.register("magnitude")
 def _descend(tensors, learning_rate: float) -> None:
     """One plain SGD step on learned score tensors: `t -= lr * dL/dt`, then clear the gradient."""
     with torch.no_grad():
@@ -54,6 +53,7 @@ def _descend(tensors, learning_rate: float) -> None:
                 tensor.grad = None
 
 
+@BLOCK_CRITERIA.register("magnitude")
 class MagnitudeCriterion(BlockCriterion):
     """Block score = Frobenius norm of the adapted block weight."""
 

@@ -164,6 +164,7 @@ def save_task(
     dtype: torch.dtype = torch.float32,
     norm_statistics: NormStatistics = "exact",
     model_name: str | None = None,
+    model_options: dict[str, Any] | None = None,
     compact: bool = True,
     example_inputs: Any = None,
 ) -> Bundle:
@@ -197,6 +198,9 @@ def save_task(
             its learned parameters; the loaded model is an inference model whose outputs match
             to float32 rounding, about 1 ulp), which keeps bundles within 5% of 4 x dParams.
         model_name: optional `spa.models` registry name of the architecture, for the metadata.
+        model_options: optional keyword arguments that rebuild the base with
+            `spa.models.create_model(model_name, **model_options)` (JSON values), so tools such
+            as `spa bundle verify` need only the base's weights file.
         compact: if the model still has masked channels, save a compacted copy
             (`spa.pruning.compact`; masks must be consistent, as `apply_masks` sets them), so
             the bundle holds only kept channels and loads as a physically smaller model. With
@@ -264,6 +268,7 @@ def save_task(
         "spa_version": __version__,
         "architecture": describe_architecture(base_model),
         "model_name": model_name,
+        "model_options": model_options,
         "base_fingerprint": fingerprint(base_model),
         "adapter": _adapter_description(model),
         "dtype": str(dtype).removeprefix("torch."),

@@ -50,6 +50,18 @@ def test_bundle_verify_accepts_its_base(files, capsys):
     assert "OK" in capsys.readouterr().out
 
 
+def test_bundle_verify_reads_the_architecture_recorded_in_the_bundle(files, tmp_path, capsys):
+    base, model, base_path, _ = files
+    bundle_path = tmp_path / "described.safetensors"
+    options = {"num_classes": 3, "width": 4}
+    save_task(model, bundle_path, base_model=base, model_name="tiny_convnet", model_options=options)
+    assert main(["bundle", "verify", str(bundle_path), "--base", str(base_path)]) == 0
+    assert "OK" in capsys.readouterr().out
+    # Without recorded options the default builder (width 16) does not fit the weights file.
+    assert main(["bundle", "verify", str(files[3]), "--base", str(base_path)]) == 1
+    assert "base.safetensors" in capsys.readouterr().err
+
+
 def test_bundle_verify_refuses_other_base(files, tmp_path, capsys):
     _, _, _, bundle_path = files
     other = create_model("tiny_convnet", num_classes=3, width=4)
