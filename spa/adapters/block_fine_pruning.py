@@ -10,7 +10,7 @@ from torch import nn
 from spa.adapters.config import ModuleSelection
 from spa.adapters.inject import _set_module, find_head, matches
 from spa.adapters.masks import expand_block_mask
-from spa.adapters.splopa import GateHook, SPLoPALinear
+from spa.adapters.splopa import GateHook, SPLoPALinear, check_block_shape
 from spa.errors import NoTargetsError, UnsupportedLayerError
 
 
@@ -41,14 +41,9 @@ class BlockMaskedLinear(nn.Module):
             raise UnsupportedLayerError(
                 f"{name}: block fine-pruning supports nn.Linear only, got {type(base).__name__}"
             )
+        check_block_shape(base, block_shape, name)
         rows, cols = block_shape
         out_features, in_features = base.weight.shape
-        if out_features % rows or in_features % cols:
-            raise UnsupportedLayerError(
-                f"{name}: weight shape ({out_features}, {in_features}) is not divisible by "
-                f"block_shape=({rows}, {cols}); choose a block shape dividing both or exclude it "
-                "via `exclude_modules=`"
-            )
         self.base = base
         self.name = name
         self.block_shape = (rows, cols)

@@ -16,6 +16,22 @@ from spa.errors import ConfigError, UnsupportedLayerError
 GateHook = Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor | None]]
 
 
+def check_block_shape(base: nn.Module, block_shape: tuple[int, int], name: str) -> None:
+    """Raise unless `base.weight` divides into whole `(p, q)` blocks.
+
+    Raises:
+        UnsupportedLayerError: naming the layer, its weight shape and the block shape.
+    """
+    rows, cols = block_shape
+    out_features, in_features = base.weight.shape
+    if out_features % rows or in_features % cols:
+        raise UnsupportedLayerError(
+            f"{name}: weight shape ({out_features}, {in_features}) is not divisible by "
+            f"block_shape=({rows}, {cols}); choose a block shape dividing both or exclude it "
+            "via `exclude_modules=`"
+        )
+
+
 class PrototypeBank(nn.Module):
     """`R` rank-`r` block prototypes `P_i = p_i q_i^T`, owned by one layer or shared by several.
 
@@ -110,14 +126,9 @@ class SPLoPALinear(nn.Module):
                 f"{name}: SPLoPA supports nn.Linear only, got {type(base).__name__}; "
                 "use SPLoRA for convolutions"
             )
+        check_block_shape(base, block_shape, name)
         rows, cols = block_shape
         out_features, in_features = base.weight.shape
-        if out_features % rows or in_features % cols:
-            raise UnsupportedLayerError(
-                f"{name}: weight shape ({out_features}, {in_features}) is not divisible by "
-                f"block_shape=({rows}, {cols}); choose a block shape dividing both or exclude it "
-                "via `exclude_modules=`"
-            )
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         if bank is None:
             bank = PrototypeBank((rows, cols), num_prototypes, prototype_rank, **factory)
