@@ -233,17 +233,29 @@ def distributed_session(
     """
     joined = not is_distributed()
     context = init_distributed(backend, timeout_s)
+    succeeded = False
     try:
         yield context
+        succeeded = True
     finally:
         if joined and context.is_distributed:
-            shutdown_distributed()
+            shutdown_distributed(synchronise=succeeded)
 
 
-def shutdown_distributed() -> None:
-    """Leave and destroy the default process group, if there is one."""
-    if is_distributed():
-        dist.destroy_process_group()
+def shutdown_distributed(synchronise: bool = True) -> None:
+    """Leave and destroy the default process group, if there is one.
+
+    Args:
+        synchronise: wait at a barrier first, so no rank tears its connections down while a
+            peer still finishes a collective (gloo then aborts the peer at exit). Pass False
+            after an error: the other ranks may never reach the barrier.
+    """
+    if not is_distributed():
+        return
+    if synchronise:
+        with collective_errors("the final barrier before leaving the process group"):
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def is_distributed() -> bool:

@@ -12,18 +12,15 @@ from pathlib import Path
 
 import torch
 
-from spa.distributed import current_rank, init_distributed, shutdown_distributed
+from spa.distributed import current_rank, distributed_session
 from tests.distributed._scenarios import SCENARIOS
 
 
 def main(scenario: str, out_dir: str) -> None:
     """Join the group, run the scenario and save this rank's result."""
-    init_distributed(backend="gloo")
-    try:
+    with distributed_session(backend="gloo"):  # final barrier only if the scenario succeeded
         result = SCENARIOS[scenario]()
         torch.save(result, Path(out_dir) / f"rank-{current_rank()}.pt")
-    finally:
-        shutdown_distributed()
 
 
 if __name__ == "__main__":
