@@ -7,7 +7,9 @@ and count what a task learned with `count_learned_parameters`.
 
 from spa.accounting import LearnedParameters, count_learned_parameters, learned_parameters
 from spa.adapters import (
+    ADAPTER_KINDS,
     AdaptReport,
+    BlockFinePruningConfig,
     FinePruningConfig,
     PrototypeBank,
     SPLoPAConfig,
@@ -25,7 +27,9 @@ from spa.tasks import TaskHost, TaskReport, load_task, read_bundle, save_task
 __version__ = "0.1.0"
 
 __all__ = [
+    "ADAPTER_KINDS",
     "AdaptReport",
+    "BlockFinePruningConfig",
     "FinePruningConfig",
     "LearnedParameters",
     "PrototypeBank",

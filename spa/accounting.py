@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from spa.adapters.base import ADAPTER_TYPES
-from spa.adapters.block_fine_pruning import BlockMaskedLinear
-from spa.adapters.inject import NORM_TYPES, find_head
-from spa.adapters.splopa import SPLoPALinear
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.inject import task_head
+from spa.adapters.modules import NORM_TYPES, in_head
+from spa.adapters.protocols import AdapterLayer
+from spa.pruning.module_masks import module_mask
 
 
 @dataclass
@@ -40,53 +39,15 @@ class LearnedParameters:
         entry[kind] += count
 
 
-def _count_splora(result: LearnedParameters, name: str, layer: SPLoRALayer) -> None:
-    rows, cols = int(layer.out_mask.sum()), int(layer.in_mask.sum())
-    if layer.rank > 0 and layer.down.requires_grad:
-        result.add(name, "adapter", layer.rank * (rows + cols))  # r (||m_row|| + ||m_col||)
-    weight = layer.base.weight
-    if weight.requires_grad:
-        kernel = weight[0, 0].numel()
-        result.add(name, "fine-pruned", rows * cols * kernel)
-    bias = layer.base.bias
-    if bias is not None and bias.requires_grad:
-        result.add(name, "bias", rows)
-
-
-def _count_splopa(result: LearnedParameters, name: str, layer: SPLoPALinear, banks: set) -> None:
-    kept = int(layer.block_mask.sum())
-    if layer.block_weights.requires_grad:
-        result.add(name, "adapter", layer.block_weights.shape[0] * kept)  # R ||M_b||
-    bank = layer.prototypes
-    if id(bank) not in banks and bank.row_factors.requires_grad:
-        banks.add(id(bank))
-        result.add(name, "adapter", bank.row_factors.numel() + bank.col_factors.numel())
-    rows, cols = layer.block_shape
-    if layer.base.weight.requires_grad:
-        result.add(name, "fine-pruned", rows * cols * kept)
-    bias = layer.base.bias
-    if bias is not None and bias.requires_grad:
-        result.add(name, "bias", bias.numel())
-
-
-def _count_block_fine_pruning(result: LearnedParameters, name: str, layer: nn.Module) -> None:
-    rows, cols = layer.block_shape
-    if layer.base.weight.requires_grad:
-        result.add(name, "fine-pruned", rows * cols * int(layer.block_mask.sum()))  # p q ||M_b||
-    bias = layer.base.bias
-    if bias is not None and bias.requires_grad:
-        result.add(name, "bias", bias.numel())
-
-
 def _retained(module: nn.Module, parameter: nn.Parameter) -> int:
     """Entries of a plain module's parameter that survive its channel-pruning hook masks.
 
     `spa.pruning.apply_masks` gives norms, the head and other non-adapter modules non-persistent
-    `spa_out_mask` / `spa_in_mask` buffers until `spa.compact` slices them away.
+    hook masks (`spa.pruning.module_masks`) until `spa.compact` slices them away.
     """
     count = parameter.numel()
-    out_mask = getattr(module, "spa_out_mask", None)
-    in_mask = getattr(module, "spa_in_mask", None)
+    out_mask = module_mask(module, "out")
+    in_mask = module_mask(module, "in")
     if out_mask is not None and parameter.dim() >= 1 and parameter.shape[0] == out_mask.numel():
         count = count // out_mask.numel() * int(out_mask.sum())
     if in_mask is not None and parameter.dim() >= 2 and parameter.shape[1] == in_mask.numel():
@@ -97,36 +58,29 @@ def _retained(module: nn.Module, parameter: nn.Parameter) -> int:
 def learned_parameters(model: nn.Module) -> LearnedParameters:
     """Count the task's learned parameters (dParams), honouring the current masks.
 
-    Adapter layers count per DESIGN §2 (SPLoRA `r (||m_row||_0 + ||m_col||_0)`, SPLoPA
-    `R ||M_b||_0` plus prototypes once per sharing group, fine-pruning the retained weights,
-    block fine-pruning `p q ||M_b||_0`);
+    Adapter layers count themselves per DESIGN §2 (`AdapterLayer.learned_parameter_counts`:
+    SPLoRA `r (||m_row||_0 + ||m_col||_0)`, SPLoPA `R ||M_b||_0` plus prototypes once per
+    sharing group, fine-pruning the retained weights, block fine-pruning `p q ||M_b||_0`);
     every other parameter with `requires_grad` counts fully, classified as head, norm, bias or
     other. A plain or compacted model counts its trainable parameters, so fine-pruned and adapted
     models are comparable.
     """
-    report = getattr(model, "spa_report", None)
-    head = report.head if report is not None else find_head(model, None)
+    head = task_head(model)
     result = LearnedParameters()
     seen: set[int] = set()
-    banks: set[int] = set()
+    shared: set[int] = set()
     for name, module in model.named_modules():
-        if isinstance(module, BlockMaskedLinear):
+        if isinstance(module, AdapterLayer):
             seen.update(id(p) for p in module.parameters())
-            _count_block_fine_pruning(result, name, module)
+            for kind, count in module.learned_parameter_counts(shared).items():
+                result.add(name, kind, count)
             continue
-        if isinstance(module, ADAPTER_TYPES):
-            seen.update(id(p) for p in module.parameters())
-            if isinstance(module, SPLoRALayer):
-                _count_splora(result, name, module)
-            else:
-                _count_splopa(result, name, module, banks)
-            continue
-        in_head = any(name == h or name.startswith(h + ".") for h in head)
+        is_head = in_head(name, head)
         for pname, parameter in module.named_parameters(recurse=False):
             if id(parameter) in seen or not parameter.requires_grad:
                 continue
             seen.add(id(parameter))
-            if in_head:
+            if is_head:
                 kind = "head"
             elif isinstance(module, NORM_TYPES):
                 kind = "norm"

@@ -8,17 +8,15 @@ import torch
 from torch import nn
 
 from spa.adapters._conv import rebuild_layer
-from spa.adapters.base import adapter_layers
-from spa.adapters.block_fine_pruning import BlockMaskedLinear
-from spa.adapters.inject import _set_module
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.modules import replace_module
+from spa.adapters.protocols import adapter_layers
 
 
 def fused_layer(layer: nn.Module) -> nn.Module:
-    """A plain `nn.Linear` / `nn.ConvNd` holding the adapter layer's fused, masked weight."""
+    """A plain `nn.Linear` / `nn.ConvNd` holding an adapter layer's fused weight and bias."""
     with torch.no_grad():
         weight = layer.fused_weight().detach().clone()
-        bias = layer.masked_bias() if isinstance(layer, SPLoRALayer) else layer.base.bias
+        bias = layer.fused_bias()
         bias = None if bias is None else bias.detach().clone()
     return rebuild_layer(layer.base, weight, bias)
 
@@ -31,14 +29,10 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     see `compact` for physically smaller tensors).
 
     Args:
-        model: an adapted model (layers from `spa.adapt`, or block fine-pruning layers from
-            `wrap_block_fine_pruning`).
+        model: a model adapted with `spa.adapt` (any adapter kind).
         inplace: modify `model` itself instead of a deep copy.
     """
     target = model if inplace else copy.deepcopy(model)
-    block_fine_pruned = [
-        (name, m) for name, m in target.named_modules() if isinstance(m, BlockMaskedLinear)
-    ]
-    for name, layer in list(adapter_layers(target)) + block_fine_pruned:
-        _set_module(target, name, fused_layer(layer))
+    for name, layer in list(adapter_layers(target)):
+        replace_module(target, name, fused_layer(layer))
     return target

@@ -1,17 +1,15 @@
-"""FLOPs (via `torch.utils.flop_counter`) and the retained-weight density of a pruned model."""
+"""FLOPs (via `torch.utils.flop_counter`); `density` is re-exported from `spa.adapters.density`."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from spa._batch import call_model
-from spa.adapters.base import adapter_layers
-from spa.adapters.splora import SPLoRALayer
-from spa.errors import ConfigError
+from spa.adapters.density import density
+
+__all__ = ["count_flops", "count_macs", "density"]
 
 
 def count_flops(model: nn.Module, example_inputs) -> int:
@@ -49,33 +47,3 @@ def count_macs(model: nn.Module, example_inputs) -> int:
         MACs for the whole batch.
     """
     return count_flops(model, example_inputs) // 2
-
-
-def density(model: nn.Module) -> float:
-    """Retained fraction of the prunable layers' base weights (the paper's density).
-
-    Sums `||m_row||_0 * ||m_col||_0 * k` over SPLoRA / fine-pruning layers and divides by the
-    weight count of their original base layers, so it is the same before and after `compact`.
-
-    Args:
-        model: a model adapted with SPLoRA or fine-pruning layers.
-
-    Returns:
-        The density in (0, 1].
-
-    Raises:
-        ConfigError: if the model has no SPLoRA / fine-pruning layer.
-    """
-    retained = base = 0
-    for _, layer in adapter_layers(model):
-        if not isinstance(layer, SPLoRALayer):
-            continue
-        kernel = math.prod(layer.base.weight.shape[2:])
-        retained += int(layer.out_mask.sum()) * int(layer.in_mask.sum()) * kernel
-        base += math.prod(layer.base_shape)
-    if base == 0:
-        raise ConfigError(
-            "density: the model has no SPLoRA or fine-pruning layer; adapt it with "
-            "spa.adapt(model, SPLoRAConfig()) or FinePruningConfig()"
-        )
-    return retained / base

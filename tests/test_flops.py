@@ -29,5 +29,5 @@ def test_density_counts_masked_rows_and_columns_against_base():
 
 
 def test_density_rejects_unadapted_model():
-    with pytest.raises(ConfigError, match="no SPLoRA or fine-pruning layer"):
+    with pytest.raises(ConfigError, match="the model has no adapter layer"):
         density(nn.Linear(2, 2))

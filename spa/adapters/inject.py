@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from spa.adapters._conv import SUPPORTED_LAYERS
-from spa.adapters.base import ADAPTER_TYPES, is_adapted
-from spa.adapters.config import (
-    AdapterConfig,
-    FinePruningConfig,
-    ModuleSelection,
-    SPLoPAConfig,
-    SPLoRAConfig,
-)
-from spa.adapters.splopa import PrototypeBank, SPLoPALinear
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.config import AdapterConfig
+from spa.adapters.modules import NORM_TYPES, find_head, in_head, matches, replace_module
+from spa.adapters.protocols import AdapterLayer, is_adapted
+from spa.adapters.registry import kind_for_config
 from spa.errors import ConfigError, NoTargetsError, SpaError
 
 logger = logging.getLogger(__name__)
 
-NORM_TYPES = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.modules.instancenorm._InstanceNorm,
-)
+# Attribute under which `adapt` leaves its report on the model; read it with `adapt_report`.
+_REPORT_ATTRIBUTE = "spa_report"
 
 
 @dataclass
@@ -47,86 +35,33 @@ class AdaptReport:
         return "\n".join(lines)
 
 
-def matches(name: str, selection: ModuleSelection) -> bool:
-    """True if dotted `name` is selected by a regex (searched) or a list of name suffixes."""
-    if selection is None:
-        return False
-    if isinstance(selection, str):
-        return re.search(selection, name) is not None
-    return any(name == s or name.endswith("." + s) for s in selection)
+def adapt_report(model: nn.Module) -> AdaptReport | None:
+    """The `AdaptReport` that `adapt` left on `model`, or None for a model it did not adapt."""
+    return getattr(model, _REPORT_ATTRIBUTE, None)
 
 
-def find_head(model: nn.Module, selection: ModuleSelection) -> list[str]:
-    """Names of the task-head modules: those selected, or else the last `nn.Linear`."""
-    if selection is not None:
-        return [n for n, _ in model.named_modules() if n and matches(n, selection)]
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return linears[-1:]
-
-
-def _eligible_types(config: AdapterConfig) -> tuple[type, ...]:
-    return (nn.Linear,) if isinstance(config, SPLoPAConfig) else SUPPORTED_LAYERS
-
-
-def _make_layer(config: AdapterConfig, module: nn.Module, name: str, banks: dict) -> nn.Module:
-    if isinstance(config, SPLoRAConfig):
-        rank = config.rank
-        if config.rank_fraction is not None:
-            rank = max(1, round(config.rank_fraction * module.weight.shape[0]))
-        return SPLoRALayer(module, rank=rank, init_range=config.init_range, name=name)
-    if isinstance(config, FinePruningConfig):
-        return SPLoRALayer(module, rank=0, name=name)
-    bank = None
-    if config.shared_prototypes:
-        key = config.block_shape
-        if key not in banks:
-            weight = module.weight
-            banks[key] = PrototypeBank(
-                config.block_shape,
-                config.num_prototypes,
-                config.prototype_rank,
-                device=weight.device,
-                dtype=weight.dtype,
-            )
-        bank = banks[key]
-    return SPLoPALinear(
-        module,
-        block_shape=config.block_shape,
-        num_prototypes=config.num_prototypes,
-        prototype_rank=config.prototype_rank,
-        init_range=config.init_range,
-        bank=bank,
-        name=name,
-    )
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+def task_head(model: nn.Module) -> list[str]:
+    """The task head of `model`: the one `adapt` recorded, else the last `nn.Linear`."""
+    report = adapt_report(model)
+    return list(report.head) if report is not None else find_head(model, None)
 
 
 def set_trainable(model: nn.Module, trainable: tuple[str, ...], head: list[str]) -> None:
     """Freeze everything, then unfreeze adapter parameters and the configured groups.
 
-    Fine-pruning layers (rank 0) train their base weight and, with "bias", their bias.
+    Each adapter layer names what it trains (`AdapterLayer.trainable_parameters`: adapter
+    factors, or the weight itself for fine-pruning kinds); "bias" also trains their biases.
     """
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     everything = "all" in trainable
     for name, module in model.named_modules():
-        in_head = any(name == h or name.startswith(h + ".") for h in head)
         direct = list(module.named_parameters(recurse=False))
-        if isinstance(module, ADAPTER_TYPES):
-            for attr in module.adapter_parameter_names():
-                getattr(module, attr).requires_grad_(True)
-            if isinstance(module, SPLoPALinear):
-                for parameter in module.prototypes.parameters():
-                    parameter.requires_grad_(True)
-            if isinstance(module, SPLoRALayer) and module.rank == 0:
-                module.base.weight.requires_grad_(True)
+        if isinstance(module, AdapterLayer):
+            for parameter in module.trainable_parameters():
+                parameter.requires_grad_(True)
             continue
-        if everything or (in_head and "head" in trainable):
+        if everything or (in_head(name, head) and "head" in trainable):
             for _, parameter in direct:
                 parameter.requires_grad_(True)
             continue
@@ -142,24 +77,27 @@ def set_trainable(model: nn.Module, trainable: tuple[str, ...], head: list[str])
 def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Replace every eligible layer of `model` by an adapter layer and freeze the base weights.
 
-    Eligible layers are `nn.Linear` / `nn.Conv1d/2d/3d` for SPLoRA and fine-pruning, `nn.Linear`
-    for SPLoPA, selected by `config.target_modules` / `exclude_modules`; the task head is never
-    adapted (it trains fully when "head" is in `config.trainable`). All parameters are frozen,
-    then adapter parameters and `config.trainable` groups are unfrozen. The model is modified in
-    place and returned; `model.spa_report` holds an `AdaptReport`.
+    The adapter kind is the one registered for `type(config)` in `ADAPTER_KINDS`. Eligible
+    layers are the kind's layer types (`nn.Linear` / `nn.Conv1d/2d/3d` for SPLoRA and
+    fine-pruning, `nn.Linear` for SPLoPA and block fine-pruning), selected by
+    `config.target_modules` / `exclude_modules`; the task head is never adapted (it trains
+    fully when "head" is in `config.trainable`). All parameters are frozen, then adapter
+    parameters and `config.trainable` groups are unfrozen. The model is modified in place and
+    returned; `adapt_report(model)` gives the `AdaptReport`.
 
     Raises:
-        ConfigError: if the model is already adapted or a selection matches nothing.
+        ConfigError: if the model is already adapted, a selection matches nothing, or no kind
+            accepts `config`.
         NoTargetsError: if no layer could be adapted.
         UnsupportedLayerError: if an explicitly targeted layer cannot be adapted.
     """
+    kind = kind_for_config(config)
     if is_adapted(model):
         raise ConfigError("model is already adapted; adapt a fresh copy of the base model")
     head = find_head(model, config.head_modules)
     if config.head_modules is not None and not head:
         raise ConfigError(f"head_modules={config.head_modules!r} matches no module")
     report = AdaptReport(config=config, head=head)
-    eligible = _eligible_types(config)
     explicit = config.target_modules is not None
     candidates = []
     for name, module in model.named_modules():
@@ -169,25 +107,25 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
             continue
         if matches(name, config.exclude_modules):
             continue
-        if any(name == h or name.startswith(h + ".") for h in head):
+        if in_head(name, head):
             report.skipped[name] = "task head (trained fully, not adapted)"
             continue
-        if not isinstance(module, eligible):
+        if not isinstance(module, kind.layer_types):
             report.skipped[name] = (
                 f"{type(module).__name__} is not supported by {type(config).__name__}"
             )
             continue
         candidates.append((name, module))
-    banks: dict = {}
+    context: dict = {}
     for name, module in candidates:
         try:
-            layer = _make_layer(config, module, name, banks)
+            layer = kind.make_layer(module, config, name, context)
         except SpaError as error:
             if explicit:
                 raise
             report.skipped[name] = str(error)
             continue
-        _set_module(model, name, layer)
+        replace_module(model, name, layer)
         report.adapted.append(name)
     if not report.adapted:
         raise NoTargetsError(
@@ -196,6 +134,6 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
             f"{report.skipped or 'none'}"
         )
     set_trainable(model, config.trainable, head)
-    model.spa_report = report
+    setattr(model, _REPORT_ATTRIBUTE, report)
     logger.info(report.summary())
     return model

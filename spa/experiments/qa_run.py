@@ -71,30 +71,16 @@ def load_qa(config: ExperimentConfig) -> tuple[nn.Module, Any, list, list]:
 def _prepare(model: nn.Module, config: ExperimentConfig) -> nn.Module:
     if config.adapter.method == "splopa":
         return adapt_model(model, config)
-    from spa.adapters.block_fine_pruning import wrap_block_fine_pruning
+    from spa.adapters import BlockFinePruningConfig, adapt
 
     adapter = config.adapter
-    return wrap_block_fine_pruning(
-        model,
-        adapter.block_shape,
+    block_config = BlockFinePruningConfig(
+        block_shape=tuple(adapter.block_shape),
         target_modules=adapter.target_modules or r"encoder",
         exclude_modules=adapter.exclude_modules,
         head_modules=[config.model.head],
     )
-
-
-def _deployable(model: nn.Module) -> nn.Module:
-    """A copy with block fine-pruning layers fused into plain `nn.Linear` (for the bundle)."""
-    from spa.adapters.block_fine_pruning import BlockMaskedLinear
-    from spa.export import fused_layer
-
-    result = copy.deepcopy(model)
-    for name, module in list(result.named_modules()):
-        if isinstance(module, BlockMaskedLinear):
-            parent_name, _, child = name.rpartition(".")
-            parent = result.get_submodule(parent_name) if parent_name else result
-            setattr(parent, child, fused_layer(module))
-    return result
+    return adapt(model, block_config)
 
 
 def run_qa_seed(
@@ -157,7 +143,7 @@ def run_qa_seed(
     )
     compacted, report = compact_bert(model, sequence_length=options["max_length"])
     step_dir = seed_dir / f"step-01-density-{config.pruning.target_density:.3f}"
-    bundle = save_task(_deployable(model), step_dir / "task.safetensors", base_model=base)
+    bundle = save_task(model, step_dir / "task.safetensors", base_model=base)
     example = {"input_ids": torch.ones(1, options["max_length"], dtype=torch.long)}
     compacted.eval()
     with torch.inference_mode():

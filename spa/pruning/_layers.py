@@ -8,21 +8,21 @@ import torch
 from torch import nn
 
 from spa.adapters import _conv
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.protocols import AdapterLayer
 from spa.pruning.module_masks import module_mask
 
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
-    """The weight the layer computes with: the fused (adapted, masked) one for SPLoRA."""
-    if isinstance(layer, SPLoRALayer):
+    """The weight the layer computes with: the fused (adapted, masked) one for adapters."""
+    if isinstance(layer, AdapterLayer):
         with torch.no_grad():
             return layer.fused_weight().detach()
     return layer.weight.detach()
 
 
 def effective_bias(layer: nn.Module) -> torch.Tensor | None:
-    """The bias the layer adds (masked for SPLoRA), detached."""
-    bias = layer.masked_bias() if isinstance(layer, SPLoRALayer) else layer.bias
+    """The bias the layer adds (the adapter's fused bias), detached."""
+    bias = layer.fused_bias() if isinstance(layer, AdapterLayer) else layer.bias
     return None if bias is None else bias.detach()
 
 
@@ -33,10 +33,9 @@ def run_layer(
 
     A hook mask on the output of a plain layer (see `spa.pruning.module_masks`) is applied too.
     """
-    base = layer.base if isinstance(layer, SPLoRALayer) else layer
-    out = _conv.layer_forward(base, x, weight, bias)
+    out = _conv.layer_forward(_base(layer), x, weight, bias)
     mask = module_mask(layer, "out")
-    if mask is not None and not isinstance(layer, SPLoRALayer):
+    if mask is not None and not isinstance(layer, AdapterLayer):
         out = out * per_channel(mask.to(out.dtype), out, layer)
     return out
 
@@ -56,7 +55,7 @@ def channels_per_sample(tensor: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 
 
 def _base(layer: nn.Module) -> nn.Module:
-    return layer.base if isinstance(layer, SPLoRALayer) else layer
+    return layer.base if isinstance(layer, AdapterLayer) else layer
 
 
 def batches(data: Iterable, num_batches: int | None) -> Iterator[tuple]:

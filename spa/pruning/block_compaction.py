@@ -27,8 +27,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from spa.adapters.block_fine_pruning import block_prunable_layers
-from spa.adapters.inject import _set_module
+from spa.adapters.density import layers_density
+from spa.adapters.modules import replace_module
+from spa.adapters.protocols import block_prunable_layers
 from spa.errors import UnsupportedLayerError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ class CompactionReport:
         flops_after: the same after compaction.
         projection_parameters_before: weights of the block-pruned projections before.
         projection_parameters_after: their weights after compaction (dense remainder).
-        block_density: kept blocks / all blocks of the pruned projections, before compaction.
+        block_density: `spa.density` of the pruned projections (kept base weights / base
+            weights), before compaction.
         removed_heads: per attention module path, the removed head indices.
         removed_neurons: per FFN path (the intermediate projection), the number removed.
         sequence_length: the sequence length the FLOPs were measured at.
@@ -81,8 +83,8 @@ class CompactionReport:
     sequence_length: int = 128
 
     @property
-    def density(self) -> float:
-        """Projection parameters after compaction over before (the real, dense density)."""
+    def dense_fraction(self) -> float:
+        """Projection weights after compaction over before (the dense remainder, not density)."""
         return self.projection_parameters_after / max(self.projection_parameters_before, 1)
 
     def summary(self) -> str:
@@ -93,8 +95,8 @@ class CompactionReport:
                 f"parameters: {self.parameters_before:,} -> {self.parameters_after:,}",
                 f"FLOPs (seq {self.sequence_length}): {self.flops_before:,} -> "
                 f"{self.flops_after:,}",
-                f"block density {self.block_density:.4f}; dense projection density "
-                f"{self.density:.4f}",
+                f"density {self.block_density:.4f}; dense projection remainder "
+                f"{self.dense_fraction:.4f}",
                 f"removed {heads} head(s), {sum(self.removed_neurons.values())} FFN neuron(s)",
             ]
         )
@@ -148,13 +150,13 @@ def _fuse_block_layers(model: nn.Module) -> None:
         layer.block_gate = None
         with torch.no_grad():
             weight = layer.fused_weight().detach().clone()
-            base = layer.base
-            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=base.bias is not None)
+            bias = layer.fused_bias()
+            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
             linear = linear.to(device=weight.device, dtype=weight.dtype)
             linear.weight.copy_(weight)
-            if base.bias is not None:
-                linear.bias.copy_(base.bias)
-        _set_module(model, name, linear)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        replace_module(model, name, linear)
 
 
 def _sliced(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Linear:
@@ -210,7 +212,7 @@ def _compact_attention(model, path: str, attention: nn.Module, dead: dict) -> li
     for h in removed:
         kept[h * size : (h + 1) * size] = False
     if not bool(kept.any()):
-        _set_module(model, f"{path}.self", NoAttentionHeads())
+        replace_module(model, f"{path}.self", NoAttentionHeads())
     else:
         for projection in ("query", "key", "value"):
             setattr(
@@ -294,8 +296,7 @@ def compact_bert(
         )
     block_layers = dict(block_prunable_layers(compacted))
     names = list(block_layers)
-    kept_blocks = sum(int(layer.block_mask.sum()) for layer in block_layers.values())
-    all_blocks = sum(layer.block_mask.numel() for layer in block_layers.values())
+    density = layers_density(block_layers.values())
     projection_before = _projection_parameters(compacted, names)
     dead = _dead_rows_cols(compacted)
     _fuse_block_layers(compacted)
@@ -309,7 +310,7 @@ def compact_bert(
         flops_after=0,
         projection_parameters_before=projection_before,
         projection_parameters_after=0,
-        block_density=kept_blocks / all_blocks if all_blocks else 1.0,
+        block_density=density,
         sequence_length=sequence_length,
     )
     for path, layer in encoder_layers:

@@ -1,10 +1,10 @@
 """Block masks: scores -> masks (local or global), straight-through gating, the criterion base.
 
-A block layer (`SPLoPALinear` or `BlockMaskedLinear`) holds a boolean `block_mask` of shape
-`(n/p, m/q)`. While a criterion prunes, it gates the training forward with a float tensor of the
-same shape through `gated_weights`: the forward multiplies each block by its gate, and the
-backward passes the full gradient to the weights (pruned blocks keep receiving updates and can
-come back, as automated gradual pruning requires) and `<W_block, dL/dW'_block>` to the gate
+A block layer (any `BlockMasked` adapter: `SPLoPALinear`, `BlockMaskedLinear`, ...) holds a boolean
+`block_mask` of shape `(n/p, m/q)`. While a criterion prunes, it gates the training forward with a
+float tensor of the same shape through `gated_weights`: the forward multiplies each block by its
+gate, and the backward passes the full gradient to the weights (pruned blocks keep receiving updates
+and can come back, as automated gradual pruning requires) and `<W_block, dL/dW'_block>` to the gate
 (the straight-through estimate used by movement pruning).
 """
 
@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from spa.adapters.density import layers_density
 from spa.adapters.masks import expand_block_mask
-from spa.adapters.splopa import SPLoPALinear
 from spa.errors import ConfigError
 
 Scope = Literal["local", "global"]
@@ -65,7 +65,7 @@ def gated_weights(
     """The layer's weights gated block-wise for the training forward (straight-through).
 
     Args:
-        layer: a `SPLoPALinear` or `BlockMaskedLinear`.
+        layer: a block-masked adapter layer.
         gate: `(n/p, m/q)` float gates (values in [0, 1], possibly with autograd to scores);
             None gates with the layer's current `block_mask`.
 
@@ -84,7 +84,7 @@ def gated_weights(
         base = layer.masked_base_weight()  # frozen base, hard mask: the cached product
     else:
         base = weight * expand_block_mask(gate, (rows, cols))
-    if not isinstance(layer, SPLoPALinear):
+    if layer.block_weights is None:
         return base, None
     return base, _GateThrough.apply(layer.block_weights, gate)
 
@@ -96,21 +96,12 @@ def adapted_weight(layer: nn.Module) -> torch.Tensor:
     fine-pruning it is the trained weight itself.
 
     Args:
-        layer: a `SPLoPALinear` or `BlockMaskedLinear`.
+        layer: a block-masked adapter layer.
 
     Returns:
         The `(n, m)` weight, without autograd.
     """
-    with torch.no_grad():
-        weight = layer.base.weight.detach()
-        if not isinstance(layer, SPLoPALinear):
-            return weight
-        rows, cols = layer.block_shape
-        grid_rows, grid_cols = layer.block_mask.shape
-        delta = torch.einsum(
-            "iaj,icb->acjb", layer.block_weights, layer.prototypes.prototypes()
-        ).reshape(grid_rows * rows, grid_cols * cols)
-        return weight + delta
+    return layer.unmasked_weight()
 
 
 def _kept(density: float, total: int) -> int:
@@ -185,19 +176,15 @@ def apply_block_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, torch
 
 
 def block_density(layers: Mapping[str, nn.Module]) -> float:
-    """Fraction of blocks kept over all `layers` (blocks of one shape weigh the same).
+    """`spa.density` over the given block layers: kept base weights / base weights.
 
     Args:
         layers: block layers by name.
 
     Returns:
-        Kept elements of the masked weights over all their elements.
+        The density (1.0 for no layers).
     """
-    kept = sum(
-        int(layer.block_mask.sum()) * math.prod(layer.block_shape) for layer in layers.values()
-    )
-    total = sum(layer.base.weight.numel() for layer in layers.values())
-    return kept / total if total else 1.0
+    return layers_density(layers.values())
 
 
 def _gate_hook(criterion: BlockCriterion, name: str, layer: nn.Module):

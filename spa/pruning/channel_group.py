@@ -17,8 +17,7 @@ from typing import Literal
 from torch import nn
 
 from spa.adapters._conv import groups_of
-from spa.adapters.base import adapter_layers
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.protocols import ChannelMasked, channel_layers
 from spa.errors import SpaWarning
 from spa.pruning.module_masks import module_mask
 
@@ -32,7 +31,7 @@ class LayerInfo:
     """Mask state of one adapter layer when the groups were built (for density bookkeeping).
 
     Args:
-        name: dotted path of the `SPLoRALayer`.
+        name: dotted path of the channel-masked adapter layer.
         out_mask: `m_row` as booleans.
         in_mask: `m_col` as booleans (length in/groups).
         kernel: spatial kernel elements (1 for Linear).
@@ -57,7 +56,7 @@ class GroupMember:
         positions: indices into the member's mask (`out_mask`, `in_mask` or the norm channels).
         channels: the group channel each position belongs to.
         mask_size: length of the member's mask.
-        is_adapter: True for `SPLoRALayer` members (they count toward density).
+        is_adapter: True for channel-masked adapter members (they count toward density).
     """
 
     name: str
@@ -110,7 +109,7 @@ class UnionFind:
 
 
 def unsupported(module: nn.Module) -> str | None:
-    if isinstance(module, (SPLoRALayer, *_MASKABLE_NORMS)):
+    if isinstance(module, _MASKABLE_NORMS) or isinstance(module, ChannelMasked):
         return None
     if isinstance(module, nn.LayerNorm):
         return None if len(module.normalized_shape) == 1 else "multi-dimensional LayerNorm"
@@ -125,20 +124,19 @@ def unsupported(module: nn.Module) -> str | None:
 
 def layer_table(model: nn.Module) -> MappingProxyType:
     table = {}
-    for name, layer in adapter_layers(model):
-        if isinstance(layer, SPLoRALayer):
-            table[name] = LayerInfo(
-                name=name,
-                out_mask=tuple(bool(v) for v in layer.out_mask.tolist()),
-                in_mask=tuple(bool(v) for v in layer.in_mask.tolist()),
-                kernel=math.prod(layer.base.weight.shape[2:]),
-                base_weights=math.prod(layer.base_shape),
-            )
+    for name, layer in channel_layers(model):
+        table[name] = LayerInfo(
+            name=name,
+            out_mask=tuple(bool(v) for v in layer.out_mask.tolist()),
+            in_mask=tuple(bool(v) for v in layer.in_mask.tolist()),
+            kernel=math.prod(layer.base.weight.shape[2:]),
+            base_weights=math.prod(layer.base_shape),
+        )
     return MappingProxyType(table)
 
 
 def mask_size(module: nn.Module, role: Role) -> int:
-    if isinstance(module, SPLoRALayer):
+    if isinstance(module, ChannelMasked):
         return len(module.out_mask if role == "out" else module.in_mask)
     if role == "in":
         return module.weight.shape[1] * groups_of(module)
@@ -150,7 +148,7 @@ def mask_size(module: nn.Module, role: Role) -> int:
 
 
 def is_kept(module: nn.Module, role: Role, position: int) -> bool:
-    if isinstance(module, SPLoRALayer):
+    if isinstance(module, ChannelMasked):
         return bool((module.out_mask if role == "out" else module.in_mask)[position])
     mask = module_mask(module, "in" if role == "in" else "out")
     return True if mask is None else bool(mask[position])
@@ -224,7 +222,7 @@ def _build_group(root, group_entries, links, names, layers) -> ChannelGroup:
                 positions=tuple(positions),
                 channels=tuple(mapping[p] for p in positions),
                 mask_size=mask_size(module, role),
-                is_adapter=isinstance(module, SPLoRALayer),
+                is_adapter=isinstance(module, ChannelMasked),
             )
         )
     return ChannelGroup(

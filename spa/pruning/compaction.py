@@ -2,7 +2,7 @@
 
 Pruning steps only set masks (training continues on the masked model); `compact` is the separate
 deployment step. It is module-local: every adapter layer drops the rows/columns its masks
-remove (`SPLoRALayer.select_channels`, through the Torch-Pruning pruner registered in
+remove (`ChannelMasked.select_channels`, through the Torch-Pruning pruner registered in
 `spa.pruning.groups`), and every hook-masked module (norms, the head, excluded layers) is sliced
 with Torch-Pruning's own pruning functions. `apply_masks` keeps masks consistent across coupled
 modules, so the result computes exactly what the masked model computes.
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from spa._batch import call_model
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.protocols import ChannelMasked
 from spa.errors import SpaError
 from spa.pruning.groups import remove_channels
 from spa.pruning.module_masks import module_mask, remove_module_masks
@@ -28,10 +28,10 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
     """Remove masked channels physically, in place; the outputs stay those of the masked model.
 
     After compaction every mask is all-ones, norm layers have updated `num_features` /
-    `normalized_shape`, and `SPLoRALayer.out_indices` / `in_indices` still name the channels of
-    the original base layer each kept row/column comes from, so a task can be rebuilt from the
-    shared base weights. `spa.fuse` then gives an ordinary PyTorch model with fewer parameters
-    and FLOPs.
+    `normalized_shape`, and every channel-masked layer's `out_indices` / `in_indices` still name the
+    channels of the original base layer each kept row/column comes from, so a task can be rebuilt
+    from the shared base weights. `spa.fuse` then gives an ordinary PyTorch model with fewer
+    parameters and FLOPs.
 
     Args:
         model: a masked adapted model (see `apply_masks`).
@@ -44,7 +44,7 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
         SpaError: if the compacted model fails on `example_inputs` (inconsistent masks).
     """
     for module in list(model.modules()):
-        if isinstance(module, SPLoRALayer):
+        if isinstance(module, ChannelMasked):
             out_removed, in_removed = _removed(module.out_mask), _removed(module.in_mask)
         else:
             out_removed = _removed(module_mask(module, "out"))

@@ -3,10 +3,10 @@
 This is the only module that imports `torch_pruning`. It is used for two things: tracing the
 model into a dependency graph (which channels must go together: residual additions,
 concatenations, normalisation layers, grouped and depth-wise convolutions) and slicing modules
-(its per-type pruning functions). `SPLoRALayer` is registered with it as a customised layer whose
-pruner calls `SPLoRALayer.select_channels`, so base weight slices, adapter factors, masks and
-base-channel indices are removed together. No Torch-Pruning object leaves this module: groups
-are returned as spa `ChannelGroup` dataclasses.
+(its per-type pruning functions). Every channel-masked adapter layer type found in the model is
+registered with it as a customised layer whose pruner calls the layer's `select_channels`, so
+base weight slices, adapter tensors, masks and base-channel indices are removed together. No
+Torch-Pruning object leaves this module: groups are returned as spa `ChannelGroup` dataclasses.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from torch_pruning import ops
 from torch_pruning.pruner import function as tp_function
 
 from spa.adapters._conv import groups_of
-from spa.adapters.base import adapter_layers
-from spa.adapters.inject import NORM_TYPES, find_head
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.inject import task_head
+from spa.adapters.modules import NORM_TYPES
+from spa.adapters.protocols import ChannelMasked, adapter_layers, channel_layers
 from spa.errors import ConfigError
 from spa.pruning.channel_group import (
     LAYER_TYPES,
@@ -38,16 +38,14 @@ from spa.pruning.module_masks import resume_hooks, suspend_hooks
 __all__ = ["ChannelGroup", "channel_groups", "refresh_groups", "remove_channels"]
 
 
-class _SPLoRAPruner(tp_function.BasePruningFunc):
-    """Torch-Pruning pruning function for `SPLoRALayer` (indices in base-layer channel terms)."""
+class _ChannelAdapterPruner(tp_function.BasePruningFunc):
+    """Torch-Pruning pruning function for channel-masked adapter layers (base-layer terms)."""
 
-    TARGET_MODULES = (SPLoRALayer,)
-
-    def prune_out_channels(self, layer: SPLoRALayer, idxs: Sequence[int]) -> SPLoRALayer:
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
         layer.select_channels(out_positions=_kept(layer.base.weight.shape[0], idxs, layer))
         return layer
 
-    def prune_in_channels(self, layer: SPLoRALayer, idxs: Sequence[int]) -> SPLoRALayer:
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
         columns = layer.base.weight.shape[1]
         if columns == 1 and groups_of(layer.base) > 1:
             return layer  # depth-wise: an input goes with its output, removed by the out side
@@ -55,10 +53,10 @@ class _SPLoRAPruner(tp_function.BasePruningFunc):
         layer.select_channels(in_positions=_kept(columns, removed, layer))
         return layer
 
-    def get_out_channels(self, layer: SPLoRALayer) -> int:
+    def get_out_channels(self, layer: nn.Module) -> int:
         return layer.base.weight.shape[0]
 
-    def get_in_channels(self, layer: SPLoRALayer) -> int:
+    def get_in_channels(self, layer: nn.Module) -> int:
         return layer.base.weight.shape[1] * groups_of(layer.base)
 
 
@@ -67,7 +65,12 @@ def _kept(size: int, removed: Sequence[int], layer: nn.Module) -> torch.Tensor:
     return torch.tensor(keep, dtype=torch.long, device=layer.out_mask.device)
 
 
-_SPLORA_PRUNER = _SPLoRAPruner()
+_CHANNEL_PRUNER = _ChannelAdapterPruner()
+
+
+def _channel_layer_types(model: nn.Module) -> list[type]:
+    """The concrete channel-masked adapter classes in `model` (Torch-Pruning keys by class)."""
+    return list(dict.fromkeys(type(layer) for _, layer in channel_layers(model)))
 
 
 def remove_channels(
@@ -76,7 +79,7 @@ def remove_channels(
     """Physically remove output and input channels of one module with Torch-Pruning's functions.
 
     Args:
-        module: a `SPLoRALayer`, Linear/ConvNd, BatchNorm/InstanceNorm or LayerNorm.
+        module: a channel-masked adapter layer, Linear/ConvNd, BatchNorm/InstanceNorm or LayerNorm.
         out_positions: output channels to remove (a norm layer's channels); for adapter layers
             positions in `out_mask`.
         in_positions: input channels to remove; for adapter layers positions in `in_mask`.
@@ -84,8 +87,8 @@ def remove_channels(
     Raises:
         ConfigError: if Torch-Pruning has no pruning function for the module type.
     """
-    if isinstance(module, SPLoRALayer):
-        pruner = _SPLORA_PRUNER
+    if isinstance(module, ChannelMasked):
+        pruner = _CHANNEL_PRUNER
     elif isinstance(module, nn.LayerNorm):
         pruner = tp_function.LayernormPruner(pruning_dim=-1)
     else:
@@ -104,7 +107,7 @@ def remove_channels(
 
 def _entries(module: nn.Module, role: Role, index: int) -> list[tuple[Role, int]]:
     """Mask positions of a Torch-Pruning channel index, in the member's own mask terms."""
-    if role != "in" or not isinstance(module, SPLoRALayer):
+    if role != "in" or not isinstance(module, ChannelMasked):
         return [(role, index)]
     columns, groups = module.base.weight.shape[1], groups_of(module.base)
     if columns == 1 and groups > 1:  # depth-wise: input c is output(s) of group c
@@ -115,13 +118,14 @@ def _entries(module: nn.Module, role: Role, index: int) -> list[tuple[Role, int]
 
 def _group_couplings(module: nn.Module, role: Role, position: int) -> tuple | None:
     """Key shared by the positions a grouped conv must lose together (same place in each group)."""
-    base = module.base if isinstance(module, SPLoRALayer) else module
+    adapter = isinstance(module, ChannelMasked)
+    base = module.base if adapter else module
     groups = groups_of(base)
     if groups == 1 or base.weight.shape[1] == 1:
         return None
     if role == "out":
         return ("group", id(module), "out", position % (base.weight.shape[0] // groups))
-    if role == "in" and not isinstance(module, SPLoRALayer):
+    if role == "in" and not adapter:
         return ("group", id(module), "in", position % base.weight.shape[1])
     return None
 
@@ -129,7 +133,7 @@ def _group_couplings(module: nn.Module, role: Role, position: int) -> tuple | No
 def _role(graph, module: nn.Module, handler) -> Role | None:
     if isinstance(module, NORM_TYPES):
         return "norm"
-    if isinstance(module, (SPLoRALayer, *LAYER_TYPES)):
+    if isinstance(module, LAYER_TYPES) or isinstance(module, ChannelMasked):
         pruner = graph.get_pruner_of_module(module)
         return "out" if handler == pruner.prune_out_channels else "in"
     return None
@@ -149,7 +153,7 @@ def _trace(model: nn.Module, example_inputs):
         graph = torch_pruning.DependencyGraph().build_dependency(
             model,
             example_inputs=inputs,
-            customized_pruners={SPLoRALayer: _SPLORA_PRUNER},
+            customized_pruners={t: _CHANNEL_PRUNER for t in _channel_layer_types(model)},
             verbose=False,
         )
     finally:
@@ -203,14 +207,15 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
             "channel pruning needs SPLoRA or fine-pruning layers; adapt the model first with "
             "spa.adapt(model, SPLoRAConfig()) or spa.adapt(model, FinePruningConfig())"
         )
-    report = getattr(model, "spa_report", None)
-    head_names = report.head if report is not None else find_head(model, None)
+    head_names = task_head(model)
     head = [model.get_submodule(name) for name in head_names]
     graph = _trace(model, example_inputs)
     names = {id(module): name for name, module in model.named_modules()}
     links = UnionFind()
     entries = []  # (tp group index, global channel, module, role, position)
-    tp_groups = list(graph.get_all_groups(ignored_layers=head, root_module_types=[SPLoRALayer]))
+    tp_groups = list(
+        graph.get_all_groups(ignored_layers=head, root_module_types=_channel_layer_types(model))
+    )
     offset = 0
     for group_index, group in enumerate(tp_groups):
         size = max(max(item.root_idxs) for item in group.items if item.root_idxs) + 1

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from spa._batch import call_model
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.protocols import ChannelMasked
 from spa.errors import ConfigError
 from spa.pruning._layers import effective_bias, effective_weight, run_layer
 
@@ -138,7 +138,7 @@ def _rule_layers(model: nn.Module) -> dict[str, nn.Module]:
     for name, module in model.named_modules():
         if id(module) in inside:
             continue
-        if isinstance(module, SPLoRALayer):
+        if isinstance(module, ChannelMasked):
             inside.update(id(m) for m in module.modules())
             layers[name] = module
         elif isinstance(module, _PLAIN):

@@ -18,20 +18,25 @@ from typing import Literal
 import torch
 from torch import nn
 
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.protocols import IN_MASK, OUT_MASK, ChannelMasked
 from spa.errors import ConfigError
 from spa.pruning.groups import ChannelGroup
 from spa.pruning.module_masks import set_module_mask
 
 logger = logging.getLogger(__name__)
 
-# Module path -> {"out_mask": bool tensor, "in_mask": bool tensor} (either may be absent).
+# Module path -> {OUT_MASK: bool tensor, IN_MASK: bool tensor} (either may be absent).
 ChannelMasks = dict[str, dict[str, torch.Tensor]]
 Ranking = Literal["global", "local"]
 
 
 class _Retained:
-    """Retained weight counts per adapter layer, updated as group channels are removed."""
+    """Retained weight counts per adapter layer, updated as group channels are removed.
+
+    An incremental form of `spa.density` (same numerator and denominator, see
+    `spa.adapters.density`): it starts from the layers' own `retained_weights()` (recorded in
+    `LayerInfo`) and follows each removal exactly, so ranking never re-walks the model.
+    """
 
     def __init__(self, groups: Sequence[ChannelGroup]) -> None:
         layers = groups[0].layers
@@ -155,15 +160,12 @@ def compute_masks(
         removed = _global(groups, scores, density, floors, round_to)
     else:
         removed = _local(groups, scores, density, floors, round_to)
-    state = _Retained(groups)
-    for index, channels in enumerate(removed):
-        for channel in channels:
-            state.remove(index, channel)
-    if state.density > density + 1e-9:
+    reached = _density_of(groups, removed)
+    if reached > density + 1e-9:
         logger.warning(
             "density %.4f not reached (got %.4f): the channel floors stop further pruning",
             density,
-            state.density,
+            reached,
         )
     return _masks(groups, removed)
 
@@ -231,12 +233,12 @@ def _masks(groups: Sequence[ChannelGroup], removed: list[set[int]]) -> ChannelMa
     masks: ChannelMasks = {}
     for index, group in enumerate(groups):
         for member in group.members:
-            key = "in_mask" if member.role == "in" else "out_mask"
+            key = IN_MASK if member.role == "in" else OUT_MASK
             entry = masks.setdefault(member.name, {})
             if key not in entry:
                 info = layers.get(member.name)
                 start = (
-                    None if info is None else (info.in_mask if key == "in_mask" else info.out_mask)
+                    None if info is None else (info.in_mask if key == IN_MASK else info.out_mask)
                 )
                 entry[key] = (
                     torch.tensor(start, dtype=torch.bool)
@@ -270,7 +272,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]
         except AttributeError:
             raise ConfigError(f"apply_masks: the model has no module {name!r}") from None
         for key, mask in entry.items():
-            if isinstance(module, SPLoRALayer):
+            if isinstance(module, ChannelMasked):
                 target = getattr(module, key)
                 if target.shape != mask.shape:
                     raise ConfigError(
@@ -279,4 +281,4 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]
                     )
                 target.copy_(mask.to(target.device))
             else:
-                set_module_mask(module, "in" if key == "in_mask" else "out", mask.clone())
+                set_module_mask(module, "in" if key == IN_MASK else "out", mask.clone())

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from spa.adapters.splopa import SPLoPALinear
+from spa.adapters.masks import expand_block_mask
+from spa.adapters.protocols import BLOCK_MASK
+from spa.adapters.splopa import SPLoPALinear, splopa_weight
 from spa.tasks._entries import (
     bundle_error,
     check_base_layer,
@@ -62,7 +64,7 @@ def save_splopa(
     rows, cols = layer.block_shape
     entry: dict[str, Any] = {
         "path": name,
-        "kind": "splopa",
+        "kind": layer.kind,
         "block_shape": [rows, cols],
         "num_prototypes": layer.prototypes.num_prototypes,
         "shape": list(weight.shape),
@@ -80,8 +82,8 @@ def save_splopa(
             entry[f"{side}_selection"] = selection
     block_mask = layer.block_mask.to(device)
     if not bool(block_mask.all()):
-        entry["block_mask"] = True
-        writer.add_mask(f"{name}:block_mask", block_mask.flatten())
+        entry[BLOCK_MASK] = True
+        writer.add_mask(f"{name}:{BLOCK_MASK}", block_mask.flatten())
     writer.add(f"layers.{name}.block_weights", layer.block_weights.to(device)[:, block_mask])
     element_mask = layer.weight_mask().to(device)
     retained = weight.to(device)[element_mask]
@@ -118,14 +120,12 @@ class BlockLayerPlan:
         dtype, device = base_weight.dtype, base_weight.device
         rows, cols = self.entry["block_shape"]
         block_mask = self.block_mask.to(device)
-        element_mask = block_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
         if "weight" in self.tensors:
+            element_mask = expand_block_mask(block_mask, (rows, cols))
             weight = torch.zeros(self.entry["shape"], dtype=dtype, device=device)
             weight[element_mask] = self.tensors["weight"].to(device, dtype)
         else:
             weight = select(base_weight, self.rows, self.cols)
-            if not bool(block_mask.all()):
-                weight[~element_mask] = 0
         stored = self.tensors["block_weights"].to(device, dtype)
         block_weights = torch.zeros(
             (stored.shape[0],) + tuple(block_mask.shape), dtype=dtype, device=device
@@ -133,9 +133,7 @@ class BlockLayerPlan:
         block_weights[:, block_mask] = stored  # (R, n/p, m/q)
         row_factors = self.tensors["row_factors"].to(device, dtype)
         col_factors = self.tensors["col_factors"].to(device, dtype)
-        prototypes = torch.einsum("ick,ibk->icb", row_factors, col_factors)  # (R, p, q)
-        delta = torch.einsum("iaj,icb->acjb", block_weights, prototypes)
-        weight += delta.reshape(weight.shape)  # as SPLoPALinear.delta_weight
+        weight = splopa_weight(weight, block_mask, block_weights, row_factors, col_factors)  # Eq. 6
         return weight, self._bias(dtype, device)
 
     def _bias(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
@@ -174,7 +172,7 @@ def plan_splopa(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
     row_sel = decode_selection(bundle, entry, "out", base_weight.shape[0], out_features)
     col_sel = decode_selection(bundle, entry, "in", base_weight.shape[1], in_features)
     grid = (out_features // rows, in_features // cols)
-    block_mask = decode_mask(bundle, entry, "block_mask", grid[0] * grid[1]).reshape(grid)
+    block_mask = decode_mask(bundle, entry, BLOCK_MASK, grid[0] * grid[1]).reshape(grid)
     kept = int(block_mask.sum())
     key = entry["bank"]
     tensors = {

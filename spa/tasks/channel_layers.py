@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from spa.adapters import _conv
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.protocols import IN_MASK, OUT_MASK
+from spa.adapters.splora import SPLoRALayer, splora_weight
 from spa.errors import UnsupportedLayerError
 from spa.tasks._entries import (
     bundle_error,
@@ -42,6 +43,7 @@ def save_splora(
     device = base_weight.device
     entry: dict[str, Any] = {
         "path": name,
+        "kind": layer.kind,
         "rank": layer.rank,
         "shape": list(weight.shape[:2]),
         "base_shape": list(base_weight.shape),
@@ -55,7 +57,7 @@ def save_splora(
         if selection != "all":
             entry[f"{side}_selection"] = selection
     out_mask, in_mask = layer.out_mask.to(device), layer.in_mask.to(device)
-    for key, mask in (("out_mask", out_mask), ("in_mask", in_mask)):
+    for key, mask in ((OUT_MASK, out_mask), (IN_MASK, in_mask)):
         if not bool(mask.all()):
             entry[key] = True
             writer.add_mask(f"{name}:{key}", mask)
@@ -109,18 +111,15 @@ class ChannelLayerPlan:
             weight[keep_rows[:, None], keep_cols] = retained
         else:
             weight = select(base_weight, self.rows, self.cols)
-            if not bool(out_mask.all()):
-                weight[~out_mask] = 0
-            if not bool(in_mask.all()):
-                weight[:, ~in_mask] = 0
         rank = entry["rank"]
+        down = up = None
         if rank > 0:
             down = torch.zeros(len(out_mask), rank, dtype=dtype, device=device)
             up = torch.zeros(rank, len(in_mask), dtype=dtype, device=device)
             down[keep_rows] = self.tensors["down"].to(device, dtype)
             up[:, keep_cols] = self.tensors["up"].to(device, dtype)
-            tap = _conv.centre_tap(base, entry["path"]) if weight.dim() > 2 else ...
-            weight[tap] += down @ up  # (out, in/groups) at the kernel's centre tap
+        tap = _conv.centre_tap(base, entry["path"]) if weight.dim() > 2 else None
+        weight = splora_weight(weight, out_mask, in_mask, down, up, tap)  # Eq. 4
         return weight, self._bias(out_mask, keep_rows, dtype, device)
 
     def _bias(
@@ -155,8 +154,8 @@ def plan_splora(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
         raise bundle_error(bundle, f"layer {name!r}: malformed entry {entry!r}") from None
     rows = decode_selection(bundle, entry, "out", base_weight.shape[0], out_channels)
     cols = decode_selection(bundle, entry, "in", base_weight.shape[1], in_columns)
-    out_mask = decode_mask(bundle, entry, "out_mask", out_channels)
-    in_mask = decode_mask(bundle, entry, "in_mask", in_columns)
+    out_mask = decode_mask(bundle, entry, OUT_MASK, out_channels)
+    in_mask = decode_mask(bundle, entry, IN_MASK, in_columns)
     kept_rows, kept_cols = int(out_mask.sum()), int(in_mask.sum())
     tensors = {}
     if entry.get("weight"):

@@ -20,8 +20,7 @@ from torch import nn
 from spa.adapters.base import is_adapted
 from spa.errors import BundleError, ConfigError, SpaWarning
 from spa.tasks._entries import bundle_error, expect
-from spa.tasks.block_layers import BlockLayerPlan, plan_splopa
-from spa.tasks.channel_layers import ChannelLayerPlan, plan_splora
+from spa.tasks.codecs import codec_for, entry_kind
 from spa.tasks.fingerprint import describe_architecture, fingerprint
 from spa.tasks.format import Bundle, read_bundle
 from spa.tasks.modules import (
@@ -32,15 +31,13 @@ from spa.tasks.modules import (
     structural_copy,
 )
 
-_LAYER_PLANNERS = {"splora": plan_splora, "splopa": plan_splopa}
-
 
 @dataclass
 class TaskPlan:
     """A bundle validated against a base model: what to build, layer by layer."""
 
     bundle: Bundle
-    layers: list[ChannelLayerPlan | BlockLayerPlan] = field(default_factory=list)
+    layers: list[Any] = field(default_factory=list)  # plans with build() -> (weight, bias)
     modules: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] = field(default_factory=list)
 
 
@@ -141,9 +138,9 @@ def plan_task(
     plan = TaskPlan(bundle)
     try:
         for entry in bundle.metadata.get("layers", []):
-            planner = _LAYER_PLANNERS.get(entry.get("kind", "splora"))
-            if planner is None or not isinstance(entry.get("path"), str):
+            if not isinstance(entry.get("path"), str) or not isinstance(entry_kind(entry), str):
                 raise bundle_error(bundle, f"unknown layer entry {entry!r}")
+            planner = codec_for(entry_kind(entry)).plan
             plan.layers.append(planner(bundle, entry, base_modules.get(entry["path"])))
         for entry in bundle.metadata.get("modules", []):
             plan.modules.append((entry, _plan_module(bundle, entry, base_modules)))

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from spa.accounting import learned_parameters
-from spa.adapters.base import ADAPTER_TYPES, is_adapted
-from spa.adapters.splopa import SPLoPALinear
-from spa.adapters.splora import SPLoRALayer
+from spa.adapters.density import layers_density
+from spa.adapters.inject import adapt_report
+from spa.adapters.protocols import AdapterLayer, ChannelMasked, is_adapted
 from spa.errors import ConfigError
-from spa.tasks.block_layers import save_splopa
-from spa.tasks.channel_layers import save_splora
+from spa.pruning.module_masks import module_mask
+from spa.tasks.codecs import codec_for
 from spa.tasks.fingerprint import describe_architecture, fingerprint
 from spa.tasks.format import (
     FORMAT_NAME,
@@ -33,8 +33,6 @@ from spa.tasks.modules import attribute_changes, direct_tensors, same_tensor
 logger = logging.getLogger(__name__)
 
 NormStatistics = Literal["folded", "exact"]
-# Non-persistent hook-mask buffers set by spa.pruning.module_masks (spa_out_mask / spa_in_mask).
-_MODULE_MASKS = ("spa_out_mask", "spa_in_mask")
 
 
 @dataclasses.dataclass
@@ -100,10 +98,10 @@ def _save_module(
 
 
 def _has_pruned_channels(model: nn.Module) -> bool:
-    """True if a SPLoRA mask or a `spa.pruning` hook mask removes a channel."""
+    """True if a channel-masked adapter's mask or a `spa.pruning` hook mask removes a channel."""
     for module in model.modules():
-        masks = [getattr(module, attr, None) for attr in _MODULE_MASKS]
-        if isinstance(module, SPLoRALayer):
+        masks = [module_mask(module, "out"), module_mask(module, "in")]
+        if isinstance(module, ChannelMasked):
             masks += [module.out_mask, module.in_mask]
         if any(mask is not None and not bool(mask.all()) for mask in masks):
             return True
@@ -111,9 +109,7 @@ def _has_pruned_channels(model: nn.Module) -> bool:
 
 
 def _has_module_masks(model: nn.Module) -> bool:
-    return any(
-        getattr(m, attr, None) is not None for m in model.modules() for attr in _MODULE_MASKS
-    )
+    return any(module_mask(m, side) is not None for m in model.modules() for side in ("out", "in"))
 
 
 def _compacted(model: nn.Module, example_inputs: Any) -> nn.Module:
@@ -124,7 +120,7 @@ def _compacted(model: nn.Module, example_inputs: Any) -> nn.Module:
 
 
 def _adapter_description(model: nn.Module) -> dict[str, Any] | None:
-    report = getattr(model, "spa_report", None)
+    report = adapt_report(model)
     if report is None:
         return None
     config = dataclasses.asdict(report.config)
@@ -137,7 +133,7 @@ def _check_structure(model: nn.Module, base_modules: dict[str, nn.Module]) -> No
         if any(name.startswith(prefix) for prefix in covered):
             continue
         base = base_modules.get(name)
-        if isinstance(module, ADAPTER_TYPES):
+        if isinstance(module, AdapterLayer):
             covered.add(name + ".")
             module = module.base
         if base is None or type(base) is not type(module):
@@ -239,19 +235,18 @@ def save_task(
     writer = _Writer(dtype=dtype)
     layers: list[dict[str, Any]] = []
     modules: list[dict[str, Any]] = []
-    kept = total = 0
+    adapters: list[nn.Module] = []
     covered: list[str] = []
     with torch.no_grad():
         for name, module in model.named_modules():
             if any(name.startswith(prefix) for prefix in covered):
                 continue
             base = base_modules[name]
-            if isinstance(module, ADAPTER_TYPES):
+            if isinstance(module, AdapterLayer):
                 covered.append(name + ".")
-                save_layer = save_splopa if isinstance(module, SPLoPALinear) else save_splora
-                entry, layer_kept = save_layer(name, module, base, writer)
+                entry, _ = codec_for(module.kind).save(name, module, base, writer)
                 layers.append(entry)
-                kept, total = kept + layer_kept, total + base.weight.numel()
+                adapters.append(module)
                 continue
             entry = _save_module(name, module, base, writer, norm_statistics)
             if entry is not None:
@@ -273,7 +268,7 @@ def save_task(
         "adapter": _adapter_description(model),
         "dtype": str(dtype).removeprefix("torch."),
         "norm_statistics": norm_statistics,
-        "density": kept / total if total else 1.0,
+        "density": layers_density(adapters),
         "dparams": counts.total,
         "dparams_by_kind": dict(counts.by_kind),
         "layers": layers,

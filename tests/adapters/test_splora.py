@@ -222,7 +222,7 @@ def test_splora_fused_backward_passes_gradcheck():
     x = torch.randn(1, 3, 5, 5, dtype=torch.double, requires_grad=True)
     down = layer.down.detach().clone().requires_grad_(True)
     up = torch.randn_like(layer.up).requires_grad_(True)
-    from spa.adapters._lowrank_autograd import FusedLowRank
+    from spa.adapters.splora._autograd import FusedLowRank
 
     assert torch.autograd.gradcheck(
         lambda x, d, u: FusedLowRank.apply(x, d, u, layer), (x, down, up)

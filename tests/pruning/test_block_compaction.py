@@ -179,7 +179,7 @@ def test_compact_bert_removes_heads_and_neurons_by_hand() -> None:
     }
     removed = 3 * 64 * 64 + 64 * 64 + 2 * 32 * 64 * 2  # Q, K, V, O of layer 0; FFN neurons
     assert report.projection_parameters_after == report.projection_parameters_before - removed
-    assert report.density == pytest.approx(1 - removed / report.projection_parameters_before)
+    assert report.dense_fraction == pytest.approx(1 - removed / report.projection_parameters_before)
 
 
 def test_compact_bert_on_block_fine_pruning() -> None:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from spa.adapters._conv import check_supported
 from spa.adapters.masks import DerivedTensorCache, expand_block_mask
+from spa.adapters.protocols import BLOCK_MASK, GateHook
+from spa.adapters.splopa.equation import block_delta, prototype_matrices
 from spa.errors import ConfigError, UnsupportedLayerError
-
-# (layer) -> (gated base weight (n, m), gated block weights (R, n/p, m/q)), see `block_gate`.
-GateHook = Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def check_block_shape(base: nn.Module, block_shape: tuple[int, int], name: str) -> None:
@@ -77,7 +75,7 @@ class PrototypeBank(nn.Module):
 
     def prototypes(self) -> torch.Tensor:
         """The dense prototypes `P_i`, shape `(R, p, q)`."""
-        return torch.einsum("ick,ibk->icb", self.row_factors, self.col_factors)
+        return prototype_matrices(self.row_factors, self.col_factors)
 
     def extra_repr(self) -> str:
         return (
@@ -148,7 +146,7 @@ class SPLoPALinear(nn.Module):
         self.prototypes = bank
         grid = (out_features // rows, in_features // cols)
         self.register_buffer(
-            "block_mask", torch.ones(grid, dtype=torch.bool, device=factory["device"])
+            BLOCK_MASK, torch.ones(grid, dtype=torch.bool, device=factory["device"])
         )
         self.block_weights = nn.Parameter(torch.empty(num_prototypes, *grid, **factory))
         nn.init.uniform_(self.block_weights, -init_range, init_range)
@@ -159,14 +157,58 @@ class SPLoPALinear(nn.Module):
         # training forward. A plain attribute, so it never enters `state_dict` or a bundle.
         self.block_gate: GateHook | None = None
 
-    # -- AdapterLayer protocol -------------------------------------------------------------------
+    # -- AdapterLayer / BlockMasked protocol -----------------------------------------------------
+    kind = "splopa"
+
+    @property
+    def base_shape(self) -> tuple[int, ...]:
+        """Shape of the base weight (block layers are never channel-compacted)."""
+        return tuple(self.base.weight.shape)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The block weights and the prototype factors (shared ones included)."""
+        return [self.block_weights, *self.prototypes.parameters()]
+
+    def retained_weights(self) -> int:
+        """`p q ||M_b||_0`: base weight entries the block mask keeps."""
+        return int(self.block_mask.sum()) * math.prod(self.block_shape)
+
+    def learned_parameter_counts(self, counted: set[int]) -> dict[str, int]:
+        """`R ||M_b||_0` block weights, the bank's factors once per sharing group (DESIGN §2)."""
+        counts: dict[str, int] = {}
+        adapter = 0
+        if self.block_weights.requires_grad:
+            adapter += self.block_weights.shape[0] * int(self.block_mask.sum())
+        bank = self.prototypes
+        if id(bank) not in counted and bank.row_factors.requires_grad:
+            counted.add(id(bank))
+            adapter += bank.row_factors.numel() + bank.col_factors.numel()
+        if adapter:
+            counts["adapter"] = adapter
+        if self.base.weight.requires_grad:
+            counts["fine-pruned"] = self.retained_weights()
+        bias = self.base.bias
+        if bias is not None and bias.requires_grad:
+            counts["bias"] = bias.numel()
+        return counts
+
+    def fused_bias(self) -> torch.Tensor | None:
+        """The base bias, unmasked (Eq. 6 masks weights only)."""
+        return self.base.bias
+
+    def unmasked_weight(self) -> torch.Tensor:
+        """`W_s + sum_i B_i kron P_i` over every block, masked or not; no autograd."""
+        with torch.no_grad():
+            delta = block_delta(self.block_weights, self.prototypes.prototypes())
+            return self.base.weight.detach() + delta
+
     def adapter_parameter_names(self) -> list[str]:
         """Names of the layer's own adapter parameters (shared prototypes live in the bank)."""
         return ["block_weights"]
 
     def masks(self) -> dict[str, torch.Tensor]:
         """The layer's pruning masks by name."""
-        return {"block_mask": self.block_mask}
+        return {BLOCK_MASK: self.block_mask}
 
     def weight_mask(self) -> torch.Tensor:
         """`M_b kron J`, the element mask over `base.weight`."""
@@ -192,12 +234,7 @@ class SPLoPALinear(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """The adapter term of Eq. 6 as a dense `(n, m)` matrix."""
-        rows, cols = self.block_shape
-        grid_rows, grid_cols = self.block_mask.shape
-        delta = torch.einsum(
-            "iaj,icb->acjb", self.masked_block_weights(), self.prototypes.prototypes()
-        )
-        return delta.reshape(grid_rows * rows, grid_cols * cols)
+        return block_delta(self.masked_block_weights(), self.prototypes.prototypes())
 
     def fused_weight(self) -> torch.Tensor:
         """`W_t` of Eq. 6; cached (no autograd) when nothing in it requires a gradient."""

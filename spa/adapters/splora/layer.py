@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from spa.adapters import _conv
-from spa.adapters._lowrank_autograd import FusedLowRank, supports_fused_training
 from spa.adapters.masks import DerivedTensorCache, ones_mask, outer_mask
+from spa.adapters.protocols import IN_MASK, OUT_MASK
+from spa.adapters.splora._autograd import FusedLowRank, supports_fused_training
+from spa.adapters.splora.equation import add_low_rank, masked_factors
 from spa.errors import ConfigError
 
 
@@ -62,8 +64,8 @@ class SPLoRALayer(nn.Module):
         self.base_shape = tuple(base.weight.shape)
         out_channels, in_columns = base.weight.shape[:2]
         device = base.weight.device
-        self.register_buffer("out_mask", ones_mask(out_channels, device))
-        self.register_buffer("in_mask", ones_mask(in_columns, device))
+        self.register_buffer(OUT_MASK, ones_mask(out_channels, device))
+        self.register_buffer(IN_MASK, ones_mask(in_columns, device))
         self.register_buffer("out_indices", torch.arange(out_channels, device=device))
         self.register_buffer("in_indices", torch.arange(in_columns, device=device))
         if rank > 0:
@@ -78,14 +80,45 @@ class SPLoRALayer(nn.Module):
         self._masked_base_cache = DerivedTensorCache()
         self._fused_cache = DerivedTensorCache()
 
-    # -- AdapterLayer protocol -------------------------------------------------------------------
+    # -- AdapterLayer / ChannelMasked protocol --------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """Registered adapter kind: "splora", or "fine_pruning" for the rank-0 form."""
+        return "splora" if self.rank > 0 else "fine_pruning"
+
     def adapter_parameter_names(self) -> list[str]:
         """Names of this layer's own learned adapter parameters (empty for rank 0)."""
         return ["down", "up"] if self.rank > 0 else []
 
     def masks(self) -> dict[str, torch.Tensor]:
         """The layer's pruning masks by name."""
-        return {"out_mask": self.out_mask, "in_mask": self.in_mask}
+        return {OUT_MASK: self.out_mask, IN_MASK: self.in_mask}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The factors `down`, `up`; for rank 0 (fine-pruning) the base weight itself."""
+        return [self.down, self.up] if self.rank > 0 else [self.base.weight]
+
+    def retained_weights(self) -> int:
+        """`||m_row||_0 * ||m_col||_0 * k`: base weight entries the masks keep."""
+        kernel = math.prod(self.base.weight.shape[2:])
+        return int(self.out_mask.sum()) * int(self.in_mask.sum()) * kernel
+
+    def learned_parameter_counts(self, counted: set[int]) -> dict[str, int]:
+        """`r (||m_row||_0 + ||m_col||_0)` adapter values, retained weights if the base trains."""
+        rows, cols = int(self.out_mask.sum()), int(self.in_mask.sum())
+        counts: dict[str, int] = {}
+        if self.rank > 0 and self.down.requires_grad:
+            counts["adapter"] = self.rank * (rows + cols)
+        if self.base.weight.requires_grad:
+            counts["fine-pruned"] = self.retained_weights()
+        bias = self.base.bias
+        if bias is not None and bias.requires_grad:
+            counts["bias"] = rows
+        return counts
+
+    def fused_bias(self) -> torch.Tensor | None:
+        """The masked bias (see `masked_bias`)."""
+        return self.masked_bias()
 
     def weight_mask(self) -> torch.Tensor:
         """`m_row m_col^T` broadcastable over `base.weight`."""
@@ -106,31 +139,33 @@ class SPLoRALayer(nn.Module):
 
     def masked_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`(W_down * m_row 1^T, W_up * 1 m_col^T)`."""
-        return self.down * self.out_mask[:, None], self.up * self.in_mask[None, :]
+        return masked_factors(self.down, self.up, self.out_mask, self.in_mask)
+
+    def centre_tap(self) -> tuple | None:
+        """Index of the kernel's centre tap for conv layers, None for Linear."""
+        return _conv.centre_tap(self.base, self.name) if self.base.weight.dim() > 2 else None
 
     def delta_weight(self) -> torch.Tensor:
         """The adapter term of Eq. 4 as a full weight tensor (zero outside the centre tap)."""
-        weight = self.base.weight
+        zeros = torch.zeros_like(self.base.weight)
         if self.rank == 0:
-            return torch.zeros_like(weight)
-        down, up = self.masked_factors()
-        matrix = down @ up  # (out, in/groups)
-        if weight.dim() == 2:
-            return matrix
-        delta = torch.zeros(weight.shape, dtype=matrix.dtype, device=matrix.device)
-        delta[_conv.centre_tap(self.base, self.name)] = matrix  # (out, in/groups, *kernel)
-        return delta
+            return zeros
+        return add_low_rank(zeros, *self.masked_factors(), self.centre_tap())
 
     def fused_weight(self) -> torch.Tensor:
         """`W_t` of Eq. 4; cached (no autograd) when nothing in it requires a gradient."""
         if torch.is_grad_enabled() and self._has_trainable():
-            return self.masked_base_weight() + self.delta_weight()
+            return self._compute_fused()
         sources = (self.base.weight, self.out_mask, self.in_mask)
         if self.rank > 0:
             sources += (self.down, self.up)
-        return self._fused_cache.get(
-            sources, lambda: self.masked_base_weight() + self.delta_weight()
-        )
+        return self._fused_cache.get(sources, self._compute_fused)
+
+    def _compute_fused(self) -> torch.Tensor:
+        weight = self.masked_base_weight()
+        if self.rank == 0:
+            return weight
+        return add_low_rank(weight, *self.masked_factors(), self.centre_tap())
 
     def masked_bias(self) -> torch.Tensor | None:
         """The base bias with removed output channels zeroed (None if the layer has no bias)."""

@@ -1,17 +1,16 @@
-"""Block fine-pruning of `nn.Linear` layers, and discovery of every block-prunable layer."""
+"""`BlockMaskedLinear`: block fine-pruning of an `nn.Linear` (the weight itself trains)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
 
 import torch
 from torch import nn
 
-from spa.adapters.config import ModuleSelection
-from spa.adapters.inject import _set_module, find_head, matches
 from spa.adapters.masks import expand_block_mask
-from spa.adapters.splopa import GateHook, SPLoPALinear, check_block_shape
-from spa.errors import NoTargetsError, UnsupportedLayerError
+from spa.adapters.protocols import BLOCK_MASK, GateHook
+from spa.adapters.splopa.layer import check_block_shape
+from spa.errors import UnsupportedLayerError
 
 
 class BlockMaskedLinear(nn.Module):
@@ -49,10 +48,45 @@ class BlockMaskedLinear(nn.Module):
         self.block_shape = (rows, cols)
         grid = (out_features // rows, in_features // cols)
         self.register_buffer(
-            "block_mask", torch.ones(grid, dtype=torch.bool, device=base.weight.device)
+            BLOCK_MASK, torch.ones(grid, dtype=torch.bool, device=base.weight.device)
         )
+        # No adapter: block criteria gate the base weight only.
+        self.register_parameter("block_weights", None)
         # Training-time hook set by a block pruning criterion; see `SPLoPALinear.block_gate`.
         self.block_gate: GateHook | None = None
+
+    kind = "block_fine_pruning"
+
+    @property
+    def base_shape(self) -> tuple[int, ...]:
+        """Shape of the base weight."""
+        return tuple(self.base.weight.shape)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The base weight itself (fine-pruning learns it directly)."""
+        return [self.base.weight]
+
+    def retained_weights(self) -> int:
+        """`p q ||M_b||_0`: base weight entries the block mask keeps."""
+        return int(self.block_mask.sum()) * math.prod(self.block_shape)
+
+    def learned_parameter_counts(self, counted: set[int]) -> dict[str, int]:
+        """`p q ||M_b||_0` retained weights when the weight trains, plus a trained bias."""
+        counts: dict[str, int] = {}
+        if self.base.weight.requires_grad:
+            counts["fine-pruned"] = self.retained_weights()
+        bias = self.base.bias
+        if bias is not None and bias.requires_grad:
+            counts["bias"] = bias.numel()
+        return counts
+
+    def fused_bias(self) -> torch.Tensor | None:
+        """The base bias, unmasked (as in `SPLoPALinear`)."""
+        return self.base.bias
+
+    def unmasked_weight(self) -> torch.Tensor:
+        """The trained weight itself, ignoring the mask; no autograd."""
+        return self.base.weight.detach()
 
     def adapter_parameter_names(self) -> list[str]:
         """Fine-pruning has no adapter parameters; the base weight itself trains."""
@@ -60,7 +94,7 @@ class BlockMaskedLinear(nn.Module):
 
     def masks(self) -> dict[str, torch.Tensor]:
         """The layer's pruning masks by name."""
-        return {"block_mask": self.block_mask}
+        return {BLOCK_MASK: self.block_mask}
 
     def weight_mask(self) -> torch.Tensor:
         """`M_b kron J`, the element mask over `base.weight`."""
@@ -91,75 +125,3 @@ class BlockMaskedLinear(nn.Module):
     def extra_repr(self) -> str:
         kept = int(self.block_mask.sum())
         return f"block_shape={self.block_shape}, blocks={kept}/{self.block_mask.numel()}"
-
-
-BLOCK_LAYER_TYPES = (SPLoPALinear, BlockMaskedLinear)
-
-
-def block_prunable_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Yield `(dotted_name, layer)` for every SPLoPA or block fine-pruning layer of `model`.
-
-    Args:
-        model: a model adapted with `SPLoPAConfig` or wrapped by `wrap_block_fine_pruning`.
-
-    Returns:
-        An iterator in module order.
-    """
-    for name, module in model.named_modules():
-        if isinstance(module, BLOCK_LAYER_TYPES):
-            yield name, module
-
-
-def wrap_block_fine_pruning(
-    model: nn.Module,
-    block_shape: tuple[int, int] = (32, 32),
-    *,
-    target_modules: ModuleSelection = None,
-    exclude_modules: ModuleSelection = None,
-    head_modules: ModuleSelection = None,
-) -> nn.Module:
-    """Wrap the selected `nn.Linear` layers in `BlockMaskedLinear`, in place, for fine-pruning.
-
-    Nothing is frozen: fine-pruning trains every parameter. The task head (the selected
-    `head_modules`, else the last `nn.Linear`) is never wrapped.
-
-    Args:
-        model: the model to prune.
-        block_shape: `(p, q)` of every wrapped layer.
-        target_modules: regex or name suffixes (see `spa.SPLoRAConfig`); None selects every
-            `nn.Linear` except the head.
-        exclude_modules: same forms; matching layers are left untouched.
-        head_modules: the task head; None means the last `nn.Linear`.
-
-    Returns:
-        `model`, modified in place.
-
-    Raises:
-        UnsupportedLayerError: if an explicitly targeted layer's shape is not divisible by
-            `block_shape`.
-        NoTargetsError: if no layer was wrapped.
-    """
-    head = find_head(model, head_modules)
-    explicit = target_modules is not None
-    wrapped = []
-    for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear or (explicit and not matches(name, target_modules)):
-            continue
-        if matches(name, exclude_modules) or any(
-            name == h or name.startswith(h + ".") for h in head
-        ):
-            continue
-        try:
-            layer = BlockMaskedLinear(module, block_shape, name)
-        except UnsupportedLayerError:
-            if explicit:
-                raise
-            continue
-        _set_module(model, name, layer)
-        wrapped.append(name)
-    if not wrapped:
-        raise NoTargetsError(
-            f"wrap_block_fine_pruning: no nn.Linear was wrapped (target_modules="
-            f"{target_modules!r}, exclude_modules={exclude_modules!r}, block_shape={block_shape})"
-        )
-    return model

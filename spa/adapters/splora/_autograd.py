@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from spa.adapters import _conv
+from spa.adapters.splora.equation import add_low_rank, masked_factors
 
 
 def supports_fused_training(base: nn.Module) -> bool:
@@ -31,17 +32,9 @@ class FusedLowRank(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, down, up, layer):  # noqa: D102 - documented on the class
-        out_mask, in_mask = layer.out_mask, layer.in_mask
-        down_m = down * out_mask[:, None]
-        up_m = up * in_mask[None, :]
+        down_m, up_m = masked_factors(down, up, layer.out_mask, layer.in_mask)
         base = layer.base
-        matrix = down_m @ up_m  # (out, in)
-        weight = layer.masked_base_weight()
-        if weight.dim() == 2:
-            weight = weight + matrix
-        else:
-            weight = weight.clone()
-            weight[_conv.centre_tap(base, layer.name)] += matrix  # (out, in, *kernel)
+        weight = add_low_rank(layer.masked_base_weight(), down_m, up_m, layer.centre_tap())  # Eq. 4
         bias = layer.masked_bias()
         bias = None if bias is None else bias.detach()
         ctx.layer = layer

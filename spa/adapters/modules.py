@@ -1,0 +1,51 @@
+"""Module-tree helpers shared across spa: selections, the task head, replacing a submodule."""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from spa.adapters.config import ModuleSelection
+
+NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
+def matches(name: str, selection: ModuleSelection) -> bool:
+    """True if dotted `name` is selected by a regex (searched) or a list of name suffixes."""
+    if selection is None:
+        return False
+    if isinstance(selection, str):
+        return re.search(selection, name) is not None
+    return any(name == s or name.endswith("." + s) for s in selection)
+
+
+def find_head(model: nn.Module, selection: ModuleSelection) -> list[str]:
+    """Names of the task-head modules: those selected, or else the last `nn.Linear`."""
+    if selection is not None:
+        return [n for n, _ in model.named_modules() if n and matches(n, selection)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
+def in_head(name: str, head: list[str]) -> bool:
+    """True if module `name` is one of the `head` modules or inside one."""
+    return any(name == h or name.startswith(h + ".") for h in head)
+
+
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` at dotted path `name` of `model` (in place).
+
+    Args:
+        model: the root module.
+        name: dotted path of an existing submodule.
+        module: its replacement.
+    """
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

@@ -1,0 +1,30 @@
+"""SPLoRA (DESIGN §2, Eq. 4): config, layer, equation and its `ADAPTER_KINDS` registration."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from spa.adapters._conv import SUPPORTED_LAYERS
+from spa.adapters.registry import AdapterKind, register_kind
+from spa.adapters.splora.config import SPLoRAConfig
+from spa.adapters.splora.equation import splora_weight
+from spa.adapters.splora.layer import SPLoRALayer
+
+
+def _make_layer(module: nn.Module, config: SPLoRAConfig, name: str, context: dict) -> SPLoRALayer:
+    rank = config.rank
+    if config.rank_fraction is not None:
+        rank = max(1, round(config.rank_fraction * module.weight.shape[0]))
+    return SPLoRALayer(module, rank=rank, init_range=config.init_range, name=name)
+
+
+SPLORA = register_kind(
+    AdapterKind(
+        name="splora",
+        config_type=SPLoRAConfig,
+        layer_types=SUPPORTED_LAYERS,
+        make_layer=_make_layer,
+    )
+)
+
+__all__ = ["SPLORA", "SPLoRAConfig", "SPLoRALayer", "splora_weight"]
