@@ -109,7 +109,7 @@ def test_wrap_block_fine_pruning_errors() -> None:
             (2, 2),
             target_modules=["1"],
         )
-    with pytest.raises(NoTargetsError, match="no nn.Linear was wrapped"):
+    with pytest.raises(NoTargetsError, match="BlockFinePruningConfig: no layer was adapted"):
         wrap_block_fine_pruning(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)), (2, 2))
 
 
