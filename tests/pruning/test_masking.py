@@ -10,7 +10,8 @@ import torch
 import spa
 from spa.errors import ConfigError
 from spa.flops import density
-from spa.pruning import apply_masks, channel_groups, compact, compute_masks
+from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups
+from spa.pruning.masking import _Retained
 from tests.pruning._nets import ConvNet, ResidualNet, mlp, randomise
 
 
@@ -130,3 +131,36 @@ def test_masked_grouped_depthwise_net_equals_compacted(spatial_dims):
     assert conv2.groups == 2 and conv2.out_channels % 2 == 0
     assert model.conv3.base.groups == model.conv3.base.out_channels  # still depth-wise
     assert not math.isclose(density(model), 1.0)
+
+
+@pytest.mark.parametrize("net", [ResidualNet, ConvNet])
+def test_compute_masks_warning_agrees_with_measured_density(net, caplog):
+    # Issue 10: later steps once subtracted already-masked channels again, so the warning
+    # claimed "not reached (got 0.1066)" while the model held 0.0821, or missed a real floor.
+    model = spa.adapt(net(), spa.FinePruningConfig())
+    x = torch.randn(2, 3 if net is ResidualNet else 4, 8, 8)
+    groups = channel_groups(model, x)
+    for target in (0.7, 0.5, 0.3, 0.2, 0.1):
+        current = refresh_groups(model, groups)
+        scores = {i: torch.rand(group.size) for i, group in enumerate(current)}
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="spa.pruning.masking"):
+            apply_masks(model, compute_masks(current, scores, target))
+        measured = density(model)
+        warned = [r for r in caplog.records if "not reached" in r.getMessage()]
+        if measured > target + 1e-9:
+            assert warned and f"(got {measured:.4f})" in warned[0].getMessage()
+        else:
+            assert not warned
+
+
+def test_retained_counter_is_the_density_function():
+    model = spa.adapt(ResidualNet(), spa.SPLoRAConfig(rank=2))
+    x = torch.randn(2, 3, 8, 8)
+    groups = channel_groups(model, x)
+    for target in (0.6, 0.3):
+        current = refresh_groups(model, groups)
+        scores = {i: torch.rand(group.size) for i, group in enumerate(current)}
+        apply_masks(model, compute_masks(current, scores, target))
+        counter = _Retained(refresh_groups(model, groups))
+        assert counter.density == pytest.approx(density(model), abs=1e-12)
