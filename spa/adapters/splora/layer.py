@@ -181,7 +181,7 @@ class SPLoRALayer(nn.Module):
 
         Without gradients, one op runs with the cached fused weight. With a frozen base and a
         trainable adapter, one op runs with the fused weight and a custom backward forms neither
-        the base weight's gradient nor any full-size adapter matrix (see `spa.adapters.splora._autograd`).
+        the base weight's gradient nor any full-size adapter matrix (see `_autograd`).
         Otherwise (trainable base, grouped or non-zero-padded convs) the base path and the
         point-wise low-rank path run separately under autograd.
         """
