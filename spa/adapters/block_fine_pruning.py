@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from spa.adapters import _conv
 from spa.adapters.config import ModuleSelection
 from spa.adapters.inject import _set_module, find_head, matches
 from spa.adapters.masks import expand_block_mask
@@ -79,6 +80,10 @@ class BlockMaskedLinear(nn.Module):
     def fused_weight(self) -> torch.Tensor:
         """`W_t`, the masked weight."""
         return self.masked_base_weight()
+
+    def __getattr__(self, name: str) -> object:
+        # in_features / out_features come from `base` (issue 11).
+        return _conv.base_attribute(self, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The masked linear map; a criterion's gate replaces the mask while training."""

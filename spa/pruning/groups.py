@@ -21,7 +21,7 @@ from torch_pruning.pruner import function as tp_function
 
 from spa.adapters._conv import groups_of
 from spa.adapters.base import adapter_layers
-from spa.adapters.inject import NORM_TYPES, find_head
+from spa.adapters.inject import find_head
 from spa.adapters.splora import SPLoRALayer
 from spa.errors import ConfigError
 from spa.pruning.channel_group import (
@@ -126,13 +126,48 @@ def _group_couplings(module: nn.Module, role: Role, position: int) -> tuple | No
     return None
 
 
-def _role(graph, module: nn.Module, handler) -> Role | None:
-    if isinstance(module, NORM_TYPES):
-        return "norm"
+# Autograd ops that only reshape a tensor: a parameter may pass through them on its way to the
+# multiplication that makes it a per-channel scale.
+_SHAPE_OPS = ("View", "Unsqueeze", "Reshape", "Expand", "Squeeze", "UnsafeView")
+
+
+def _parameter_problem(graph, parameter: nn.Parameter) -> str | None:
+    """Why a bare parameter on a pruned axis cannot be sliced with its group, or None.
+
+    spa slices a bare parameter when it is a per-channel scale: one axis longer than one, and
+    every use (through reshapes) is an elementwise multiplication. Then a removed channel is
+    zero in the masked model (it multiplies a masked producer's zero output) and slicing the
+    parameter keeps every kept channel's value, so masked == compacted.
+    """
+    if sum(size > 1 for size in parameter.shape) != 1:
+        return f"a parameter of shape {tuple(parameter.shape)}, not a per-channel vector"
+    node = graph.module2node.get(parameter)
+    pending, uses = list(node.outputs) if node is not None else [], []
+    while pending:
+        consumer = pending.pop()
+        op = type(consumer.grad_fn).__name__ if consumer.grad_fn is not None else "unknown"
+        if op.startswith(_SHAPE_OPS):
+            pending.extend(consumer.outputs)
+        else:
+            uses.append(op)
+    if not uses or any(not op.startswith("MulBackward") for op in uses):
+        used = ", ".join(sorted(set(uses))) or "nothing spa can trace"
+        return (
+            f"a per-channel parameter used by {used}; spa slices only per-channel scales "
+            "(elementwise multiplication)"
+        )
+    return None
+
+
+def _role(graph, module: nn.Module, handler) -> Role:
+    if isinstance(module, nn.Parameter):
+        return "param"
     if isinstance(module, (SPLoRALayer, *LAYER_TYPES)):
         pruner = graph.get_pruner_of_module(module)
         return "out" if handler == pruner.prune_out_channels else "in"
-    return None
+    # Norms, and any other module Torch-Pruning slices on this axis (PReLU, Embedding, ...):
+    # `unsupported` turns away the ones spa cannot mask, so nothing is dropped silently.
+    return "norm"
 
 
 def _trace(model: nn.Module, example_inputs):
@@ -185,7 +220,9 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
     and a depth-wise conv couples its input and output channel, so channels the dependency graph
     keeps apart are merged where compaction needs it. The task head's output is never pruned.
     Groups that touch a module whose masked form would differ from its compacted form (e.g.
-    GroupNorm) are left out with a `SpaWarning`.
+    GroupNorm), or a bare parameter on the channel axis that spa cannot slice (anything but a
+    per-channel scale such as ConvNeXt's `layer_scale_parameter`), are left out with a
+    `SpaWarning` naming the module or parameter, so masks are never applied to them.
 
     Args:
         model: a model adapted with `spa.adapt` (SPLoRA or fine-pruning).
@@ -208,6 +245,8 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
     head = [model.get_submodule(name) for name in head_names]
     graph = _trace(model, example_inputs)
     names = {id(module): name for name, module in model.named_modules()}
+    names.update({id(p): name for name, p in model.named_parameters(remove_duplicate=False)})
+    problems = {}  # id -> why spa cannot slice this bare parameter with its group
     links = UnionFind()
     entries = []  # (tp group index, global channel, module, role, position)
     tp_groups = list(graph.get_all_groups(ignored_layers=head, root_module_types=[SPLoRALayer]))
@@ -216,9 +255,11 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
         size = max(max(item.root_idxs) for item in group.items if item.root_idxs) + 1
         for item in group.items:
             module = item.dep.target.module
-            role = _role(graph, module, item.dep.handler) if id(module) in names else None
-            if role is None:
-                continue
+            if id(module) not in names:
+                continue  # an op without tensors of its own (addition, reshape, ...)
+            role = _role(graph, module, item.dep.handler)
+            if role == "param" and id(module) not in problems:
+                problems[id(module)] = _parameter_problem(graph, module)
             for index, root in zip(item.idxs, item.root_idxs):
                 for entry_role, position in _entries(module, role, int(index)):
                     channel = offset + int(root)
@@ -229,4 +270,4 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
                         links.union(coupling, ("ch", channel))
         offset += size
     roots = [names[id(group[0].dep.target.module)] for group in tp_groups]
-    return assemble(roots, entries, links, names, layers)
+    return assemble(roots, entries, links, names, layers, problems)
