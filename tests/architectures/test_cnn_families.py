@@ -157,3 +157,42 @@ def test_family_pipeline(family, criterion, prepared, tmp_path):
         host.set_task(task)
         with torch.no_grad():
             _assert_close(logits(host(p.x)), expected)
+
+
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+def test_convnext_layer_norm_mask_matches_the_hand_formula(data_format):
+    """A masked ConvNeXt norm normalises over the kept channels of its own channel axis."""
+    from transformers.models.convnext.modeling_convnext import ConvNextLayerNorm
+
+    from spa.pruning.module_masks import set_module_mask
+
+    norm = ConvNextLayerNorm(6, eps=1e-6, data_format=data_format)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    keep = torch.tensor([True, False, True, True, False, True])
+    set_module_mask(norm, "out", keep)
+    x = torch.randn(2, 6, 3, 4) if data_format == "channels_first" else torch.randn(2, 3, 4, 6)
+    channels = x if data_format == "channels_first" else x.permute(0, 3, 1, 2)  # (N, C, H, W)
+    kept = channels[:, keep]
+    mean = kept.mean(dim=1, keepdim=True)
+    variance = ((kept - mean) ** 2).mean(dim=1, keepdim=True)
+    normed = (kept - mean) / torch.sqrt(variance + 1e-6)
+    expected = torch.zeros_like(channels)
+    expected[:, keep] = normed * norm.weight[keep, None, None] + norm.bias[keep, None, None]
+    if data_format == "channels_last":
+        expected = expected.permute(0, 2, 3, 1)
+    torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_convnext_layer_scale_is_sliced_with_its_group(prepared):
+    p = prepared("convnext")
+    model = copy.deepcopy(p.model)
+    apply_masks(model, compute_masks(p.groups, score(model, "weight", p.groups), density=0.3))
+    spa.compact(model, p.x)
+    blocks = [m for m in model.modules() if hasattr(m, "layer_scale_parameter")]
+    assert blocks
+    for block in blocks:
+        assert block.layer_scale_parameter.numel() == block.pwconv2.base.weight.shape[0]
+        assert block.layer_scale_parameter.numel() == block.dwconv.base.weight.shape[0]
+    assert any(b.layer_scale_parameter.numel() < b.pwconv1.base_shape[1] for b in blocks)
