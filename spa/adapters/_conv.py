@@ -75,14 +75,28 @@ def check_supported(base: nn.Module, name: str) -> None:
         raise UnsupportedLayerError(
             f"{name}: {type(base).__name__} is not supported; supported types: {supported}"
         )
-    plain = next(t for t in SUPPORTED_LAYERS if isinstance(base, t))
+    method = overridden_method(base)
+    if method is not None:
+        raise UnsupportedLayerError(
+            f"{name}: {type(base).__name__} overrides {method}, which spa cannot reproduce when "
+            "it fuses or compacts the layer; exclude it via `exclude_modules=`"
+        )
+
+
+def overridden_method(base: nn.Module) -> str | None:
+    """`"Class.method"` of a Linear/ConvNd subclass's own forward computation, or None.
+
+    A subclass that only changes the constructor (EfficientNet's depth-wise conv) computes what
+    its plain torch type computes; one that overrides `forward` / `_conv_forward` (a weight-
+    standardised conv) does not, and spa cannot mask, slice or fuse it exactly.
+    """
+    plain = next((t for t in SUPPORTED_LAYERS if isinstance(base, t)), None)
     for method in ("forward", "_conv_forward"):
-        if getattr(type(base), method, None) is not getattr(plain, method, None):
-            raise UnsupportedLayerError(
-                f"{name}: {type(base).__name__} overrides {plain.__name__}.{method}, which spa "
-                "cannot reproduce when it fuses or compacts the layer; exclude it via "
-                "`exclude_modules=`"
-            )
+        if plain is not None and getattr(type(base), method, None) is not getattr(
+            plain, method, None
+        ):
+            return f"{plain.__name__}.{method}"
+    return None
 
 
 def spatial_dims(base: nn.Module) -> int:

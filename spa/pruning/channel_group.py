@@ -16,7 +16,7 @@ from typing import Literal
 
 from torch import nn
 
-from spa.adapters._conv import groups_of
+from spa.adapters._conv import groups_of, overridden_method
 from spa.adapters.base import adapter_layers
 from spa.adapters.splora import SPLoRALayer
 from spa.errors import SpaWarning
@@ -126,6 +126,9 @@ def unsupported(module: nn.Module | nn.Parameter) -> str | None:
             )
         return None
     if isinstance(module, LAYER_TYPES):
+        method = overridden_method(module)
+        if method is not None:
+            return f"{type(module).__name__} overrides {method}, so its masked form is unknown"
         if isinstance(module, nn.modules.conv._ConvNd) and (
             module.groups > 1 and module.in_channels == module.groups != module.out_channels
         ):

@@ -115,3 +115,23 @@ def test_compact_names_the_likely_cause_when_a_tensor_was_not_sliced(adapted):
 def test_apply_masks_rejects_a_parameter_mask_of_the_wrong_length(adapted):
     with pytest.raises(ConfigError, match="scale.scale has 8 channels, the mask has 3"):
         apply_masks(adapted, {"scale.scale": {"out_mask": torch.ones(3, dtype=torch.bool)}})
+
+
+class _StandardisedConv(nn.Conv2d):
+    """Weight standardisation: slicing input channels changes every kept output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = (self.weight - self.weight.mean()) / self.weight.std()
+        return self._conv_forward(x, weight, self.bias)
+
+
+def test_a_group_through_a_conv_with_its_own_forward_is_refused():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _StandardisedConv(8, 8, 3, padding=1)
+    )
+    model.append(nn.Flatten()).append(nn.Linear(8 * 4 * 4, 2))
+    spa.adapt(model, spa.SPLoRAConfig(rank=2))
+    assert "_StandardisedConv overrides Conv2d.forward" in model.spa_report.skipped["2"]
+    with pytest.warns(SpaWarning, match=r"rooted at 0 .*_StandardisedConv overrides"):
+        groups = channel_groups(model, torch.randn(2, 3, 4, 4))
+    assert "0" not in {group.root for group in groups}
