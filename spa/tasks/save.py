@@ -103,6 +103,7 @@ def _has_pruned_channels(model: nn.Module) -> bool:
     """True if a SPLoRA mask or a `spa.pruning` hook mask removes a channel."""
     for module in model.modules():
         masks = [getattr(module, attr, None) for attr in _MODULE_MASKS]
+        masks += [b for k, b in module._buffers.items() if k.startswith("spa_parameter_mask__")]
         if isinstance(module, SPLoRALayer):
             masks += [module.out_mask, module.in_mask]
         if any(mask is not None and not bool(mask.all()) for mask in masks):
@@ -113,6 +114,8 @@ def _has_pruned_channels(model: nn.Module) -> bool:
 def _has_module_masks(model: nn.Module) -> bool:
     return any(
         getattr(m, attr, None) is not None for m in model.modules() for attr in _MODULE_MASKS
+    ) or any(  # masks of bare per-channel parameters (spa.pruning.module_masks.PARAMETER_MASK)
+        key.startswith("spa_parameter_mask__") for m in model.modules() for key in m._buffers
     )
 
 
