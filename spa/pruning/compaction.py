@@ -30,12 +30,16 @@ def _removed(mask: torch.Tensor | None) -> list[int]:
 
 
 def _slice_parameter(module: nn.Module, name: str, mask: torch.Tensor) -> None:
-    """Keep only the masked-in channels of the bare per-channel parameter `module.<name>`."""
-    parameter = module._parameters[name]
-    kept = mask.nonzero().flatten().to(parameter.device)
+    """Keep only the masked-in channels of the bare per-channel parameter/buffer `name`."""
+    is_buffer = name in module._buffers
+    tensor = module._buffers[name] if is_buffer else module._parameters[name]
+    kept = mask.nonzero().flatten().to(tensor.device)
     with torch.no_grad():
-        sliced = parameter.index_select(parameter_dim(parameter), kept).clone()
-    setattr(module, name, nn.Parameter(sliced, requires_grad=parameter.requires_grad))
+        sliced = tensor.index_select(parameter_dim(tensor), kept).clone()
+    if is_buffer:
+        module._buffers[name] = sliced
+    else:
+        setattr(module, name, nn.Parameter(sliced, requires_grad=tensor.requires_grad))
 
 
 def compact(model: nn.Module, example_inputs=None) -> nn.Module:

@@ -21,7 +21,7 @@ from torch_pruning.pruner import function as tp_function
 
 from spa.adapters._conv import groups_of
 from spa.adapters.base import adapter_layers
-from spa.adapters.inject import find_head
+from spa.adapters.inject import NORM_TYPES, find_head
 from spa.adapters.splora import SPLoRALayer
 from spa.errors import ConfigError
 from spa.pruning.channel_group import (
@@ -33,7 +33,7 @@ from spa.pruning.channel_group import (
     layer_table,
     refresh_groups,
 )
-from spa.pruning.module_masks import resume_hooks, suspend_hooks
+from spa.pruning.module_masks import parameter_dim, resume_hooks, suspend_hooks
 
 __all__ = ["ChannelGroup", "channel_groups", "refresh_groups", "remove_channels"]
 
@@ -170,30 +170,62 @@ def _role(graph, module: nn.Module, handler) -> Role:
     return "norm"
 
 
+def _loose_buffers(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """Floating-point buffers used by module code of their own: `(owner, name, dotted path)`.
+
+    Buffers of layers and norms are read by their module's own op (BatchNorm statistics); the
+    others (a per-channel scale or shift kept as a buffer) are traced like bare parameters.
+    """
+    units = (SPLoRALayer, *LAYER_TYPES, *NORM_TYPES)
+    skip = {id(m) for m in model.modules() if isinstance(m, units)}
+    skip |= {id(m) for _, layer in adapter_layers(model) for m in layer.modules()}
+    found = []
+    for path, module in model.named_modules():
+        if id(module) in skip:
+            continue
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_floating_point() and buffer.numel() > 1:
+                found.append((module, name, f"{path}.{name}" if path else name))
+    return found
+
+
 def _trace(model: nn.Module, example_inputs):
-    """Build Torch-Pruning's graph with every adapter layer traced as one op."""
+    """Build Torch-Pruning's graph with every adapter layer traced as one op.
+
+    Returns:
+        The graph, and `{id(stand-in): dotted path}` of the loose buffers traced as parameters.
+    """
     modes = {module: module.training for module in model.modules()}
     flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
     inside = {id(p) for _, layer in adapter_layers(model) for p in layer.parameters()}
     suspended = suspend_hooks(model)
+    buffers = _loose_buffers(model)
+    # A buffer the dependency graph cannot see would be silently left unsliced: trace each one
+    # through a parameter stand-in holding the same tensor.
+    stand_ins = [nn.Parameter(owner._buffers[name].detach()) for owner, name, _ in buffers]
     try:
         # Frozen adapters run one fused op (no internal graph); other modules need grad_fns.
         for parameter in flags:
             parameter.requires_grad_(id(parameter) not in inside)
+        for (owner, name, _), stand_in in zip(buffers, stand_ins):
+            owner._buffers[name] = stand_in
         inputs = _with_grad(example_inputs)
         graph = torch_pruning.DependencyGraph().build_dependency(
             model,
             example_inputs=inputs,
             customized_pruners={SPLoRALayer: _SPLORA_PRUNER},
+            unwrapped_parameters=[(p, parameter_dim(p)) for p in stand_ins],
             verbose=False,
         )
     finally:
+        for (owner, name, _), stand_in in zip(buffers, stand_ins):
+            owner._buffers[name] = stand_in.data
         for parameter, flag in flags.items():
             parameter.requires_grad_(flag)
         for module, mode in modes.items():
             module.train(mode)
         resume_hooks(suspended)
-    return graph
+    return graph, {id(p): path for p, (_, _, path) in zip(stand_ins, buffers)}
 
 
 def _with_grad(example_inputs):
@@ -243,9 +275,10 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
     report = getattr(model, "spa_report", None)
     head_names = report.head if report is not None else find_head(model, None)
     head = [model.get_submodule(name) for name in head_names]
-    graph = _trace(model, example_inputs)
+    graph, buffer_names = _trace(model, example_inputs)
     names = {id(module): name for name, module in model.named_modules()}
     names.update({id(p): name for name, p in model.named_parameters(remove_duplicate=False)})
+    names.update(buffer_names)
     problems = {}  # id -> why spa cannot slice this bare parameter with its group
     links = UnionFind()
     entries = []  # (tp group index, global channel, module, role, position)

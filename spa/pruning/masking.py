@@ -285,11 +285,11 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]
 
 
 def _apply_parameter_mask(model: nn.Module, name: str, entry: Mapping[str, torch.Tensor]) -> None:
-    """Record the mask of a bare per-channel parameter (a group member with role "param")."""
+    """Record the mask of a bare per-channel parameter or buffer (group member role "param")."""
     owner_name, _, attr = name.rpartition(".")
     try:
         owner = model.get_submodule(owner_name)
-        parameter = owner._parameters[attr]
+        parameter = {**owner._buffers, **owner._parameters}[attr]
     except (AttributeError, KeyError):
         raise ConfigError(f"apply_masks: the model has no module or parameter {name!r}") from None
     mask = entry.get("out_mask")

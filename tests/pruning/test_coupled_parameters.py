@@ -135,3 +135,53 @@ def test_a_group_through_a_conv_with_its_own_forward_is_refused():
     with pytest.warns(SpaWarning, match=r"rooted at 0 .*_StandardisedConv overrides"):
         groups = channel_groups(model, torch.randn(2, 3, 4, 4))
     assert "0" not in {group.root for group in groups}
+
+
+class _BufferScale(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("gain", torch.rand(channels) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain.view(1, -1, 1, 1)
+
+
+class _BufferShift(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.randn(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.shift.view(1, -1, 1, 1)
+
+
+def _buffer_net() -> nn.Module:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        _BufferShift(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        _BufferScale(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 2),
+    )
+    return spa.adapt(model.eval(), spa.SPLoRAConfig(rank=2))
+
+
+def test_per_channel_buffers_are_sliced_or_their_group_refused():
+    model, x = _buffer_net(), torch.randn(2, 3, 4, 4)
+    with pytest.warns(SpaWarning, match=r"rooted at 0 .*1\.shift.*AddBackward"):
+        groups = channel_groups(model, x)
+    group = next(g for g in groups if g.root == "3")
+    assert any(m.name == "4.gain" and m.role == "param" for m in group.members)
+    assert "0" not in {g.root for g in groups}
+    gain = model[4].gain.clone()
+    apply_masks(model, compute_masks(groups, score(model, "weight", groups), density=0.6))
+    masked = model(x).detach()
+    spa.compact(model, x)
+    kept = model[3].out_indices
+    assert len(kept) < 8 and torch.equal(model[4].gain, gain[kept])
+    assert model[1].shift.numel() == 8
+    torch.testing.assert_close(model(x).detach(), masked, rtol=1e-4, atol=1e-5)
