@@ -140,7 +140,7 @@ def _parameter_problem(graph, parameter: nn.Parameter) -> str | None:
     parameter keeps every kept channel's value, so masked == compacted.
     """
     if sum(size > 1 for size in parameter.shape) != 1:
-        return f"a parameter of shape {tuple(parameter.shape)}, not a per-channel vector"
+        return f"a tensor of shape {tuple(parameter.shape)}, not a per-channel vector"
     node = graph.module2node.get(parameter)
     pending, uses = list(node.outputs) if node is not None else [], []
     while pending:
@@ -153,7 +153,7 @@ def _parameter_problem(graph, parameter: nn.Parameter) -> str | None:
     if not uses or any(not op.startswith("MulBackward") for op in uses):
         used = ", ".join(sorted(set(uses))) or "nothing spa can trace"
         return (
-            f"a per-channel parameter used by {used}; spa slices only per-channel scales "
+            f"a per-channel tensor used by {used}; spa slices only per-channel scales "
             "(elementwise multiplication)"
         )
     return None
@@ -202,7 +202,8 @@ def _trace(model: nn.Module, example_inputs):
     buffers = _loose_buffers(model)
     # A buffer the dependency graph cannot see would be silently left unsliced: trace each one
     # through a parameter stand-in holding the same tensor.
-    stand_ins = [nn.Parameter(owner._buffers[name].detach()) for owner, name, _ in buffers]
+    originals = [owner._buffers[name] for owner, name, _ in buffers]
+    stand_ins = [nn.Parameter(buffer.detach()) for buffer in originals]
     try:
         # Frozen adapters run one fused op (no internal graph); other modules need grad_fns.
         for parameter in flags:
@@ -218,8 +219,8 @@ def _trace(model: nn.Module, example_inputs):
             verbose=False,
         )
     finally:
-        for (owner, name, _), stand_in in zip(buffers, stand_ins):
-            owner._buffers[name] = stand_in.data
+        for (owner, name, _), original in zip(buffers, originals):
+            owner._buffers[name] = original
         for parameter, flag in flags.items():
             parameter.requires_grad_(flag)
         for module, mode in modes.items():
