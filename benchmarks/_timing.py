@@ -26,3 +26,30 @@ def interleaved_medians(
                 fn()
             samples[name].append((time.perf_counter() - start) / repeats)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def interleaved_ratios(
+    reference: Callable[[], object],
+    candidate: Callable[[], object],
+    rounds: int = 9,
+    repeats: int = 1,
+    warmup: int = 1,
+) -> list[float]:
+    """Per round, `reference` seconds / `candidate` seconds, the two timed back to back.
+
+    A ratio from one round compares the two under the same machine load; report the median of
+    the rounds with their min-max.
+    """
+    for fn in (reference, candidate):
+        for _ in range(warmup):
+            fn()
+    ratios = []
+    for _ in range(rounds):
+        seconds = []
+        for fn in (reference, candidate):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            seconds.append((time.perf_counter() - start) / repeats)
+        ratios.append(seconds[0] / seconds[1])
+    return ratios

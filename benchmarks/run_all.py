@@ -3,8 +3,8 @@
 Benchmarks measure speed and memory on this machine; they are never unit tests. Run them on an
 otherwise idle machine: other jobs on the same cores distort every ratio.
 
-Run: .venv/bin/python benchmarks/run_all.py [NAME ...]   (names: core, channel_pruning, splopa,
-task_switching; default all)
+Run: .venv/bin/python benchmarks/run_all.py [NAME ...]   (names: core, channel_pruning,
+cnn_families, splopa, task_switching; default all)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 BENCHMARKS = {
     "core": ["bench_core.py"],
     "channel_pruning": ["bench_channel_pruning.py"],
+    "cnn_families": ["bench_cnn_families.py"],
     "splopa": ["bench_splopa.py"],
     "task_switching": ["bench_task_switching.py"],
 }

@@ -31,3 +31,24 @@ def test_density_counts_masked_rows_and_columns_against_base():
 def test_density_rejects_unadapted_model():
     with pytest.raises(ConfigError, match="the model has no adapter layer"):
         density(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_count_flops_counts_attention_matmuls(attention):
+    """BERT at sequence length 128: every Linear plus Q K^T and softmax(.) V in each layer."""
+    transformers = pytest.importorskip("transformers")
+    hidden, layers, seq = 32, 2, 128
+    config = transformers.BertConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=50,
+    )
+    config._attn_implementation = attention
+    model = transformers.BertModel(config).eval()
+    ids = torch.randint(0, 50, (1, seq))
+    encoder_linears = layers * (4 * hidden * hidden + 2 * hidden * 64)  # q, k, v, o, FFN
+    linear_flops = 2 * seq * encoder_linears + 2 * hidden * hidden  # + pooler on one token
+    attention_flops = layers * 2 * (2 * seq * seq * hidden)  # two (S x S x hidden) matmuls
+    assert count_flops(model, {"input_ids": ids}) == linear_flops + attention_flops

@@ -18,11 +18,49 @@ SUPPORTED_LAYERS = (nn.Linear, *SUPPORTED_CONVS)
 _POINTWISE_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+# Public hyper-parameters of the wrapped layer that host-model code reads from the module it
+# holds (e.g. MobileNetV2's TF padding reads `conv.stride`); adapter layers pass them through.
+BASE_ATTRIBUTES = frozenset(
+    {
+        "in_features",
+        "out_features",
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+    }
+)
+
+
+def base_attribute(layer: nn.Module, name: str) -> object:
+    """`nn.Module.__getattr__` for an adapter layer, falling back to `base` for `BASE_ATTRIBUTES`.
+
+    Adapter layers use it as their `__getattr__`, so wrapping a layer never changes how the host
+    model's own code runs (issue 11). Values come from the current `base`, so they follow
+    compaction.
+
+    Raises:
+        AttributeError: for any other missing attribute, as `nn.Module` would.
+    """
+    try:
+        return nn.Module.__getattr__(layer, name)
+    except AttributeError:
+        if name not in BASE_ATTRIBUTES:
+            raise
+        return getattr(nn.Module.__getattr__(layer, "base"), name)
+
+
 def check_supported(base: nn.Module, name: str) -> None:
-    """Raise unless `base` is exactly a Linear or a plain Conv1d/2d/3d.
+    """Raise unless `base` is a Linear or a Conv1d/2d/3d (subclasses included).
 
     ConvTranspose subclasses `_ConvNd` but stores its weight as (in, out/groups, ...), so it is
-    rejected by name rather than silently accepted.
+    rejected by name rather than silently accepted. Subclasses of the supported types (e.g.
+    EfficientNet's depth-wise conv) are accepted: fusing and compaction rebuild them as the plain
+    torch type they derive from (see `rebuild_layer`).
 
     Raises:
         UnsupportedLayerError: naming the layer path and the supported types.
@@ -37,6 +75,28 @@ def check_supported(base: nn.Module, name: str) -> None:
         raise UnsupportedLayerError(
             f"{name}: {type(base).__name__} is not supported; supported types: {supported}"
         )
+    method = overridden_method(base)
+    if method is not None:
+        raise UnsupportedLayerError(
+            f"{name}: {type(base).__name__} overrides {method}, which spa cannot reproduce when "
+            "it fuses or compacts the layer; exclude it via `exclude_modules=`"
+        )
+
+
+def overridden_method(base: nn.Module) -> str | None:
+    """`"Class.method"` of a Linear/ConvNd subclass's own forward computation, or None.
+
+    A subclass that only changes the constructor (EfficientNet's depth-wise conv) computes what
+    its plain torch type computes; one that overrides `forward` / `_conv_forward` (a weight-
+    standardised conv) does not, and spa cannot mask, slice or fuse it exactly.
+    """
+    plain = next((t for t in SUPPORTED_LAYERS if isinstance(base, t)), None)
+    for method in ("forward", "_conv_forward"):
+        if plain is not None and getattr(type(base), method, None) is not getattr(
+            plain, method, None
+        ):
+            return f"{plain.__name__}.{method}"
+    return None
 
 
 def spatial_dims(base: nn.Module) -> int:
@@ -137,11 +197,24 @@ def channel_view(mask: torch.Tensor, weight_dim: int) -> torch.Tensor:
     return mask.reshape((-1,) + (1,) * (weight_dim - 1))
 
 
+def plain_type(base: nn.Module) -> type[nn.Module]:
+    """The plain torch class (`nn.Linear` or `nn.Conv1d/2d/3d`) that `base` is an instance of.
+
+    Raises:
+        UnsupportedLayerError: for ConvTranspose or any other type.
+    """
+    check_supported(base, type(base).__name__)
+    return next(t for t in SUPPORTED_LAYERS if isinstance(base, t))  # first match: Linear, ConvNd
+
+
 def rebuild_layer(base: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """A fresh layer of `type(base)` with `base`'s hyper-parameters and the given weight/bias.
+    """A fresh plain layer with `base`'s hyper-parameters and the given weight/bias.
 
     Channel counts are read from `weight`, so the same function fuses and compacts every
-    Linear/Conv dimension. For grouped convs the group count is kept.
+    Linear/Conv dimension. For grouped convs the group count is kept. A subclass of a supported
+    type (whose constructor may take other arguments, e.g. EfficientNet's depth-wise conv) is
+    rebuilt as the plain `nn.Linear`/`nn.ConvNd` it derives from: its forward is that type's
+    forward, so the outputs are identical.
     """
     out_channels = weight.shape[0]
     factory = {"device": weight.device, "dtype": weight.dtype}
@@ -151,7 +224,7 @@ def rebuild_layer(base: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
         groups = base.groups
         if base.groups == base.in_channels and base.groups == base.out_channels:
             groups = out_channels  # depth-wise stays depth-wise when channels are removed
-        layer = type(base)(
+        layer = plain_type(base)(
             weight.shape[1] * groups,
             out_channels,
             kernel_size=base.kernel_size,

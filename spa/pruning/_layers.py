@@ -1,14 +1,18 @@
-"""Helpers the channel criteria share: a layer's adapted weight, re-running it, batches."""
+"""Helpers the channel criteria share: a layer's adapted weight, re-running it, batches, and
+reading the prediction out of a model's output."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spa.adapters import _conv
 from spa.adapters.protocols import AdapterLayer
+from spa.errors import ConfigError
 from spa.pruning.module_masks import module_mask
 
 
@@ -59,11 +63,50 @@ def _base(layer: nn.Module) -> nn.Module:
 
 
 def batches(data: Iterable, num_batches: int | None) -> Iterator[tuple]:
-    """Yield `(inputs, targets)` from `data`, at most `num_batches` of them (None = all)."""
+    """Yield `(inputs, targets)` from `data`, at most `num_batches` of them (None = all).
+
+    A batch is an `(inputs, targets)` pair, a dict of keyword inputs whose "labels" entry (if
+    any) holds the targets (the `transformers` convention), or bare inputs (targets None).
+    """
     for index, batch in enumerate(data):
         if num_batches is not None and index >= num_batches:
             return
         if isinstance(batch, tuple | list) and len(batch) == 2:
             yield batch[0], batch[1]
+        elif isinstance(batch, Mapping) and "labels" in batch:
+            yield {k: v for k, v in batch.items() if k != "labels"}, batch["labels"]
         else:
             yield batch, None
+
+
+def model_output(output: Any) -> torch.Tensor:
+    """The prediction tensor of a model's output; the default `output_fn` of the criteria.
+
+    A tensor is returned as it is, a `transformers` `ModelOutput` or a dict gives its "logits",
+    a tuple or list its first element.
+
+    Raises:
+        ConfigError: if the output is none of these; pass `output_fn=` to say where it is.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    if isinstance(getattr(output, "logits", None), torch.Tensor):
+        return output.logits
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise ConfigError(
+        f"cannot find the prediction in a model output of type {type(output).__name__} (no "
+        "tensor, 'logits' or first element); pass output_fn=lambda output: ... to score()"
+    )
+
+
+def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the last axis; per-token outputs `(N, T, C)` take targets `(N, T)`.
+
+    Targets equal to -100 are ignored (the `transformers` convention for padding).
+    """
+    if outputs.dim() > 2:
+        return F.cross_entropy(outputs.flatten(0, -2), targets.flatten(), ignore_index=-100)
+    return F.cross_entropy(outputs, targets, ignore_index=-100)

@@ -16,12 +16,12 @@ from typing import Literal
 
 from torch import nn
 
-from spa.adapters._conv import groups_of
+from spa.adapters._conv import groups_of, overridden_method
 from spa.adapters.protocols import ChannelMasked, channel_layers
 from spa.errors import SpaWarning
-from spa.pruning.module_masks import module_mask
+from spa.pruning.module_masks import layer_norm_dim, module_mask, parameter_dim
 
-Role = Literal["out", "in", "norm"]
+Role = Literal["out", "in", "norm", "param"]
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _MASKABLE_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -52,8 +52,11 @@ class GroupMember:
     Args:
         name: dotted module path.
         role: "out" (output channels / weight rows), "in" (input channels; weight columns for
-            adapter layers) or "norm" (a normalisation layer's channels).
-        positions: indices into the member's mask (`out_mask`, `in_mask` or the norm channels).
+            adapter layers), "norm" (a normalisation layer's channels) or "param" (a bare
+            per-channel parameter such as ConvNeXt's `layer_scale_parameter`; `name` is then the
+            parameter's dotted path).
+        positions: indices into the member's mask (`out_mask`, `in_mask`, the norm channels or
+            the parameter's channel axis).
         channels: the group channel each position belongs to.
         mask_size: length of the member's mask.
         is_adapter: True for channel-masked adapter members (they count toward density).
@@ -108,12 +111,23 @@ class UnionFind:
             self.parent[max(root_a, root_b)] = min(root_a, root_b)
 
 
-def unsupported(module: nn.Module) -> str | None:
-    if isinstance(module, _MASKABLE_NORMS) or isinstance(module, ChannelMasked):
-        return None
+def unsupported(module: nn.Module | nn.Parameter) -> str | None:
+    """Why masking `module` would not match its compacted form, or None if it would."""
+    if isinstance(module, (*_MASKABLE_NORMS, nn.Parameter)) or isinstance(module, ChannelMasked):
+        return None  # a bare parameter's use is checked where the graph is known (groups.py)
     if isinstance(module, nn.LayerNorm):
-        return None if len(module.normalized_shape) == 1 else "multi-dimensional LayerNorm"
+        if len(module.normalized_shape) != 1:
+            return "multi-dimensional LayerNorm"
+        if layer_norm_dim(module) is None:
+            return (
+                f"{type(module).__name__} overrides LayerNorm.forward without a known "
+                "data_format ('channels_last' or 'channels_first'), so its channel axis is unknown"
+            )
+        return None
     if isinstance(module, LAYER_TYPES):
+        method = overridden_method(module)
+        if method is not None:
+            return f"{type(module).__name__} overrides {method}, so its masked form is unknown"
         if isinstance(module, nn.modules.conv._ConvNd) and (
             module.groups > 1 and module.in_channels == module.groups != module.out_channels
         ):
@@ -136,6 +150,8 @@ def layer_table(model: nn.Module) -> MappingProxyType:
 
 
 def mask_size(module: nn.Module, role: Role) -> int:
+    if role == "param":
+        return module.shape[parameter_dim(module)]
     if isinstance(module, ChannelMasked):
         return len(module.out_mask if role == "out" else module.in_mask)
     if role == "in":
@@ -148,26 +164,33 @@ def mask_size(module: nn.Module, role: Role) -> int:
 
 
 def is_kept(module: nn.Module, role: Role, position: int) -> bool:
+    if role == "param":
+        return True  # a bare parameter follows its group's other members
     if isinstance(module, ChannelMasked):
         return bool((module.out_mask if role == "out" else module.in_mask)[position])
     mask = module_mask(module, "in" if role == "in" else "out")
     return True if mask is None else bool(mask[position])
 
 
-def assemble(roots: list[str], entries, links: UnionFind, names, layers) -> list[ChannelGroup]:
+def assemble(
+    roots: list[str], entries, links: UnionFind, names, layers, problems=None
+) -> list[ChannelGroup]:
     """Merge traced entries into `ChannelGroup`s.
 
     Args:
         roots: root layer path of each traced group.
         entries: `(traced group index, global channel, module, role, position)` tuples.
         links: union-find over `("ch", global channel)` keys (coupled channels are joined).
-        names: module id -> dotted path.
+        names: module (or bare parameter) id -> dotted path.
         layers: from `layer_table`.
+        problems: module (or bare parameter) id -> why spa cannot slice it with its group.
 
     Returns:
-        One group per set of traced groups that share a channel; groups touching a module
-        whose masked form would differ from its compacted form are dropped with a warning.
+        One group per set of traced groups that share a channel; groups touching a module or
+        parameter whose masked form would differ from its compacted form (or that spa cannot
+        slice) are dropped with a `SpaWarning` naming it.
     """
+    problems = problems or {}
     # Classes of the union-find are the final channels; TP groups sharing a class merge.
     tp_links = UnionFind()
     class_groups: dict = defaultdict(set)
@@ -183,13 +206,15 @@ def assemble(roots: list[str], entries, links: UnionFind, names, layers) -> list
     result = []
     for group_index in sorted(by_group):
         group_entries = by_group[group_index]
-        problems = {names[id(e[2])]: unsupported(e[2]) for e in group_entries}
-        problems = {name: why for name, why in problems.items() if why}
+        found = {
+            names[id(e[2])]: problems.get(id(e[2])) or unsupported(e[2]) for e in group_entries
+        }
+        found = {name: why for name, why in found.items() if why}
         root = roots[group_index]
-        if problems:
+        if found:
             warnings.warn(
                 f"channel group rooted at {root} is not pruned: it touches "
-                + ", ".join(f"{name} ({why})" for name, why in problems.items()),
+                + ", ".join(f"{name} ({why})" for name, why in found.items()),
                 SpaWarning,
                 stacklevel=3,
             )
@@ -248,6 +273,8 @@ def refresh_groups(model: nn.Module, groups: Sequence[ChannelGroup]) -> list[Cha
     for group in groups:
         kept = [True] * group.size
         for member in group.members:
+            if member.role == "param":
+                continue  # follows the group's other members
             module = model.get_submodule(member.name)
             for position, channel in zip(member.positions, member.channels):
                 if not is_kept(module, member.role, position):

@@ -17,11 +17,29 @@ from spa._batch import call_model
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import SpaError
 from spa.pruning.groups import remove_channels
-from spa.pruning.module_masks import module_mask, remove_module_masks
+from spa.pruning.module_masks import (
+    module_mask,
+    parameter_dim,
+    parameter_masks,
+    remove_module_masks,
+)
 
 
 def _removed(mask: torch.Tensor | None) -> list[int]:
     return [] if mask is None else (~mask).nonzero().flatten().tolist()
+
+
+def _slice_parameter(module: nn.Module, name: str, mask: torch.Tensor) -> None:
+    """Keep only the masked-in channels of the bare per-channel parameter/buffer `name`."""
+    is_buffer = name in module._buffers
+    tensor = module._buffers[name] if is_buffer else module._parameters[name]
+    kept = mask.nonzero().flatten().to(tensor.device)
+    with torch.no_grad():
+        sliced = tensor.index_select(parameter_dim(tensor), kept).clone()
+    if is_buffer:
+        module._buffers[name] = sliced
+    else:
+        setattr(module, name, nn.Parameter(sliced, requires_grad=tensor.requires_grad))
 
 
 def compact(model: nn.Module, example_inputs=None) -> nn.Module:
@@ -49,6 +67,8 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
         else:
             out_removed = _removed(module_mask(module, "out"))
             in_removed = _removed(module_mask(module, "in"))
+            for name, mask in parameter_masks(module).items():
+                _slice_parameter(module, name, mask)
             remove_module_masks(module)
         if out_removed or in_removed:
             remove_channels(module, out_removed, in_removed)
@@ -65,8 +85,12 @@ def _check_runs(model: nn.Module, example_inputs) -> None:
             call_model(model, example_inputs)
     except RuntimeError as error:
         raise SpaError(
-            f"compact: the compacted model fails on the example inputs ({error}); the masks "
-            "were not consistent across coupled layers - set them with spa.pruning.apply_masks"
+            f"compact: the compacted model fails on the example inputs ({error}). Some tensor on "
+            "a pruned channel axis was not sliced with its group: masks set by hand rather than "
+            "by spa.pruning.apply_masks(model, compute_masks(channel_groups(model, ...), ...)), "
+            "or a tensor spa does not see (a buffer, or a parameter used through an op the "
+            "dependency graph cannot trace); exclude the layers around it via "
+            "`exclude_modules=`"
         ) from error
     finally:
         model.train(training)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from spa._batch import call_model
@@ -21,8 +20,10 @@ from spa.errors import ConfigError
 from spa.pruning._layers import (
     batches,
     channels_per_sample,
+    default_loss,
     effective_bias,
     effective_weight,
+    model_output,
     run_layer,
 )
 from spa.pruning.groups import ChannelGroup
@@ -54,11 +55,14 @@ def weight_norm(
     }
 
 
-def _backward_statistics(model, layers, data, loss_fn, num_batches, kind: str) -> Statistics:
+def _backward_statistics(
+    model, layers, data, loss_fn, num_batches, kind: str, output_fn=None
+) -> Statistics:
     """Run batches with each producer recomputed from a leaf copy of its adapted weight."""
     if data is None:
         raise ConfigError(f"criterion {kind!r} needs data: pass data=[(inputs, targets), ...]")
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = loss_fn or default_loss
+    output_fn = output_fn or model_output
     totals: Statistics = {}
     samples = 0
     for inputs, targets in batches(data, num_batches):
@@ -76,7 +80,7 @@ def _backward_statistics(model, layers, data, loss_fn, num_batches, kind: str) -
         handles = [layer.register_forward_hook(make_hook(n)) for n, layer in layers.items()]
         try:
             with torch.enable_grad():
-                loss = loss_fn(call_model(model, inputs), targets)
+                loss = loss_fn(output_fn(call_model(model, inputs)), targets)
                 names = list(leaves)
                 wrt = (
                     [leaves[n] for n in names]
@@ -97,6 +101,11 @@ def _backward_statistics(model, layers, data, loss_fn, num_batches, kind: str) -
                 value = product.mean(dim=2).abs().sum(dim=0)  # sum_n |mean_positions(a g)|
             totals[name] = totals.get(name, 0) + value.detach()
         samples += len(targets) if kind == "taylor" and targets is not None else 1
+    if not totals and samples:
+        raise ConfigError(
+            f"criterion {kind!r}: the loss does not depend on any scored layer; check loss_fn "
+            "and output_fn"
+        )
     return {name: value / max(samples, 1) for name, value in totals.items()}
 
 
@@ -109,15 +118,23 @@ def gradient_magnitude(
     Args:
         model: the adapted model.
         layers: producer layers by path.
-        data: iterable of `(inputs, targets)` batches.
-        loss_fn: `loss_fn(outputs, targets)`; default cross-entropy.
-        **options: `num_batches` (None = all of `data`).
+        data: iterable of `(inputs, targets)` batches (or dicts with a "labels" entry).
+        loss_fn: `loss_fn(output_fn(outputs), targets)`; default cross-entropy over the last
+            axis (per-token outputs included).
+        **options: `num_batches` (None = all of `data`), `output_fn` (default: the tensor,
+            `.logits` or first element of the model's output).
 
     Returns:
         Per layer path, one value per output channel.
     """
     return _backward_statistics(
-        model, layers, data, loss_fn, options.get("num_batches"), "gradient"
+        model,
+        layers,
+        data,
+        loss_fn,
+        options.get("num_batches"),
+        "gradient",
+        options.get("output_fn"),
     )
 
 
@@ -133,14 +150,18 @@ def taylor(
     Args:
         model: the adapted model.
         layers: producer layers by path.
-        data: iterable of `(inputs, targets)` batches.
-        loss_fn: `loss_fn(outputs, targets)`; default cross-entropy.
-        **options: `num_batches` (None = all of `data`).
+        data: iterable of `(inputs, targets)` batches (or dicts with a "labels" entry).
+        loss_fn: `loss_fn(output_fn(outputs), targets)`; default cross-entropy over the last
+            axis (per-token outputs included).
+        **options: `num_batches` (None = all of `data`), `output_fn` (default: the tensor,
+            `.logits` or first element of the model's output).
 
     Returns:
         Per layer path, one value per output channel.
     """
-    return _backward_statistics(model, layers, data, loss_fn, options.get("num_batches"), "taylor")
+    return _backward_statistics(
+        model, layers, data, loss_fn, options.get("num_batches"), "taylor", options.get("output_fn")
+    )
 
 
 @CRITERIA.register("lrp")
@@ -152,9 +173,11 @@ def lrp_relevance(
     Args:
         model: the adapted model.
         layers: producer layers by path.
-        data: iterable of `(inputs, targets)` batches; targets choose the explained logit.
+        data: iterable of `(inputs, targets)` batches; targets choose the explained logit
+            (per token for per-token outputs; -100 is ignored).
         loss_fn: unused.
-        **options: `num_batches`, `lrp_rule` ("epsilon" or "zplus"), `lrp_epsilon` (1e-6).
+        **options: `num_batches`, `lrp_rule` ("epsilon" or "zplus"), `lrp_epsilon` (1e-6),
+            `output_fn` (as for the gradient criteria).
 
     Returns:
         Per layer path, one value per output channel.
@@ -170,6 +193,7 @@ def lrp_relevance(
             targets,
             rule=options.get("lrp_rule", "epsilon"),
             epsilon=options.get("lrp_epsilon", 1e-6),
+            output_fn=options.get("output_fn"),
         )
         for name, layer in layers.items():
             per_channel = channels_per_sample(result.layers[name], layer).sum(dim=(0, 2))
@@ -198,6 +222,7 @@ def score(
     loss_fn: Callable | None = None,
     num_batches: int | None = 1,
     reduce_fn: Callable[[Statistics], Statistics] | None = None,
+    output_fn: Callable | None = None,
     **options,
 ) -> dict[int, torch.Tensor]:
     """Score every group channel with a registered criterion (higher = more important).
@@ -209,11 +234,17 @@ def score(
         model: the adapted model the groups were built for.
         criterion: a name in `CRITERIA` ("weight", "gradient", "taylor", "lrp").
         groups: from `channel_groups`.
-        data: iterable of `(inputs, targets)` batches (not needed for "weight").
-        loss_fn: `loss_fn(outputs, targets)` for gradient-based criteria; default cross-entropy.
+        data: iterable of `(inputs, targets)` batches, or dicts of keyword inputs with a
+            "labels" entry (not needed for "weight"); inputs may be a tensor, tuple or dict.
+        loss_fn: `loss_fn(output_fn(outputs), targets)` for gradient-based criteria; default
+            cross-entropy over the last axis (per-token outputs `(N, T, C)` with targets
+            `(N, T)`; -100 ignored).
         num_batches: batches of `data` to accumulate over (None = all).
         reduce_fn: applied to the accumulated per-layer statistics before normalisation, e.g.
             an all-reduce across data-parallel ranks; default identity.
+        output_fn: maps the model's output to the prediction tensor the loss and LRP read;
+            default: the tensor itself, a `ModelOutput`'s / dict's `logits`, or a tuple's first
+            element. Pass one for anything else (e.g. QA start/end logits).
         **options: criterion options (`norm_p`, `lrp_rule`, `lrp_epsilon`).
 
     Returns:
@@ -229,7 +260,13 @@ def score(
     model.eval()
     try:
         statistics = function(
-            model, layers, data=data, loss_fn=loss_fn, num_batches=num_batches, **options
+            model,
+            layers,
+            data=data,
+            loss_fn=loss_fn,
+            num_batches=num_batches,
+            output_fn=output_fn,
+            **options,
         )
     finally:
         model.train(training)

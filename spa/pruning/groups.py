@@ -33,7 +33,7 @@ from spa.pruning.channel_group import (
     layer_table,
     refresh_groups,
 )
-from spa.pruning.module_masks import resume_hooks, suspend_hooks
+from spa.pruning.module_masks import parameter_dim, resume_hooks, suspend_hooks
 
 __all__ = ["ChannelGroup", "channel_groups", "refresh_groups", "remove_channels"]
 
@@ -130,39 +130,109 @@ def _group_couplings(module: nn.Module, role: Role, position: int) -> tuple | No
     return None
 
 
-def _role(graph, module: nn.Module, handler) -> Role | None:
-    if isinstance(module, NORM_TYPES):
-        return "norm"
-    if isinstance(module, LAYER_TYPES) or isinstance(module, ChannelMasked):
-        pruner = graph.get_pruner_of_module(module)
-        return "out" if handler == pruner.prune_out_channels else "in"
+# Autograd ops that only reshape a tensor: a parameter may pass through them on its way to the
+# multiplication that makes it a per-channel scale.
+_SHAPE_OPS = ("View", "Unsqueeze", "Reshape", "Expand", "Squeeze", "UnsafeView")
+
+
+def _parameter_problem(graph, parameter: nn.Parameter) -> str | None:
+    """Why a bare parameter on a pruned axis cannot be sliced with its group, or None.
+
+    spa slices a bare parameter when it is a per-channel scale: one axis longer than one, and
+    every use (through reshapes) is an elementwise multiplication. Then a removed channel is
+    zero in the masked model (it multiplies a masked producer's zero output) and slicing the
+    parameter keeps every kept channel's value, so masked == compacted.
+    """
+    if sum(size > 1 for size in parameter.shape) != 1:
+        return f"a tensor of shape {tuple(parameter.shape)}, not a per-channel vector"
+    node = graph.module2node.get(parameter)
+    pending, uses = list(node.outputs) if node is not None else [], []
+    while pending:
+        consumer = pending.pop()
+        op = type(consumer.grad_fn).__name__ if consumer.grad_fn is not None else "unknown"
+        if op.startswith(_SHAPE_OPS):
+            pending.extend(consumer.outputs)
+        else:
+            uses.append(op)
+    if not uses or any(not op.startswith("MulBackward") for op in uses):
+        used = ", ".join(sorted(set(uses))) or "nothing spa can trace"
+        return (
+            f"a per-channel tensor used by {used}; spa slices only per-channel scales "
+            "(elementwise multiplication)"
+        )
     return None
 
 
+def _role(graph, module: nn.Module, handler) -> Role:
+    if isinstance(module, nn.Parameter):
+        return "param"
+    if isinstance(module, LAYER_TYPES) or isinstance(module, ChannelMasked):
+        pruner = graph.get_pruner_of_module(module)
+        return "out" if handler == pruner.prune_out_channels else "in"
+    # Norms, and any other module Torch-Pruning slices on this axis (PReLU, Embedding, ...):
+    # `unsupported` turns away the ones spa cannot mask, so nothing is dropped silently.
+    return "norm"
+
+
+def _loose_buffers(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """Floating-point buffers used by module code of their own: `(owner, name, dotted path)`.
+
+    Buffers of layers and norms are read by their module's own op (BatchNorm statistics); the
+    others (a per-channel scale or shift kept as a buffer) are traced like bare parameters.
+    """
+    units = (*LAYER_TYPES, *NORM_TYPES)
+    skip = {
+        id(m) for m in model.modules() if isinstance(m, units) or isinstance(m, ChannelMasked)
+    }
+    skip |= {id(m) for _, layer in adapter_layers(model) for m in layer.modules()}
+    found = []
+    for path, module in model.named_modules():
+        if id(module) in skip:
+            continue
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_floating_point() and buffer.numel() > 1:
+                found.append((module, name, f"{path}.{name}" if path else name))
+    return found
+
+
 def _trace(model: nn.Module, example_inputs):
-    """Build Torch-Pruning's graph with every adapter layer traced as one op."""
+    """Build Torch-Pruning's graph with every adapter layer traced as one op.
+
+    Returns:
+        The graph, and `{id(stand-in): dotted path}` of the loose buffers traced as parameters.
+    """
     modes = {module: module.training for module in model.modules()}
     flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
     inside = {id(p) for _, layer in adapter_layers(model) for p in layer.parameters()}
     suspended = suspend_hooks(model)
+    buffers = _loose_buffers(model)
+    # A buffer the dependency graph cannot see would be silently left unsliced: trace each one
+    # through a parameter stand-in holding the same tensor.
+    originals = [owner._buffers[name] for owner, name, _ in buffers]
+    stand_ins = [nn.Parameter(buffer.detach()) for buffer in originals]
     try:
         # Frozen adapters run one fused op (no internal graph); other modules need grad_fns.
         for parameter in flags:
             parameter.requires_grad_(id(parameter) not in inside)
+        for (owner, name, _), stand_in in zip(buffers, stand_ins):
+            owner._buffers[name] = stand_in
         inputs = _with_grad(example_inputs)
         graph = torch_pruning.DependencyGraph().build_dependency(
             model,
             example_inputs=inputs,
             customized_pruners={t: _CHANNEL_PRUNER for t in _channel_layer_types(model)},
+            unwrapped_parameters=[(p, parameter_dim(p)) for p in stand_ins],
             verbose=False,
         )
     finally:
+        for (owner, name, _), original in zip(buffers, originals):
+            owner._buffers[name] = original
         for parameter, flag in flags.items():
             parameter.requires_grad_(flag)
         for module, mode in modes.items():
             module.train(mode)
         resume_hooks(suspended)
-    return graph
+    return graph, {id(p): path for p, (_, _, path) in zip(stand_ins, buffers)}
 
 
 def _with_grad(example_inputs):
@@ -189,7 +259,9 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
     and a depth-wise conv couples its input and output channel, so channels the dependency graph
     keeps apart are merged where compaction needs it. The task head's output is never pruned.
     Groups that touch a module whose masked form would differ from its compacted form (e.g.
-    GroupNorm) are left out with a `SpaWarning`.
+    GroupNorm), or a bare parameter on the channel axis that spa cannot slice (anything but a
+    per-channel scale such as ConvNeXt's `layer_scale_parameter`), are left out with a
+    `SpaWarning` naming the module or parameter, so masks are never applied to them.
 
     Args:
         model: a model adapted with `spa.adapt` (SPLoRA or fine-pruning).
@@ -209,8 +281,11 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
         )
     head_names = task_head(model)
     head = [model.get_submodule(name) for name in head_names]
-    graph = _trace(model, example_inputs)
+    graph, buffer_names = _trace(model, example_inputs)
     names = {id(module): name for name, module in model.named_modules()}
+    names.update({id(p): name for name, p in model.named_parameters(remove_duplicate=False)})
+    names.update(buffer_names)
+    problems = {}  # id -> why spa cannot slice this bare parameter with its group
     links = UnionFind()
     entries = []  # (tp group index, global channel, module, role, position)
     tp_groups = list(
@@ -221,9 +296,11 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
         size = max(max(item.root_idxs) for item in group.items if item.root_idxs) + 1
         for item in group.items:
             module = item.dep.target.module
-            role = _role(graph, module, item.dep.handler) if id(module) in names else None
-            if role is None:
-                continue
+            if id(module) not in names:
+                continue  # an op without tensors of its own (addition, reshape, ...)
+            role = _role(graph, module, item.dep.handler)
+            if role == "param" and id(module) not in problems:
+                problems[id(module)] = _parameter_problem(graph, module)
             for index, root in zip(item.idxs, item.root_idxs):
                 for entry_role, position in _entries(module, role, int(index)):
                     channel = offset + int(root)
@@ -234,4 +311,4 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
                         links.union(coupling, ("ch", channel))
         offset += size
     roots = [names[id(group[0].dep.target.module)] for group in tp_groups]
-    return assemble(roots, entries, links, names, layers)
+    return assemble(roots, entries, links, names, layers, problems)

@@ -18,8 +18,9 @@ gradient x input. Other non-linearities (GELU, sigmoid) get plain gradient x inp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ from torch import nn
 from spa._batch import call_model
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import ConfigError
-from spa.pruning._layers import effective_bias, effective_weight, run_layer
+from spa.pruning._layers import effective_bias, effective_weight, model_output, run_layer
 
 Rule = Literal["epsilon", "zplus"]
 _PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -38,12 +39,14 @@ class Relevance:
     """Relevance maps of one batch.
 
     Args:
-        input: relevance of every input element, shaped like the input.
+        input: relevance of every input element, shaped like the input; for a tuple or dict of
+            inputs the same structure, with None for integer inputs (token ids).
         layers: per layer path, the relevance of its output (shaped like the output).
-        output: the relevance put on the output (the target logits), `(N,)`.
+        output: the relevance put on the output (the target logits), `(N,)`, or one per
+            explained token for per-token outputs (targets of -100 are skipped).
     """
 
-    input: torch.Tensor
+    input: Any
     layers: dict[str, torch.Tensor]
     output: torch.Tensor
 
@@ -71,12 +74,64 @@ def _rule_output(layer: nn.Module, x: torch.Tensor, rule: Rule, epsilon: float) 
     return scaled + (z - scaled).detach()
 
 
+def _leaves(inputs: Any) -> Any:
+    """The inputs with every floating-point tensor replaced by a fresh leaf requiring grad."""
+    if isinstance(inputs, torch.Tensor):
+        leaf = inputs.detach().clone()
+        return leaf.requires_grad_(True) if leaf.is_floating_point() else leaf
+    if isinstance(inputs, dict):
+        return {key: _leaves(value) for key, value in inputs.items()}
+    if isinstance(inputs, tuple | list):
+        return type(inputs)(_leaves(value) for value in inputs)
+    return inputs
+
+
+def _flat(inputs: Any) -> list[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        return [inputs] if inputs.requires_grad else []
+    values = inputs.values() if isinstance(inputs, dict) else inputs
+    if isinstance(inputs, dict | tuple | list):
+        return [leaf for value in values for leaf in _flat(value)]
+    return []
+
+
+def _relevance(inputs: Any, grads: dict[int, torch.Tensor | None]) -> Any:
+    """`a * G` for every leaf of `inputs` (None for tensors without relevance)."""
+    if isinstance(inputs, torch.Tensor):
+        grad = grads.get(id(inputs))
+        if not inputs.requires_grad:
+            return None
+        return torch.zeros_like(inputs) if grad is None else (inputs * grad).detach()
+    if isinstance(inputs, dict):
+        return {key: _relevance(value, grads) for key, value in inputs.items()}
+    if isinstance(inputs, tuple | list):
+        return type(inputs)(_relevance(value, grads) for value in inputs)
+    return None
+
+
+def _picked(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """The explained logits: per sample, or per token for per-token outputs (-100 skipped)."""
+    if targets is None:
+        targets = logits.argmax(dim=-1)
+    targets = targets.to(logits.device)
+    if targets.dim() != logits.dim() - 1 or targets.shape != logits.shape[:-1]:
+        raise ConfigError(
+            f"lrp: targets of shape {tuple(targets.shape)} do not index outputs of shape "
+            f"{tuple(logits.shape)} (expected {tuple(logits.shape[:-1])}); pass output_fn= to "
+            "select the prediction"
+        )
+    valid = targets != -100
+    picked = logits.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return picked[valid]
+
+
 def lrp(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Any,
     targets: torch.Tensor | None = None,
     rule: Rule = "epsilon",
     epsilon: float = 1e-6,
+    output_fn: Callable[[Any], torch.Tensor] | None = None,
 ) -> Relevance:
     """Propagate the target logits' relevance back to every layer and the input.
 
@@ -84,17 +139,22 @@ def lrp(
     parameter gradient is written.
 
     Args:
-        model: a classifier whose output is `(N, classes)` logits.
-        inputs: a batch (floating point).
-        targets: class per sample whose logit is explained; None uses the predicted class.
+        model: a classifier whose (`output_fn`-selected) output is `(N, classes)` logits, or
+            `(N, T, classes)` per token.
+        inputs: a batch: a tensor, or a tuple / dict of tensors (keyword inputs).
+        targets: class per sample (or per token) whose logit is explained; -100 skips a token;
+            None uses the predicted class.
         rule: "epsilon" or "zplus" for every Linear/Conv layer.
         epsilon: the stabiliser (0 gives the basic z-rule for "epsilon").
+        output_fn: maps the model's output to the logits; default: the tensor itself, a
+            `ModelOutput`'s / dict's `logits`, or a tuple's first element.
 
     Returns:
         The input relevance, each layer's output relevance and the start relevance.
 
     Raises:
-        ConfigError: for an unknown rule or a negative epsilon.
+        ConfigError: for an unknown rule, a negative epsilon, or targets that do not fit the
+            logits.
     """
     if rule not in ("epsilon", "zplus"):
         raise ConfigError(f"lrp: rule must be 'epsilon' or 'zplus', got {rule!r}")
@@ -110,14 +170,12 @@ def lrp(
     model.eval()
     try:
         with torch.enable_grad():
-            x = inputs.detach().clone().requires_grad_(True)
-            logits = call_model(model, x)
-            if targets is None:
-                targets = logits.argmax(dim=1)
-            picked = logits.gather(1, targets.reshape(-1, 1)).flatten()
+            x = _leaves(inputs)
+            leaves = _flat(x)
+            picked = _picked((output_fn or model_output)(call_model(model, x)), targets)
             names = list(outputs)
             grads = torch.autograd.grad(
-                picked.sum(), [x] + [outputs[n] for n in names], allow_unused=True
+                picked.sum(), leaves + [outputs[n] for n in names], allow_unused=True
             )
     finally:
         for handle in handles:
@@ -127,9 +185,10 @@ def lrp(
         name: (outputs[name] * grad).detach()
         if grad is not None
         else torch.zeros_like(outputs[name])
-        for name, grad in zip(names, grads[1:])
+        for name, grad in zip(names, grads[len(leaves) :])
     }
-    return Relevance(input=(x * grads[0]).detach(), layers=layer_relevance, output=picked.detach())
+    input_relevance = _relevance(x, {id(leaf): g for leaf, g in zip(leaves, grads)})
+    return Relevance(input=input_relevance, layers=layer_relevance, output=picked.detach())
 
 
 def _rule_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -21,7 +21,7 @@ from torch import nn
 from spa.adapters.protocols import IN_MASK, OUT_MASK, ChannelMasked
 from spa.errors import ConfigError
 from spa.pruning.groups import ChannelGroup
-from spa.pruning.module_masks import set_module_mask
+from spa.pruning.module_masks import parameter_dim, set_module_mask, set_parameter_mask
 
 logger = logging.getLogger(__name__)
 
@@ -257,20 +257,22 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]
     Adapter layers get their `out_mask` / `in_mask` buffers overwritten. Every other module
     (norms, the head, excluded layers) gets a hook mask (see `spa.pruning.module_masks`), so a
     removed channel contributes nothing anywhere: the masked model computes exactly what the
-    compacted model computes.
+    compacted model computes. A bare per-channel parameter (a member with role "param", keyed
+    by its dotted path) gets a mask that `compact` slices it with.
 
     Args:
         model: the adapted model the masks were computed for.
         masks: from `compute_masks`.
 
     Raises:
-        ConfigError: if a module path is unknown or a mask has the wrong length.
+        ConfigError: if a module or parameter path is unknown or a mask has the wrong length.
     """
     for name, entry in masks.items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            raise ConfigError(f"apply_masks: the model has no module {name!r}") from None
+            _apply_parameter_mask(model, name, entry)
+            continue
         for key, mask in entry.items():
             if isinstance(module, ChannelMasked):
                 target = getattr(module, key)
@@ -282,3 +284,22 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]
                 target.copy_(mask.to(target.device))
             else:
                 set_module_mask(module, "in" if key == IN_MASK else "out", mask.clone())
+
+
+def _apply_parameter_mask(model: nn.Module, name: str, entry: Mapping[str, torch.Tensor]) -> None:
+    """Record the mask of a bare per-channel parameter or buffer (group member role "param")."""
+    owner_name, _, attr = name.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name)
+        parameter = {**owner._buffers, **owner._parameters}[attr]
+    except (AttributeError, KeyError):
+        raise ConfigError(f"apply_masks: the model has no module or parameter {name!r}") from None
+    mask = entry.get(OUT_MASK)
+    size = parameter.shape[parameter_dim(parameter)]
+    if mask is None or mask.numel() != size:
+        got = None if mask is None else mask.numel()
+        raise ConfigError(
+            f"apply_masks: parameter {name} has {size} channels, the mask has {got}; were the "
+            "masks computed for another (compacted) model?"
+        )
+    set_parameter_mask(owner, attr, mask.clone())

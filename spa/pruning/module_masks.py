@@ -9,6 +9,13 @@ non-persistent boolean buffer and a hook:
   removed output channels. A `LayerNorm` is recomputed over the kept features only, so its
   statistics match the compacted layer exactly.
 - `spa_in_mask` (input channels) with a forward pre-hook that zeroes the removed inputs.
+- `spa_parameter_mask__<name>` for a bare per-channel parameter of a module (e.g. ConvNeXt's
+  `layer_scale_parameter`): no hook (the parameter only scales channels that are already zero),
+  but `spa.compact` slices the parameter with it.
+
+A norm's channel axis depends on its data format: `LayerNorm` normalises the last axis, a
+`LayerNorm` subclass with `data_format="channels_first"` (ConvNeXt) the axis 1, BatchNorm and
+InstanceNorm the axis 1 (see `channel_dim`).
 
 The buffers are non-persistent, so `state_dict` keys do not change; hooks are module-level
 functions that read the buffer from the module they are called on, so `copy.deepcopy` keeps
@@ -23,11 +30,33 @@ from torch import nn
 
 OUT_MASK = "spa_out_mask"
 IN_MASK = "spa_in_mask"
+PARAMETER_MASK = "spa_parameter_mask__"
+# LayerNorm data formats (the `data_format` attribute of e.g. ConvNeXt's norm) -> channel axis.
+_DATA_FORMATS = {"channels_last": -1, "channels_first": 1}
+
+
+def layer_norm_dim(module: nn.LayerNorm) -> int | None:
+    """The axis a (one-dimensional) LayerNorm normalises, or None if spa cannot tell.
+
+    A plain `nn.LayerNorm` normalises the last axis. A subclass that overrides `forward` must
+    say how through a known `data_format` ("channels_last" -> -1, "channels_first" -> 1).
+    """
+    data_format = getattr(module, "data_format", None)
+    if data_format is not None:
+        return _DATA_FORMATS.get(data_format)
+    return -1 if type(module).forward is nn.LayerNorm.forward else None
 
 
 def channel_dim(module: nn.Module) -> int:
-    """The channel dimension of the module's activations: last for Linear/LayerNorm, else 1."""
-    return -1 if isinstance(module, nn.Linear | nn.LayerNorm) else 1
+    """The channel axis of the module's activations.
+
+    Last for Linear and channels-last LayerNorm, 1 for convolutions, BatchNorm/InstanceNorm and a
+    channels-first LayerNorm (`data_format="channels_first"`, as in ConvNeXt).
+    """
+    if isinstance(module, nn.LayerNorm):
+        dim = layer_norm_dim(module)
+        return -1 if dim is None else dim
+    return -1 if isinstance(module, nn.Linear) else 1
 
 
 def _view(mask: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
@@ -38,14 +67,16 @@ def _view(mask: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _mask_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
     mask = getattr(module, OUT_MASK)
+    dim = channel_dim(module)
     if isinstance(module, nn.LayerNorm):
-        x = args[0]
+        # Normalise over the kept channels only, as the compacted norm does.
+        x = args[0].movedim(dim, -1)  # channels last
         kept = mask.nonzero().flatten()
         weight = None if module.weight is None else module.weight[kept]
         bias = None if module.bias is None else module.bias[kept]
         normed = F.layer_norm(x[..., kept], (kept.numel(),), weight, bias, module.eps)
-        return torch.zeros_like(output).index_copy(-1, kept, normed)
-    return output * _view(mask, output, channel_dim(module))
+        return torch.zeros_like(output).index_copy(dim, kept, normed.movedim(-1, dim))
+    return output * _view(mask, output, dim)
 
 
 def _mask_input(module: nn.Module, args: tuple) -> tuple:
@@ -75,6 +106,35 @@ def set_module_mask(module: nn.Module, kind: str, mask: torch.Tensor) -> None:
         module.register_forward_pre_hook(_mask_input)
 
 
+def parameter_dim(parameter: torch.Tensor) -> int:
+    """The channel axis of a bare per-channel parameter: its last axis longer than one."""
+    dims = [d for d, size in enumerate(parameter.shape) if size > 1]
+    return dims[-1] if dims else parameter.dim() - 1
+
+
+def set_parameter_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
+    """Record which channels of the bare parameter `module.<name>` are kept (no hook).
+
+    Args:
+        module: the module that owns the parameter.
+        name: the parameter's attribute name.
+        mask: boolean over the parameter's channel axis (`parameter_dim`), True = kept.
+    """
+    device = getattr(module, name).device
+    module.register_buffer(
+        PARAMETER_MASK + name, mask.to(device=device, dtype=torch.bool), persistent=False
+    )
+
+
+def parameter_masks(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's bare-parameter masks by parameter name."""
+    return {
+        key[len(PARAMETER_MASK) :]: buffer
+        for key, buffer in module._buffers.items()
+        if key.startswith(PARAMETER_MASK) and buffer is not None
+    }
+
+
 def module_mask(module: nn.Module, kind: str) -> torch.Tensor | None:
     """The module's hook mask of `kind` ("out" or "in"), or None if it has none."""
     return getattr(module, OUT_MASK if kind == "out" else IN_MASK, None)
@@ -86,7 +146,7 @@ def remove_module_masks(module: nn.Module) -> None:
         del module._forward_hooks[key]
     for key in [k for k, hook in module._forward_pre_hooks.items() if hook is _mask_input]:
         del module._forward_pre_hooks[key]
-    for attr in (OUT_MASK, IN_MASK):
+    for attr in (OUT_MASK, IN_MASK, *(PARAMETER_MASK + n for n in parameter_masks(module))):
         if attr in module._buffers:
             del module._buffers[attr]
 

@@ -68,6 +68,19 @@ def _check_tensor_name(bundle: Bundle, path: str, key: str, module: nn.Module) -
         raise bundle_error(bundle, f"module {path!r}: invalid tensor name {key!r}")
 
 
+def _is_channel_slice(stored: torch.Tensor, base: torch.Tensor) -> bool:
+    """True if `stored` is a per-channel vector of the base narrowed on its one channel axis.
+
+    Channel pruning slices bare per-channel parameters (e.g. ConvNeXt's layer scale) with their
+    group without changing any attribute of the module that owns them (issue 11).
+    """
+    axes = [d for d, size in enumerate(base.shape) if size > 1]
+    if stored.dim() != base.dim() or len(axes) != 1:
+        return False
+    changed = [d for d in range(base.dim()) if stored.shape[d] != base.shape[d]]
+    return changed == axes and 1 <= stored.shape[axes[0]] < base.shape[axes[0]]
+
+
 def _plan_module(
     bundle: Bundle, entry: dict[str, Any], base_modules: dict[str, nn.Module]
 ) -> dict[str, torch.Tensor]:
@@ -95,7 +108,8 @@ def _plan_module(
         if stored is None:
             raise bundle_error(bundle, f"tensor 'modules.{path}.{key}' is missing; damaged file")
         if key in existing and not attributes and stored.shape != existing[key][1].shape:
-            expect(bundle, f"modules.{path}.{key}", tuple(existing[key][1].shape))
+            if not _is_channel_slice(stored, existing[key][1]):
+                expect(bundle, f"modules.{path}.{key}", tuple(existing[key][1].shape))
         tensors[key] = stored
     for key in entry.get("none", []):
         if module._parameters.get(key) is None:

@@ -16,7 +16,7 @@ from spa.adapters.density import layers_density
 from spa.adapters.inject import adapt_report
 from spa.adapters.protocols import AdapterLayer, ChannelMasked, is_adapted
 from spa.errors import ConfigError
-from spa.pruning.module_masks import module_mask
+from spa.pruning.module_masks import module_mask, parameter_masks
 from spa.tasks.codecs import codec_for
 from spa.tasks.fingerprint import describe_architecture, fingerprint
 from spa.tasks.format import (
@@ -101,6 +101,7 @@ def _has_pruned_channels(model: nn.Module) -> bool:
     """True if a channel-masked adapter's mask or a `spa.pruning` hook mask removes a channel."""
     for module in model.modules():
         masks = [module_mask(module, "out"), module_mask(module, "in")]
+        masks += list(parameter_masks(module).values())
         if isinstance(module, ChannelMasked):
             masks += [module.out_mask, module.in_mask]
         if any(mask is not None and not bool(mask.all()) for mask in masks):
@@ -109,7 +110,9 @@ def _has_pruned_channels(model: nn.Module) -> bool:
 
 
 def _has_module_masks(model: nn.Module) -> bool:
-    return any(module_mask(m, side) is not None for m in model.modules() for side in ("out", "in"))
+    return any(
+        module_mask(m, side) is not None for m in model.modules() for side in ("out", "in")
+    ) or any(parameter_masks(m) for m in model.modules())
 
 
 def _compacted(model: nn.Module, example_inputs: Any) -> nn.Module:
@@ -133,10 +136,13 @@ def _check_structure(model: nn.Module, base_modules: dict[str, nn.Module]) -> No
         if any(name.startswith(prefix) for prefix in covered):
             continue
         base = base_modules.get(name)
+        same_type = base is not None and type(base) is type(module)
         if isinstance(module, AdapterLayer):
             covered.add(name + ".")
             module = module.base
-        if base is None or type(base) is not type(module):
+            # Compaction rebuilds a conv/linear subclass as the plain torch type it derives from.
+            same_type = base is not None and isinstance(base, type(module))
+        if not same_type:
             found = "missing" if base is None else f"a {type(base).__name__}"
             raise ConfigError(
                 f"save_task: module {name or '<root>'!r} is a {type(module).__name__} in the task "

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from spa.adapters import _conv
 from spa.adapters.masks import expand_block_mask
 from spa.adapters.protocols import BLOCK_MASK, GateHook
 from spa.adapters.splopa.layer import check_block_shape
@@ -113,6 +114,10 @@ class BlockMaskedLinear(nn.Module):
     def fused_weight(self) -> torch.Tensor:
         """`W_t`, the masked weight."""
         return self.masked_base_weight()
+
+    def __getattr__(self, name: str) -> object:
+        # in_features / out_features come from `base` (issue 11).
+        return _conv.base_attribute(self, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The masked linear map; a criterion's gate replaces the mask while training."""

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from spa.adapters import _conv
 from spa.adapters._conv import check_supported
 from spa.adapters.masks import DerivedTensorCache, expand_block_mask
 from spa.adapters.protocols import BLOCK_MASK, GateHook
@@ -283,6 +284,10 @@ class SPLoPALinear(nn.Module):
         row_factors = bank.row_factors.permute(0, 2, 1).reshape(num * rank, rows)  # (R*r, p)
         out = mixed.view(num * rank, count * grid_rows).t() @ row_factors  # (N*n/p, p)
         return out.view(*lead, grid_rows * rows)
+
+    def __getattr__(self, name: str) -> object:
+        # in_features / out_features come from `base` (issue 11).
+        return _conv.base_attribute(self, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 6 applied to `x`: frozen base path plus factored adapter path when training."""

@@ -80,6 +80,16 @@ class SPLoRALayer(nn.Module):
         self._masked_base_cache = DerivedTensorCache()
         self._fused_cache = DerivedTensorCache()
 
+    # -- the wrapped layer's face ----------------------------------------------------------------
+    def __getattr__(self, name: str) -> object:
+        # stride, padding, kernel_size, in/out channels, ... come from `base` (issue 11).
+        return _conv.base_attribute(self, name)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """`W_t` of Eq. 4 (the base weight's shape), read-only: what code reading `.weight` sees."""
+        return self.fused_weight()
+
     # -- AdapterLayer / ChannelMasked protocol --------------------------------------------------
     @property
     def kind(self) -> str:
