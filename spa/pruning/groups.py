@@ -181,9 +181,7 @@ def _loose_buffers(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
     others (a per-channel scale or shift kept as a buffer) are traced like bare parameters.
     """
     units = (*LAYER_TYPES, *NORM_TYPES)
-    skip = {
-        id(m) for m in model.modules() if isinstance(m, units) or isinstance(m, ChannelMasked)
-    }
+    skip = {id(m) for m in model.modules() if isinstance(m, units) or isinstance(m, ChannelMasked)}
     skip |= {id(m) for _, layer in adapter_layers(model) for m in layer.modules()}
     found = []
     for path, module in model.named_modules():
