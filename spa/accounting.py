@@ -9,7 +9,7 @@ from torch import nn
 
 from spa.adapters.base import ADAPTER_TYPES
 from spa.adapters.block_fine_pruning import BlockMaskedLinear
-from spa.adapters.inject import NORM_TYPES, find_head
+from spa.adapters.inject import find_head, is_norm
 from spa.adapters.splopa import SPLoPALinear
 from spa.adapters.splora import SPLoRALayer
 
@@ -128,7 +128,7 @@ def learned_parameters(model: nn.Module) -> LearnedParameters:
             seen.add(id(parameter))
             if in_head:
                 kind = "head"
-            elif isinstance(module, NORM_TYPES):
+            elif is_norm(module):
                 kind = "norm"
             elif pname == "bias":
                 kind = "bias"

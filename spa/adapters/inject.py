@@ -19,6 +19,7 @@ from spa.adapters.config import (
 )
 from spa.adapters.splopa import PrototypeBank, SPLoPALinear
 from spa.adapters.splora import SPLoRALayer
+from spa.adapters.transposed import as_linear, is_transposed_linear
 from spa.errors import ConfigError, NoTargetsError, SpaError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,18 @@ NORM_TYPES = (
 )
 
 
+def is_norm(module: nn.Module) -> bool:
+    """True for a normalisation layer with an affine weight, by type or by duck typing.
+
+    torch's norms count by type; any other class whose name contains "Norm" and that holds a
+    1-D `weight` parameter of its own (LlamaRMSNorm, T5LayerNorm, ...) counts too.
+    """
+    if isinstance(module, NORM_TYPES):
+        return True
+    weight = module._parameters.get("weight")
+    return "Norm" in type(module).__name__ and weight is not None and weight.dim() == 1
+
+
 @dataclass
 class AdaptReport:
     """What `adapt` did: adapted layers, skipped layers with reasons, the head and the config."""
@@ -39,11 +52,19 @@ class AdaptReport:
     adapted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     head: list[str] = field(default_factory=list)
+    # Trainable parameter group ("norm", "head", "bias", "all") -> parameter paths it unfroze.
+    trainable: dict[str, list[str]] = field(default_factory=dict)
+    # Transposed-weight layers (transformers Conv1D) adapted as their equivalent nn.Linear.
+    linearised: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A human-readable multi-line summary."""
         lines = [f"adapted {len(self.adapted)} layer(s) with {type(self.config).__name__}"]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
+        lines += [
+            f"  trainable {group}: {len(names)} parameter tensor(s)"
+            for group, names in self.trainable.items()
+        ]
         return "\n".join(lines)
 
 
@@ -106,11 +127,25 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def set_trainable(model: nn.Module, trainable: tuple[str, ...], head: list[str]) -> None:
+def set_trainable(
+    model: nn.Module, trainable: tuple[str, ...], head: list[str]
+) -> dict[str, list[str]]:
     """Freeze everything, then unfreeze adapter parameters and the configured groups.
 
-    Fine-pruning layers (rank 0) train their base weight and, with "bias", their bias.
+    Fine-pruning layers (rank 0) train their base weight and, with "bias", their bias. Norms are
+    found with `is_norm` (any norm class with an affine weight).
+
+    Returns:
+        Per group ("all", "head", "norm", "bias"), the paths of the parameters it unfroze.
     """
+    unfrozen: dict[str, list[str]] = {}
+
+    def unfreeze(group: str, module_name: str, pname: str, parameter) -> None:
+        if not parameter.requires_grad:
+            parameter.requires_grad_(True)
+            path = f"{module_name}.{pname}" if module_name else pname
+            unfrozen.setdefault(group, []).append(path)
+
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     everything = "all" in trainable
@@ -127,23 +162,31 @@ def set_trainable(model: nn.Module, trainable: tuple[str, ...], head: list[str])
                 module.base.weight.requires_grad_(True)
             continue
         if everything or (in_head and "head" in trainable):
-            for _, parameter in direct:
-                parameter.requires_grad_(True)
+            for pname, parameter in direct:
+                unfreeze("all" if everything else "head", name, pname, parameter)
             continue
-        if isinstance(module, NORM_TYPES) and "norm" in trainable:
-            for _, parameter in direct:
-                parameter.requires_grad_(True)
+        if is_norm(module) and "norm" in trainable:
+            for pname, parameter in direct:
+                unfreeze("norm", name, pname, parameter)
         if "bias" in trainable:
             for pname, parameter in direct:
                 if pname == "bias":
-                    parameter.requires_grad_(True)
+                    unfreeze("bias", name, pname, parameter)
+    return unfrozen
+
+
+def _has_matrix_weight(module: nn.Module) -> bool:
+    weight = module._parameters.get("weight")
+    return weight is not None and weight.dim() >= 2
 
 
 def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Replace every eligible layer of `model` by an adapter layer and freeze the base weights.
 
     Eligible layers are `nn.Linear` / `nn.Conv1d/2d/3d` for SPLoRA and fine-pruning, `nn.Linear`
-    for SPLoPA, selected by `config.target_modules` / `exclude_modules`; the task head is never
+    for SPLoPA (a `transformers` `Conv1D` is adapted as its equivalent `nn.Linear`), selected by
+    `config.target_modules` / `exclude_modules`; other layers with a weight matrix (except
+    embeddings) are listed in `AdaptReport.skipped`; the task head is never
     adapted (it trains fully when "head" is in `config.trainable`). All parameters are frozen,
     then adapter parameters and `config.trainable` groups are unfrozen. The model is modified in
     place and returned; `model.spa_report` holds an `AdaptReport`.
@@ -163,7 +206,11 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     explicit = config.target_modules is not None
     candidates = []
     for name, module in model.named_modules():
-        if not name or not isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
+        transposed = is_transposed_linear(module)
+        if not name or not (transposed or isinstance(module, nn.Linear | nn.modules.conv._ConvNd)):
+            if name and _has_matrix_weight(module) and not isinstance(module, nn.Embedding):
+                if not explicit or matches(name, config.target_modules):
+                    report.skipped[name] = f"{type(module).__name__} is not an adaptable layer"
             continue
         if explicit and not matches(name, config.target_modules):
             continue
@@ -172,7 +219,10 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
         if any(name == h or name.startswith(h + ".") for h in head):
             report.skipped[name] = "task head (trained fully, not adapted)"
             continue
-        if not isinstance(module, eligible):
+        if transposed and nn.Linear in eligible:
+            report.linearised.append(name)
+            module = as_linear(module)
+        elif not isinstance(module, eligible):
             report.skipped[name] = (
                 f"{type(module).__name__} is not supported by {type(config).__name__}"
             )
@@ -195,7 +245,7 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
             f"{config.target_modules!r}, exclude_modules={config.exclude_modules!r}); skipped: "
             f"{report.skipped or 'none'}"
         )
-    set_trainable(model, config.trainable, head)
+    report.trainable = set_trainable(model, config.trainable, head)
     model.spa_report = report
     logger.info(report.summary())
     return model

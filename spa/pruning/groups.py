@@ -24,6 +24,7 @@ from spa.adapters.base import adapter_layers
 from spa.adapters.inject import NORM_TYPES, find_head
 from spa.adapters.splora import SPLoRALayer
 from spa.errors import ConfigError
+from spa.families import FAMILIES, describe
 from spa.pruning.channel_group import (
     LAYER_TYPES,
     ChannelGroup,
@@ -34,6 +35,7 @@ from spa.pruning.channel_group import (
     refresh_groups,
 )
 from spa.pruning.module_masks import resume_hooks, suspend_hooks
+from spa.pruning.units import UNITS, unit_groups
 
 __all__ = ["ChannelGroup", "channel_groups", "refresh_groups", "remove_channels"]
 
@@ -176,8 +178,14 @@ def _with_grad(example_inputs):
     return example_inputs
 
 
-def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
+def channel_groups(
+    model: nn.Module, example_inputs, units: Sequence[str] | None = None
+) -> list[ChannelGroup]:
     """Channels of the adapted model that must be pruned together, one group per coupling.
+
+    For a model of a described family (`spa.families.describe`: BERT, ViT, GPT-2, Llama, ...)
+    the groups are its transformer units, built from the description without tracing (see
+    `spa.pruning.units`): attention heads and/or FFN neurons, one group per block and unit.
 
     Torch-Pruning traces the model with `example_inputs`; every group is rooted at an adapter
     layer's output channels and lists every module slice those channels touch (producers,
@@ -189,19 +197,31 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
 
     Args:
         model: a model adapted with `spa.adapt` (SPLoRA or fine-pruning).
-        example_inputs: a batch the model accepts (tensor, tuple of tensors or dict).
+        example_inputs: a batch the model accepts (tensor, tuple of tensors or dict); not
+            used for described families.
+        units: for described families, which units to prune ("heads", "ffn"); None = both.
 
     Returns:
-        The channel groups, in the order Torch-Pruning finds their roots.
+        The channel groups, in the order Torch-Pruning finds their roots (for described
+        families: block by block, heads before FFN).
 
     Raises:
-        ConfigError: if the model has no SPLoRA / fine-pruning layer.
+        ConfigError: if the model has no SPLoRA / fine-pruning layer, or `units` is given for
+            a model of no described family.
     """
     layers = layer_table(model)
     if not layers:
         raise ConfigError(
             "channel pruning needs SPLoRA or fine-pruning layers; adapt the model first with "
             "spa.adapt(model, SPLoRAConfig()) or spa.adapt(model, FinePruningConfig())"
+        )
+    family = describe(model)
+    if family is not None:
+        return unit_groups(model, family, UNITS if units is None else units)
+    if units is not None:
+        raise ConfigError(
+            f"channel_groups: units={tuple(units)!r} needs a model of a described family "
+            f"({', '.join(FAMILIES)}); this model's family is not described"
         )
     report = getattr(model, "spa_report", None)
     head_names = report.head if report is not None else find_head(model, None)

@@ -15,6 +15,7 @@ from spa.accounting import learned_parameters
 from spa.adapters.base import ADAPTER_TYPES, is_adapted
 from spa.adapters.splopa import SPLoPALinear
 from spa.adapters.splora import SPLoRALayer
+from spa.adapters.transposed import linear_view
 from spa.errors import ConfigError
 from spa.tasks.block_layers import save_splopa
 from spa.tasks.channel_layers import save_splora
@@ -139,7 +140,7 @@ def _check_structure(model: nn.Module, base_modules: dict[str, nn.Module]) -> No
         base = base_modules.get(name)
         if isinstance(module, ADAPTER_TYPES):
             covered.add(name + ".")
-            module = module.base
+            module, base = module.base, linear_view(base)
         if base is None or type(base) is not type(module):
             found = "missing" if base is None else f"a {type(base).__name__}"
             raise ConfigError(
@@ -247,6 +248,7 @@ def save_task(
                 continue
             base = base_modules[name]
             if isinstance(module, ADAPTER_TYPES):
+                base = linear_view(base)  # a transformers Conv1D base is read as its Linear
                 covered.append(name + ".")
                 save_layer = save_splopa if isinstance(module, SPLoPALinear) else save_splora
                 entry, layer_kept = save_layer(name, module, base, writer)
