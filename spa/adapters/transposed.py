@@ -13,15 +13,19 @@ from torch import nn
 
 
 def is_transposed_linear(module: nn.Module) -> bool:
-    """True for a `transformers` `Conv1D` (`nf` outputs, weight stored `(in, nf)`)."""
+    """True for a `transformers` `Conv1D` (weight stored `(in, out)`, `nf` outputs)."""
     weight = getattr(module, "weight", None)
     return (
         type(module).__name__ == "Conv1D"
         and isinstance(getattr(module, "nf", None), int)
         and isinstance(weight, torch.Tensor)
         and weight.dim() == 2
-        and weight.shape[1] == module.nf
     )
+
+
+def out_features(module: nn.Module) -> int:
+    """Output features of a Linear-like layer, read from its weight in either layout."""
+    return module.weight.shape[1 if is_transposed_linear(module) else 0]
 
 
 def as_linear(module: nn.Module, share: bool = False) -> nn.Linear:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from spa.adapters.transposed import out_features
 from spa.errors import ConfigError
 from spa.families.description import BlockLayout, Family, block_layouts, describe
 
 
 def rows(module: nn.Module) -> int:
-    """Output rows of a Linear or of an adapter layer's (possibly compacted) base."""
-    return getattr(module, "base", module).weight.shape[0]
+    """Output rows of a Linear (or Conv1D) or of an adapter layer's (possibly compacted) base."""
+    return out_features(getattr(module, "base", module))
 
 
 def head_counts(model: nn.Module, layout: BlockLayout) -> dict[str, int]:
