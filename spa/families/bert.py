@@ -22,7 +22,10 @@ BERT = FAMILIES.register("bert")(
             attributes={"num_attention_heads": "heads", "all_head_size": "width"},
         ),
         ffn=FeedForwardDescription(
-            module="intermediate", inputs=("intermediate.dense",), output="output.dense"
+            module="intermediate",
+            inputs=("intermediate.dense",),
+            output="output.dense",
+            activation="intermediate.intermediate_act_fn",
         ),
     )
 )

@@ -67,12 +67,14 @@ class FeedForwardDescription:
         module: the feed-forward module (holder of `attributes`).
         inputs: projections whose output rows are the neurons (up, and gate for gated FFNs).
         output: projection whose input columns are the neurons (down).
+        activation: the activation module (used to fold constant neurons into a bias).
         attributes: attributes of `module` to update when neurons are removed.
     """
 
     module: str
     inputs: tuple[str, ...]
     output: str
+    activation: str | None = None
     attributes: Mapping[str, Quantity] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +120,7 @@ class BlockLayout:
         ffn: the feed-forward module.
         ffn_inputs: its row-side projections (up, gate).
         ffn_output: its column-side projection (down).
+        ffn_activation: its activation module, if described.
     """
 
     path: str
@@ -131,6 +134,7 @@ class BlockLayout:
     ffn: str
     ffn_inputs: tuple[str, ...]
     ffn_output: str
+    ffn_activation: str | None = None
 
 
 def _config_of(model: nn.Module):
@@ -198,6 +202,7 @@ def block_layouts(model: nn.Module, family: Family) -> list[BlockLayout]:
             "output": _join(block, attention.output),
             "ffn": _join(block, ffn.module),
             "ffn_output": _join(block, ffn.output),
+            "ffn_activation": _join(block, ffn.activation),
         }
         inputs = tuple(_join(block, p) for p in ffn.inputs)
         for path in [p for p in paths.values() if p is not None] + list(inputs):

@@ -24,7 +24,9 @@ GPT2 = FAMILIES.register("gpt2")(
             # `split_size` splits c_attn's output into q, k, v: it is the kept width.
             attributes={"num_heads": "heads", "split_size": "width"},
         ),
-        ffn=FeedForwardDescription(module="mlp", inputs=("mlp.c_fc",), output="mlp.c_proj"),
+        ffn=FeedForwardDescription(
+            module="mlp", inputs=("mlp.c_fc",), output="mlp.c_proj", activation="mlp.act"
+        ),
         config_heads="n_head",
         config_intermediate="n_inner",
     )

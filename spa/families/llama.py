@@ -25,6 +25,7 @@ LLAMA = FAMILIES.register("llama")(
             module="mlp",
             inputs=("mlp.gate_proj", "mlp.up_proj"),
             output="mlp.down_proj",
+            activation="mlp.act_fn",
             attributes={"intermediate_size": "neurons"},
         ),
         config_kv_heads="num_key_value_heads",

@@ -21,6 +21,8 @@ VIT = FAMILIES.register("vit")(
             output="attention.o_proj",
             attributes={"num_attention_heads": "heads"},
         ),
-        ffn=FeedForwardDescription(module="mlp", inputs=("mlp.fc1",), output="mlp.fc2"),
+        ffn=FeedForwardDescription(
+            module="mlp", inputs=("mlp.fc1",), output="mlp.fc2", activation="mlp.activation_fn"
+        ),
     )
 )
