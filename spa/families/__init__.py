@@ -18,6 +18,7 @@ from spa.families.description import (
     Family,
     FeedForwardDescription,
     block_layouts,
+    config_of,
     describe,
 )
 from spa.families.sync import head_counts, sync_attributes
@@ -29,6 +30,7 @@ __all__ = [
     "Family",
     "FeedForwardDescription",
     "block_layouts",
+    "config_of",
     "describe",
     "head_counts",
     "sync_attributes",

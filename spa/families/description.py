@@ -137,7 +137,8 @@ class BlockLayout:
     ffn_activation: str | None = None
 
 
-def _config_of(model: nn.Module):
+def config_of(model: nn.Module):
+    """The first `transformers` config (an object with a `model_type`) found in `model`."""
     for module in model.modules():
         config = getattr(module, "config", None)
         if getattr(config, "model_type", None):
@@ -154,7 +155,7 @@ def describe(model: nn.Module) -> Family | None:
     Returns:
         The family, or None if the model has no config or its `model_type` is not described.
     """
-    config = _config_of(model)
+    config = config_of(model)
     if config is None:
         return None
     for name in FAMILIES:

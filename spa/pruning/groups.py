@@ -23,8 +23,8 @@ from spa.adapters._conv import groups_of
 from spa.adapters.base import adapter_layers
 from spa.adapters.inject import NORM_TYPES, find_head
 from spa.adapters.splora import SPLoRALayer
-from spa.errors import ConfigError
-from spa.families import FAMILIES, describe
+from spa.errors import ConfigError, UnsupportedLayerError
+from spa.families import FAMILIES, config_of, describe
 from spa.pruning.channel_group import (
     LAYER_TYPES,
     ChannelGroup,
@@ -223,6 +223,21 @@ def channel_groups(
             f"channel_groups: units={tuple(units)!r} needs a model of a described family "
             f"({', '.join(FAMILIES)}); this model's family is not described"
         )
+    model_type = getattr(config_of(model), "model_type", None)
+    if model_type is None:
+        return _traced_groups(model, example_inputs, layers)
+    try:
+        return _traced_groups(model, example_inputs, layers)
+    except Exception as error:  # Torch-Pruning's failures on untraceable transformers
+        raise UnsupportedLayerError(
+            f"channel_groups: Torch-Pruning could not trace this {model_type!r} model "
+            f"({type(error).__name__}: {error}); its family is not described (described: "
+            f"{', '.join(FAMILIES)}): add a spa.families.Family for it"
+        ) from error
+
+
+def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGroup]:
+    """Groups from Torch-Pruning's dependency graph (models of no described family)."""
     report = getattr(model, "spa_report", None)
     head_names = report.head if report is not None else find_head(model, None)
     head = [model.get_submodule(name) for name in head_names]

@@ -121,3 +121,16 @@ def test_head_masks_reach_the_density_counted_from_the_masks():
     query = model.model.model.layers[0].self_attn.q_proj
     removed_rows = int((~query.out_mask).sum())
     assert removed_rows % (2 * HEAD_DIM) == 0  # whole query-head pairs of a key/value head
+
+
+@pytest.mark.slow
+def test_undescribed_transformer_that_tracing_cannot_handle_is_refused_by_model_type():
+    import transformers
+
+    config = transformers.SwinConfig(
+        image_size=16, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+        window_size=2, num_labels=3,
+    )  # fmt: skip
+    model = spa.adapt(transformers.SwinForImageClassification(config), spa.SPLoRAConfig(rank=2))
+    with pytest.raises(UnsupportedLayerError, match="could not trace this 'swin' model"):
+        channel_groups(model, torch.randn(1, 3, 16, 16))
