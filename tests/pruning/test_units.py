@@ -134,3 +134,27 @@ def test_undescribed_transformer_that_tracing_cannot_handle_is_refused_by_model_
     model = spa.adapt(transformers.SwinForImageClassification(config), spa.SPLoRAConfig(rank=2))
     with pytest.raises(UnsupportedLayerError, match="could not trace this 'swin' model"):
         channel_groups(model, torch.randn(1, 3, 16, 16))
+
+
+def test_iterative_prune_with_ffn_units_keeps_every_head():
+    from spa.pruning import ChannelPruningConfig, IterativeSchedule, iterative_prune
+
+    model = spa.adapt(llama(), spa.SPLoRAConfig(rank=2))
+    schedule = IterativeSchedule(epochs_per_step=0, step=0.1, target=0.8)
+    config = ChannelPruningConfig(units=("ffn",), schedule=schedule)
+    densities = []
+    iterative_prune(
+        model, lambda m, e: None, None, config, hook=lambda m, d, i: densities.append(d)
+    )
+    assert len(densities) == 2
+    assert spa.density(model) <= 0.8
+    for block in model.model.model.layers:
+        assert bool(block.self_attn.q_proj.out_mask.all())
+        assert not bool(block.mlp.up_proj.out_mask.all())
+
+
+def test_channel_pruning_config_rejects_unknown_units():
+    from spa.pruning import ChannelPruningConfig
+
+    with pytest.raises(ConfigError, match="units"):
+        ChannelPruningConfig(units=("hidden",))
