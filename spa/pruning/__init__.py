@@ -9,7 +9,7 @@ from spa.pruning.channel_group import ChannelGroup, GroupMember, LayerInfo, refr
 from spa.pruning.compaction import compact
 from spa.pruning.config import ChannelPruningConfig
 from spa.pruning.criteria import CRITERIA, normalise, score
-from spa.pruning.empty_units import UnitRemoval, remove_empty_units
+from spa.pruning.empty_units import UnitRemoval, remove_empty_units, without_empty_units
 from spa.pruning.groups import channel_groups, remove_channels
 from spa.pruning.iterative import iterative_prune, prune_step
 from spa.pruning.lrp import Relevance, lrp
@@ -49,6 +49,7 @@ __all__ = [
     "remove_empty_units",
     "score",
     "unit_groups",
+    "without_empty_units",
     "UNITS",
     "UnitRemoval",
 ]

@@ -200,3 +200,13 @@ def _block_of(root: str, layouts: dict[str, BlockLayout]) -> str:
         if root.startswith(path + "."):
             return path
     raise ConfigError(f"remove_empty_units: {root} belongs to no block")
+
+
+def without_empty_units(model: nn.Module) -> nn.Module:
+    """`remove_empty_units(model)` returning the model: a `TaskHost` / `build_task` finalizer.
+
+    Example: `TaskHost(base, finalize=without_empty_units)` serves block-pruned tasks with
+    their empty heads and neurons removed.
+    """
+    remove_empty_units(model)
+    return model

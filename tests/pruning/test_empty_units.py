@@ -13,7 +13,7 @@ from spa.adapters.base import adapter_layers
 from spa.errors import ConfigError, UnsupportedLayerError
 from spa.families import block_layouts, describe, head_counts
 from spa.pruning.block_criteria import create_block_criterion
-from spa.pruning.empty_units import remove_empty_units
+from spa.pruning.empty_units import remove_empty_units, without_empty_units
 from spa.pruning.gradual import GradualBlockPruner, GradualPruningConfig
 from tests._transformers import CASES, FFN
 from tests.conftest import mlp
@@ -90,7 +90,7 @@ def test_remove_empty_units_on_a_task_loaded_through_task_host(case, tmp_path):
     path = tmp_path / "task.safetensors"
     spa.save_task(model, path, base_model=base)
     plain = spa.load_task(base, path)
-    host = spa.TaskHost(base, finalize=lambda task: (remove_empty_units(task), task)[1])
+    host = spa.TaskHost(base, finalize=without_empty_units)
     host.add_task("task", path)
     task = host.model("task")
     with torch.no_grad():
