@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from spa.adapters.inject import task_head
-from spa.adapters.modules import NORM_TYPES, in_head
+from spa.adapters.modules import in_head, is_norm
 from spa.adapters.protocols import AdapterLayer
 from spa.pruning.module_masks import module_mask
 
@@ -82,7 +82,7 @@ def learned_parameters(model: nn.Module) -> LearnedParameters:
             seen.add(id(parameter))
             if is_head:
                 kind = "head"
-            elif isinstance(module, NORM_TYPES):
+            elif is_norm(module):
                 kind = "norm"
             elif pname == "bias":
                 kind = "bias"

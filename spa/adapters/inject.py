@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from spa.adapters.config import AdapterConfig
-from spa.adapters.modules import NORM_TYPES, find_head, in_head, matches, replace_module
+from spa.adapters.modules import find_head, in_head, is_norm, matches, replace_module
 from spa.adapters.protocols import AdapterLayer, is_adapted
 from spa.adapters.registry import kind_for_config
+from spa.adapters.transposed import as_linear, is_transposed_linear
 from spa.errors import ConfigError, NoTargetsError, SpaError
 
 logger = logging.getLogger(__name__)
@@ -27,11 +28,19 @@ class AdaptReport:
     adapted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     head: list[str] = field(default_factory=list)
+    # Trainable parameter group ("norm", "head", "bias", "all") -> parameter paths it unfroze.
+    trainable: dict[str, list[str]] = field(default_factory=dict)
+    # Transposed-weight layers (transformers Conv1D) adapted as their equivalent nn.Linear.
+    linearised: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A human-readable multi-line summary."""
         lines = [f"adapted {len(self.adapted)} layer(s) with {type(self.config).__name__}"]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
+        lines += [
+            f"  trainable {group}: {len(names)} parameter tensor(s)"
+            for group, names in self.trainable.items()
+        ]
         return "\n".join(lines)
 
 
@@ -46,12 +55,26 @@ def task_head(model: nn.Module) -> list[str]:
     return list(report.head) if report is not None else find_head(model, None)
 
 
-def set_trainable(model: nn.Module, trainable: tuple[str, ...], head: list[str]) -> None:
+def set_trainable(
+    model: nn.Module, trainable: tuple[str, ...], head: list[str]
+) -> dict[str, list[str]]:
     """Freeze everything, then unfreeze adapter parameters and the configured groups.
 
     Each adapter layer names what it trains (`AdapterLayer.trainable_parameters`: adapter
-    factors, or the weight itself for fine-pruning kinds); "bias" also trains their biases.
+    factors, or the weight itself for fine-pruning kinds). Norms are found with `is_norm` (any
+    norm class with an affine weight, RMSNorm included).
+
+    Returns:
+        Per group ("all", "head", "norm", "bias"), the paths of the parameters it unfroze.
     """
+    unfrozen: dict[str, list[str]] = {}
+
+    def unfreeze(group: str, module_name: str, pname: str, parameter: nn.Parameter) -> None:
+        if not parameter.requires_grad:
+            parameter.requires_grad_(True)
+            path = f"{module_name}.{pname}" if module_name else pname
+            unfrozen.setdefault(group, []).append(path)
+
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     everything = "all" in trainable
@@ -62,16 +85,22 @@ def set_trainable(model: nn.Module, trainable: tuple[str, ...], head: list[str])
                 parameter.requires_grad_(True)
             continue
         if everything or (in_head(name, head) and "head" in trainable):
-            for _, parameter in direct:
-                parameter.requires_grad_(True)
+            for pname, parameter in direct:
+                unfreeze("all" if everything else "head", name, pname, parameter)
             continue
-        if isinstance(module, NORM_TYPES) and "norm" in trainable:
-            for _, parameter in direct:
-                parameter.requires_grad_(True)
+        if is_norm(module) and "norm" in trainable:
+            for pname, parameter in direct:
+                unfreeze("norm", name, pname, parameter)
         if "bias" in trainable:
             for pname, parameter in direct:
                 if pname == "bias":
-                    parameter.requires_grad_(True)
+                    unfreeze("bias", name, pname, parameter)
+    return unfrozen
+
+
+def _has_matrix_weight(module: nn.Module) -> bool:
+    weight = module._parameters.get("weight")
+    return weight is not None and weight.dim() >= 2
 
 
 def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
@@ -79,8 +108,10 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
 
     The adapter kind is the one registered for `type(config)` in `ADAPTER_KINDS`. Eligible
     layers are the kind's layer types (`nn.Linear` / `nn.Conv1d/2d/3d` for SPLoRA and
-    fine-pruning, `nn.Linear` for SPLoPA and block fine-pruning), selected by
-    `config.target_modules` / `exclude_modules`; the task head is never adapted (it trains
+    fine-pruning, `nn.Linear` for SPLoPA and block fine-pruning; a `transformers` `Conv1D` is
+    adapted as its equivalent `nn.Linear`), selected by `config.target_modules` /
+    `exclude_modules`; other layers with a weight matrix (except embeddings) are listed in
+    `AdaptReport.skipped`; the task head is never adapted (it trains
     fully when "head" is in `config.trainable`). All parameters are frozen, then adapter
     parameters and `config.trainable` groups are unfrozen. The model is modified in place and
     returned; `adapt_report(model)` gives the `AdaptReport`.
@@ -101,7 +132,11 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     explicit = config.target_modules is not None
     candidates = []
     for name, module in model.named_modules():
-        if not name or not isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
+        transposed = is_transposed_linear(module)
+        if not name or not (transposed or isinstance(module, nn.Linear | nn.modules.conv._ConvNd)):
+            if name and _has_matrix_weight(module) and not isinstance(module, nn.Embedding):
+                if not explicit or matches(name, config.target_modules):
+                    report.skipped[name] = f"{type(module).__name__} is not an adaptable layer"
             continue
         if explicit and not matches(name, config.target_modules):
             continue
@@ -110,7 +145,10 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
         if in_head(name, head):
             report.skipped[name] = "task head (trained fully, not adapted)"
             continue
-        if not isinstance(module, kind.layer_types):
+        if transposed and issubclass(nn.Linear, kind.layer_types):
+            report.linearised.append(name)
+            module = as_linear(module)
+        elif not isinstance(module, kind.layer_types):
             report.skipped[name] = (
                 f"{type(module).__name__} is not supported by {type(config).__name__}"
             )
@@ -133,7 +171,7 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
             f"{config.target_modules!r}, exclude_modules={config.exclude_modules!r}); skipped: "
             f"{report.skipped or 'none'}"
         )
-    set_trainable(model, config.trainable, head)
+    report.trainable = set_trainable(model, config.trainable, head)
     setattr(model, _REPORT_ATTRIBUTE, report)
     logger.info(report.summary())
     return model

@@ -16,6 +16,18 @@ NORM_TYPES = (
 )
 
 
+def is_norm(module: nn.Module) -> bool:
+    """True for a normalisation layer with an affine weight, by type or by duck typing.
+
+    torch's norms count by type; any other class whose name contains "Norm" and that holds a
+    1-D `weight` parameter of its own (LlamaRMSNorm, T5LayerNorm, ...) counts too.
+    """
+    if isinstance(module, NORM_TYPES):
+        return True
+    weight = module._parameters.get("weight")
+    return "Norm" in type(module).__name__ and weight is not None and weight.dim() == 1
+
+
 def matches(name: str, selection: ModuleSelection) -> bool:
     """True if dotted `name` is selected by a regex (searched) or a list of name suffixes."""
     if selection is None:

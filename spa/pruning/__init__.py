@@ -9,6 +9,7 @@ from spa.pruning.channel_group import ChannelGroup, GroupMember, LayerInfo, refr
 from spa.pruning.compaction import compact
 from spa.pruning.config import ChannelPruningConfig
 from spa.pruning.criteria import CRITERIA, normalise, score
+from spa.pruning.empty_units import UnitRemoval, remove_empty_units, without_empty_units
 from spa.pruning.groups import channel_groups, remove_channels
 from spa.pruning.iterative import iterative_prune, prune_step
 from spa.pruning.lrp import Relevance, lrp
@@ -20,6 +21,7 @@ from spa.pruning.schedules import (
     paper_optimizer,
     paper_scheduler,
 )
+from spa.pruning.units import UNITS, unit_groups
 
 __all__ = [
     "CRITERIA",
@@ -44,5 +46,10 @@ __all__ = [
     "prune_step",
     "refresh_groups",
     "remove_channels",
+    "remove_empty_units",
     "score",
+    "unit_groups",
+    "without_empty_units",
+    "UNITS",
+    "UnitRemoval",
 ]

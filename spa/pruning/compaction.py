@@ -16,6 +16,7 @@ from torch import nn
 from spa._batch import call_model
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import SpaError
+from spa.families import sync_attributes
 from spa.pruning.groups import remove_channels
 from spa.pruning.module_masks import (
     module_mask,
@@ -46,10 +47,11 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
     """Remove masked channels physically, in place; the outputs stay those of the masked model.
 
     After compaction every mask is all-ones, norm layers have updated `num_features` /
-    `normalized_shape`, and every channel-masked layer's `out_indices` / `in_indices` still name the
-    channels of the original base layer each kept row/column comes from, so a task can be rebuilt
-    from the shared base weights. `spa.fuse` then gives an ordinary PyTorch model with fewer
-    parameters and FLOPs.
+    `normalized_shape`, modules of described transformer families hold their new head and
+    neuron counts (`spa.families.sync_attributes`), and every channel-masked layer's
+    `out_indices` / `in_indices` still name the channels of the original base layer each kept
+    row/column comes from, so a task can be rebuilt from the shared base weights. `spa.fuse` then
+    gives an ordinary PyTorch model with fewer parameters and FLOPs.
 
     Args:
         model: a masked adapted model (see `apply_masks`).
@@ -72,6 +74,7 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
             remove_module_masks(module)
         if out_removed or in_removed:
             remove_channels(module, out_removed, in_removed)
+    sync_attributes(model)  # head / neuron counts of described transformer families
     if example_inputs is not None:
         _check_runs(model, example_inputs)
     return model

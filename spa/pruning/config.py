@@ -25,6 +25,8 @@ class ChannelPruningConfig:
         lrp_rule: "epsilon" or "zplus".
         lrp_epsilon: the LRP stabiliser.
         schedule: the iterative schedule.
+        units: for transformers of a described family, the units to prune ("heads", "ffn");
+            None prunes both (see `spa.pruning.units`).
     """
 
     criterion: str = "weight"
@@ -37,6 +39,7 @@ class ChannelPruningConfig:
     lrp_rule: Literal["epsilon", "zplus"] = "epsilon"
     lrp_epsilon: float = 1e-6
     schedule: IterativeSchedule = IterativeSchedule()
+    units: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         from spa.pruning.criteria import CRITERIA  # the registry validates the name
@@ -58,3 +61,9 @@ class ChannelPruningConfig:
             raise ConfigError(f"lrp_rule must be 'epsilon' or 'zplus', got {self.lrp_rule!r}")
         if self.lrp_epsilon < 0:
             raise ConfigError(f"lrp_epsilon must be >= 0, got {self.lrp_epsilon!r}")
+        from spa.pruning.units import UNITS
+
+        if self.units is not None and (
+            not isinstance(self.units, tuple) or not self.units or set(self.units) - set(UNITS)
+        ):
+            raise ConfigError(f"units must be None or a tuple from {UNITS}, got {self.units!r}")

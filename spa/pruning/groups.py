@@ -23,7 +23,8 @@ from spa.adapters._conv import groups_of
 from spa.adapters.inject import task_head
 from spa.adapters.modules import NORM_TYPES
 from spa.adapters.protocols import ChannelMasked, adapter_layers, channel_layers
-from spa.errors import ConfigError
+from spa.errors import ConfigError, UnsupportedLayerError
+from spa.families import FAMILIES, config_of, describe
 from spa.pruning.channel_group import (
     LAYER_TYPES,
     ChannelGroup,
@@ -34,6 +35,7 @@ from spa.pruning.channel_group import (
     refresh_groups,
 )
 from spa.pruning.module_masks import parameter_dim, resume_hooks, suspend_hooks
+from spa.pruning.units import UNITS, unit_groups
 
 __all__ = ["ChannelGroup", "channel_groups", "refresh_groups", "remove_channels"]
 
@@ -248,8 +250,14 @@ def _with_grad(example_inputs):
     return example_inputs
 
 
-def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
+def channel_groups(
+    model: nn.Module, example_inputs, units: Sequence[str] | None = None
+) -> list[ChannelGroup]:
     """Channels of the adapted model that must be pruned together, one group per coupling.
+
+    For a model of a described family (`spa.families.describe`: BERT, ViT, GPT-2, Llama, ...)
+    the groups are its transformer units, built from the description without tracing (see
+    `spa.pruning.units`): attention heads and/or FFN neurons, one group per block and unit.
 
     Torch-Pruning traces the model with `example_inputs`; every group is rooted at an adapter
     layer's output channels and lists every module slice those channels touch (producers,
@@ -263,13 +271,17 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
 
     Args:
         model: a model adapted with `spa.adapt` (SPLoRA or fine-pruning).
-        example_inputs: a batch the model accepts (tensor, tuple of tensors or dict).
+        example_inputs: a batch the model accepts (tensor, tuple of tensors or dict); not
+            used for described families.
+        units: for described families, which units to prune ("heads", "ffn"); None = both.
 
     Returns:
-        The channel groups, in the order Torch-Pruning finds their roots.
+        The channel groups, in the order Torch-Pruning finds their roots (for described
+        families: block by block, heads before FFN).
 
     Raises:
-        ConfigError: if the model has no SPLoRA / fine-pruning layer.
+        ConfigError: if the model has no SPLoRA / fine-pruning layer, or `units` is given for
+            a model of no described family.
     """
     layers = layer_table(model)
     if not layers:
@@ -277,6 +289,29 @@ def channel_groups(model: nn.Module, example_inputs) -> list[ChannelGroup]:
             "channel pruning needs SPLoRA or fine-pruning layers; adapt the model first with "
             "spa.adapt(model, SPLoRAConfig()) or spa.adapt(model, FinePruningConfig())"
         )
+    family = describe(model)
+    if family is not None:
+        return unit_groups(model, family, UNITS if units is None else units)
+    if units is not None:
+        raise ConfigError(
+            f"channel_groups: units={tuple(units)!r} needs a model of a described family "
+            f"({', '.join(FAMILIES)}); this model's family is not described"
+        )
+    model_type = getattr(config_of(model), "model_type", None)
+    if model_type is None:
+        return _traced_groups(model, example_inputs, layers)
+    try:
+        return _traced_groups(model, example_inputs, layers)
+    except Exception as error:  # Torch-Pruning's failures on untraceable transformers
+        raise UnsupportedLayerError(
+            f"channel_groups: Torch-Pruning could not trace this {model_type!r} model "
+            f"({type(error).__name__}: {error}); its family is not described (described: "
+            f"{', '.join(FAMILIES)}): add a spa.families.Family for it"
+        ) from error
+
+
+def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGroup]:
+    """Groups from Torch-Pruning's dependency graph (models of no described family)."""
     head_names = task_head(model)
     head = [model.get_submodule(name) for name in head_names]
     graph, buffer_names = _trace(model, example_inputs)

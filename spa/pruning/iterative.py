@@ -106,7 +106,7 @@ def iterative_prune(
     schedule = config.schedule
     if schedule.initial_epochs:
         train(model, schedule.initial_epochs)
-    groups = channel_groups(model, example_inputs)
+    groups = channel_groups(model, example_inputs, units=config.units)
     for index, target in enumerate(schedule.densities()):
         prune_step(model, groups, target, config, data, loss_fn, reduce_fn)
         logger.info(

@@ -58,6 +58,13 @@ class _Retained:
             for (channel, name, role), count in counts.items():
                 self.effects.setdefault((index, channel), []).append((name, role, count))
 
+    def copy(self) -> _Retained:
+        """An independent copy of the counts (the effects table is shared: it never changes)."""
+        clone = object.__new__(_Retained)
+        clone.__dict__.update(self.__dict__)
+        clone.out, clone.cols = dict(self.out), dict(self.cols)
+        return clone
+
     def _layer(self, name: str) -> int:
         return self.out[name] * self.cols[name] * self.kernel[name]
 
@@ -86,18 +93,20 @@ def _chunks(
     group: ChannelGroup, scores: torch.Tensor, floor: int, round_to: int | None
 ) -> list[tuple[float, list[int]]]:
     """Removable channels of a group, lowest score first, in chunks keeping `round_to` widths."""
+    values = scores.tolist()
     alive = [c for c in range(group.size) if group.kept[c]]
-    alive.sort(key=lambda c: float(scores[c]))
+    alive.sort(key=lambda c: values[c])
     kept = len(alive)
     chunks = []
     step = round_to or 1
+    start = 0
     while kept > floor:
         size = kept % step or step
         if kept - size < floor:
             break
-        chunk, alive = alive[:size], alive[size:]
-        chunks.append((float(scores[chunk].mean()), chunk))
-        kept -= size
+        chunk = alive[start : start + size]
+        chunks.append((sum(values[c] for c in chunk) / size, chunk))
+        start, kept = start + size, kept - size
     return chunks
 
 
@@ -160,7 +169,7 @@ def compute_masks(
         removed = _global(groups, scores, density, floors, round_to)
     else:
         removed = _local(groups, scores, density, floors, round_to)
-    reached = _density_of(groups, removed)
+    reached = _density_of(groups, removed, _Retained(groups))
     if reached > density + 1e-9:
         logger.warning(
             "density %.4f not reached (got %.4f): the channel floors stop further pruning",
@@ -170,8 +179,10 @@ def compute_masks(
     return _masks(groups, removed)
 
 
-def _initial(groups: Sequence[ChannelGroup]) -> tuple[_Retained, list[set[int]]]:
-    state = _Retained(groups)
+def _initial(
+    groups: Sequence[ChannelGroup], start: _Retained | None = None
+) -> tuple[_Retained, list[set[int]]]:
+    state = _Retained(groups) if start is None else start.copy()
     # Layer masks already exclude removed channels; only record them.
     removed = [{c for c in range(g.size) if not g.kept[c]} for g in groups]
     return state, removed
@@ -199,29 +210,35 @@ def _local_removal(groups, scores, fraction, floors, round_to) -> list[set[int]]
         if round_to:
             target = min(group.size, math.ceil(target / round_to) * round_to)
         dead = {c for c in range(group.size) if not group.kept[c]}
-        alive = sorted(set(range(group.size)) - dead, key=lambda c: float(scores[index][c]))
+        values = scores[index].tolist()
+        alive = sorted(set(range(group.size)) - dead, key=lambda c: values[c])
         extra = max(0, len(alive) - target)
         removed.append(dead | set(alive[:extra]))
     return removed
 
 
-def _density_of(groups, removed) -> float:
-    state, initial = _initial(groups)
+def _density_of(groups, removed, start: _Retained) -> float:
+    # Count removed rows/columns per layer first, then the retained weights once.
+    out, cols = dict(start.out), dict(start.cols)
     for index, channels in enumerate(removed):
-        for channel in channels - initial[index]:
-            state.remove(index, channel)
-    return state.density
+        for channel in channels:
+            if groups[index].kept[channel]:
+                for name, role, count in start.effects.get((index, channel), ()):
+                    (out if role == "out" else cols)[name] -= count
+    total = sum(out[name] * cols[name] * start.kernel[name] for name in out)
+    return total / start.base if start.base else 1.0
 
 
 def _local(groups, scores, density, floors, round_to) -> list[set[int]]:
     low, high = 0.0, 1.0
+    start = _Retained(groups)  # built once: copying it is much cheaper than rebuilding
     best = _local_removal(groups, scores, high, floors, round_to)
-    if _density_of(groups, _local_removal(groups, scores, low, floors, round_to)) <= density:
+    if _density_of(groups, _local_removal(groups, scores, low, floors, round_to), start) <= density:
         return _local_removal(groups, scores, low, floors, round_to)
     for _ in range(30):  # bisection on the shared fraction
         middle = (low + high) / 2
         candidate = _local_removal(groups, scores, middle, floors, round_to)
-        if _density_of(groups, candidate) <= density:
+        if _density_of(groups, candidate, start) <= density:
             high, best = middle, candidate
         else:
             low = middle

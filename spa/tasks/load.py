@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from spa.adapters.base import is_adapted
+from spa.adapters.transposed import as_linear, is_transposed_linear, linear_view
 from spa.errors import BundleError, ConfigError, SpaWarning
 from spa.tasks._entries import bundle_error, expect
 from spa.tasks.codecs import codec_for, entry_kind
@@ -155,7 +156,8 @@ def plan_task(
             if not isinstance(entry.get("path"), str) or not isinstance(entry_kind(entry), str):
                 raise bundle_error(bundle, f"unknown layer entry {entry!r}")
             planner = codec_for(entry_kind(entry)).plan
-            plan.layers.append(planner(bundle, entry, base_modules.get(entry["path"])))
+            base = linear_view(base_modules.get(entry["path"]))  # Conv1D: its Linear view
+            plan.layers.append(planner(bundle, entry, base))
         for entry in bundle.metadata.get("modules", []):
             plan.modules.append((entry, _plan_module(bundle, entry, base_modules)))
     except BundleError:
@@ -196,6 +198,11 @@ def _apply_module(model: nn.Module, entry: dict[str, Any], tensors: dict[str, to
             set_tensor(module, "num_batches_tracked", "buffer", module.num_batches_tracked.clone())
 
 
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
 def build_task(
     base_model: nn.Module,
     plan: TaskPlan,
@@ -224,6 +231,9 @@ def build_task(
         for layer_plan in plan.layers:
             weight, bias = layer_plan.build()
             module = model.get_submodule(layer_plan.entry["path"])
+            if is_transposed_linear(module):  # a transformers Conv1D becomes its Linear
+                module = as_linear(module, share=True)
+                _replace(model, layer_plan.entry["path"], module)
             set_tensor(module, "weight", "parameter", weight)
             set_tensor(module, "bias", "parameter", bias)
             apply_attribute_changes(module, layer_plan.entry.get("attributes", {}))

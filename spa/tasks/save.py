@@ -15,6 +15,7 @@ from spa.accounting import learned_parameters
 from spa.adapters.density import layers_density
 from spa.adapters.inject import adapt_report
 from spa.adapters.protocols import AdapterLayer, ChannelMasked, is_adapted
+from spa.adapters.transposed import linear_view
 from spa.errors import ConfigError
 from spa.pruning.module_masks import module_mask, parameter_masks
 from spa.tasks.codecs import codec_for
@@ -139,7 +140,7 @@ def _check_structure(model: nn.Module, base_modules: dict[str, nn.Module]) -> No
         same_type = base is not None and type(base) is type(module)
         if isinstance(module, AdapterLayer):
             covered.add(name + ".")
-            module = module.base
+            module, base = module.base, linear_view(base)
             # Compaction rebuilds a conv/linear subclass as the plain torch type it derives from.
             same_type = base is not None and isinstance(base, type(module))
         if not same_type:
@@ -249,6 +250,7 @@ def save_task(
                 continue
             base = base_modules[name]
             if isinstance(module, AdapterLayer):
+                base = linear_view(base)  # a transformers Conv1D base is read as its Linear
                 covered.append(name + ".")
                 entry, _ = codec_for(module.kind).save(name, module, base, writer)
                 layers.append(entry)

@@ -1,0 +1,31 @@
+"""BERT family (BERT, RoBERTa, ELECTRA): separate query/key/value, dense FFN."""
+
+from spa.families.description import (
+    FAMILIES,
+    AttentionDescription,
+    Family,
+    FeedForwardDescription,
+)
+
+BERT = FAMILIES.register("bert")(
+    Family(
+        name="bert",
+        model_types=("bert", "roberta", "electra", "camembert", "xlm-roberta"),
+        blocks=r"(^|\.)layer\.\d+$",
+        attention=AttentionDescription(
+            module="attention.self",
+            head_dim="attention_head_size",
+            query="attention.self.query",
+            key="attention.self.key",
+            value="attention.self.value",
+            output="attention.output.dense",
+            attributes={"num_attention_heads": "heads", "all_head_size": "width"},
+        ),
+        ffn=FeedForwardDescription(
+            module="intermediate",
+            inputs=("intermediate.dense",),
+            output="output.dense",
+            activation="intermediate.intermediate_act_fn",
+        ),
+    )
+)

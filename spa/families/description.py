@@ -1,0 +1,223 @@
+"""The `Family` dataclasses, the `FAMILIES` registry, `describe` and block layouts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from torch import nn
+
+from spa._registry import Registry
+from spa.errors import ConfigError
+
+# What a module attribute that depends on the pruned structure holds (see `sync_attributes`):
+# "heads" query heads, "kv_heads" key/value heads, "width" heads * head_dim, "kv_groups" query
+# heads per key/value head, "neurons" FFN width.
+Quantity = Literal["heads", "kv_heads", "width", "kv_groups", "neurons"]
+
+FAMILIES: Registry[Family] = Registry("model family")
+
+
+def _frozen(mapping: Mapping[str, Quantity]) -> MappingProxyType:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionDescription:
+    """Where a block's attention projections live (paths relative to the block).
+
+    Args:
+        module: the module holding the head attributes (read at forward time).
+        head_dim: attribute of `module` holding the head dimension.
+        query: query projection (rows: heads x head_dim), or None with `qkv`.
+        key: key projection (rows: key/value heads x head_dim), or None with `qkv`.
+        value: value projection, or None with `qkv`.
+        qkv: one fused projection whose rows are `[query | key | value]` (GPT-2's `c_attn`).
+        output: output projection (columns: heads x head_dim).
+        attributes: attributes of `module` to update when heads are removed.
+    """
+
+    module: str
+    head_dim: str
+    output: str
+    query: str | None = None
+    key: str | None = None
+    value: str | None = None
+    qkv: str | None = None
+    attributes: Mapping[str, Quantity] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        separate = (self.query, self.key, self.value)
+        if (self.qkv is None) == (None in separate) or (self.qkv and any(separate)):
+            raise ConfigError(
+                "AttentionDescription: give either query, key and value or one fused qkv, got "
+                f"query={self.query!r}, key={self.key!r}, value={self.value!r}, qkv={self.qkv!r}"
+            )
+        object.__setattr__(self, "attributes", _frozen(self.attributes))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedForwardDescription:
+    """Where a block's feed-forward projections live (paths relative to the block).
+
+    Args:
+        module: the feed-forward module (holder of `attributes`).
+        inputs: projections whose output rows are the neurons (up, and gate for gated FFNs).
+        output: projection whose input columns are the neurons (down).
+        activation: the activation module (used to fold constant neurons into a bias).
+        attributes: attributes of `module` to update when neurons are removed.
+    """
+
+    module: str
+    inputs: tuple[str, ...]
+    output: str
+    activation: str | None = None
+    attributes: Mapping[str, Quantity] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError("FeedForwardDescription: inputs must name at least one projection")
+        object.__setattr__(self, "attributes", _frozen(self.attributes))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Family:
+    """A model family: which configs it covers and where its blocks' units live.
+
+    Args:
+        name: registry name.
+        model_types: `config.model_type` values of the `transformers` models it describes.
+        blocks: regular expression matching the full dotted path of every transformer block.
+        attention: the attention projections of a block.
+        ffn: the feed-forward projections of a block.
+        config_heads: config attribute with the number of query heads.
+        config_kv_heads: config attribute with the number of key/value heads (GQA), if any.
+        config_intermediate: config attribute with the FFN width (None: 4 x hidden).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    blocks: str
+    attention: AttentionDescription
+    ffn: FeedForwardDescription
+    config_heads: str = "num_attention_heads"
+    config_kv_heads: str | None = None
+    config_intermediate: str | None = "intermediate_size"
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """A family description resolved on one block of a model: full dotted paths.
+
+    Args:
+        path: the block.
+        attention: the module holding the head attributes.
+        head_dim: the head dimension read from it.
+        query, key, value, qkv, output: attention projections (None where not used).
+        ffn: the feed-forward module.
+        ffn_inputs: its row-side projections (up, gate).
+        ffn_output: its column-side projection (down).
+        ffn_activation: its activation module, if described.
+    """
+
+    path: str
+    attention: str
+    head_dim: int
+    query: str | None
+    key: str | None
+    value: str | None
+    qkv: str | None
+    output: str
+    ffn: str
+    ffn_inputs: tuple[str, ...]
+    ffn_output: str
+    ffn_activation: str | None = None
+
+
+def config_of(model: nn.Module):
+    """The first `transformers` config (an object with a `model_type`) found in `model`."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "model_type", None):
+            return config
+    return None
+
+
+def describe(model: nn.Module) -> Family | None:
+    """The registered family of `model` (matched by its `transformers` config), or None.
+
+    Args:
+        model: a `transformers` model, possibly wrapped or adapted.
+
+    Returns:
+        The family, or None if the model has no config or its `model_type` is not described.
+    """
+    config = config_of(model)
+    if config is None:
+        return None
+    for name in FAMILIES:
+        family = FAMILIES.get(name)
+        if config.model_type in family.model_types:
+            return family
+    return None
+
+
+def _join(block: str, relative: str | None) -> str | None:
+    return None if relative is None else f"{block}.{relative}" if relative else block
+
+
+def block_layouts(model: nn.Module, family: Family) -> list[BlockLayout]:
+    """Resolve `family` on every block of `model`.
+
+    Args:
+        model: a model of the family (adapted or not, masked or compacted).
+        family: its description.
+
+    Returns:
+        One layout per block, in module order.
+
+    Raises:
+        ConfigError: if no block matches, or a described path or attribute is missing (the
+            message names the family, block and path).
+    """
+    pattern = re.compile(family.blocks)
+    modules = dict(model.named_modules())
+    blocks = [name for name in modules if name and pattern.search(name)]
+    if not blocks:
+        raise ConfigError(
+            f"model family {family.name!r}: no module path matches the block pattern "
+            f"{family.blocks!r}; the model does not have the described structure"
+        )
+    attention, ffn = family.attention, family.ffn
+    layouts = []
+    for block in blocks:
+        paths = {
+            "attention": _join(block, attention.module),
+            "query": _join(block, attention.query),
+            "key": _join(block, attention.key),
+            "value": _join(block, attention.value),
+            "qkv": _join(block, attention.qkv),
+            "output": _join(block, attention.output),
+            "ffn": _join(block, ffn.module),
+            "ffn_output": _join(block, ffn.output),
+            "ffn_activation": _join(block, ffn.activation),
+        }
+        inputs = tuple(_join(block, p) for p in ffn.inputs)
+        for path in [p for p in paths.values() if p is not None] + list(inputs):
+            if path not in modules:
+                raise ConfigError(
+                    f"model family {family.name!r}: block {block!r} has no module {path!r}; "
+                    "the model does not match its family description"
+                )
+        holder = modules[paths["attention"]]
+        head_dim = getattr(holder, attention.head_dim, None)
+        if not isinstance(head_dim, int) or head_dim < 1:
+            raise ConfigError(
+                f"model family {family.name!r}: {paths['attention']}.{attention.head_dim} "
+                f"should hold the head dimension (a positive int), got {head_dim!r}"
+            )
+        layouts.append(BlockLayout(path=block, head_dim=head_dim, ffn_inputs=inputs, **paths))
+    return layouts

@@ -1,0 +1,28 @@
+"""ViT family: q/k/v/o projections in one attention module, fc1/fc2 MLP."""
+
+from spa.families.description import (
+    FAMILIES,
+    AttentionDescription,
+    Family,
+    FeedForwardDescription,
+)
+
+VIT = FAMILIES.register("vit")(
+    Family(
+        name="vit",
+        model_types=("vit",),
+        blocks=r"(^|\.)layers\.\d+$",
+        attention=AttentionDescription(
+            module="attention",
+            head_dim="head_dim",
+            query="attention.q_proj",
+            key="attention.k_proj",
+            value="attention.v_proj",
+            output="attention.o_proj",
+            attributes={"num_attention_heads": "heads"},
+        ),
+        ffn=FeedForwardDescription(
+            module="mlp", inputs=("mlp.fc1",), output="mlp.fc2", activation="mlp.activation_fn"
+        ),
+    )
+)
