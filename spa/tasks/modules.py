@@ -109,22 +109,92 @@ def _like(value: Any, reference: Any) -> Any:
     return value
 
 
+# Attributes that size the tensors of known layer types: the only ones a task may change there.
+_SIZE_ATTRIBUTES: tuple[tuple[type, frozenset[str]], ...] = (
+    (nn.Linear, frozenset({"in_features", "out_features"})),
+    (nn.modules.conv._ConvNd, frozenset({"in_channels", "out_channels", "groups"})),
+    (nn.modules.batchnorm._BatchNorm, frozenset({"num_features"})),
+    (nn.modules.instancenorm._InstanceNorm, frozenset({"num_features"})),
+    (nn.LayerNorm, frozenset({"normalized_shape"})),
+    (nn.GroupNorm, frozenset({"num_channels", "num_groups"})),
+    (nn.Embedding, frozenset({"num_embeddings", "embedding_dim"})),
+)
+
+
+def _same_kind(value: Any, old: Any) -> bool:
+    """True if JSON `value` can replace `old`: integers stay integers of the same sign, lists
+    of the same length replace tuples/lists element-wise; nothing else may change."""
+    if isinstance(old, bool) or isinstance(value, bool):
+        return False
+    if isinstance(old, int):
+        return isinstance(value, int) and value >= min(old, 1)
+    if isinstance(old, tuple | list):
+        return (
+            isinstance(value, list)
+            and len(value) == len(old)
+            and all(_same_kind(v, o) for v, o in zip(value, old, strict=True))
+        )
+    return False
+
+
 def check_attribute_changes(module: nn.Module, changes: dict[str, Any]) -> str | None:
-    """Why `changes` cannot be applied to `module` (None if they can)."""
+    """Why `changes` cannot be applied to `module` (None if they can).
+
+    Only size attributes can change: integers (positive ones stay positive) and lists of them
+    replacing tuples of the same length; on known layer types only the attributes that size
+    their tensors (so strides, paddings, modes and flags of a Conv or a norm never change).
+    """
     current = simple_attributes(module)
+    allowed = next((names for kind, names in _SIZE_ATTRIBUTES if isinstance(module, kind)), None)
     for key, value in changes.items():
         if key not in current:
             return f"attribute {key!r} does not exist on {type(module).__name__}"
-        if not _is_simple(value):
-            return f"attribute {key!r} has a non-simple value {value!r}"
-        old = current[key]
-        if (
-            old is not None
-            and value is not None
-            and isinstance(old, tuple | list) != isinstance(value, list)
-        ):
-            return f"attribute {key!r}: {value!r} does not match the kind of {old!r}"
+        if allowed is not None and key not in allowed:
+            return f"attribute {key!r} of a {type(module).__name__} cannot change"
+        if not _same_kind(value, current[key]):
+            return f"attribute {key!r}: {value!r} cannot replace {current[key]!r}"
     return None
+
+
+def expected_shapes(module: nn.Module, changes: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes that `module`'s type implies once `changes` are applied (empty if unknown).
+
+    Covers Linear, Conv1d/2d/3d, batch/instance/layer/group norms and Embedding, so tensors and
+    size attributes of a changed module can be checked against each other before building.
+    """
+
+    def value(key: str) -> Any:
+        return changes.get(key, getattr(module, key))
+
+    if isinstance(module, nn.Linear):
+        return {
+            "weight": (value("out_features"), value("in_features")),
+            "bias": (value("out_features"),),
+        }
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        out_channels, in_channels, groups = (
+            value("out_channels"),
+            value("in_channels"),
+            value("groups"),
+        )
+        if in_channels % groups or out_channels % groups:
+            return {"weight": (-1,)}  # no tensor fits: channels must divide into the groups
+        kernel = tuple(module.kernel_size)
+        return {"weight": (out_channels, in_channels // groups, *kernel), "bias": (out_channels,)}
+    if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.modules.instancenorm._InstanceNorm):
+        channels = (value("num_features"),)
+        shapes = dict.fromkeys(("weight", "bias", "running_mean", "running_var"), channels)
+        return {**shapes, "num_batches_tracked": ()}
+    if isinstance(module, nn.LayerNorm):
+        shape = tuple(value("normalized_shape"))
+        return {"weight": shape, "bias": shape}
+    if isinstance(module, nn.GroupNorm):
+        if value("num_channels") % value("num_groups"):
+            return {"weight": (-1,)}
+        return dict.fromkeys(("weight", "bias"), (value("num_channels"),))
+    if isinstance(module, nn.Embedding):
+        return {"weight": (value("num_embeddings"), value("embedding_dim"))}
+    return {}
 
 
 def apply_attribute_changes(module: nn.Module, changes: dict[str, Any]) -> None:
