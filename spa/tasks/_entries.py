@@ -199,6 +199,29 @@ def check_layer_result(
             )
 
 
+def check_bias_kind(bundle: Bundle, entry: dict[str, Any], base: Any) -> str:
+    """The layer's bias kind, checked against the base layer and the declared method.
+
+    A layer keeps the base's bias unless biases were trained ("bias" or "all" among the
+    declared trainable groups, which allows a stored bias); it never drops a base bias.
+
+    Raises:
+        BundleError: for a bias kind the base layer or the declared method rules out.
+    """
+    name, kind = entry["path"], entry.get("bias", default_bias(base))
+    adapter = bundle.metadata.get("adapter") or {}
+    trained = set(adapter.get("config", {}).get("trainable", ["all"])) & {"bias", "all"}
+    if kind == "base" and base.bias is None:
+        raise bundle_error(bundle, f"layer {name!r} uses the base bias, the base layer has none")
+    if kind == "none" and base.bias is not None:
+        raise bundle_error(bundle, f"layer {name!r} drops the base layer's bias")
+    if kind == "stored" and base.bias is not None and not trained:
+        raise bundle_error(
+            bundle, f"layer {name!r} stores a bias, but the declared method does not train biases"
+        )
+    return kind
+
+
 SELECTIONS = ("all", "mask", "indices")
 BIAS_KINDS = ("base", "stored", "none")
 

@@ -24,6 +24,7 @@ from spa.tasks._entries import (
     SELECTIONS,
     bundle_error,
     check_base_layer,
+    check_bias_kind,
     check_layer_result,
     decode_mask,
     decode_selection,
@@ -226,10 +227,8 @@ def plan_splopa(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
     }
     if entry.get("weight"):
         tensors["weight"] = expect(bundle, f"layers.{name}.weight", (kept * rows * cols,))
-    bias_kind = entry.get("bias", default_bias(base))
+    bias_kind = check_bias_kind(bundle, entry, base)
     if bias_kind == "stored":
         tensors["bias"] = expect(bundle, f"layers.{name}.bias", (out_features,))
-    elif bias_kind == "base" and base.bias is None:
-        raise bundle_error(bundle, f"layer {name!r} uses the base bias, the base layer has none")
     check_layer_result(bundle, entry, base, (out_features, in_features), bias_kind != "none")
     return BlockLayerPlan(entry, base, row_sel, col_sel, block_mask, tensors)

@@ -25,6 +25,7 @@ from spa.tasks._entries import (
     SELECTIONS,
     bundle_error,
     check_base_layer,
+    check_bias_kind,
     check_layer_result,
     decode_mask,
     decode_selection,
@@ -196,11 +197,9 @@ def plan_splora(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
     if entry.get("weight"):
         shape = (kept_rows, kept_cols) + tuple(base_weight.shape[2:])
         tensors["weight"] = expect(bundle, f"layers.{name}.weight", shape)
-    bias_kind = entry.get("bias", default_bias(base))
+    bias_kind = check_bias_kind(bundle, entry, base)
     if bias_kind == "stored":
         tensors["bias"] = expect(bundle, f"layers.{name}.bias", (kept_rows,))
-    elif bias_kind == "base" and base.bias is None:
-        raise bundle_error(bundle, f"layer {name!r} uses the base bias, the base layer has none")
     if rank > 0:
         if kept_rows + kept_cols == 0:
             raise bundle_error(bundle, f"layer {name!r}: rank {rank} with no kept channels")

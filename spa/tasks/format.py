@@ -5,7 +5,8 @@ file). Its header metadata holds a single key, `spa_bundle`, whose value is a ca
 document (sorted keys, compact separators) describing the task; the document carries a
 `checksum` over itself and every stored tensor, so a truncated or altered file is refused.
 Channel and block masks are bit-packed (1 bit per entry) into one `uint8` tensor named `masks`;
-`metadata["masks"]` lists `[key, length]` pairs in packing order, each mask starting on a byte.
+`metadata["masks"]` lists `[key, length]` pairs in packing order (sorted by key), each mask
+starting on a byte.
 On disk, all tensors of one dtype are concatenated into a single safetensors entry named after
 the dtype (`float32`, `uint8`, ...); `metadata["tensor_layout"]` lists `[name, dtype, shape]` in
 order (sorted by name, so the layout cannot be reordered without the file being refused), so
@@ -106,8 +107,9 @@ def pack_masks(masks: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, lis
     """Bit-pack several masks into one uint8 tensor and its `[key, length]` layout."""
     if not masks:
         return None, []
-    packed = [pack_mask(mask) for mask in masks.values()]
-    layout = [[key, int(mask.numel())] for key, mask in masks.items()]
+    ordered = sorted(masks.items())  # sorted: records cannot be reordered or renamed unseen
+    packed = [pack_mask(mask) for _, mask in ordered]
+    layout = [[key, int(mask.numel())] for key, mask in ordered]
     return torch.cat(packed), layout
 
 
@@ -168,9 +170,12 @@ def _unpack(flat: dict[str, torch.Tensor], layout: Any, source: str) -> dict[str
         raise BundleError(f"{source}: damaged bundle, bad tensor layout ({error})") from None
     if any(offsets[dtype] != buffer.numel() for dtype, buffer in flat.items()):
         raise BundleError(f"{source}: damaged bundle, stored values not covered by the layout")
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise BundleError(f"{source}: tensor {name!r} holds non-finite values (NaN or inf)")
+    for buffer in flat.values():  # one pass per stored dtype, not per tensor
+        if buffer.is_floating_point() and not bool(torch.isfinite(buffer).all()):
+            bad = [
+                n for n, t in tensors.items() if t.dtype == buffer.dtype and not t.isfinite().all()
+            ]
+            raise BundleError(f"{source}: tensor(s) {bad[:3]} hold non-finite values (NaN or inf)")
     return tensors
 
 
@@ -180,18 +185,18 @@ def _check_masks(document: dict[str, Any], tensors: dict[str, torch.Tensor], sou
     packed = tensors.get(MASKS_TENSOR)
     if not isinstance(records, list):
         raise BundleError(f"{source}: damaged bundle, 'masks' is not a list")
-    names: set[str] = set()
-    ends = []
+    ends: list[tuple[str, int, int]] = []
     for record in records:
         if not (
             isinstance(record, list)
             and len(record) == 2
             and isinstance(record[0], str)
             and _is_count(record[1])
-            and record[0] not in names
+            and (not ends or record[0] > ends[-1][0])
         ):
-            raise BundleError(f"{source}: damaged bundle, bad or repeated mask record {record!r}")
-        names.add(record[0])
+            raise BundleError(
+                f"{source}: damaged bundle, bad, repeated or unsorted mask record {record!r}"
+            )
         ends.append((record[0], record[1], (ends[-1][2] if ends else 0) + (record[1] + 7) // 8))
     needed = ends[-1][2] if ends else 0
     if not records:
