@@ -274,7 +274,8 @@ def plan_task(
     for bank in bundle.metadata["banks"]:
         check_fields(bundle, bank, f"bank {bank.get('key')!r}", BANK_FIELDS, BANK_FIELDS)
     for entry in bundle.metadata["layers"]:
-        planner = _LAYER_PLANNERS.get(entry.get("kind", "splora"))
+        kind = entry.get("kind", "splora")
+        planner = _LAYER_PLANNERS.get(kind) if isinstance(kind, str) else None
         if planner is None or not isinstance(entry.get("path"), str):
             raise bundle_error(bundle, f"unknown layer entry {entry!r}")
         plan.layers.append(planner(bundle, entry, base_modules.get(entry["path"])))

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -86,7 +86,7 @@ def load_private_key(source: PrivateKeySource) -> Ed25519PrivateKey:
     data, name = _pem(source, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise ConfigError(f"{name}: not an unencrypted PEM private key ({error})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{name}: a {type(key).__name__}, expected an Ed25519 private key")
@@ -106,7 +106,7 @@ def load_public_key(source: KeySource) -> Ed25519PublicKey:
     data, name = _pem(source, "public key")
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, serialization.UnsupportedAlgorithm) as error:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise ConfigError(f"{name}: not a PEM public key ({error})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"{name}: a {type(key).__name__}, expected an Ed25519 public key")
