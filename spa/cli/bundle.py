@@ -126,6 +126,12 @@ def _info(args: argparse.Namespace) -> int:
         f"bytes on disk:   {bundle.size_bytes:,} (tensors {stored:,}, header "
         f"{bundle.size_bytes - stored:,}; 4 x dParams = {4 * metadata['dparams']:,})",
         f"adapted layers:  {len(metadata.get('layers', []))}",
+        "signed by:       "
+        + (
+            f"{bundle.signature['key_id']} (not checked; use verify --trusted-key)"
+            if bundle.signature
+            else "unsigned"
+        ),
     ]
     for entry in metadata.get("layers", []):
         lines.append(

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from spa.adapters.base import is_adapted
-from spa.errors import ConfigError
+from spa.errors import BundleError, ConfigError
 from spa.flops import count_flops
 from spa.tasks.fingerprint import fingerprint
 from spa.tasks.format import Bundle, read_bundle
@@ -65,7 +65,9 @@ class TaskHost:
     Args:
         base_model: the plain base model; it must not be modified while the host uses it.
         cache_size: how many materialised task models to keep (>= 1).
-        example_inputs: positional inputs of one forward pass, used to count FLOPs in `report`.
+        example_inputs: positional inputs of one forward pass, used to count FLOPs in `report`
+            and to run every added task once, so `add_task` refuses a bundle whose model
+            cannot run.
         finalize: applied to every materialised task model (e.g. a structured compaction of
             block-pruned transformer heads/FFNs that plain layers cannot express); None = as is.
         trusted_keys: Ed25519 public keys (objects, PEM file paths or PEM bytes); when given,
@@ -114,8 +116,8 @@ class TaskHost:
         """Read, validate and register the bundle at `path` under `name`.
 
         The bundle is checked completely against the base (signature when the host has trusted
-        keys, every field, fingerprint, layers, shapes); on any error nothing is registered and
-        the host keeps serving its other tasks.
+        keys, every field, fingerprint, layers, shapes) and, with example inputs, its model is
+        run once; on any error nothing is registered and the host keeps serving its other tasks.
 
         Args:
             name: a new task name.
@@ -132,8 +134,27 @@ class TaskHost:
         if self._trusted is not None:
             verify_bundle(bundle, self._trusted)
         plan = plan_task(self.base_model, bundle, base_fingerprint=self.base_fingerprint)
+        if self.example_inputs is not None:
+            self._dry_run(plan, path)
         self._bundles[name], self._plans[name] = bundle, plan
         logger.info("registered task %r from %s (%d bytes)", name, path, bundle.size_bytes)
+
+    def _dry_run(self, plan: TaskPlan, path: str | os.PathLike) -> None:
+        """Build the task model once and run it on the example inputs.
+
+        Structural validation checks each entry against the base, but not how the channel
+        counts of different modules chain in the forward pass (that needs inputs); a bundle
+        whose entries were rewritten together into a model that cannot run is refused here.
+        """
+        model = build_task(self.base_model, plan, finalize=self.finalize)
+        try:
+            with torch.no_grad():
+                model(*self.example_inputs)
+        except Exception as error:  # any failure of the forward pass is the bundle's fault
+            raise BundleError(
+                f"{path}: the task model does not run on the host's example inputs "
+                f"({type(error).__name__}: {error}); the bundle is inconsistent"
+            ) from error
 
     def _bundle(self, name: str) -> Bundle:
         if name not in self._bundles:

@@ -242,7 +242,9 @@ def plan_task(
     range, the base's architecture, its weight fingerprint, then every layer and module entry
     against the base (shapes, dtypes, attributes, kept indices, masks), that every stored tensor
     and mask is used, and that every module the declared method trains has an entry. A plan
-    that passes builds a model of the base's architecture with consistent tensor shapes.
+    that passes builds the base's architecture with every changed module's tensors consistent
+    with its attributes; how channel counts chain between modules is checked by running the
+    model (`TaskHost` with `example_inputs`).
 
     Args:
         base_model: the plain base model.

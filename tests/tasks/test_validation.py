@@ -253,3 +253,33 @@ def test_save_task_writes_a_group_readable_bundle_under_umask_022(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "task.safetensors").stat().st_mode) == 0o644
+
+
+def _narrow_conv1(bundle) -> None:
+    """Rewrite conv1 coherently to 7 output channels; bn1 still expects 8 (a cross-module
+    inconsistency that only running the model shows)."""
+    entry = _layer(bundle, "conv1")
+    entry.update(shape=[7, entry["shape"][1]], out_selection="indices")
+    entry["attributes"] = {"out_channels": 7}
+    bundle.tensors = dict(bundle.tensors)
+    bundle.tensors["layers.conv1.out_indices"] = torch.arange(7, dtype=torch.int32)
+    bundle.tensors["layers.conv1.down"] = bundle.tensors["layers.conv1.down"][:7].clone()
+
+
+def test_task_host_with_example_inputs_refuses_a_model_that_cannot_run(tmp_path):
+    base = ConvNet().eval()
+    x = torch.randn(X)
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
+    good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
+    save_task(model, good, base_model=base)
+    save_task(model, bad, base_model=base)
+    _rewrite(bad, _narrow_conv1)
+    with pytest.raises(RuntimeError):  # each entry is valid on its own; the chain is not
+        load_task(base, bad)(x)
+    host = TaskHost(base, example_inputs=(x,))
+    host.add_task("good", good)
+    host.set_task("good")
+    with pytest.raises(BundleError, match="does not run on the host's example inputs"):
+        host.add_task("bad", bad)
+    assert host.tasks == ["good"]
+    assert torch.equal(host(x), outputs(model, x))
