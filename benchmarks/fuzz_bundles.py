@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tests.tasks.bundle_mutations import OUTCOMES, run, subjects
+from tests.tasks.bundle_fuzz import OUTCOMES, run, subjects
 
 
 def main() -> int:

@@ -34,11 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import safetensors.torch
 import torch
 
 from spa.errors import BundleError
+from spa.tasks.bitmasks import check_mask_records, is_count, unpack_mask
+from spa.tasks.bitmasks import pack_mask as pack_mask  # re-exported: the format's mask codec
+from spa.tasks.bitmasks import pack_masks as pack_masks
 
 FORMAT_NAME = "spa-task-bundle"
 FORMAT_VERSION = 2
@@ -91,28 +93,6 @@ class Bundle:
         raise BundleError(f"{self.path or 'bundle'}: mask {key!r} is missing; the file is damaged")
 
 
-def pack_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Bit-pack a 1-D boolean mask into `ceil(len / 8)` uint8 values (big-endian bit order)."""
-    bits = mask.detach().to("cpu", torch.bool).numpy()
-    return torch.from_numpy(np.packbits(bits).copy())
-
-
-def unpack_mask(packed: torch.Tensor, length: int) -> torch.Tensor:
-    """Inverse of `pack_mask`: the first `length` bits as a boolean tensor."""
-    bits = np.unpackbits(packed.numpy(), count=length)
-    return torch.from_numpy(bits.astype(bool))
-
-
-def pack_masks(masks: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, list[list]]:
-    """Bit-pack several masks into one uint8 tensor and its `[key, length]` layout."""
-    if not masks:
-        return None, []
-    ordered = sorted(masks.items())  # sorted: records cannot be reordered or renamed unseen
-    packed = [pack_mask(mask) for _, mask in ordered]
-    layout = [[key, int(mask.numel())] for key, mask in ordered]
-    return torch.cat(packed), layout
-
-
 def _pack(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[list]]:
     """Concatenate tensors into one flat tensor per dtype; the layout lists name, dtype, shape.
 
@@ -128,18 +108,13 @@ def _pack(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], li
     return {dtype: torch.cat(parts) for dtype, parts in groups.items()}, layout
 
 
-def _is_count(value: Any) -> bool:
-    """A JSON integer >= 0 (JSON booleans are not counts)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _check_layout_record(record: Any, previous: str | None) -> tuple[str, str, list[int]]:
     if not (isinstance(record, list) and len(record) == 3):
         raise ValueError(f"record {record!r} is not [name, dtype, shape]")
     name, dtype, shape = record
     if not (isinstance(name, str) and name and isinstance(dtype, str)):
         raise ValueError(f"record {record!r} has no string name and dtype")
-    if not (isinstance(shape, list) and len(shape) <= 8 and all(map(_is_count, shape))):
+    if not (isinstance(shape, list) and len(shape) <= 8 and all(map(is_count, shape))):
         raise ValueError(f"tensor {name!r} has a bad shape {shape!r}")
     if previous is not None and name <= previous:
         raise ValueError(f"tensor {name!r} is out of order or repeated (layouts are sorted)")
@@ -177,42 +152,6 @@ def _unpack(flat: dict[str, torch.Tensor], layout: Any, source: str) -> dict[str
             ]
             raise BundleError(f"{source}: tensor(s) {bad[:3]} hold non-finite values (NaN or inf)")
     return tensors
-
-
-def _check_masks(document: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> None:
-    """The mask records must tile the packed `masks` tensor exactly, with zero padding bits."""
-    records = document.get("masks", [])
-    packed = tensors.get(MASKS_TENSOR)
-    if not isinstance(records, list):
-        raise BundleError(f"{source}: damaged bundle, 'masks' is not a list")
-    ends: list[tuple[str, int, int]] = []
-    for record in records:
-        if not (
-            isinstance(record, list)
-            and len(record) == 2
-            and isinstance(record[0], str)
-            and _is_count(record[1])
-            and (not ends or record[0] > ends[-1][0])
-        ):
-            raise BundleError(
-                f"{source}: damaged bundle, bad, repeated or unsorted mask record {record!r}"
-            )
-        ends.append((record[0], record[1], (ends[-1][2] if ends else 0) + (record[1] + 7) // 8))
-    needed = ends[-1][2] if ends else 0
-    if not records:
-        if packed is not None:
-            raise BundleError(f"{source}: damaged bundle, packed masks stored but none recorded")
-        return
-    if packed is None or packed.dtype != torch.uint8 or packed.dim() != 1:
-        raise BundleError(f"{source}: damaged bundle, masks are recorded but not stored as uint8")
-    if packed.numel() != needed:
-        raise BundleError(
-            f"{source}: damaged bundle, the mask records need {needed} packed bytes, the file "
-            f"stores {packed.numel()}"
-        )
-    for name, length, end in ends:
-        if length % 8 and int(packed[end - 1]) & (0xFF >> (length % 8)):
-            raise BundleError(f"{source}: mask {name!r} has non-zero padding bits; damaged file")
 
 
 def strict_json(text: str | bytes) -> Any:
@@ -392,7 +331,7 @@ def parse_bundle(data: bytes, source: str) -> Bundle:
             f"{source}: checksum mismatch (stored {document.get('checksum')}, computed "
             f"{expected}); the file was altered or damaged, re-export it"
         )
-    _check_masks(document, tensors, source)
+    check_mask_records(document.get("masks", []), tensors.get(MASKS_TENSOR), source)
     return Bundle(
         metadata=document,
         tensors=tensors,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from .bundle_mutations import MUTATIONS, run, subjects
+from .bundle_fuzz import run, subjects
+from .bundle_mutations import MUTATIONS
 
 
 @pytest.fixture(scope="module")
