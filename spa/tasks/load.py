@@ -101,8 +101,8 @@ _FOLDED_KEYS = frozenset({"weight", "bias", "running_mean", "running_var"})
 
 def _plan_tensor(
     bundle: Bundle, path: str, key: str, record: Any, module: nn.Module
-) -> tuple[torch.Tensor, torch.dtype]:
-    """Check one recorded module tensor against the base module; return it and its dtype."""
+) -> torch.Tensor:
+    """Check one recorded module tensor against the base module (kind, dtype); return it."""
     if key in module._parameters:
         kind, base_tensor = "parameter", module._parameters[key]
     elif key in module._buffers and key not in module._non_persistent_buffers_set:
@@ -123,7 +123,7 @@ def _plan_tensor(
     if stored is None:
         raise bundle_error(bundle, f"tensor 'modules.{path}.{key}' is missing; damaged file")
     stored_dtype = storage_dtype(bundle) if dtype.is_floating_point else dtype
-    return expect(bundle, f"modules.{path}.{key}", tuple(stored.shape), stored_dtype), dtype
+    return expect(bundle, f"modules.{path}.{key}", tuple(stored.shape), stored_dtype)
 
 
 def _plan_module(
@@ -152,7 +152,7 @@ def _plan_module(
     tensors = {}
     final = {key: tuple(t.shape) for key, (_, t) in direct_tensors(module).items()}
     for key, record in records.items():
-        tensors[key], _ = _plan_tensor(bundle, path, key, record, module)
+        tensors[key] = _plan_tensor(bundle, path, key, record, module)
         final[key] = tuple(tensors[key].shape)
     for key in removed:
         if module._parameters.get(key) is None:
