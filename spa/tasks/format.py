@@ -227,7 +227,8 @@ def write_bundle(
         header[SIGNATURE_KEY] = canonical_json(signature)
     data = safetensors.torch.save(flat, metadata=header)
     write_atomic(path, data)
-    bundle.metadata, bundle.signature = document, signature
+    # What a reader will see (JSON types: tuples become lists), so the bundle plans as read.
+    bundle.metadata, bundle.signature = json.loads(header[METADATA_KEY]), signature
     bundle.path, bundle.size_bytes = Path(path), len(data)
     return len(data)
 

@@ -19,7 +19,7 @@ import torch
 import spa
 from spa.errors import BundleError, SpaWarning
 from spa.models import create_model
-from spa.tasks import TaskHost, load_task, read_bundle, save_task
+from spa.tasks import TaskHost, build_task, load_task, plan_task, read_bundle, save_task
 from spa.tasks.format import write_atomic, write_bundle
 
 from ..conftest import ConvNet, mlp
@@ -283,3 +283,15 @@ def test_task_host_with_example_inputs_refuses_a_model_that_cannot_run(tmp_path)
         host.add_task("bad", bad)
     assert host.tasks == ["good"]
     assert torch.equal(host(x), outputs(model, x))
+
+
+def test_bundle_returned_by_save_task_plans_like_the_file(tmp_path):
+    base = ConvNet().eval()
+    x = torch.randn(X)
+    model = trained_task(base, spa.SPLoRAConfig(rank=2), x)
+    bundle = save_task(model, tmp_path / "task.safetensors", base_model=base, compact=False)
+    assert bundle.metadata == read_bundle(tmp_path / "task.safetensors").metadata
+    built = build_task(base, plan_task(base, bundle))
+    assert torch.equal(
+        outputs(built, x), outputs(load_task(base, tmp_path / "task.safetensors"), x)
+    )
