@@ -1,4 +1,9 @@
-"""`spa bundle info|verify` and `spa export`: inspect, check and export task bundles.
+"""`spa bundle info|verify|keygen|sign` and `spa export`: inspect, check, sign and export bundles.
+
+Signing: `spa bundle keygen KEY` writes an Ed25519 private key (PEM, mode 0600) and `KEY.pub`;
+`spa bundle sign BUNDLE --key KEY` signs a bundle; `spa bundle verify BUNDLE --trusted-key
+KEY.pub` refuses a bundle that is unsigned or not signed by a trusted key (with `--base`, it also
+checks the bundle against the base model).
 
 Base models are given as `--base PATH`: either a state-dict file (`.safetensors`, or `.pt` /
 `.pth` read with `torch.load(weights_only=True)`) together with `--model NAME` (a `spa.models`
@@ -77,10 +82,10 @@ def load_base(
     return model.eval(), architecture
 
 
-def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_base_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
         "--base",
-        required=True,
+        required=required,
         help="base checkpoint: state-dict file (.safetensors/.pt; architecture from --model or "
         "the bundle) or a local transformers model directory",
     )
@@ -121,6 +126,12 @@ def _info(args: argparse.Namespace) -> int:
         f"bytes on disk:   {bundle.size_bytes:,} (tensors {stored:,}, header "
         f"{bundle.size_bytes - stored:,}; 4 x dParams = {4 * metadata['dparams']:,})",
         f"adapted layers:  {len(metadata.get('layers', []))}",
+        "signed by:       "
+        + (
+            f"{bundle.signature['key_id']} (not checked; use verify --trusted-key)"
+            if bundle.signature
+            else "unsigned"
+        ),
     ]
     for entry in metadata.get("layers", []):
         lines.append(
@@ -134,12 +145,44 @@ def _info(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from spa.tasks import fingerprint, plan_task, read_bundle
+    from spa.tasks.signing import trusted_key_set, verify_bundle
 
+    if not args.base and not args.trusted_key:
+        raise ConfigError("spa bundle verify needs --base, --trusted-key, or both")
     bundle = read_bundle(args.path)
-    base, _ = load_base(args, bundle.metadata)
-    base_fingerprint = fingerprint(base)
-    plan_task(base, bundle, base_fingerprint=base_fingerprint)
-    print(f"OK: {args.path} fits base {args.base} ({base_fingerprint})")
+    if args.trusted_key:
+        signer = verify_bundle(bundle, trusted_key_set(args.trusted_key))
+        print(f"OK: {args.path} is signed by trusted key {signer}")
+    if args.base:
+        base, _ = load_base(args, bundle.metadata)
+        base_fingerprint = fingerprint(base)
+        plan_task(base, bundle, base_fingerprint=base_fingerprint)
+        print(f"OK: {args.path} fits base {args.base} ({base_fingerprint})")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from spa.tasks.signing import generate_private_key, key_id, write_key_pair
+
+    if Path(args.path).exists() and not args.force:
+        raise ConfigError(f"{args.path} exists; pass --force to replace the private key")
+    key = generate_private_key()
+    public_path = write_key_pair(key, args.path)
+    print(f"wrote private key {args.path} (keep it secret) and public key {public_path}")
+    print(f"key id: {key_id(key.public_key())}")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from spa.tasks import read_bundle
+    from spa.tasks.format import write_bundle
+    from spa.tasks.signing import signer
+
+    sign = signer(args.key)
+    bundle = read_bundle(args.path)
+    output = args.output or args.path
+    write_bundle(output, bundle, sign=sign)
+    print(f"signed {output} with key {bundle.signature['key_id']}")
     return 0
 
 
@@ -171,17 +214,34 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `spa bundle info|verify` and `spa export` to the `spa` command line."""
+    """Add `spa bundle info|verify|keygen|sign` and `spa export` to the `spa` command line."""
     bundle = subparsers.add_parser("bundle", help="inspect and check task bundles")
     actions = bundle.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
     info = actions.add_parser("info", help="print a bundle's metadata and sizes")
     info.add_argument("path", help="bundle file")
     info.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
     info.set_defaults(func=_info)
-    verify = actions.add_parser("verify", help="check a bundle against a base model checkpoint")
+    verify = actions.add_parser(
+        "verify", help="check a bundle's signature and/or check it against a base checkpoint"
+    )
     verify.add_argument("path", help="bundle file")
-    _add_base_arguments(verify)
+    _add_base_arguments(verify, required=False)
+    verify.add_argument(
+        "--trusted-key",
+        action="append",
+        metavar="PUBLIC_KEY",
+        help="PEM public key (from keygen) the bundle must be signed by; repeatable",
+    )
     verify.set_defaults(func=_verify)
+    keygen = actions.add_parser("keygen", help="create an Ed25519 signing key pair (PEM)")
+    keygen.add_argument("path", help="private key file to write; the public key goes to PATH.pub")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+    keygen.set_defaults(func=_keygen)
+    sign = actions.add_parser("sign", help="sign a bundle with a private key (from keygen)")
+    sign.add_argument("path", help="bundle file")
+    sign.add_argument("--key", required=True, help="PEM private key file")
+    sign.add_argument("-o", "--output", help="signed bundle file (default: sign in place)")
+    sign.set_defaults(func=_sign)
     export = subparsers.add_parser(
         "export", help="write the fused, compacted task model (safetensors or ONNX)"
     )

@@ -3,7 +3,9 @@
 `save_task` writes what a task changed relative to its base model (adapter factors or
 fine-pruned weights of kept channels/blocks, bit-packed masks, norms, head) into one safetensors
 file with JSON metadata and a base fingerprint; `load_task` rebuilds the fused, compacted task
-model from the shared base weights; `TaskHost` serves many tasks over one base.
+model from the shared base weights after validating every field and tensor against the base;
+`TaskHost` serves many tasks over one base. Bundles can be signed with Ed25519 keys
+(`spa.tasks.signing`; `save_task(signing_key=...)`, `load_task(trusted_keys=...)`).
 """
 
 from spa.tasks.export import export_model, export_onnx, load_exported

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from spa.errors import BundleError, ConfigError
-from spa.tasks.format import Bundle
+from spa.tasks.format import STORAGE_DTYPES, Bundle
+from spa.tasks.modules import check_attribute_changes, expected_shapes
 
 
 def encode_selection(writer: Any, name: str, side: str, indices: torch.Tensor, size: int) -> str:
@@ -62,11 +63,14 @@ def decode_selection(
         indices = mask.nonzero().flatten()
         selected = indices.numel()
     elif kind == "indices":
-        indices = expect(bundle, f"layers.{name}.{side}_indices", (count,)).long()
+        stored = expect(bundle, f"layers.{name}.{side}_indices", (count,), torch.int32)
+        indices = stored.long()
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= size):
             raise bundle_error(
                 bundle, f"layer {name!r}: {side}put channel index outside the base's {size}"
             )
+        if indices.unique().numel() != indices.numel():
+            raise bundle_error(bundle, f"layer {name!r}: repeated {side}put channel index")
         selected = indices.numel()
     else:
         raise bundle_error(bundle, f"layer {name!r}: unknown {side} selection {kind!r}")
@@ -93,11 +97,19 @@ def decode_mask(bundle: Bundle, entry: dict[str, Any], key: str, length: int) ->
     return mask
 
 
-def expect(bundle: Bundle, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """The stored tensor `name`, checked to have `shape`.
+def storage_dtype(bundle: Bundle) -> torch.dtype:
+    """The dtype the bundle declares for its floating-point tensors."""
+    return STORAGE_DTYPES[bundle.metadata["dtype"]]
+
+
+def expect(
+    bundle: Bundle, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """The stored tensor `name`, checked to have `shape` and `dtype` (default: the storage
+    dtype), and marked as used.
 
     Raises:
-        BundleError: naming the tensor if it is missing or has another shape.
+        BundleError: naming the tensor if it is missing or has another shape or dtype.
     """
     tensor = bundle.tensors.get(name)
     if tensor is None:
@@ -107,6 +119,10 @@ def expect(bundle: Bundle, name: str, shape: tuple[int, ...]) -> torch.Tensor:
             bundle,
             f"shape mismatch for {name!r}: stored {tuple(tensor.shape)}, expected {tuple(shape)}",
         )
+    dtype = storage_dtype(bundle) if dtype is None else dtype
+    if tensor.dtype != dtype:
+        raise bundle_error(bundle, f"tensor {name!r} is stored as {tensor.dtype}, expected {dtype}")
+    bundle.used.add(name)
     return tensor
 
 
@@ -152,12 +168,62 @@ def check_base_layer(
             f"layer {name!r} is a {type(base).__name__} in the base model, not a layer "
             "this bundle can rebuild",
         )
-    if list(base.weight.shape) != list(entry.get("base_shape", [])):
+    if list(base.weight.shape) != entry["base_shape"]:
         raise bundle_error(
             bundle,
             f"shape mismatch at layer {name!r}: base weight {tuple(base.weight.shape)}, bundle "
-            f"expects {tuple(entry.get('base_shape', []))}",
+            f"expects {tuple(entry['base_shape'])}",
         )
+
+
+def check_layer_result(
+    bundle: Bundle, entry: dict[str, Any], base: Any, weight_shape: tuple[int, ...], bias: bool
+) -> None:
+    """Check that the rebuilt layer's weight and bias fit its (possibly changed) attributes.
+
+    Raises:
+        BundleError: for an attribute that cannot change or a tensor its attributes contradict.
+    """
+    name, changes = entry["path"], entry.get("attributes", {})
+    problem = check_attribute_changes(base, changes)
+    if problem:
+        raise bundle_error(bundle, f"layer {name!r}: {problem}")
+    shapes = expected_shapes(base, changes)
+    built = {"weight": tuple(weight_shape), "bias": (weight_shape[0],) if bias else None}
+    for key, shape in built.items():
+        if shape is not None and key in shapes and tuple(shapes[key]) != shape:
+            raise bundle_error(
+                bundle,
+                f"shape mismatch at layer {name!r}: the rebuilt {key} is {shape}, its attributes "
+                f"{changes} imply {tuple(shapes[key])}",
+            )
+
+
+def check_bias_kind(bundle: Bundle, entry: dict[str, Any], base: Any) -> str:
+    """The layer's bias kind, checked against the base layer and the declared method.
+
+    A layer keeps the base's bias unless biases were trained ("bias" or "all" among the
+    declared trainable groups, which allows a stored bias); it never drops a base bias.
+
+    Raises:
+        BundleError: for a bias kind the base layer or the declared method rules out.
+    """
+    name, kind = entry["path"], entry.get("bias", default_bias(base))
+    adapter = bundle.metadata.get("adapter") or {}
+    trained = set(adapter.get("config", {}).get("trainable", ["all"])) & {"bias", "all"}
+    if kind == "base" and base.bias is None:
+        raise bundle_error(bundle, f"layer {name!r} uses the base bias, the base layer has none")
+    if kind == "none" and base.bias is not None:
+        raise bundle_error(bundle, f"layer {name!r} drops the base layer's bias")
+    if kind == "stored" and base.bias is not None and not trained:
+        raise bundle_error(
+            bundle, f"layer {name!r} stores a bias, but the declared method does not train biases"
+        )
+    return kind
+
+
+SELECTIONS = ("all", "mask", "indices")
+BIAS_KINDS = ("base", "stored", "none")
 
 
 def default_bias(base: Any) -> str:

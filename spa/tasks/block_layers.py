@@ -22,8 +22,12 @@ from spa.adapters.masks import expand_block_mask
 from spa.adapters.protocols import BLOCK_MASK
 from spa.adapters.splopa import SPLoPALinear, splopa_weight
 from spa.tasks._entries import (
+    BIAS_KINDS,
+    SELECTIONS,
     bundle_error,
     check_base_layer,
+    check_bias_kind,
+    check_layer_result,
     decode_mask,
     decode_selection,
     default_bias,
@@ -33,6 +37,16 @@ from spa.tasks._entries import (
 )
 from spa.tasks.format import Bundle
 from spa.tasks.modules import attribute_changes, same_tensor
+from spa.tasks.schema import (
+    Check,
+    check_fields,
+    is_flag,
+    is_object,
+    is_positive,
+    is_shape,
+    is_text,
+    one_of,
+)
 
 
 def _indices(layer: nn.Module, side: str, size: int, device: torch.device) -> torch.Tensor:
@@ -146,23 +160,53 @@ class BlockLayerPlan:
         return bias.clone() if self.rows is None else bias.index_select(0, self.rows.to(device))
 
 
+SPLOPA_FIELDS: dict[str, Check] = {
+    "path": is_text,
+    "kind": one_of("splopa"),
+    "block_shape": is_shape(2),
+    "num_prototypes": is_positive,
+    "shape": is_shape(2),
+    "base_shape": is_shape(2),
+    "bank": is_text,
+    "out_selection": one_of(*SELECTIONS),
+    "in_selection": one_of(*SELECTIONS),
+    "block_mask": is_flag,
+    "weight": is_flag,
+    "bias": one_of(*BIAS_KINDS),
+    "attributes": is_object,
+}
+_REQUIRED = ("path", "kind", "block_shape", "num_prototypes", "shape", "base_shape", "bank")
+
+
 def plan_splopa(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -> BlockLayerPlan:
     """Validate a SPLoPA entry (and its bank) against its base layer without building anything.
 
+    Every field is type- and range-checked, the entry must agree with its bank (block shape,
+    prototype count), every tensor it names must be stored with the implied shape and dtype
+    (and is marked used), and the rebuilt layer must fit its attributes.
+
     Raises:
-        BundleError: for a missing layer, a non-Linear base, or any shape mismatch.
+        BundleError: for a malformed entry, a missing layer, a non-Linear base, or any shape or
+            dtype mismatch.
     """
+    name = entry.get("path")
+    check_fields(bundle, entry, f"layer {name!r}", SPLOPA_FIELDS, _REQUIRED)
     check_base_layer(bundle, entry, base, (nn.Linear,))
-    name = entry["path"]
-    try:
-        out_features, in_features = (int(v) for v in entry["shape"])
-        rows, cols = (int(v) for v in entry["block_shape"])
-        num_prototypes = int(entry["num_prototypes"])
-        bank = next(b for b in bundle.metadata.get("banks", []) if b["key"] == entry["bank"])
-        rank = int(bank["prototype_rank"])
-    except (KeyError, TypeError, ValueError, StopIteration):
-        raise bundle_error(bundle, f"layer {name!r}: malformed entry {entry!r}") from None
-    if rows <= 0 or cols <= 0 or out_features % rows or in_features % cols:
+    out_features, in_features = entry["shape"]
+    rows, cols = entry["block_shape"]
+    num_prototypes = entry["num_prototypes"]
+    key = entry["bank"]
+    bank = next((b for b in bundle.metadata["banks"] if b.get("key") == key), None)
+    if bank is None:
+        raise bundle_error(bundle, f"layer {name!r}: prototype bank {key!r} is missing")
+    if bank["block_shape"] != [rows, cols] or bank["num_prototypes"] != num_prototypes:
+        raise bundle_error(
+            bundle,
+            f"layer {name!r}: block_shape {[rows, cols]} / num_prototypes {num_prototypes} "
+            f"differ from bank {key!r} ({bank['block_shape']} / {bank['num_prototypes']})",
+        )
+    rank = bank["prototype_rank"]
+    if out_features % rows or in_features % cols:
         raise bundle_error(
             bundle,
             f"shape mismatch at layer {name!r}: ({out_features}, {in_features}) is not divisible "
@@ -174,7 +218,6 @@ def plan_splopa(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
     grid = (out_features // rows, in_features // cols)
     block_mask = decode_mask(bundle, entry, BLOCK_MASK, grid[0] * grid[1]).reshape(grid)
     kept = int(block_mask.sum())
-    key = entry["bank"]
     tensors = {
         "block_weights": expect(bundle, f"layers.{name}.block_weights", (num_prototypes, kept)),
         "row_factors": expect(bundle, f"banks.{key}.row_factors", (num_prototypes, rows, rank)),
@@ -182,11 +225,8 @@ def plan_splopa(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
     }
     if entry.get("weight"):
         tensors["weight"] = expect(bundle, f"layers.{name}.weight", (kept * rows * cols,))
-    bias_kind = entry.get("bias", default_bias(base))
+    bias_kind = check_bias_kind(bundle, entry, base)
     if bias_kind == "stored":
         tensors["bias"] = expect(bundle, f"layers.{name}.bias", (out_features,))
-    elif bias_kind == "base" and base.bias is None:
-        raise bundle_error(bundle, f"layer {name!r} uses the base bias, the base layer has none")
-    elif bias_kind not in ("base", "stored", "none"):
-        raise bundle_error(bundle, f"layer {name!r}: unknown bias kind {bias_kind!r}")
+    check_layer_result(bundle, entry, base, (out_features, in_features), bias_kind != "none")
     return BlockLayerPlan(entry, base, row_sel, col_sel, block_mask, tensors)

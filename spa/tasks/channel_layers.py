@@ -22,8 +22,12 @@ from spa.adapters.protocols import IN_MASK, OUT_MASK
 from spa.adapters.splora import SPLoRALayer, splora_weight
 from spa.errors import UnsupportedLayerError
 from spa.tasks._entries import (
+    BIAS_KINDS,
+    SELECTIONS,
     bundle_error,
     check_base_layer,
+    check_bias_kind,
+    check_layer_result,
     decode_mask,
     decode_selection,
     default_bias,
@@ -33,6 +37,16 @@ from spa.tasks._entries import (
 )
 from spa.tasks.format import Bundle
 from spa.tasks.modules import attribute_changes, same_tensor
+from spa.tasks.schema import (
+    Check,
+    check_fields,
+    is_count,
+    is_flag,
+    is_object,
+    is_shape,
+    is_text,
+    one_of,
+)
 
 
 def save_splora(
@@ -138,20 +152,41 @@ class ChannelLayerPlan:
         return base_bias * out_mask  # as SPLoRALayer.masked_bias
 
 
+SPLORA_FIELDS: dict[str, Check] = {
+    "path": is_text,
+    "kind": one_of("splora", "fine_pruning"),
+    "rank": is_count,
+    "shape": is_shape(2),
+    "base_shape": is_shape(minimum=2),
+    "out_selection": one_of(*SELECTIONS),
+    "in_selection": one_of(*SELECTIONS),
+    "out_mask": is_flag,
+    "in_mask": is_flag,
+    "weight": is_flag,
+    "bias": one_of(*BIAS_KINDS),
+    "attributes": is_object,
+}
+
+
 def plan_splora(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -> ChannelLayerPlan:
     """Validate a SPLoRA entry against its base layer without building anything.
 
+    Every field is type- and range-checked, every tensor it names must be stored with the shape
+    and dtype the entry implies (and is marked used), and the rebuilt layer must fit its
+    attributes.
+
     Raises:
-        BundleError: for a missing layer, another layer type, or any shape mismatch.
+        BundleError: for a malformed entry, a missing layer, another layer type, or any shape
+            or dtype mismatch.
     """
+    name = entry.get("path")
+    check_fields(
+        bundle, entry, f"layer {name!r}", SPLORA_FIELDS, ("path", "rank", "shape", "base_shape")
+    )
     check_base_layer(bundle, entry, base, _conv.SUPPORTED_LAYERS)
-    name = entry["path"]
     base_weight = base.weight
-    try:
-        out_channels, in_columns = (int(v) for v in entry["shape"])
-        rank = int(entry["rank"])
-    except (KeyError, TypeError, ValueError):
-        raise bundle_error(bundle, f"layer {name!r}: malformed entry {entry!r}") from None
+    out_channels, in_columns = entry["shape"]
+    rank = entry["rank"]
     rows = decode_selection(bundle, entry, "out", base_weight.shape[0], out_channels)
     cols = decode_selection(bundle, entry, "in", base_weight.shape[1], in_columns)
     out_mask = decode_mask(bundle, entry, OUT_MASK, out_channels)
@@ -161,16 +196,12 @@ def plan_splora(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
     if entry.get("weight"):
         shape = (kept_rows, kept_cols) + tuple(base_weight.shape[2:])
         tensors["weight"] = expect(bundle, f"layers.{name}.weight", shape)
-    bias_kind = entry.get("bias", default_bias(base))
+    bias_kind = check_bias_kind(bundle, entry, base)
     if bias_kind == "stored":
         tensors["bias"] = expect(bundle, f"layers.{name}.bias", (kept_rows,))
-    elif bias_kind == "base" and base.bias is None:
-        raise bundle_error(bundle, f"layer {name!r} uses the base bias, the base layer has none")
-    elif bias_kind not in ("base", "stored", "none"):
-        raise bundle_error(bundle, f"layer {name!r}: unknown bias kind {bias_kind!r}")
-    if rank < 0:
-        raise bundle_error(bundle, f"layer {name!r}: negative rank {rank}")
     if rank > 0:
+        if kept_rows + kept_cols == 0:
+            raise bundle_error(bundle, f"layer {name!r}: rank {rank} with no kept channels")
         tensors["down"] = expect(bundle, f"layers.{name}.down", (kept_rows, rank))
         tensors["up"] = expect(bundle, f"layers.{name}.up", (rank, kept_cols))
         if base_weight.dim() > 2:
@@ -178,4 +209,6 @@ def plan_splora(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
                 _conv.centre_tap(base, name)
             except UnsupportedLayerError as error:
                 raise bundle_error(bundle, str(error)) from None
+    weight_shape = (out_channels, in_columns, *base_weight.shape[2:])
+    check_layer_result(bundle, entry, base, weight_shape, bias_kind != "none")
     return ChannelLayerPlan(entry, base, rows, cols, out_mask, in_mask, tensors)

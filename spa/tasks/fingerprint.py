@@ -44,3 +44,22 @@ def describe_architecture(model: nn.Module) -> str:
     name = type(model).__name__
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return f"{name}({model_type})" if isinstance(model_type, str) else name
+
+
+def structure_fingerprint(model: nn.Module) -> str:
+    """A sha256 over the sorted names, shapes and dtypes of `model`'s state dict (no values).
+
+    Two models share it exactly when they have the same architecture (the same tensors under
+    the same names), whatever their weights; a bundle refuses a base with another structure even
+    when the weight fingerprint is not enforced.
+
+    Args:
+        model: the base model (plain, not adapted).
+
+    Returns:
+        `"sha256:<64 hex digits>"`.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"\0{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+    return "sha256:" + digest.hexdigest()

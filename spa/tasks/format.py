@@ -5,10 +5,18 @@ file). Its header metadata holds a single key, `spa_bundle`, whose value is a ca
 document (sorted keys, compact separators) describing the task; the document carries a
 `checksum` over itself and every stored tensor, so a truncated or altered file is refused.
 Channel and block masks are bit-packed (1 bit per entry) into one `uint8` tensor named `masks`;
-`metadata["masks"]` lists `[key, length]` pairs in packing order, each mask starting on a byte.
+`metadata["masks"]` lists `[key, length]` pairs in packing order (sorted by key), each mask
+starting on a byte.
 On disk, all tensors of one dtype are concatenated into a single safetensors entry named after
 the dtype (`float32`, `uint8`, ...); `metadata["tensor_layout"]` lists `[name, dtype, shape]` in
-order, so the header stays small.
+order (sorted by name, so the layout cannot be reordered without the file being refused), so
+the header stays small. An optional Ed25519 signature (`spa.tasks.signing`) lives next to the
+document under the header key `spa_signature`; it signs the canonical document, which carries the
+checksum over every tensor byte, so it covers the header and all tensors.
+
+Reading is strict: duplicate JSON keys (in the safetensors header or the document), unknown header
+keys, an unsorted or overlapping tensor layout, mask records that do not tile the packed masks
+exactly, and non-finite stored values are refused before any tensor is used.
 
 This module (with `spa.tasks.export`) is the only place that imports `safetensors`.
 """
@@ -21,19 +29,23 @@ import math
 import os
 import struct
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import safetensors.torch
 import torch
 
 from spa.errors import BundleError
+from spa.tasks.bitmasks import check_mask_records, is_count, unpack_mask
+from spa.tasks.bitmasks import pack_mask as pack_mask  # re-exported: the format's mask codec
+from spa.tasks.bitmasks import pack_masks as pack_masks
 
 FORMAT_NAME = "spa-task-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_KEY = "spa_bundle"
+SIGNATURE_KEY = "spa_signature"
 MASKS_TENSOR = "masks"
 LAYOUT_KEY = "tensor_layout"
 
@@ -50,15 +62,20 @@ class Bundle:
         tensors: stored tensors by name (bit-packed masks are unpacked on demand with `mask`).
         path: the file it was read from, if any.
         size_bytes: bytes on disk (0 before writing).
+        signature: the signature record (`algorithm`, `key_id`, `signature`) if the file is
+            signed; checked against trusted keys by `spa.tasks.signing.verify_bundle`.
+        used: names of tensors and masks consumed by the last `plan_task` (each must be used).
     """
 
     metadata: dict[str, Any]
     tensors: dict[str, torch.Tensor]
     path: Path | None = None
     size_bytes: int = 0
+    signature: dict[str, str] | None = None
+    used: set[str] = field(default_factory=set, repr=False, compare=False)
 
     def mask(self, key: str) -> torch.Tensor:
-        """Unpack the boolean mask stored under `key`.
+        """Unpack the boolean mask stored under `key` (and mark it used).
 
         Raises:
             BundleError: if the bundle holds no such mask.
@@ -70,30 +87,10 @@ class Bundle:
             if name == key:
                 if packed is None or offset + size > packed.numel():
                     break
+                self.used.add(f"mask:{key}")
                 return unpack_mask(packed[offset : offset + size], length)
             offset += size
         raise BundleError(f"{self.path or 'bundle'}: mask {key!r} is missing; the file is damaged")
-
-
-def pack_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Bit-pack a 1-D boolean mask into `ceil(len / 8)` uint8 values (big-endian bit order)."""
-    bits = mask.detach().to("cpu", torch.bool).numpy()
-    return torch.from_numpy(np.packbits(bits).copy())
-
-
-def unpack_mask(packed: torch.Tensor, length: int) -> torch.Tensor:
-    """Inverse of `pack_mask`: the first `length` bits as a boolean tensor."""
-    bits = np.unpackbits(packed.numpy(), count=length)
-    return torch.from_numpy(bits.astype(bool))
-
-
-def pack_masks(masks: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, list[list]]:
-    """Bit-pack several masks into one uint8 tensor and its `[key, length]` layout."""
-    if not masks:
-        return None, []
-    packed = [pack_mask(mask) for mask in masks.values()]
-    layout = [[key, int(mask.numel())] for key, mask in masks.items()]
-    return torch.cat(packed), layout
 
 
 def _pack(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[list]]:
@@ -104,19 +101,40 @@ def _pack(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], li
     """
     groups: dict[str, list[torch.Tensor]] = {}
     layout = []
-    for name, tensor in tensors.items():
+    for name, tensor in sorted(tensors.items()):
         dtype = str(tensor.dtype).removeprefix("torch.")
         layout.append([name, dtype, list(tensor.shape)])
         groups.setdefault(dtype, []).append(tensor.reshape(-1))
     return {dtype: torch.cat(parts) for dtype, parts in groups.items()}, layout
 
 
+def _check_layout_record(record: Any, previous: str | None) -> tuple[str, str, list[int]]:
+    if not (isinstance(record, list) and len(record) == 3):
+        raise ValueError(f"record {record!r} is not [name, dtype, shape]")
+    name, dtype, shape = record
+    if not (isinstance(name, str) and name and isinstance(dtype, str)):
+        raise ValueError(f"record {record!r} has no string name and dtype")
+    if not (isinstance(shape, list) and len(shape) <= 8 and all(map(is_count, shape))):
+        raise ValueError(f"tensor {name!r} has a bad shape {shape!r}")
+    if previous is not None and name <= previous:
+        raise ValueError(f"tensor {name!r} is out of order or repeated (layouts are sorted)")
+    return name, dtype, shape
+
+
 def _unpack(flat: dict[str, torch.Tensor], layout: Any, source: str) -> dict[str, torch.Tensor]:
-    """Inverse of `_pack`, checking that the layout covers every stored value exactly."""
+    """Inverse of `_pack`, checking that the sorted layout covers every stored value exactly."""
     offsets = dict.fromkeys(flat, 0)
-    tensors = {}
+    tensors: dict[str, torch.Tensor] = {}
     try:
-        for name, dtype, shape in layout:
+        if not isinstance(layout, list):
+            raise ValueError(f"layout is a {type(layout).__name__}, not a list")
+        for dtype, buffer in flat.items():
+            if str(buffer.dtype) != f"torch.{dtype}" or buffer.dim() != 1:
+                raise ValueError(f"stored entry {dtype!r} is not a flat {dtype} tensor")
+        previous = None
+        for record in layout:
+            name, dtype, shape = _check_layout_record(record, previous)
+            previous = name
             size = math.prod(shape)
             buffer = flat[dtype]
             if offsets[dtype] + size > buffer.numel() or str(buffer.dtype) != f"torch.{dtype}":
@@ -127,7 +145,34 @@ def _unpack(flat: dict[str, torch.Tensor], layout: Any, source: str) -> dict[str
         raise BundleError(f"{source}: damaged bundle, bad tensor layout ({error})") from None
     if any(offsets[dtype] != buffer.numel() for dtype, buffer in flat.items()):
         raise BundleError(f"{source}: damaged bundle, stored values not covered by the layout")
+    for buffer in flat.values():  # one pass per stored dtype, not per tensor
+        if buffer.is_floating_point() and not bool(torch.isfinite(buffer).all()):
+            bad = [
+                n for n, t in tensors.items() if t.dtype == buffer.dtype and not t.isfinite().all()
+            ]
+            raise BundleError(f"{source}: tensor(s) {bad[:3]} hold non-finite values (NaN or inf)")
     return tensors
+
+
+def strict_json(text: str | bytes) -> Any:
+    """`json.loads` that refuses duplicate object keys and NaN/Infinity constants.
+
+    Raises:
+        ValueError: for invalid JSON, a repeated key or a non-finite constant.
+    """
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = {}
+        for key, value in pairs:
+            if key in result:
+                raise ValueError(f"duplicate key {key!r}")
+            result[key] = value
+        return result
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"non-finite number {name}")
+
+    return json.loads(text, object_pairs_hook=unique, parse_constant=constant)
 
 
 def canonical_json(document: dict[str, Any]) -> str:
@@ -147,25 +192,62 @@ def checksum(document: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def write_bundle(path: str | os.PathLike, bundle: Bundle) -> int:
+def signed_message(document: dict[str, Any]) -> bytes:
+    """The bytes a bundle signature signs: a domain tag and the canonical document.
+
+    The document carries the checksum over itself and every tensor's name, dtype, shape and
+    bytes (verified on read), so signing it signs the header and all tensor data.
+    """
+    return b"spa-task-bundle-signature-v1\0" + canonical_json(document).encode()
+
+
+def write_bundle(
+    path: str | os.PathLike,
+    bundle: Bundle,
+    sign: Callable[[bytes], dict[str, str]] | None = None,
+) -> int:
     """Write `bundle` to `path` atomically; return the bytes written.
 
     The bytes go to a temporary file in the target directory, are flushed to disk, and only then
     renamed over `path` (`os.replace`), so a crash leaves either the old file or no file.
+
+    Args:
+        path: destination file.
+        bundle: metadata and tensors; its metadata, path, size and signature are updated.
+        sign: optional signer mapping `signed_message(document)` to a signature record
+            (see `spa.tasks.signing.signer`); None writes an unsigned file.
     """
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in bundle.tensors.items()}
     document = dict(bundle.metadata)
     flat, document[LAYOUT_KEY] = _pack(tensors)
     document["checksum"] = checksum(document, tensors)
-    data = safetensors.torch.save(flat, metadata={METADATA_KEY: canonical_json(document)})
+    header = {METADATA_KEY: canonical_json(document)}
+    signature = None if sign is None else sign(signed_message(document))
+    if signature is not None:
+        header[SIGNATURE_KEY] = canonical_json(signature)
+    data = safetensors.torch.save(flat, metadata=header)
     write_atomic(path, data)
-    bundle.metadata = document
+    # What a reader will see (JSON types: tuples become lists), so the bundle plans as read.
+    bundle.metadata, bundle.signature = json.loads(header[METADATA_KEY]), signature
     bundle.path, bundle.size_bytes = Path(path), len(data)
     return len(data)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and `os.replace`."""
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to `path` through a temporary file and `os.replace`.
+
+    Args:
+        path: destination file.
+        data: the whole content.
+        mode: permission bits of the file; None gives what `open()` would (0o666 minus the
+            umask), where a plain temporary file would stay 0o600.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(
@@ -175,6 +257,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         with handle:
             handle.write(data)
             handle.flush()
+            os.chmod(handle.name, 0o666 & ~_umask() if mode is None else mode)
             os.fsync(handle.fileno())
         os.replace(handle.name, target)
     except BaseException:
@@ -205,8 +288,8 @@ def read_metadata(
             f"{len(data) - 8}); re-export or re-download the bundle"
         )
     try:
-        header = json.loads(data[8 : 8 + header_size])
-        document = json.loads(header["__metadata__"][key])
+        header = strict_json(data[8 : 8 + header_size])
+        document = strict_json(header["__metadata__"][key])
     except (ValueError, KeyError, TypeError) as error:
         raise BundleError(
             f"{source}: not a {format_name} file (no readable '{key}' metadata: {error!r}); "
@@ -226,6 +309,10 @@ def parse_bundle(data: bytes, source: str) -> Bundle:
             format version.
     """
     document = read_metadata(data, source)
+    header_metadata = strict_json(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"]
+    unknown = sorted(set(header_metadata) - {METADATA_KEY, SIGNATURE_KEY})
+    if unknown:
+        raise BundleError(f"{source}: unknown header metadata key(s) {unknown}; damaged file")
     version = document.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(
@@ -245,7 +332,30 @@ def parse_bundle(data: bytes, source: str) -> Bundle:
             f"{source}: checksum mismatch (stored {document.get('checksum')}, computed "
             f"{expected}); the file was altered or damaged, re-export it"
         )
-    return Bundle(metadata=document, tensors=tensors, path=Path(source), size_bytes=len(data))
+    check_mask_records(document.get("masks", []), tensors.get(MASKS_TENSOR), source)
+    return Bundle(
+        metadata=document,
+        tensors=tensors,
+        path=Path(source),
+        size_bytes=len(data),
+        signature=_signature_record(header_metadata.get(SIGNATURE_KEY), source),
+    )
+
+
+def _signature_record(text: Any, source: str) -> dict[str, str] | None:
+    if text is None:
+        return None
+    try:
+        record = strict_json(text)
+    except (ValueError, TypeError):
+        record = None
+    if not (
+        isinstance(record, dict)
+        and set(record) == {"algorithm", "key_id", "signature"}
+        and all(isinstance(value, str) for value in record.values())
+    ):
+        raise BundleError(f"{source}: malformed signature record; re-sign the bundle")
+    return record
 
 
 def read_bundle(path: str | os.PathLike) -> Bundle:

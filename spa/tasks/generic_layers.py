@@ -24,6 +24,7 @@ from spa.adapters.protocols import ChannelMasked
 from spa.adapters.registry import ADAPTER_KINDS, AdapterKind
 from spa.errors import ConfigError, SpaError
 from spa.tasks._entries import (
+    SELECTIONS,
     bundle_error,
     check_base_layer,
     decode_selection,
@@ -32,6 +33,7 @@ from spa.tasks._entries import (
 )
 from spa.tasks.format import Bundle
 from spa.tasks.modules import attribute_changes, same_tensor
+from spa.tasks.schema import Check, check_fields, is_object, is_shape, is_text, one_of
 
 _INDICES = ("out_indices", "in_indices")
 _BASE_TENSORS = ("base.weight", "base.bias")
@@ -154,6 +156,25 @@ class GenericLayerPlan:
         return weight, None if bias is None else bias.detach().clone()
 
 
+def _is_state(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        is_text(key) and is_text(dtype) for key, dtype in value.items()
+    )
+
+
+GENERIC_FIELDS: dict[str, Check] = {
+    "path": is_text,
+    "kind": is_text,
+    "options": is_object,
+    "shape": is_shape(minimum=2),
+    "base_shape": is_shape(minimum=2),
+    "out_selection": one_of(*SELECTIONS),
+    "in_selection": one_of(*SELECTIONS),
+    "state": _is_state,
+    "attributes": is_object,
+}
+
+
 def plan_generic(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -> GenericLayerPlan:
     """Validate an entry of a kind without its own codec against its base layer.
 
@@ -162,6 +183,9 @@ def plan_generic(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) 
             whose name, shape or dtype the rebuilt layer does not have.
     """
     name = entry["path"]
+    check_fields(
+        bundle, entry, f"layer {name!r}", GENERIC_FIELDS, ("path", "kind", "options", "shape")
+    )
     kind_name = entry.get("kind")
     if kind_name not in ADAPTER_KINDS:
         raise bundle_error(
@@ -169,7 +193,7 @@ def plan_generic(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) 
             f"layer {name!r}: unknown adapter kind {kind_name!r}; known: {ADAPTER_KINDS.names()}",
         )
     kind = ADAPTER_KINDS.get(kind_name)
-    if kind.from_bundle is None or not isinstance(entry.get("options"), dict):
+    if kind.from_bundle is None:
         raise bundle_error(bundle, f"layer {name!r}: malformed entry for kind {kind_name!r}")
     check_base_layer(bundle, entry, base, kind.layer_types)
     shape = [int(v) for v in entry["shape"]]
@@ -180,6 +204,7 @@ def plan_generic(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) 
         stored = bundle.tensors.get(f"layers.{name}.state.{key}")
         if stored is None:
             raise bundle_error(bundle, f"tensor 'layers.{name}.state.{key}' is missing")
+        bundle.used.add(f"layers.{name}.state.{key}")
         tensors[key] = stored
     plan = GenericLayerPlan(entry, base, kind, rows, cols, tensors, bundle)
     plan.layer()  # validates every tensor now; building repeats it on demand

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from spa.adapters.base import is_adapted
-from spa.errors import ConfigError
+from spa.errors import BundleError, ConfigError
 from spa.flops import count_flops
 from spa.tasks.fingerprint import fingerprint
 from spa.tasks.format import Bundle, read_bundle
 from spa.tasks.load import TaskPlan, build_task, plan_task
+from spa.tasks.signing import KeySource, trusted_key_set, verify_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,17 @@ class TaskHost:
     Args:
         base_model: the plain base model; it must not be modified while the host uses it.
         cache_size: how many materialised task models to keep (>= 1).
-        example_inputs: positional inputs of one forward pass, used to count FLOPs in `report`.
+        example_inputs: positional inputs of one forward pass, used to count FLOPs in `report`
+            and to run every added task once, so `add_task` refuses a bundle whose model
+            cannot run.
         finalize: applied to every materialised task model (e.g. a structured compaction of
             block-pruned transformer heads/FFNs that plain layers cannot express); None = as is.
+        trusted_keys: Ed25519 public keys (objects, PEM file paths or PEM bytes); when given,
+            `add_task` refuses bundles that are not signed by one of them. None accepts
+            unsigned bundles.
 
     Raises:
-        ConfigError: for an adapted base model or a cache size below 1.
+        ConfigError: for an adapted base model, a cache size below 1 or an unreadable key.
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class TaskHost:
         cache_size: int = 4,
         example_inputs: tuple | None = None,
         finalize: Callable[[nn.Module], nn.Module] | None = None,
+        trusted_keys: KeySource | Iterable[KeySource] | None = None,
     ) -> None:
         if is_adapted(base_model):
             raise ConfigError("TaskHost: base_model contains adapter layers; pass the plain base")
@@ -87,6 +94,7 @@ class TaskHost:
         self.cache_size = cache_size
         self.example_inputs = example_inputs
         self.finalize = finalize
+        self._trusted = None if trusted_keys is None else trusted_key_set(trusted_keys)
         self.base_fingerprint = fingerprint(base_model)
         self._bundles: dict[str, Bundle] = {}
         self._plans: dict[str, TaskPlan] = {}
@@ -107,8 +115,9 @@ class TaskHost:
     def add_task(self, name: str, path: str | os.PathLike) -> None:
         """Read, validate and register the bundle at `path` under `name`.
 
-        The bundle is checked completely against the base (fingerprint, layers, shapes); on any
-        error nothing is registered and the host keeps serving its other tasks.
+        The bundle is checked completely against the base (signature when the host has trusted
+        keys, every field, fingerprint, layers, shapes) and, with example inputs, its model is
+        run once; on any error nothing is registered and the host keeps serving its other tasks.
 
         Args:
             name: a new task name.
@@ -116,14 +125,36 @@ class TaskHost:
 
         Raises:
             ConfigError: if `name` is already registered.
-            BundleError: if the bundle is damaged or does not fit the base.
+            BundleError: if the bundle is damaged, does not fit the base, or (with trusted
+                keys) is unsigned or not signed by a trusted key.
         """
         if name in self._bundles:
             raise ConfigError(f"TaskHost: task {name!r} is already registered; delete_task first")
         bundle = read_bundle(path)
+        if self._trusted is not None:
+            verify_bundle(bundle, self._trusted)
         plan = plan_task(self.base_model, bundle, base_fingerprint=self.base_fingerprint)
+        if self.example_inputs is not None:
+            self._dry_run(plan, path)
         self._bundles[name], self._plans[name] = bundle, plan
         logger.info("registered task %r from %s (%d bytes)", name, path, bundle.size_bytes)
+
+    def _dry_run(self, plan: TaskPlan, path: str | os.PathLike) -> None:
+        """Build the task model once and run it on the example inputs.
+
+        Structural validation checks each entry against the base, but not how the channel
+        counts of different modules chain in the forward pass (that needs inputs); a bundle
+        whose entries were rewritten together into a model that cannot run is refused here.
+        """
+        model = build_task(self.base_model, plan, finalize=self.finalize)
+        try:
+            with torch.no_grad():
+                model(*self.example_inputs)
+        except Exception as error:  # any failure of the forward pass is the bundle's fault
+            raise BundleError(
+                f"{path}: the task model does not run on the host's example inputs "
+                f"({type(error).__name__}: {error}); the bundle is inconsistent"
+            ) from error
 
     def _bundle(self, name: str) -> Bundle:
         if name not in self._bundles:

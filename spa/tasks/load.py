@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,17 +20,28 @@ from torch import nn
 from spa.adapters.base import is_adapted
 from spa.adapters.transposed import as_linear, is_transposed_linear, linear_view
 from spa.errors import BundleError, ConfigError, SpaWarning
-from spa.tasks._entries import bundle_error, expect
+from spa.tasks._entries import bundle_error, expect, storage_dtype
 from spa.tasks.codecs import codec_for, entry_kind
-from spa.tasks.fingerprint import describe_architecture, fingerprint
-from spa.tasks.format import Bundle, read_bundle
+from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_fingerprint
+from spa.tasks.format import MASKS_TENSOR, Bundle, read_bundle
 from spa.tasks.modules import (
     apply_attribute_changes,
     check_attribute_changes,
     direct_tensors,
+    expected_shapes,
     set_tensor,
     structural_copy,
 )
+from spa.tasks.schema import (
+    BANK_FIELDS,
+    MODULE_FIELDS,
+    check_document,
+    check_fields,
+    is_text,
+    needed_modules,
+    trained_groups,
+)
+from spa.tasks.signing import KeySource, trusted_key_set, verify_bundle
 
 
 @dataclass
@@ -64,28 +75,74 @@ def check_fingerprint(
     warnings.warn(message, SpaWarning, stacklevel=3)
 
 
-def _check_tensor_name(bundle: Bundle, path: str, key: str, module: nn.Module) -> None:
-    if not key.isidentifier() or key.startswith("_") or key in module._modules:
-        raise bundle_error(bundle, f"module {path!r}: invalid tensor name {key!r}")
+def check_structure(base_model: nn.Module, bundle: Bundle) -> None:
+    """Refuse a base whose architecture (state-dict names, shapes, dtypes) is not the bundle's.
+
+    Unlike the weight fingerprint this check is never relaxed.
+
+    Raises:
+        BundleError: naming both architectures.
+    """
+    expected = bundle.metadata["base_structure"]
+    actual = structure_fingerprint(base_model)
+    if actual != expected:
+        raise bundle_error(
+            bundle,
+            f"the bundle was made for another architecture ({bundle.metadata['architecture']}, "
+            f"structure {expected}) than the given base ({describe_architecture(base_model)}, "
+            f"structure {actual}); load the base model the task was trained from",
+        )
 
 
-def _is_channel_slice(stored: torch.Tensor, base: torch.Tensor) -> bool:
-    """True if `stored` is a per-channel vector of the base narrowed on its one channel axis.
+_FOLDED_KEYS = frozenset({"weight", "bias", "running_mean", "running_var"})
+
+
+def _plan_tensor(
+    bundle: Bundle, path: str, key: str, record: Any, module: nn.Module
+) -> torch.Tensor:
+    """Check one recorded module tensor against the base module (kind, dtype); return it."""
+    if key in module._parameters:
+        kind, base_tensor = "parameter", module._parameters[key]
+    elif key in module._buffers and key not in module._non_persistent_buffers_set:
+        kind, base_tensor = "buffer", module._buffers[key]
+    else:
+        raise bundle_error(bundle, f"module {path!r} has no parameter or buffer {key!r}")
+    if not (isinstance(record, list) and len(record) == 2 and all(map(is_text, record))):
+        raise bundle_error(bundle, f"module {path!r}: bad tensor record {key}={record!r}")
+    dtype = getattr(torch, record[1], None)
+    if record[0] != kind or not isinstance(dtype, torch.dtype):
+        raise bundle_error(bundle, f"module {path!r}: bad tensor record {key}={record!r}")
+    base_dtype = None if base_tensor is None else base_tensor.dtype
+    if dtype != base_dtype and (base_dtype is not None or not dtype.is_floating_point):
+        raise bundle_error(
+            bundle, f"module {path!r}: tensor {key!r} declared {dtype}, the base has {base_dtype}"
+        )
+    stored = bundle.tensors.get(f"modules.{path}.{key}")
+    if stored is None:
+        raise bundle_error(bundle, f"tensor 'modules.{path}.{key}' is missing; damaged file")
+    stored_dtype = storage_dtype(bundle) if dtype.is_floating_point else dtype
+    return expect(bundle, f"modules.{path}.{key}", tuple(stored.shape), stored_dtype)
+
+
+def _is_channel_slice(stored: tuple[int, ...], base: tuple[int, ...]) -> bool:
+    """True if shape `stored` is a per-channel vector of shape `base` narrowed on its one
+    channel axis.
 
     Channel pruning slices bare per-channel parameters (e.g. ConvNeXt's layer scale) with their
     group without changing any attribute of the module that owns them (issue 11).
     """
-    axes = [d for d, size in enumerate(base.shape) if size > 1]
-    if stored.dim() != base.dim() or len(axes) != 1:
+    axes = [d for d, size in enumerate(base) if size > 1]
+    if len(stored) != len(base) or len(axes) != 1:
         return False
-    changed = [d for d in range(base.dim()) if stored.shape[d] != base.shape[d]]
-    return changed == axes and 1 <= stored.shape[axes[0]] < base.shape[axes[0]]
+    changed = [d for d in range(len(base)) if stored[d] != base[d]]
+    return changed == axes and 1 <= stored[axes[0]] < base[axes[0]]
 
 
 def _plan_module(
     bundle: Bundle, entry: dict[str, Any], base_modules: dict[str, nn.Module]
 ) -> dict[str, torch.Tensor]:
     path = entry.get("path")
+    check_fields(bundle, entry, f"module {path!r}", MODULE_FIELDS, ("path",))
     module = base_modules.get(path)
     if module is None:
         raise bundle_error(
@@ -97,30 +154,92 @@ def _plan_module(
     problem = check_attribute_changes(module, attributes)
     if problem:
         raise bundle_error(bundle, f"module {path!r}: {problem}")
-    existing = direct_tensors(module)
+    records, removed = entry.get("tensors", {}), entry.get("none", [])
+    folded = entry.get("folded_norm", False)
+    overlap = set(records) & set(removed)
+    if folded:
+        overlap |= (set(records) | set(removed)) & _FOLDED_KEYS
+    if overlap:
+        raise bundle_error(bundle, f"module {path!r}: tensors {sorted(overlap)} recorded twice")
     tensors = {}
-    for key, (kind, dtype) in entry.get("tensors", {}).items():
-        _check_tensor_name(bundle, path, key, module)
-        if kind not in ("parameter", "buffer") or not isinstance(
-            getattr(torch, dtype, None), torch.dtype
-        ):
-            raise bundle_error(bundle, f"module {path!r}: bad tensor record {key}={[kind, dtype]}")
-        stored = bundle.tensors.get(f"modules.{path}.{key}")
-        if stored is None:
-            raise bundle_error(bundle, f"tensor 'modules.{path}.{key}' is missing; damaged file")
-        if key in existing and not attributes and stored.shape != existing[key][1].shape:
-            if not _is_channel_slice(stored, existing[key][1]):
-                expect(bundle, f"modules.{path}.{key}", tuple(existing[key][1].shape))
-        tensors[key] = stored
-    for key in entry.get("none", []):
+    final = {key: tuple(t.shape) for key, (_, t) in direct_tensors(module).items()}
+    for key, record in records.items():
+        tensors[key] = _plan_tensor(bundle, path, key, record, module)
+        final[key] = tuple(tensors[key].shape)
+    for key in removed:
         if module._parameters.get(key) is None:
             raise bundle_error(bundle, f"module {path!r} has no parameter {key!r} to remove")
-    if entry.get("folded_norm"):
-        if not (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine):
+        final.pop(key)
+    if folded:
+        if not (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.affine
+            and module.running_mean is not None
+        ):
             raise bundle_error(bundle, f"module {path!r}: folded norm needs an affine BatchNorm")
         channels = attributes.get("num_features", module.num_features)
         tensors["folded"] = expect(bundle, f"modules.{path}.folded", (2, channels))
+        final.update(dict.fromkeys(_FOLDED_KEYS, (channels,)))
+    _check_module_shapes(bundle, path, module, attributes, final)
     return tensors
+
+
+def _check_module_shapes(
+    bundle: Bundle,
+    path: str,
+    module: nn.Module,
+    attributes: dict[str, Any],
+    final: dict[str, tuple[int, ...]],
+) -> None:
+    """Every tensor of the changed module must fit its type's shape rule (or, for module types
+    without one, keep the base's number of dimensions, and its exact shape when no attribute
+    changes)."""
+    expected = expected_shapes(module, attributes)
+    base = {key: tuple(t.shape) for key, (_, t) in direct_tensors(module).items()}
+    for key, shape in final.items():
+        if key in expected:
+            want = tuple(expected[key])
+        elif key in base and (not attributes or len(shape) != len(base[key])):
+            want = base[key]
+            if not attributes and _is_channel_slice(shape, want):
+                continue  # a bare per-channel scale sliced with its channel group
+        else:
+            continue
+        if shape != want:
+            raise bundle_error(
+                bundle,
+                f"shape mismatch at module {path!r}: {key} would be {shape}, expected {want}",
+            )
+
+
+def _check_needed(bundle: Bundle, base_model: nn.Module, plan: TaskPlan) -> None:
+    """Refuse a bundle that leaves out a module its declared method trains, or unused data."""
+    layer_paths = [layer.entry["path"] for layer in plan.layers]
+    module_paths = [entry["path"] for entry, _ in plan.modules]
+    paths = layer_paths + module_paths
+    if len(set(paths)) != len(paths):
+        repeated = sorted({p for p in paths if paths.count(p) > 1})
+        raise bundle_error(bundle, f"entries {repeated} appear more than once")
+    groups, head = trained_groups(bundle.metadata)
+    for name in head:
+        if name not in dict(base_model.named_modules()):
+            raise bundle_error(bundle, f"the declared task head {name!r} is not in the base model")
+    missing = [
+        name
+        for name in needed_modules(base_model, groups, head, layer_paths)
+        if name not in module_paths
+    ]
+    if missing:
+        raise bundle_error(
+            bundle,
+            f"the bundle declares trained groups {sorted(groups)} but has no entry for module(s) "
+            f"{missing[:5]}; it was altered or truncated",
+        )
+    stored = set(bundle.tensors) - {MASKS_TENSOR}
+    stored |= {f"mask:{name}" for name, _ in bundle.metadata["masks"]}
+    unused = sorted(stored - bundle.used)
+    if unused:
+        raise bundle_error(bundle, f"stored data {unused[:5]} is not used by any entry")
 
 
 def plan_task(
@@ -129,42 +248,57 @@ def plan_task(
     *,
     base_fingerprint: str | None = None,
     strict_fingerprint: bool = True,
+    trusted_keys: KeySource | Iterable[KeySource] | None = None,
 ) -> TaskPlan:
     """Validate `bundle` against `base_model` completely, building nothing.
+
+    Checks, in order: the signature (with `trusted_keys`), every metadata field's type and
+    range, the base's architecture, its weight fingerprint, then every layer and module entry
+    against the base (shapes, dtypes, attributes, kept indices, masks), that every stored tensor
+    and mask is used, and that every module the declared method trains has an entry. A plan
+    that passes builds the base's architecture with every changed module's tensors consistent
+    with its attributes; how channel counts chain between modules is checked by running the
+    model (`TaskHost` with `example_inputs`).
 
     Args:
         base_model: the plain base model.
         bundle: a bundle from `read_bundle`.
         base_fingerprint: the base's fingerprint if already known (skips re-hashing).
-        strict_fingerprint: refuse a foreign base (default); False only warns, and the
-            structural checks still apply.
+        strict_fingerprint: refuse a foreign base (default); False only warns about other
+            weights. The architecture and every structural check still apply.
+        trusted_keys: Ed25519 public keys (objects, PEM paths or PEM bytes); when given, the
+            bundle must carry a valid signature by one of them. None accepts unsigned bundles.
 
     Returns:
         The `TaskPlan` to pass to `build_task`.
 
     Raises:
-        BundleError: for a foreign base, a missing layer or module, or a shape mismatch.
-        ConfigError: if `base_model` is itself adapted.
+        BundleError: for a missing or invalid signature, a malformed field, a foreign base, a
+            missing layer or module, unused data, or a shape or dtype mismatch.
+        ConfigError: if `base_model` is itself adapted or a trusted key cannot be loaded.
     """
     if is_adapted(base_model):
         raise ConfigError("load_task: the base model contains adapter layers; pass the plain base")
+    if trusted_keys is not None:
+        verify_bundle(bundle, trusted_key_set(trusted_keys))
+    check_document(bundle)
+    check_structure(base_model, bundle)
     check_fingerprint(base_model, bundle, base_fingerprint, strict_fingerprint)
     base_modules = dict(base_model.named_modules())
     plan = TaskPlan(bundle)
-    try:
-        for entry in bundle.metadata.get("layers", []):
-            if not isinstance(entry.get("path"), str) or not isinstance(entry_kind(entry), str):
-                raise bundle_error(bundle, f"unknown layer entry {entry!r}")
-            planner = codec_for(entry_kind(entry)).plan
-            base = linear_view(base_modules.get(entry["path"]))  # Conv1D: its Linear view
-            plan.layers.append(planner(bundle, entry, base))
-        for entry in bundle.metadata.get("modules", []):
-            plan.modules.append((entry, _plan_module(bundle, entry, base_modules)))
-    except BundleError:
-        raise
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        message = f"malformed metadata ({error!r}); re-export the bundle"
-        raise bundle_error(bundle, message) from None
+    bundle.used = set()
+    for bank in bundle.metadata["banks"]:
+        check_fields(bundle, bank, f"bank {bank.get('key')!r}", BANK_FIELDS, BANK_FIELDS)
+    for entry in bundle.metadata["layers"]:
+        kind = entry_kind(entry)
+        if not isinstance(kind, str) or not isinstance(entry.get("path"), str):
+            raise bundle_error(bundle, f"unknown layer entry {entry!r}")
+        planner = codec_for(kind).plan
+        base = linear_view(base_modules.get(entry["path"]))  # Conv1D: its Linear view
+        plan.layers.append(planner(bundle, entry, base))
+    for entry in bundle.metadata["modules"]:
+        plan.modules.append((entry, _plan_module(bundle, entry, base_modules)))
+    _check_needed(bundle, base_model, plan)
     return plan
 
 
@@ -250,6 +384,7 @@ def load_task(
     *,
     strict_fingerprint: bool = True,
     finalize: Callable[[nn.Module], nn.Module] | None = None,
+    trusted_keys: KeySource | Iterable[KeySource] | None = None,
 ) -> nn.Module:
     """Load the task bundle at `path` onto `base_model`: the fused, compacted task model.
 
@@ -263,14 +398,19 @@ def load_task(
         path: a bundle written by `spa.save_task`.
         strict_fingerprint: refuse a base with another fingerprint (default); False only warns.
         finalize: optional post-processing of the built model, see `build_task`.
+        trusted_keys: Ed25519 public keys (objects, PEM paths or PEM bytes); when given, only a
+            bundle signed by one of them loads. None (default) accepts unsigned bundles.
 
     Returns:
         The task model, in eval mode.
 
     Raises:
         BundleError: for a damaged, altered or truncated file, an unknown format version, a
-            foreign base, a missing layer or a shape mismatch (the message names the file).
+            foreign base, a missing layer or a shape mismatch (the message names the file),
+            or, with `trusted_keys`, an unsigned or wrongly signed bundle.
     """
     bundle = read_bundle(path)
-    plan = plan_task(base_model, bundle, strict_fingerprint=strict_fingerprint)
+    plan = plan_task(
+        base_model, bundle, strict_fingerprint=strict_fingerprint, trusted_keys=trusted_keys
+    )
     return build_task(base_model, plan, finalize=finalize)

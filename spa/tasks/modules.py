@@ -9,6 +9,7 @@ attributes that already exist on the base module with a simple value can be set.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -109,22 +110,102 @@ def _like(value: Any, reference: Any) -> Any:
     return value
 
 
+Size = Callable[[str], Any]
+
+
+def _linear_shapes(size: Size, module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {"weight": (size("out_features"), size("in_features")), "bias": (size("out_features"),)}
+
+
+def _conv_shapes(size: Size, module: nn.Module) -> dict[str, tuple[int, ...]]:
+    if module.transposed:
+        return {}
+    out_channels, in_channels, groups = size("out_channels"), size("in_channels"), size("groups")
+    if in_channels % groups or out_channels % groups:
+        return {"weight": (-1,)}  # no tensor fits: channels must divide into the groups
+    kernel = tuple(module.kernel_size)
+    return {"weight": (out_channels, in_channels // groups, *kernel), "bias": (out_channels,)}
+
+
+def _norm_shapes(size: Size, module: nn.Module) -> dict[str, tuple[int, ...]]:
+    channels = (size("num_features"),)
+    shapes = dict.fromkeys(("weight", "bias", "running_mean", "running_var"), channels)
+    return {**shapes, "num_batches_tracked": ()}
+
+
+def _layer_norm_shapes(size: Size, module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return dict.fromkeys(("weight", "bias"), tuple(size("normalized_shape")))
+
+
+def _group_norm_shapes(size: Size, module: nn.Module) -> dict[str, tuple[int, ...]]:
+    if size("num_channels") % size("num_groups"):
+        return {"weight": (-1,)}
+    return dict.fromkeys(("weight", "bias"), (size("num_channels"),))
+
+
+def _embedding_shapes(size: Size, module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {"weight": (size("num_embeddings"), size("embedding_dim"))}
+
+
+# Known layer types (first match wins): the attributes that size their tensors, the only ones a
+# task may change on them, and the tensor shapes those attributes imply.
+_SHAPE_RULES: tuple[tuple[type, frozenset[str], Callable[[Size, nn.Module], dict]], ...] = (
+    (nn.Linear, frozenset({"in_features", "out_features"}), _linear_shapes),
+    (nn.modules.conv._ConvNd, frozenset({"in_channels", "out_channels", "groups"}), _conv_shapes),
+    (nn.modules.batchnorm._BatchNorm, frozenset({"num_features"}), _norm_shapes),
+    (nn.modules.instancenorm._InstanceNorm, frozenset({"num_features"}), _norm_shapes),
+    (nn.LayerNorm, frozenset({"normalized_shape"}), _layer_norm_shapes),
+    (nn.GroupNorm, frozenset({"num_channels", "num_groups"}), _group_norm_shapes),
+    (nn.Embedding, frozenset({"num_embeddings", "embedding_dim"}), _embedding_shapes),
+)
+
+
+def _same_kind(value: Any, old: Any) -> bool:
+    """True if JSON `value` can replace `old`: integers stay integers of the same sign, lists
+    of the same length replace tuples/lists element-wise; nothing else may change."""
+    if isinstance(old, bool) or isinstance(value, bool):
+        return False
+    if isinstance(old, int):
+        return isinstance(value, int) and value >= min(old, 1)
+    if isinstance(old, tuple | list):
+        return (
+            isinstance(value, list)
+            and len(value) == len(old)
+            and all(_same_kind(v, o) for v, o in zip(value, old, strict=True))
+        )
+    return False
+
+
 def check_attribute_changes(module: nn.Module, changes: dict[str, Any]) -> str | None:
-    """Why `changes` cannot be applied to `module` (None if they can)."""
+    """Why `changes` cannot be applied to `module` (None if they can).
+
+    Only size attributes can change: integers (positive ones stay positive) and lists of them
+    replacing tuples of the same length; on known layer types only the attributes that size
+    their tensors (so strides, paddings, modes and flags of a Conv or a norm never change).
+    """
     current = simple_attributes(module)
+    allowed = next((names for kind, names, _ in _SHAPE_RULES if isinstance(module, kind)), None)
     for key, value in changes.items():
         if key not in current:
             return f"attribute {key!r} does not exist on {type(module).__name__}"
-        if not _is_simple(value):
-            return f"attribute {key!r} has a non-simple value {value!r}"
-        old = current[key]
-        if (
-            old is not None
-            and value is not None
-            and isinstance(old, tuple | list) != isinstance(value, list)
-        ):
-            return f"attribute {key!r}: {value!r} does not match the kind of {old!r}"
+        if allowed is not None and key not in allowed:
+            return f"attribute {key!r} of a {type(module).__name__} cannot change"
+        if not _same_kind(value, current[key]):
+            return f"attribute {key!r}: {value!r} cannot replace {current[key]!r}"
     return None
+
+
+def expected_shapes(module: nn.Module, changes: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes that `module`'s type implies once `changes` are applied (empty if unknown).
+
+    Covers Linear, Conv1d/2d/3d, batch/instance/layer/group norms and Embedding (`_SHAPE_RULES`),
+    so tensors and size attributes of a changed module can be checked against each other
+    before building.
+    """
+    rule = next((rule for kind, _, rule in _SHAPE_RULES if isinstance(module, kind)), None)
+    if rule is None:
+        return {}
+    return rule(lambda key: changes.get(key, getattr(module, key)), module)
 
 
 def apply_attribute_changes(module: nn.Module, changes: dict[str, Any]) -> None:

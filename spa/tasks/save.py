@@ -19,7 +19,7 @@ from spa.adapters.transposed import linear_view
 from spa.errors import ConfigError
 from spa.pruning.module_masks import module_mask, parameter_masks
 from spa.tasks.codecs import codec_for
-from spa.tasks.fingerprint import describe_architecture, fingerprint
+from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_fingerprint
 from spa.tasks.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -30,6 +30,8 @@ from spa.tasks.format import (
     write_bundle,
 )
 from spa.tasks.modules import attribute_changes, direct_tensors, same_tensor
+from spa.tasks.schema import needed_modules, trained_groups
+from spa.tasks.signing import PrivateKeySource, signer
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +172,7 @@ def save_task(
     model_options: dict[str, Any] | None = None,
     compact: bool = True,
     example_inputs: Any = None,
+    signing_key: PrivateKeySource | None = None,
 ) -> Bundle:
     """Write the task `model` (adapted, masked and/or compacted) as a bundle relative to its base.
 
@@ -211,6 +214,9 @@ def save_task(
             (not possible for models carrying `spa.pruning` hook masks on norms/heads).
             SPLoPA block masks are always stored as masks.
         example_inputs: optional batch on which the compacted copy is run as a check.
+        signing_key: optional Ed25519 private key (object, PEM file path or PEM bytes, see
+            `spa bundle keygen`); the bundle is then signed over its header and all tensor
+            bytes, so hosts with `trusted_keys` accept it.
 
     Returns:
         The written `Bundle` (metadata, tensors, size on disk).
@@ -224,6 +230,7 @@ def save_task(
         raise ConfigError(
             f"save_task: norm_statistics must be 'folded' or 'exact', got {norm_statistics!r}"
         )
+    sign = None if signing_key is None else signer(signing_key)
     if is_adapted(base_model):
         raise ConfigError(
             "save_task: base_model contains adapter layers; pass the plain base model the task "
@@ -259,6 +266,13 @@ def save_task(
             entry = _save_module(name, module, base, writer, norm_statistics)
             if entry is not None:
                 modules.append(entry)
+    adapter = _adapter_description(model)
+    groups, head = trained_groups({"adapter": adapter})
+    recorded = {entry["path"] for entry in layers + modules}
+    layer_paths = [entry["path"] for entry in layers]
+    for name in needed_modules(base_model, groups, head, layer_paths):
+        if name not in recorded:  # trained but unchanged: recorded, so dropping it is detected
+            modules.append({"path": name})
     packed, layout = pack_masks(writer.masks)
     if packed is not None:
         writer.tensors[MASKS_TENSOR] = packed
@@ -273,7 +287,8 @@ def save_task(
         "model_name": model_name,
         "model_options": model_options,
         "base_fingerprint": fingerprint(base_model),
-        "adapter": _adapter_description(model),
+        "base_structure": structure_fingerprint(base_model),
+        "adapter": adapter,
         "dtype": str(dtype).removeprefix("torch."),
         "norm_statistics": norm_statistics,
         "density": layers_density(adapters),
@@ -285,6 +300,6 @@ def save_task(
         "masks": layout,
     }
     bundle = Bundle(metadata=metadata, tensors=writer.tensors)
-    size = write_bundle(path, bundle)
+    size = write_bundle(path, bundle, sign=sign)
     logger.info("saved task bundle %s (%d bytes, dParams %d)", path, size, counts.total)
     return bundle

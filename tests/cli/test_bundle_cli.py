@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import stat
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import spa
 from spa.cli import main
 from spa.errors import BundleError
 from spa.models import create_model
-from spa.tasks import load_task, save_task
+from spa.tasks import load_task, save_task, signing
 from spa.tasks.export import load_exported
 
 MODEL_ARGS = ["--model", "tiny_convnet", "--num-classes", "3", "--model-arg", "width=4"]
@@ -104,3 +105,54 @@ def test_export_onnx_matches_pytorch(files, tmp_path):
     with torch.no_grad():
         expected = load_task(base, bundle_path)(x)
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_bundle_keygen_sign_verify_with_trusted_key(files, tmp_path, capsys):
+    _, _, base_path, bundle_path = files
+    key = tmp_path / "signer.pem"
+    assert main(["bundle", "keygen", str(key)]) == 0
+    public = tmp_path / "signer.pem.pub"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    key_id = capsys.readouterr().out.split("key id: ")[1].strip()
+    assert key_id == signing.key_id(signing.load_public_key(public))
+    verify = ["bundle", "verify", str(bundle_path), "--trusted-key", str(public)]
+    assert main(verify) == 1  # unsigned yet
+    assert "is not signed" in capsys.readouterr().err
+    assert main(["bundle", "sign", str(bundle_path), "--key", str(key)]) == 0
+    assert key_id in capsys.readouterr().out
+    assert main([*verify, "--base", str(base_path), *MODEL_ARGS]) == 0
+    out = capsys.readouterr().out
+    assert f"signed by trusted key {key_id}" in out and "fits base" in out
+    assert main(["bundle", "info", str(bundle_path)]) == 0
+    assert f"signed by:       {key_id}" in capsys.readouterr().out
+
+
+def test_bundle_verify_refuses_a_bundle_signed_by_another_key(files, tmp_path, capsys):
+    _, _, _, bundle_path = files
+    for name in ("mine.pem", "theirs.pem"):
+        assert main(["bundle", "keygen", str(tmp_path / name)]) == 0
+    signed = tmp_path / "signed.safetensors"
+    sign = ["bundle", "sign", str(bundle_path), "--key", str(tmp_path / "theirs.pem")]
+    assert main([*sign, "-o", str(signed)]) == 0
+    capsys.readouterr()
+    trusted = ["--trusted-key", str(tmp_path / "mine.pem.pub")]
+    assert main(["bundle", "verify", str(signed), *trusted]) == 1
+    assert "not among the trusted keys" in capsys.readouterr().err
+    both = [*trusted, "--trusted-key", str(tmp_path / "theirs.pem.pub")]  # key rotation
+    assert main(["bundle", "verify", str(signed), *both]) == 0
+
+
+def test_bundle_keygen_refuses_to_overwrite_a_key(tmp_path, capsys):
+    key = tmp_path / "signer.pem"
+    assert main(["bundle", "keygen", str(key)]) == 0
+    before = key.read_bytes()
+    assert main(["bundle", "keygen", str(key)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert key.read_bytes() == before
+    assert main(["bundle", "keygen", str(key), "--force"]) == 0
+    assert key.read_bytes() != before
+
+
+def test_bundle_verify_needs_a_base_or_a_trusted_key(files, capsys):
+    assert main(["bundle", "verify", str(files[3])]) == 1
+    assert "needs --base, --trusted-key, or both" in capsys.readouterr().err

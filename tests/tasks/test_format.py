@@ -103,7 +103,8 @@ def test_read_bundle_refuses_unknown_format_version(tmp_path):
     bundle.metadata["format_version"] = 99
     write_bundle(path, bundle)
     with pytest.raises(
-        BundleError, match="unknown bundle format version 99; this spa reads version 1"
+        BundleError,
+        match=f"unknown bundle format version 99; this spa reads version {FORMAT_VERSION}",
     ):
         read_bundle(path)
 

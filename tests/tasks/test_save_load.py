@@ -11,7 +11,8 @@ from torch import nn
 
 import spa
 from spa.errors import BundleError, ConfigError, SpaWarning
-from spa.tasks import fingerprint, load_task, read_bundle, save_task
+from spa.tasks import fingerprint, load_task, plan_task, read_bundle, save_task
+from spa.tasks.fingerprint import structure_fingerprint
 
 from ..conftest import ConvNet, ResidualNet, mlp
 from .helpers import outputs, trained_task
@@ -219,11 +220,15 @@ def test_load_task_refuses_missing_layer(tmp_path):
     renamed = copy.deepcopy(base)
     renamed.first = renamed.conv1
     del renamed.conv1
+    with pytest.raises(BundleError, match="made for another architecture"):
+        load_task(renamed, path, strict_fingerprint=False)
+    bundle = read_bundle(path)  # past the architecture check, the layer itself is refused
+    bundle.metadata["base_structure"] = structure_fingerprint(renamed)
     with (
         pytest.warns(SpaWarning),
         pytest.raises(BundleError, match="layer 'conv1' is missing from the base model"),
     ):
-        load_task(renamed, path, strict_fingerprint=False)
+        plan_task(renamed, bundle, strict_fingerprint=False)
 
 
 def test_load_task_refuses_shape_mismatch(tmp_path):
@@ -232,11 +237,15 @@ def test_load_task_refuses_shape_mismatch(tmp_path):
     path = tmp_path / "task.safetensors"
     save_task(model, path, base_model=base, compact=False)
     wider = ConvNet(in_channels=5).eval()
+    with pytest.raises(BundleError, match="made for another architecture"):
+        load_task(wider, path, strict_fingerprint=False)
+    bundle = read_bundle(path)
+    bundle.metadata["base_structure"] = structure_fingerprint(wider)
     with (
         pytest.warns(SpaWarning),
         pytest.raises(BundleError, match="shape mismatch at layer 'conv1'"),
     ):
-        load_task(wider, path, strict_fingerprint=False)
+        plan_task(wider, bundle, strict_fingerprint=False)
 
 
 def test_save_task_refuses_adapted_base(tmp_path):
