@@ -23,7 +23,6 @@ from spa.flops import count_flops, count_macs, density
 from spa.pruning import compact
 from spa.tasks import TaskHost, TaskReport, load_task, read_bundle, save_task
 
-
 __all__ = [
     "AdaptReport",
     "FinePruningConfig",

@@ -23,7 +23,6 @@ Method = Literal["fine-pruning", "lora", "splora", "splopa"]
 Schedule = Literal["iterative", "gradual", "none"]
 
 
-
 def channel_criteria() -> tuple[str, ...]:
     """Names of the registered channel criteria (`spa.pruning.CRITERIA`)."""
     from spa.pruning.criteria import CRITERIA

@@ -136,7 +136,8 @@ def measure_task(
 
     Returns:
         `density` (measured), `dparams`, `params` and `flops` / `macs` per example of the fused
-        compacted model, the latency fields of `Latency.record` and `bundle_bytes` (None without a bundle).
+        compacted model, the latency fields of `Latency.record` and `bundle_bytes` (None
+        without a bundle).
     """
     training = model.training
     compacted = compact(copy.deepcopy(model).eval(), example)

@@ -202,9 +202,7 @@ def _transformers_class(name: str, where: str) -> type[nn.Module]:
     return model_class
 
 
-def load_transformers(
-    path: str | Path, auto_class: str | None = None, **kwargs: Any
-) -> nn.Module:
+def load_transformers(path: str | Path, auto_class: str | None = None, **kwargs: Any) -> nn.Module:
     """Load a local `transformers` model directory (config.json + weights), no download.
 
     Args:
