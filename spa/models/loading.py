@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".safetensors")
+# Files a saved tokenizer's vocabulary lives in (fast tokenizers, WordPiece, BPE, SentencePiece).
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,10 +241,17 @@ def load_tokenizer(path: str | Path) -> Any:
     """The tokenizer saved in a local `transformers` model directory (no download).
 
     Raises:
-        ConfigError: if the directory has no loadable tokenizer files.
+        ConfigError: if the directory has no vocabulary file or its tokenizer cannot be loaded
+            (`transformers` would otherwise build an empty tokenizer that maps every word to
+            the unknown token).
     """
     path = Path(path)
     read_transformers_config(path)
+    if not any((path / name).is_file() for name in VOCABULARY_FILES):
+        raise ConfigError(
+            f"{path}: no tokenizer vocabulary (one of {', '.join(VOCABULARY_FILES)}); save the "
+            "tokenizer next to the model with `tokenizer.save_pretrained`"
+        )
     from transformers import AutoTokenizer
 
     try:
