@@ -5,6 +5,7 @@ task parameters: `adapt` a model, prune and train it, `fuse` it into an ordinary
 and count what a task learned with `count_learned_parameters`.
 """
 
+from spa._version import __version__
 from spa.accounting import LearnedParameters, count_learned_parameters, learned_parameters
 from spa.adapters import (
     ADAPTER_KINDS,
@@ -23,8 +24,6 @@ from spa.export import fuse
 from spa.flops import count_flops, count_macs, density
 from spa.pruning import compact
 from spa.tasks import TaskHost, TaskReport, load_task, read_bundle, save_task
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ADAPTER_KINDS",

@@ -52,34 +52,25 @@ def load_base(
     Raises:
         ConfigError: if the checkpoint or model name is missing or does not fit.
     """
+    from spa.models.loading import load_model
+
     path = Path(args.base)
-    if path.is_dir():
-        import transformers
-
-        from spa.tasks.export import describe_transformers
-
-        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-        names = getattr(config, "architectures", None) or []
-        model_class = getattr(transformers, names[0], None) if names else None
-        if model_class is None:
-            raise ConfigError(f"{path}: config.json names no known transformers architecture")
-        model = model_class.from_pretrained(path, local_files_only=True)
-        return model.eval(), describe_transformers(model)
     recorded = metadata or {}
     name = args.model or recorded.get("model_name")
-    if not name:
+    if not path.is_dir() and not name:
         raise ConfigError(
             f"--base {path}: a state-dict file needs --model NAME (a spa.models registry name); "
             "the bundle does not record one"
         )
-    from spa.models import create_model, load_torchvision_weights
-
     kwargs = dict(recorded.get("model_options") or {}) if not args.model else {}
     kwargs.update(_model_kwargs(args))
-    model = create_model(name, **kwargs)
-    load_torchvision_weights(model, path)
+    loaded = load_model(path, name=name, options=kwargs)
+    if loaded.source == "transformers":
+        from spa.tasks.export import describe_transformers
+
+        return loaded.model.eval(), describe_transformers(loaded.model)
     architecture = {"source": "spa.models", "name": name, "kwargs": kwargs}
-    return model.eval(), architecture
+    return loaded.model.eval(), architecture
 
 
 def _add_base_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

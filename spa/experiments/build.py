@@ -15,8 +15,6 @@ from torch.utils.data import Dataset
 from spa.adapters import FinePruningConfig, SPLoPAConfig, SPLoRAConfig, adapt
 from spa.errors import ConfigError
 from spa.experiments.config import (
-    BLOCK_CRITERIA,
-    CHANNEL_CRITERIA,
     AdapterSection,
     DataConfig,
     ExperimentConfig,
@@ -24,46 +22,6 @@ from spa.experiments.config import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def unsupported_reason(config: ExperimentConfig) -> str | None:
-    """Why this config cannot run in this build of spa (naming the key), or None if it can.
-
-    Image data sets run the channel path (fine-pruning, LoRA, SPLoRA; iterative schedule);
-    SQuAD runs the block path (SPLoPA or block fine-pruning; gradual schedule).
-    """
-    pruning = config.pruning
-    if config.data.name == "squad":
-        if config.adapter.method not in ("splopa", "fine-pruning"):
-            return (
-                f"config key 'adapter.method' = {config.adapter.method!r}: question answering "
-                "runs support 'splopa' and 'fine-pruning' (block pruning)"
-            )
-        if pruning.schedule != "gradual" or pruning.criterion not in BLOCK_CRITERIA:
-            key = "pruning.schedule" if pruning.schedule != "gradual" else "pruning.criterion"
-            value = pruning.schedule if key == "pruning.schedule" else pruning.criterion
-            return (
-                f"config key {key!r} = {value!r}: question answering runs use the 'gradual' "
-                f"schedule with a block criterion, one of {BLOCK_CRITERIA}"
-            )
-        return None
-    if config.adapter.method == "splopa":
-        return (
-            "config key 'adapter.method' = 'splopa': block pruning of image models is not yet "
-            "supported by `spa run` (it runs for data.name = 'squad'); use 'fine-pruning', "
-            "'lora' or 'splora'"
-        )
-    if pruning.schedule == "gradual":
-        return (
-            "config key 'pruning.schedule' = 'gradual': the gradual (cubic) schedule is not yet "
-            "supported for image models by `spa run`; use 'iterative' or 'none'"
-        )
-    if pruning.schedule != "none" and pruning.criterion in BLOCK_CRITERIA:
-        return (
-            f"config key 'pruning.criterion' = {pruning.criterion!r}: block fine-pruning of "
-            f"image models is not yet supported by `spa run`; use one of {CHANNEL_CRITERIA}"
-        )
-    return None
 
 
 def build_datasets(config: DataConfig) -> tuple[Dataset, Dataset]:
@@ -137,17 +95,17 @@ def build_models(
     if config.name == "transformers":
         model = _transformers_model(config, num_classes)
         return copy.deepcopy(model), model
-    from spa.models import create_model, load_torchvision_weights
+    from spa.models import create_model
+    from spa.models.loading import load_model
 
     options = base_options(config, num_classes, in_channels)
     if config.weights is None:
         model = create_model(config.name, **options)
         return copy.deepcopy(model), model
-    base = create_model(config.name, **options)
-    load_torchvision_weights(base, config.weights, head_name=config.head)
-    model = copy.deepcopy(base)
+    base = load_model(config.weights, name=config.name, options=options, head_name=config.head)
+    model = copy.deepcopy(base.model)
     _replace_head(model, config.head, num_classes)
-    return base, model
+    return base.model, model
 
 
 def base_options(config: ModelConfig, num_classes: int, in_channels: int) -> dict[str, Any] | None:
@@ -166,9 +124,9 @@ def base_options(config: ModelConfig, num_classes: int, in_channels: int) -> dic
 
 
 def _stored_head_classes(config: ModelConfig) -> int:
-    from spa.models.resnet import _read_state_dict  # the one reader of local weight files
+    from spa.models.loading import read_state_dict
 
-    state = _read_state_dict(Path(config.weights))
+    state = read_state_dict(config.weights)
     weight = state.get(f"{config.head}.weight")
     if weight is None:
         raise ConfigError(
@@ -196,13 +154,16 @@ def _replace_head(model: nn.Module, head: str, num_classes: int) -> None:
 
 
 def _transformers_model(config: ModelConfig, num_classes: int) -> nn.Module:
+    from spa.models.loading import load_transformers
+
     path = Path(config.path)
     if not path.is_dir():
         raise ConfigError(f"config key 'model.path': {path} is not a local model directory")
-    from transformers import AutoModelForImageClassification
-
-    model = AutoModelForImageClassification.from_pretrained(
-        str(path), num_labels=num_classes, ignore_mismatched_sizes=True, local_files_only=True
+    model = load_transformers(
+        path,
+        "AutoModelForImageClassification",
+        num_labels=num_classes,
+        ignore_mismatched_sizes=True,
     )
     return LogitsOnly(model)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from spa.errors import ConfigError
 from spa.experiments.files import atomic_write_bytes
@@ -32,27 +31,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_checkpoint(
-    path: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, masks: Any
-) -> None:
+def save_checkpoint(path: Path, step: int, state: dict[str, Any]) -> None:
     """Write the state after the completed `step` atomically (the old file or the new, never half).
 
     Args:
         path: the checkpoint file.
-        step: index of the completed density step.
-        model: the adapted, masked model (its `state_dict`).
-        optimizer: the optimiser (its `state_dict`).
-        masks: channel masks to re-apply on restore (hook masks are not in `state_dict`).
+        step: index of the completed step.
+        state: the task session's state (tensors and plain data, e.g. the model's and the
+            optimiser's `state_dict` and channel masks); the global RNG states are added.
     """
     buffer = io.BytesIO()
-    state = {
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_state(),
-        "masks": masks,
-    }
-    torch.save(state, buffer)
+    torch.save({**state, "step": step, "rng": rng_state()}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 

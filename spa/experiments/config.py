@@ -22,8 +22,19 @@ from spa.experiments.toml_writer import dumps_toml
 Method = Literal["fine-pruning", "lora", "splora", "splopa"]
 Schedule = Literal["iterative", "gradual", "none"]
 
-CHANNEL_CRITERIA = ("weight", "gradient", "taylor", "lrp")
-BLOCK_CRITERIA = ("magnitude", "movement", "soft_movement", "l0")
+
+def channel_criteria() -> tuple[str, ...]:
+    """Names of the registered channel criteria (`spa.pruning.CRITERIA`)."""
+    from spa.pruning.criteria import CRITERIA
+
+    return tuple(CRITERIA.names())
+
+
+def block_criteria() -> tuple[str, ...]:
+    """Names of the registered block criteria (`spa.pruning.block_criteria.BLOCK_CRITERIA`)."""
+    from spa.pruning.block_criteria import BLOCK_CRITERIA
+
+    return tuple(BLOCK_CRITERIA.names())
 
 
 _fail = config_key_error
@@ -157,7 +168,7 @@ class PruningConfig:
     round_to: int | None = None
 
     def __post_init__(self) -> None:
-        known = CHANNEL_CRITERIA + BLOCK_CRITERIA
+        known = channel_criteria() + block_criteria()
         if self.criterion not in known:
             raise _fail("pruning.criterion", f"unknown {self.criterion!r}; allowed: {known}")
         _check_range("pruning.step", self.step, 0.0, 1.0, low_open=True)
@@ -264,10 +275,10 @@ class ExperimentConfig:
                 "(or use method 'splora')",
             )
         allowed = {
-            "splopa": BLOCK_CRITERIA,
-            "splora": CHANNEL_CRITERIA,
-            "lora": CHANNEL_CRITERIA,
-            "fine-pruning": CHANNEL_CRITERIA + BLOCK_CRITERIA,  # channel or block fine-pruning
+            "splopa": block_criteria(),
+            "splora": channel_criteria(),
+            "lora": channel_criteria(),
+            "fine-pruning": channel_criteria() + block_criteria(),  # channel or block fine-pruning
         }[self.adapter.method]
         if self.pruning.schedule != "none" and self.pruning.criterion not in allowed:
             raise _fail(
@@ -366,6 +377,6 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
 
 def config_to_toml(config: ExperimentConfig) -> str:
     """The resolved config as TOML text, stamped with the spa version that ran it."""
-    from spa import __version__
+    from spa._version import __version__
 
     return dumps_toml({"spa_version": __version__, **to_dict(config)})

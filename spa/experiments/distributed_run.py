@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -12,27 +13,40 @@ from spa.errors import ConfigError
 from spa.experiments.config import ExperimentConfig
 from spa.experiments.pruning_steps import ChannelPruner
 
+if TYPE_CHECKING:
+    from spa.experiments.task_types import TaskType
+
 logger = logging.getLogger(__name__)
 
 
-def check_distributed(config: ExperimentConfig, context: distributed.DistributedContext) -> None:
+def check_distributed(
+    config: ExperimentConfig,
+    context: distributed.DistributedContext,
+    task_type: TaskType | None = None,
+) -> None:
     """Refuse configs a distributed run cannot serve (no-op in a single process).
 
     Args:
         config: the experiment config.
         context: this process's distributed context.
+        task_type: the config's task type (looked up from `data.name` if omitted).
 
     Raises:
-        ConfigError: for a global batch not divisible by the world size, SQuAD runs, or a
-            non-CUDA `train.device` with the nccl backend.
+        ConfigError: for a global batch not divisible by the world size, a task type without
+            distributed support (e.g. question answering), or a non-CUDA `train.device` with
+            the nccl backend.
     """
     if not context.is_distributed:
         return
     distributed.per_device_batch_size(config.data.batch_size, context.world_size)
-    if config.data.name == "squad":
+    if task_type is None:
+        from spa.experiments.task_types import task_type_for  # the task types import this module
+
+        task_type = task_type_for(config)
+    if not task_type.supports_distributed:
         raise ConfigError(
-            "data.name='squad': distributed runs support the image (channel pruning) path only; "
-            "run question answering without torchrun"
+            f"data.name={config.data.name!r}: distributed runs do not support the "
+            f"{task_type.name!r} task type; run it without torchrun"
         )
     if context.backend == "nccl" and not config.train.device.startswith("cuda"):
         raise ConfigError(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import statistics
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,9 @@ from spa.flops import count_flops, density
 from spa.pruning import compact
 from spa.tasks import save_task
 
+LATENCY_REPEATS = 20  # timed forward passes per measurement
+LATENCY_WARMUP = 3  # untimed passes first (allocator, caches, lazy initialisation)
+
 
 def freeze(model: nn.Module) -> nn.Module:
     """Freeze `model` in place (no gradients, eval mode) and return it: the bundles' base."""
@@ -24,32 +30,88 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@torch.inference_mode()
-def latency_ms(model: nn.Module, inputs: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
-    """Fastest wall-clock milliseconds of one forward pass of `model` on `inputs` (eval mode).
-
-    The minimum over repeats is the least disturbed by other processes sharing the CPU.
+@dataclass(frozen=True)
+class Latency:
+    """Wall-clock milliseconds of one forward pass: the median of several timed runs and its
+    spread (first and third quartile), so one disturbed run moves neither.
 
     Args:
-        model: the model to time.
-        inputs: the batch.
-        repeats: timed runs.
+        median_ms: median over the timed runs.
+        q1_ms: first quartile (25th percentile, linear interpolation).
+        q3_ms: third quartile (75th percentile, linear interpolation).
+        runs: number of timed runs.
+    """
+
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    runs: int
+
+    def record(self) -> dict[str, float | int]:
+        """The metrics-record fields: `latency_ms` (the median) and its quartiles."""
+        return {
+            "latency_ms": self.median_ms,
+            "latency_q1_ms": self.q1_ms,
+            "latency_q3_ms": self.q3_ms,
+            "latency_runs": self.runs,
+        }
+
+
+def latency_statistics(times_ms: Sequence[float]) -> Latency:
+    """Median and quartiles of timed runs (the one latency statistic of every table).
+
+    Args:
+        times_ms: milliseconds of each timed run (at least one).
+
+    Returns:
+        The median and the first and third quartiles (inclusive linear interpolation, the
+        same as `numpy.percentile`'s default).
+
+    Raises:
+        ValueError: if `times_ms` is empty.
+    """
+    if not times_ms:
+        raise ValueError("latency_statistics needs at least one timed run")
+    values = sorted(float(t) for t in times_ms)
+    if len(values) == 1:
+        return Latency(median_ms=values[0], q1_ms=values[0], q3_ms=values[0], runs=1)
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return Latency(median_ms=median, q1_ms=q1, q3_ms=q3, runs=len(values))
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module,
+    inputs: torch.Tensor | Mapping[str, torch.Tensor],
+    repeats: int = LATENCY_REPEATS,
+    warmup: int = LATENCY_WARMUP,
+) -> Latency:
+    """Time forward passes of `model` (eval mode) on `inputs`: `warmup` untimed, then `repeats`.
+
+    Args:
+        model: the model to time (its train/eval mode is restored afterwards).
+        inputs: a batch tensor, or keyword inputs (e.g. `input_ids`) of a `transformers` model.
+        repeats: timed runs (>= 1).
         warmup: untimed runs first.
 
     Returns:
-        The fastest time in milliseconds.
+        The median and quartiles of the timed runs (`latency_statistics`).
     """
     training = model.training
     model.eval()
+
+    def forward() -> None:
+        model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+
     for _ in range(warmup):
-        model(inputs)
+        forward()
     times = []
-    for _ in range(repeats):
+    for _ in range(max(1, repeats)):
         start = time.perf_counter()
-        model(inputs)
+        forward()
         times.append((time.perf_counter() - start) * 1e3)
     model.train(training)
-    return min(times)
+    return latency_statistics(times)
 
 
 def measure_task(
@@ -74,7 +136,8 @@ def measure_task(
 
     Returns:
         `density` (measured), `dparams`, `params` and `flops` / `macs` per example of the fused
-        compacted model, `latency_ms` and `bundle_bytes` (None without a bundle).
+        compacted model, the latency fields of `Latency.record` and `bundle_bytes` (None
+        without a bundle).
     """
     training = model.training
     compacted = compact(copy.deepcopy(model).eval(), example)
@@ -88,7 +151,7 @@ def measure_task(
         "params": sum(p.numel() for p in fused.parameters()),
         "flops": flops,
         "macs": flops // 2,
-        "latency_ms": latency_ms(fused, batch),
+        **measure_latency(fused, batch).record(),
         "bundle_bytes": None,
     }
     if bundle_path is not None:

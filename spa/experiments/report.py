@@ -2,7 +2,10 @@
 
 Every run directory holds `seed-*/metrics.jsonl`; its `"event": "density"` records (one per
 density step, written by the runner) are all a report needs. Tables always put density, dParams
-and FLOPs side by side and label FLOPs and MACs explicitly (1 MAC = 2 FLOPs).
+and FLOPs side by side and label FLOPs and MACs explicitly (1 MAC = 2 FLOPs). The score column is
+the task type's metric (`metric`, named by `metric_name`: accuracy, F1, ...; runs recorded
+before metric names read `accuracy`). Latency is the median of timed runs with the interquartile
+range, never a mean ± std (one disturbed run would dominate it).
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ _COLUMNS = (
     ("dparams", "dParams (K)", 1e-3, 1),
     ("flops", "MFLOPs", 1e-6, 2),
     ("macs", "MMACs", 1e-6, 2),
-    ("accuracy", "Accuracy (%)", 100.0, 2),
+    ("metric", "Score (%)", 100.0, 2),
     ("bundle_bytes", "Bundle (KiB)", 1 / 1024, 1),
-    ("latency_ms", "CPU latency (ms)", 1.0, 2),
 )
+_LATENCY_HEADER = "CPU latency (ms), median (IQR)"
 _GROUP_KEYS = ("task", "method", "criterion", "step")
 
 
@@ -47,6 +50,9 @@ class AggregateRow:
         seeds: seeds aggregated.
         mean: mean of each numeric column.
         std: sample standard deviation of each column (0 for a single seed).
+        metric_name: name of the `metric` column's metric (e.g. "accuracy", "f1").
+        latency: `(median, low, high)` ms: the median of the seeds' median latencies, the
+            lowest first and the highest third quartile; None if not measured.
     """
 
     task: str
@@ -57,6 +63,24 @@ class AggregateRow:
     seeds: tuple[int, ...]
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
+    metric_name: str = "accuracy"
+    latency: tuple[float, float, float] | None = None
+
+
+def _value(record: dict[str, Any], column: str) -> Any:
+    if column == "metric" and "metric" not in record:
+        return record.get("accuracy")  # runs recorded before metric names
+    return record.get(column)
+
+
+def _latency(members: Sequence[dict[str, Any]]) -> tuple[float, float, float] | None:
+    measured = [m for m in members if m.get("latency_ms") is not None]
+    if not measured:
+        return None
+    median = statistics.median(float(m["latency_ms"]) for m in measured)
+    low = min(float(m.get("latency_q1_ms", m["latency_ms"])) for m in measured)
+    high = max(float(m.get("latency_q3_ms", m["latency_ms"])) for m in measured)
+    return median, low, high
 
 
 def density_records(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -92,7 +116,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[AggregateRow]:
         task, method, criterion, step = key
         mean, std = {}, {}
         for column, *_ in _COLUMNS:
-            values = [float(m[column]) for m in members if m.get(column) is not None]
+            values = [float(_value(m, column)) for m in members if _value(m, column) is not None]
             if not values:
                 continue
             mean[column] = statistics.fmean(values)
@@ -107,6 +131,8 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[AggregateRow]:
                 seeds=tuple(sorted(m["seed"] for m in members)),
                 mean=mean,
                 std=std,
+                metric_name=str(members[0].get("metric_name", "accuracy")),
+                latency=_latency(members),
             )
         )
     rows.sort(key=lambda r: (r.task, -r.target_density, r.method, r.criterion))
@@ -122,19 +148,29 @@ def _cell(row: AggregateRow, column: str, scale: float, decimals: int) -> str:
     return text
 
 
+def _latency_cell(row: AggregateRow) -> str:
+    if row.latency is None:
+        return "-"
+    median, low, high = row.latency
+    return f"{median:,.2f} ({low:,.2f}–{high:,.2f})"
+
+
 def markdown_table(rows: Sequence[AggregateRow]) -> str:
     """The rows as a Markdown table shaped like the paper's Table 1 (mean ± std over seeds)."""
-    headers = ["Task", "Method", "Criterion"] + [c[1] for c in _COLUMNS] + ["Seeds"]
+    headers = ["Task", "Method", "Criterion"] + [c[1] for c in _COLUMNS]
+    headers += [_LATENCY_HEADER, "Metric", "Seeds"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cells = [row.task, row.method, row.criterion]
         cells += [_cell(row, c, s, d) for c, _, s, d in _COLUMNS]
-        cells.append(str(len(row.seeds)))
+        cells += [_latency_cell(row), row.metric_name, str(len(row.seeds))]
         lines.append("| " + " | ".join(cells) + " |")
     note = (
         "\nDensity: fraction of prunable weights kept. dParams: learned parameters of the task. "
         "FLOPs and MACs per example of the compacted model (1 MAC = 2 FLOPs). "
-        "Values are mean ± sample std over seeds."
+        "Score: the task's metric (named in the Metric column). "
+        "Values are mean ± sample std over seeds; latency is the median over timed runs (and "
+        "seeds) with the interquartile range."
     )
     return "\n".join(lines) + "\n" + note + "\n"
 
@@ -143,15 +179,17 @@ def csv_table(rows: Sequence[AggregateRow]) -> str:
     """The rows as CSV with raw units and separate `_mean` / `_std` columns."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["task", "method", "criterion", "step", "target_density", "seeds"]
+    header = ["task", "method", "criterion", "step", "target_density", "seeds", "metric_name"]
     for column, *_ in _COLUMNS:
         header += [f"{column}_mean", f"{column}_std"]
+    header += ["latency_ms_median", "latency_ms_low", "latency_ms_high"]
     writer.writerow(header)
     for row in rows:
         cells: list[Any] = [row.task, row.method, row.criterion, row.step, row.target_density]
-        cells.append(" ".join(map(str, row.seeds)))
+        cells += [" ".join(map(str, row.seeds)), row.metric_name]
         for column, *_ in _COLUMNS:
             cells += [row.mean.get(column, ""), row.std.get(column, "")]
+        cells += list(row.latency) if row.latency is not None else ["", "", ""]
         writer.writerow(cells)
     return buffer.getvalue()
 
@@ -159,12 +197,14 @@ def csv_table(rows: Sequence[AggregateRow]) -> str:
 def _series(rows: Sequence[AggregateRow]) -> dict[str, list[AggregateRow]]:
     series: dict[str, list[AggregateRow]] = {}
     for row in rows:
-        series.setdefault(f"{row.task} · {row.method} · {row.criterion}", []).append(row)
+        label = f"{row.task} ({row.metric_name}) · {row.method} · {row.criterion}"
+        series.setdefault(label, []).append(row)
     return series
 
 
 def write_plots(rows: Sequence[AggregateRow], folder: str | Path) -> list[Path]:
-    """Accuracy vs dParams, accuracy vs FLOPs and dParams vs density as PNG (paper's Fig. 6).
+    """Score vs dParams, score vs FLOPs and dParams vs density as PNG (paper's Fig. 6); the score
+    is each task's metric (accuracy, F1, ...), named in the legend.
 
     Args:
         rows: aggregated rows.
@@ -180,8 +220,8 @@ def write_plots(rows: Sequence[AggregateRow], folder: str | Path) -> list[Path]:
 
     folder = Path(folder)
     plots = (
-        ("accuracy_vs_dparams.png", "dparams", 1.0, "accuracy", 100.0, "dParams", "Accuracy (%)"),
-        ("accuracy_vs_flops.png", "flops", 1e-6, "accuracy", 100.0, "MFLOPs", "Accuracy (%)"),
+        ("accuracy_vs_dparams.png", "dparams", 1.0, "metric", 100.0, "dParams", "Score (%)"),
+        ("accuracy_vs_flops.png", "flops", 1e-6, "metric", 100.0, "MFLOPs", "Score (%)"),
         ("dparams_vs_density.png", "density", 100.0, "dparams", 1.0, "Density (%)", "dParams"),
     )
     written = []

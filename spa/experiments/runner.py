@@ -1,8 +1,11 @@
 """`run(config, run_dir)`: the one place that sequences an experiment's stages; resumable.
 
-Per seed: build data and base model → adapt → train E0 epochs unpruned → for every density:
-prune, train E epochs → evaluate, measure the compacted model, save a task bundle, append the
-metrics and write a checkpoint. Then the table and plots of all seeds are written.
+The task type (`spa.experiments.task_types`, picked by `data.name`: classification, extractive
+QA, ...) provides the data, loss, metric and deployable model; the runner sequences the same
+stages for every task type. Per seed: build data, base and adapted model → for every step of the
+pruning schedule (`plan_steps`: an unpruned step then one per density, or one gradual step):
+prune, train its epochs → evaluate, measure the deployable (compacted) model, save a task bundle,
+append the metrics and write a checkpoint. Then the table and plots of all seeds are written.
 
 Run directory::
 
@@ -16,14 +19,15 @@ Run directory::
 Resuming: the checkpoint is written atomically after each completed density step. Running the
 same command again restores it (model, optimiser, RNG states, channel masks), drops metrics of
 the interrupted step and continues with the next step. Data order depends only on (seed, epoch),
-so the final results equal an uninterrupted run's.
+so the final results equal an uninterrupted run's. A seed whose last step is recorded is not
+rebuilt; task types without checkpoints (QA's single gradual step) rerun an interrupted seed.
 
 Distributed (`torchrun ... -m spa run CONFIG`, docs/distributed.md): every rank trains and scores
 its shard under DDP with all-reduced criterion statistics (identical masks, checked by
 fingerprint); only rank 0 writes files; on resume every rank loads rank 0's checkpoint.
 
-Question answering (`data.name = "squad"`, `spa.experiments.qa_run`): one step per seed (gradual
-block pruning throughout training); a finished seed is skipped on resume.
+Records: every density record has `metric` (the task type's headline metric as a fraction) and
+`metric_name` ("accuracy", "f1", ...); classification records also keep `accuracy`.
 """
 
 from __future__ import annotations
@@ -36,12 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from spa import distributed
 from spa.errors import ConfigError
-from spa.experiments import build, measure
+from spa.experiments import build
 from spa.experiments.checkpoint import (
     load_checkpoint,
     save_checkpoint,
@@ -49,20 +50,11 @@ from spa.experiments.checkpoint import (
     set_rng_state,
 )
 from spa.experiments.config import ExperimentConfig, config_to_toml, from_dict, to_dict
-from spa.experiments.distributed_run import check_distributed, prune_on_all_ranks
+from spa.experiments.distributed_run import check_distributed
 from spa.experiments.files import append_jsonl, atomic_write_text, read_jsonl
-from spa.experiments.pruning_steps import ChannelPruner
 from spa.experiments.report import ReportFiles, write_report
-from spa.experiments.train import (
-    block_learning_rate,
-    evaluate,
-    is_main_process,
-    make_loader,
-    make_optimizer,
-    set_learning_rate,
-    train_epoch,
-    wrap_model,
-)
+from spa.experiments.task_types import SeedSession, Step, TaskType, plan_steps, task_type_for
+from spa.experiments.train import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +101,21 @@ def run(
         ConfigError: if the config cannot run here, or `run_dir` holds a run of another config
             (naming the first differing key).
     """
-    reason = build.unsupported_reason(config)
+    task_type = task_type_for(config)
+    reason = task_type.unsupported_reason(config)
     if reason is not None:
         raise ConfigError(reason)
     run_dir = Path(run_dir if run_dir is not None else config.output_dir)
     with distributed.distributed_session() as context:
-        check_distributed(config, context)
+        check_distributed(config, context, task_type)
         _prepare_run_dir(run_dir, config)
         distributed.barrier("preparing the run directory")  # others then read what rank 0 wrote
         with _log_to(run_dir / "run.log"):
             logger.info("run %s in %s (seeds %s)", config.name, run_dir, list(config.seeds))
             records: list[dict[str, Any]] = []
-            run_seed = _run_qa_seed if config.data.name == "squad" else _run_seed
             for seed in config.seeds:
-                records += run_seed(config, run_dir / f"seed-{seed}", seed, step_hook)
+                seed_dir = run_dir / f"seed-{seed}"
+                records += _run_seed(config, task_type, seed_dir, seed, step_hook)
             report = write_report([run_dir], run_dir) if is_main_process() else None
             report = distributed.broadcast_from_main(report)
             logger.info("finished %s: table %s", config.name, report.markdown)
@@ -181,175 +174,117 @@ def _log_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def _block_epochs(config: ExperimentConfig, step: int) -> tuple[int, int]:
-    """(epochs of the block of `step`, global index of its first epoch)."""
-    train = config.train
-    if step == 0:
-        return train.initial_epochs, 0
-    return train.epochs_per_step, train.initial_epochs + (step - 1) * train.epochs_per_step
-
-
 @dataclass
 class _Seed:
-    """Everything one seed's run works on."""
+    """One seed's session with where its files go."""
 
     seed: int
     folder: Path
-    train_set: Any
-    eval_set: Any
-    example: torch.Tensor  # (1, C, H, W)
-    base: nn.Module
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    pruner: ChannelPruner | None
-    densities: list[float]
+    session: SeedSession
     labels: dict[str, Any]
-    model_options: dict[str, Any] | None = None  # the base's builder arguments, for bundles
+    metric_name: str
 
     @property
     def metrics_path(self) -> Path:
         return self.folder / METRICS
 
 
-def _setup(config: ExperimentConfig, seed_dir: Path, seed: int) -> _Seed:
-    seed_everything(seed)
-    train_set, eval_set = build.build_datasets(config.data)
-    example = train_set[0][0].unsqueeze(0).to(config.train.device)
-    base, model = build.build_models(config.model, train_set.num_classes, example.shape[1])
-    build.adapt_model(model, config)
-    model.to(config.train.device)
-    train = config.train
-    optimizer = make_optimizer(model, train.optimizer, train.lr, train.momentum, train.weight_decay)
-    densities = [1.0] + config.pruning.density_steps()
-    pruner = ChannelPruner(model, example, config.pruning) if len(densities) > 1 else None
-    criterion = config.pruning.criterion if pruner is not None else "-"
-    return _Seed(
-        seed=seed,
-        folder=seed_dir,
-        train_set=train_set,
-        eval_set=eval_set,
-        example=example,
-        base=measure.freeze(base),
-        model=model,
-        optimizer=optimizer,
-        pruner=pruner,
-        densities=densities,
-        labels=_labels(config, seed, criterion),
-        model_options=build.base_options(config.model, train_set.num_classes, example.shape[1]),
-    )
-
-
 def _restore(state: _Seed) -> int:
-    """Restore the last checkpoint, if any; return the first step still to run."""
+    """Restore the last checkpoint, if any; return the first step index still to run."""
     checkpoint = load_checkpoint(state.folder / CHECKPOINT)
     if checkpoint is None:
         return 0
-    state.model.load_state_dict(checkpoint["model"])
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
-    if state.pruner is not None:
-        state.pruner.restore(state.model, checkpoint["masks"])
+    state.session.restore(checkpoint)
     set_rng_state(checkpoint["rng"])
     logger.info("seed %d: resuming after step %d", state.seed, checkpoint["step"])
     return checkpoint["step"] + 1
 
 
-def _train_block(
-    config: ExperimentConfig, state: _Seed, training: nn.Module, step: int, target: float
-) -> None:
-    train = config.train
-    epochs, first_epoch = _block_epochs(config, step)
-    for epoch in range(epochs):
-        lr = block_learning_rate(train.lr, epoch, epochs, train.lr_schedule)
-        set_learning_rate(state.optimizer, lr)
-        loader = make_loader(
-            state.train_set,
-            config.data.batch_size,
-            shuffle=True,
-            seed=state.seed,
-            epoch=first_epoch + epoch,
-            shard=True,
-        )
-        stats = train_epoch(
-            training,
-            loader,
-            state.optimizer,
-            device=train.device,
-            max_batches=train.max_batches_per_epoch,
-            description=f"seed {state.seed} density {target:.0%} epoch {epoch + 1}/{epochs}",
-        )
-        record = {"event": "epoch", **state.labels, "step": step, "epoch": epoch, "lr": lr}
-        _append(state.metrics_path, {**record, "loss": stats.loss, "accuracy": stats.accuracy})
+def _train_step(state: _Seed, step: Step) -> None:
+    for epoch in range(step.epochs):
+        fields = state.session.train_epoch(step, epoch)
+        record = {"event": "epoch", **state.labels, "step": step.index, "epoch": epoch}
+        _append(state.metrics_path, {**record, **fields})
+    state.session.finish_training(step)
 
 
-def _finish_step(config: ExperimentConfig, state: _Seed, step: int, target: float) -> dict:
-    """Evaluate, measure, save the bundle, metrics and checkpoint; return the density record.
+def _finish_step(state: _Seed, step: Step) -> dict:
+    """Evaluate, deploy and measure, save the bundle, metrics and checkpoint; return the record.
 
     Every rank evaluates (on all of the eval set, with rank 0's buffers); rank 0 alone measures
     and writes, then sends its record to the others.
     """
-    distributed.synchronise_buffers(state.model)  # rank 0's BatchNorm statistics everywhere
-    eval_loader = make_loader(state.eval_set, config.data.eval_batch_size, shuffle=False)
-    result = evaluate(state.model, eval_loader, device=config.train.device)
-    record = _save_step(config, state, step, target, result) if is_main_process() else None
+    distributed.synchronise_buffers(state.session.model)  # rank 0's normalisation statistics
+    evaluation = state.session.evaluate()
+    record = _save_step(state, step, evaluation) if is_main_process() else None
     record = distributed.broadcast_from_main(record)
     logger.info(
-        "seed %d step %d: density %.3f accuracy %.4f dParams %d",
+        "seed %d step %d: density %.3f %s %.4f dParams %d",
         state.seed,
-        step,
+        step.index,
         record["density"],
-        record["accuracy"],
+        state.metric_name,
+        record["metric"],
         record["dparams"],
     )
     return record
 
 
-def _save_step(config: ExperimentConfig, state: _Seed, step: int, target: float, result) -> dict:
-    step_dir = state.folder / f"step-{step:02d}-density-{target:.3f}"
-    measured = measure.measure_task(
-        state.model,
-        state.base,
-        state.example,
-        step_dir / BUNDLE,
-        config.train.latency_batch_size,
-        model_name=config.model.name,
-        model_options=state.model_options,
-    )
+def _save_step(state: _Seed, step: Step, evaluation) -> dict:
+    step_dir = state.folder / f"step-{step.index:02d}-density-{step.target_density:.3f}"
+    measured = state.session.deploy(step_dir / BUNDLE)
     record = {
         "event": "density",
         **state.labels,
-        "step": step,
-        "target_density": target,
-        "accuracy": result.accuracy,
-        "loss": result.loss,
+        "step": step.index,
+        "target_density": step.target_density,
+        "metric": evaluation.metric,
+        "metric_name": state.metric_name,
+        **evaluation.extras,
+        "loss": evaluation.loss,
         **measured,
         "bundle": str((step_dir / BUNDLE).relative_to(state.folder)),
     }
     atomic_write_text(step_dir / "metrics.json", json.dumps(record, indent=2) + "\n")
     _append(state.metrics_path, record)
-    masks = state.pruner.masks() if state.pruner is not None else None
-    save_checkpoint(state.folder / CHECKPOINT, step, state.model, state.optimizer, masks)
+    checkpoint = state.session.checkpoint_state()
+    if checkpoint is not None:
+        save_checkpoint(state.folder / CHECKPOINT, step.index, checkpoint)
     return record
 
 
 def _run_seed(
-    config: ExperimentConfig, seed_dir: Path, seed: int, step_hook: StepHook | None
+    config: ExperimentConfig,
+    task_type: TaskType,
+    seed_dir: Path,
+    seed: int,
+    step_hook: StepHook | None,
 ) -> list[dict[str, Any]]:
-    state = _setup(config, seed_dir, seed)
+    steps = plan_steps(config)
+    metrics_path = seed_dir / METRICS
+    finished = _kept_records(metrics_path, steps[-1].index + 1, rewrite=False)
+    if finished and finished[-1].get("step") == steps[-1].index:
+        logger.info("seed %d: already finished", seed)
+        return finished
+    seed_everything(seed)
+    criterion = config.pruning.criterion if config.pruning.density_steps() else "-"
+    state = _Seed(
+        seed=seed,
+        folder=seed_dir,
+        session=task_type.start(config, seed),
+        labels=_labels(config, seed, criterion),
+        metric_name=task_type.metric_name,
+    )
     start = _restore(state)
-    records = _kept_records(state.metrics_path, start)
-    training = wrap_model(state.model, state.example)  # once: pruning only changes masks
-    for step, target in enumerate(state.densities):
-        if step < start:
+    records = _kept_records(metrics_path, start)
+    for step in steps:
+        if step.index < start:
             continue
-        if step > 0:
-            scoring = make_loader(
-                state.train_set, config.data.batch_size, shuffle=False, shard=True
-            )
-            prune_on_all_ranks(state.model, state.pruner, target, scoring)
-        _train_block(config, state, training, step, target)
-        records.append(_finish_step(config, state, step, target))
+        state.session.prune(step)
+        _train_step(state, step)
+        records.append(_finish_step(state, step))
         if step_hook is not None:
-            step_hook(seed, step, records[-1])
+            step_hook(seed, step.index, records[-1])
     return records
 
 
@@ -363,38 +298,17 @@ def _labels(config: ExperimentConfig, seed: int, criterion: str) -> dict[str, An
     }
 
 
-def _run_qa_seed(
-    config: ExperimentConfig, seed_dir: Path, seed: int, step_hook: StepHook | None
-) -> list[dict[str, Any]]:
-    """One QA seed as a single step (resumed as a whole: a finished seed is skipped)."""
-    from spa.experiments.qa_run import run_qa_seed
-
-    metrics_path = seed_dir / METRICS
-    done = _kept_records(metrics_path, 2) if metrics_path.exists() else []
-    if done:
-        logger.info("seed %d: already finished", seed)
-        return done
-    seed_everything(seed)
-    record = run_qa_seed(config, seed_dir, seed, _labels(config, seed, config.pruning.criterion))
-    step_dir = seed_dir / Path(record["bundle"]).parent
-    if is_main_process():
-        atomic_write_text(step_dir / "metrics.json", json.dumps(record, indent=2) + "\n")
-        _append(metrics_path, record)
-    if step_hook is not None:
-        step_hook(seed, 1, record)
-    return [record]
-
-
 def _append(path: Path, record: dict[str, Any]) -> None:
     if is_main_process():
         append_jsonl(path, record)
 
 
-def _kept_records(path: Path, start: int) -> list[dict[str, Any]]:
-    """Drop metrics of steps after the checkpoint; return the kept density records."""
+def _kept_records(path: Path, start: int, *, rewrite: bool = True) -> list[dict[str, Any]]:
+    """Drop metrics of steps from `start` on (unless not `rewrite`); return the kept density
+    records."""
     if not path.exists():
         return []
     kept = [r for r in read_jsonl(path) if r.get("step", 0) < start]
-    if is_main_process():
+    if rewrite and is_main_process():
         atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     return [r for r in kept if r.get("event") == "density"]

@@ -14,12 +14,17 @@ from torch import nn
 
 from spa._registry import Registry
 from spa.errors import ConfigError
+from spa.models.loading import (
+    LoadedModel,
+    WeightLoadReport,
+    load_model,
+    load_torchvision_weights,
+    read_state_dict,
+)
 from spa.models.resnet import (
     BasicBlock,
     Bottleneck,
     ResNet,
-    WeightLoadReport,
-    load_torchvision_weights,
     resnet18,
     resnet34,
     resnet50,
@@ -30,13 +35,16 @@ __all__ = [
     "MODELS",
     "MLP",
     "BasicBlock",
+    "LoadedModel",
     "Bottleneck",
     "ResNet",
     "TinyConvNet",
     "WeightLoadReport",
     "create_model",
+    "load_model",
     "load_torchvision_weights",
     "mlp",
+    "read_state_dict",
     "resnet18",
     "resnet34",
     "resnet50",

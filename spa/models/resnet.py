@@ -7,14 +7,11 @@ file without torchvision being installed. See `load_torchvision_weights` for a c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
 from spa.errors import ConfigError
+from spa.models.loading import WeightLoadReport, load_torchvision_weights
 
 __all__ = [
     "BasicBlock",
@@ -242,100 +239,3 @@ def resnet50(
         width=width,
         in_channels=in_channels,
     )
-
-
-@dataclass(frozen=True, kw_only=True)
-class WeightLoadReport:
-    """What `load_torchvision_weights` did.
-
-    Args:
-        loaded: keys copied from the file into the model.
-        skipped: head keys left at the model's own values because their shape differed,
-            with the reason.
-    """
-
-    loaded: tuple[str, ...]
-    skipped: dict[str, str]
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file  # imported lazily: optional file format
-
-            raw: object = load_file(str(path))
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # re-raised with the file named; the cause is chained
-        raise ConfigError(f"{path}: cannot read weights ({error})") from error
-    if isinstance(raw, Mapping):
-        for wrapper in ("state_dict", "model"):
-            if isinstance(raw.get(wrapper), Mapping):
-                raw = raw[wrapper]
-                break
-    if not isinstance(raw, Mapping) or not all(isinstance(v, Tensor) for v in raw.values()):
-        raise ConfigError(f"{path}: expected a state dict (a mapping of names to tensors)")
-    return dict(raw)
-
-
-def load_torchvision_weights(
-    model: nn.Module,
-    path: str | Path,
-    *,
-    skip_head: bool = False,
-    head_name: str = "fc",
-) -> WeightLoadReport:
-    """Load a local torchvision-style checkpoint into `model`, checking every key and shape.
-
-    The file is a `.pth`/`.pt` (read with `torch.load(weights_only=True)`) or a `.safetensors`
-    state dict. Keys must match the model's exactly; only BatchNorm `num_batches_tracked`
-    buffers (absent from torchvision's release files) may be missing. On any error the model is
-    left untouched.
-
-    Args:
-        model: the model to fill, e.g. `resnet50()`.
-        path: the weights file.
-        skip_head: if true, keys under `head_name` whose shape differs from the model's (a head
-            for another number of classes) are skipped and reported instead of raising.
-        head_name: the module path of the classification head.
-
-    Returns:
-        The loaded keys and the skipped head keys with the reason.
-
-    Raises:
-        ConfigError: if the file is missing or unreadable, or a key is missing, unexpected or
-            of the wrong shape; the message names the file and the first offending key.
-    """
-    path = Path(path)
-    file_state = _read_state_dict(path)
-    model_state = model.state_dict()
-    head_prefix = f"{head_name}."
-    skipped: dict[str, str] = {}
-    for key, target in model_state.items():
-        if key not in file_state:
-            if key.endswith("num_batches_tracked"):
-                continue
-            raise ConfigError(f"{path}: key {key!r} is missing from the file")
-        source_shape = tuple(file_state[key].shape)
-        if source_shape != tuple(target.shape):
-            message = (
-                f"{path}: key {key!r} has shape {source_shape} in the file but "
-                f"{tuple(target.shape)} in the model"
-            )
-            if skip_head and key.startswith(head_prefix):
-                skipped[key] = message
-                continue
-            if key.startswith(head_prefix):
-                message += "; pass skip_head=True to keep the model's own head"
-            raise ConfigError(message)
-    unexpected = [key for key in file_state if key not in model_state]
-    if unexpected:
-        raise ConfigError(
-            f"{path}: key {unexpected[0]!r} is in the file but not in the model "
-            f"({len(unexpected)} unexpected keys in all)"
-        )
-    loaded = {key: value for key, value in file_state.items() if key not in skipped}
-    model.load_state_dict(loaded, strict=False)
-    return WeightLoadReport(loaded=tuple(loaded), skipped=skipped)

@@ -9,6 +9,7 @@ from spa.qa.features import QAFeatures, prepare_eval_features, prepare_train_fea
 from spa.qa.postprocess import best_span, postprocess_predictions
 from spa.qa.train import (
     QAEvaluation,
+    QATrainer,
     QATrainingConfig,
     evaluate_qa,
     predict_logits,
@@ -18,6 +19,7 @@ from spa.qa.train import (
 __all__ = [
     "QAEvaluation",
     "QAFeatures",
+    "QATrainer",
     "QATrainingConfig",
     "best_span",
     "evaluate_qa",

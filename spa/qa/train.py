@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from spa.data.squad import SquadExample, squad_evaluate
 from spa.errors import ConfigError
-from spa.qa.features import prepare_eval_features, prepare_train_features
+from spa.qa.features import QAFeatures, prepare_eval_features, prepare_train_features
 from spa.qa.postprocess import postprocess_predictions
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,96 @@ def steps_per_epoch(num_features: int, batch_size: int) -> int:
     return -(-num_features // batch_size)
 
 
+class QATrainer:
+    """Trains extractive QA epoch by epoch, in place (AdamW, linear warm-up and decay).
+
+    The optimiser, learning-rate schedule and shuffling generator live across epochs, so
+    `config.epochs` calls of `train_epoch` equal one `train_qa` call.
+
+    Args:
+        model: a `BertForQuestionAnswering` (adapted, block-wrapped or plain); only parameters
+            with `requires_grad` are optimised.
+        tokenizer: a fast tokenizer matching the model's vocabulary.
+        examples: training examples (the first answer of each is the target).
+        config: the training settings (`epochs` sets the length of the schedule).
+        pruner: optional pruner; its `penalty()` joins the loss and `step()` follows every
+            optimizer step. Create it before the trainer: parameters it adds to the model
+            (learned scores, gates) are optimised only if they exist here.
+        features: the encoded training features, if already prepared from `examples` with the
+            config's `max_length` and `doc_stride`.
+
+    Raises:
+        ConfigError: if nothing in the model is trainable or there are no examples.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        examples: Sequence[SquadExample],
+        config: QATrainingConfig,
+        pruner: Pruner | None = None,
+        features: QAFeatures | None = None,
+    ) -> None:
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        if not parameters:
+            raise ConfigError("train_qa: the model has no trainable parameter")
+        if not examples:
+            raise ConfigError("train_qa: no training examples")
+        self.model, self.config, self.pruner = model, config, pruner
+        if features is None:
+            features = prepare_train_features(
+                examples, tokenizer, config.max_length, config.doc_stride
+            )
+        device = _device(model)
+        self.inputs = {name: tensor.to(device) for name, tensor in features.inputs.items()}
+        self.num_features = len(features)
+        self.steps_per_epoch = steps_per_epoch(len(features), config.batch_size)
+        total = self.steps_per_epoch * config.epochs
+        warmup = int(config.warmup_fraction * total)
+        self.optimizer = torch.optim.AdamW(
+            parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: (
+                (step + 1) / max(warmup, 1)
+                if step < warmup
+                else max(0.0, (total - step) / max(total - warmup, 1))
+            ),
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def learning_rate(self) -> float:
+        """The learning rate of the next optimizer step."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def train_epoch(self) -> list[float]:
+        """One pass over the training features; returns the loss of every step (with penalty)."""
+        model, pruner, device = self.model, self.pruner, _device(self.model)
+        model.train()
+        losses: list[float] = []
+        order = torch.randperm(self.num_features, generator=self.generator).to(device)
+        progress = tqdm(
+            total=self.steps_per_epoch, desc="train QA", disable=not self.config.show_progress
+        )
+        for batch in order.split(self.config.batch_size):
+            loss = model(**{name: tensor[batch] for name, tensor in self.inputs.items()}).loss
+            if pruner is not None:
+                loss = loss + pruner.penalty().to(loss.device)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if pruner is not None:
+                pruner.step()
+            losses.append(float(loss.detach()))
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[-1]:.4f}")
+        progress.close()
+        return losses
+
+
 def train_qa(
     model: nn.Module,
     tokenizer,
@@ -121,48 +211,10 @@ def train_qa(
     Raises:
         ConfigError: if nothing in the model is trainable or there are no examples.
     """
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
-        raise ConfigError("train_qa: the model has no trainable parameter")
-    if not examples:
-        raise ConfigError("train_qa: no training examples")
-    features = prepare_train_features(examples, tokenizer, config.max_length, config.doc_stride)
-    device = _device(model)
-    inputs = {name: tensor.to(device) for name, tensor in features.inputs.items()}
-    per_epoch = steps_per_epoch(len(features), config.batch_size)
-    total = per_epoch * config.epochs
-    warmup = int(config.warmup_fraction * total)
-    optimizer = torch.optim.AdamW(
-        parameters, lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (
-            (step + 1) / max(warmup, 1)
-            if step < warmup
-            else max(0.0, (total - step) / max(total - warmup, 1))
-        ),
-    )
-    generator = torch.Generator().manual_seed(config.seed)
+    trainer = QATrainer(model, tokenizer, examples, config, pruner)
     losses: list[float] = []
-    model.train()
-    progress = tqdm(total=total, desc="train QA", disable=not config.show_progress)
     for _ in range(config.epochs):
-        order = torch.randperm(len(features), generator=generator).to(device)
-        for batch in order.split(config.batch_size):
-            loss = model(**{name: tensor[batch] for name, tensor in inputs.items()}).loss
-            if pruner is not None:
-                loss = loss + pruner.penalty().to(loss.device)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if pruner is not None:
-                pruner.step()
-            losses.append(float(loss.detach()))
-            progress.update(1)
-            progress.set_postfix(loss=f"{losses[-1]:.4f}")
-    progress.close()
+        losses += trainer.train_epoch()
     logger.info("train_qa: %d steps, final loss %.4f", len(losses), losses[-1])
     return losses
 

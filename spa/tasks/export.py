@@ -53,14 +53,9 @@ def build_architecture(architecture: dict[str, Any]) -> nn.Module:
 
         return create_model(architecture["name"], **architecture.get("kwargs", {}))
     if source == "transformers":
-        import transformers
+        from spa.models.loading import build_transformers
 
-        model_class = getattr(transformers, str(architecture.get("class")), None)
-        config = dict(architecture.get("config", {}))
-        if not isinstance(model_class, type) or not issubclass(model_class, nn.Module):
-            raise ConfigError(f"unknown transformers model class {architecture.get('class')!r}")
-        model_type = config.pop("model_type", None)
-        return model_class(transformers.AutoConfig.for_model(model_type, **config))
+        return build_transformers(str(architecture.get("class")), architecture.get("config", {}))
     raise ConfigError(
         f"unknown architecture source {source!r}; expected 'spa.models' or 'transformers'"
     )

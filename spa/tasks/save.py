@@ -277,7 +277,7 @@ def save_task(
     if packed is not None:
         writer.tensors[MASKS_TENSOR] = packed
     counts = learned_parameters(model)
-    from spa import __version__
+    from spa._version import __version__
 
     metadata = {
         "format": FORMAT_NAME,

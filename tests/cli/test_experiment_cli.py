@@ -56,7 +56,7 @@ def _density_records(run_dir: Path) -> list[dict]:
     lines = (run_dir / "seed-0" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     return [
-        {k: v for k, v in r.items() if k != "latency_ms"}
+        {k: v for k, v in r.items() if not k.startswith("latency_")}
         for r in records
         if r["event"] == "density"
     ]

@@ -84,6 +84,20 @@ def test_from_dict_rejects_unknown_criterion() -> None:
         from_dict({"pruning": {"criterion": "l1"}})
 
 
+def test_criterion_names_come_from_the_registries(monkeypatch) -> None:
+    from spa.pruning.block_criteria import BLOCK_CRITERIA
+    from spa.pruning.criteria import CRITERIA
+
+    with pytest.raises(ConfigError) as error:
+        from_dict({"pruning": {"criterion": "l1"}})
+    for name in CRITERIA.names() + BLOCK_CRITERIA.names():
+        assert repr(name) in str(error.value)
+    monkeypatch.setitem(CRITERIA._items, "l1", CRITERIA.get("weight"))  # a new criterion
+    assert from_dict({"pruning": {"criterion": "l1"}}).pruning.criterion == "l1"
+    with pytest.raises(ConfigError, match=r"'l1' does not fit adapter\.method = 'splopa'"):
+        from_dict({"adapter": {"method": "splopa"}, "pruning": {"criterion": "l1"}})
+
+
 def test_from_dict_rejects_block_criterion_for_channel_method() -> None:
     with pytest.raises(ConfigError, match=r"'pruning\.criterion'.*'movement'.*'splora'"):
         from_dict({"adapter": {"method": "splora"}, "pruning": {"criterion": "movement"}})

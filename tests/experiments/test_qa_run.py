@@ -97,7 +97,8 @@ def test_qa_run_splopa_prunes_evaluates_and_bundles(qa_files, tmp_path: Path) ->
     result = run(config, tmp_path / "run")
     (record,) = result.records
     assert record["density"] == pytest.approx(0.5)
-    assert record["accuracy"] == pytest.approx(record["f1"] / 100)
+    assert record["metric_name"] == "f1" and "accuracy" not in record  # F1 is not accuracy
+    assert record["metric"] == pytest.approx(record["f1"] / 100)
     assert record["method"] == "SPLoPA R2 16x16" and record["task"] == "squad"
     base = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
     task = load_task(base, result.run_dir / "seed-0" / record["bundle"])

@@ -48,8 +48,9 @@ def test_aggregate_mean_and_sample_std_over_seeds() -> None:
     records = [_record(0, 1, 0.5, 0.5, 100), _record(1, 1, 0.5, 0.7, 300)]
     (row,) = aggregate(records)
     assert row.seeds == (0, 1)
-    assert row.mean["accuracy"] == pytest.approx(0.6)
-    assert row.std["accuracy"] == pytest.approx(math.sqrt((0.1**2 + 0.1**2) / 1))
+    assert row.mean["metric"] == pytest.approx(0.6)  # records from before metric names
+    assert row.std["metric"] == pytest.approx(math.sqrt((0.1**2 + 0.1**2) / 1))
+    assert row.metric_name == "accuracy"
     assert row.mean["dparams"] == pytest.approx(200)
     assert row.std["dparams"] == pytest.approx(math.sqrt(2 * 100**2))
 
@@ -76,7 +77,8 @@ def test_markdown_table_labels_flops_and_macs_side_by_side() -> None:
 def test_csv_table_holds_raw_means_and_stds() -> None:
     rows = aggregate([_record(0, 1, 0.5, 0.5, 100), _record(1, 1, 0.5, 0.7, 300)])
     (parsed,) = list(csv.DictReader(io.StringIO(csv_table(rows))))
-    assert float(parsed["accuracy_mean"]) == pytest.approx(0.6)
+    assert float(parsed["metric_mean"]) == pytest.approx(0.6)
+    assert parsed["metric_name"] == "accuracy"
     assert float(parsed["dparams_std"]) == pytest.approx(math.sqrt(20000))
     assert parsed["seeds"] == "0 1"
     assert float(parsed["macs_mean"]) * 2 == float(parsed["flops_mean"])
@@ -112,3 +114,31 @@ def test_read_jsonl_rejects_damaged_middle_line(tmp_path: Path) -> None:
     path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
     with pytest.raises(ConfigError, match="line 2 is not valid JSON"):
         read_jsonl(path)
+
+
+def test_metric_name_and_value_come_from_the_record() -> None:
+    records = [
+        {**_record(seed, 1, 0.5, 0.0, 100), "metric": f1, "metric_name": "f1"}
+        for seed, f1 in ((0, 0.8), (1, 0.6))
+    ]
+    for record in records:
+        del record["accuracy"]  # QA records store F1 as `metric`, never as accuracy
+    (row,) = aggregate(records)
+    assert row.metric_name == "f1"
+    assert row.mean["metric"] == pytest.approx(0.7)
+    line = markdown_table([row]).splitlines()[2]
+    assert "| 70.00 ± 14.14 |" in line and "| f1 |" in line
+
+
+def test_latency_is_median_of_seed_medians_with_outer_quartiles() -> None:
+    timings = ((0, 2.0, 1.5, 2.5), (1, 9.0, 3.0, 40.0), (2, 3.0, 2.8, 3.1))
+    records = [
+        {**_record(seed, 1, 0.5, 0.5, 100), "latency_ms": median}
+        | {"latency_q1_ms": q1, "latency_q3_ms": q3}
+        for seed, median, q1, q3 in timings
+    ]
+    (row,) = aggregate(records)
+    assert row.latency == (3.0, 1.5, 40.0)  # median of 2, 9, 3; lowest q1; highest q3
+    assert "| 3.00 (1.50–40.00) |" in markdown_table([row])
+    (parsed,) = list(csv.DictReader(io.StringIO(csv_table([row]))))
+    assert [float(parsed[f"latency_ms_{k}"]) for k in ("median", "low", "high")] == [3, 1.5, 40]

@@ -43,7 +43,7 @@ def _config(output: Path, **sections) -> dict:
 
 
 def _comparable(records) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "latency_ms"} for r in records]
+    return [{k: v for k, v in r.items() if not k.startswith("latency_")} for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +86,12 @@ def test_run_aggregates_seeds_as_mean_and_std(two_seed_run) -> None:
     assert all(row.seeds == (0, 1) for row in rows)
     by_step = {}
     for record in two_seed_run.records:
+        assert record["metric_name"] == "accuracy" and record["metric"] == record["accuracy"]
         by_step.setdefault(record["step"], []).append(record["accuracy"])
     for row in rows:
         values = by_step[row.step]
-        assert row.mean["accuracy"] == pytest.approx(sum(values) / 2)
-        assert row.std["accuracy"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+        assert row.mean["metric"] == pytest.approx(sum(values) / 2)
+        assert row.std["metric"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     assert " ± " in two_seed_run.report.markdown.read_text()
 
 

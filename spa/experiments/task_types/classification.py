@@ -1,0 +1,188 @@
+"""The classification task type: image (or any tensor) classification with channel pruning.
+
+Data: a `spa.data` registry data set of `(inputs, label)`; loss: cross-entropy; metric:
+accuracy; deployable model: the compacted, fused copy of the masked task model (`measure_task`).
+Pruning follows the iterative schedule (or none): before each step after the first the channels
+are scored on the training data and masked down to the step's density.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spa.experiments import build, measure
+from spa.experiments.config import ExperimentConfig, block_criteria, channel_criteria
+from spa.experiments.distributed_run import prune_on_all_ranks
+from spa.experiments.pruning_steps import ChannelPruner
+from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step
+from spa.experiments.train import (
+    block_learning_rate,
+    evaluate,
+    make_loader,
+    make_optimizer,
+    set_learning_rate,
+    train_epoch,
+    wrap_model,
+)
+
+
+@dataclass
+class ClassificationSession:
+    """One seed of a classification run (see `SeedSession`)."""
+
+    config: ExperimentConfig
+    seed: int
+    train_set: Any
+    eval_set: Any
+    example: torch.Tensor  # (1, C, H, W)
+    base: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    pruner: ChannelPruner | None
+    model_options: dict[str, Any] | None = None  # the base's builder arguments, for bundles
+    training: nn.Module | None = field(default=None, repr=False)  # DDP wrapper or `model`
+
+    def prune(self, step: Step) -> None:
+        """Score the channels on the training data and mask down to the step's density."""
+        if step.index == 0 or self.pruner is None:
+            return
+        scoring = make_loader(
+            self.train_set, self.config.data.batch_size, shuffle=False, shard=True
+        )
+        prune_on_all_ranks(self.model, self.pruner, step.target_density, scoring)
+
+    def train_epoch(self, step: Step, epoch: int) -> dict[str, Any]:
+        """One epoch with the paper's per-block learning-rate schedule; returns lr, loss,
+        accuracy (on the training batches)."""
+        if self.training is None:  # wrapped once: pruning only changes masks
+            self.training = wrap_model(self.model, self.example)
+        train = self.config.train
+        lr = block_learning_rate(train.lr, epoch, step.epochs, train.lr_schedule)
+        set_learning_rate(self.optimizer, lr)
+        loader = make_loader(
+            self.train_set,
+            self.config.data.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            epoch=step.first_epoch + epoch,
+            shard=True,
+        )
+        stats = train_epoch(
+            self.training,
+            loader,
+            self.optimizer,
+            device=train.device,
+            max_batches=train.max_batches_per_epoch,
+            description=(
+                f"seed {self.seed} density {step.target_density:.0%} "
+                f"epoch {epoch + 1}/{step.epochs}"
+            ),
+        )
+        return {"lr": lr, "loss": stats.loss, "accuracy": stats.accuracy}
+
+    def finish_training(self, step: Step) -> None:
+        """Nothing to do: iterative masks are final when set."""
+
+    def evaluate(self) -> Evaluation:
+        """Accuracy and cross-entropy on the evaluation set."""
+        loader = make_loader(self.eval_set, self.config.data.eval_batch_size, shuffle=False)
+        result = evaluate(self.model, loader, device=self.config.train.device)
+        return Evaluation(
+            metric=result.accuracy, loss=result.loss, extras={"accuracy": result.accuracy}
+        )
+
+    def deploy(self, bundle_path: Path) -> dict[str, Any]:
+        """Compact and fuse a copy, measure it and save the bundle (`measure_task`)."""
+        return measure.measure_task(
+            self.model,
+            self.base,
+            self.example,
+            bundle_path,
+            self.config.train.latency_batch_size,
+            model_name=self.config.model.name,
+            model_options=self.model_options,
+        )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Model, optimiser and channel masks (hook masks are not in `state_dict`)."""
+        masks = self.pruner.masks() if self.pruner is not None else None
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "masks": masks,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load the model and optimiser states and re-apply the channel masks."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.pruner is not None:
+            self.pruner.restore(self.model, state["masks"])
+
+
+class ClassificationTask:
+    """Classification on the `spa.data` data sets with channel pruning (see `TaskType`)."""
+
+    name = "classification"
+    metric_name = "accuracy"
+    supports_distributed = True
+
+    def data_names(self) -> tuple[str, ...]:
+        """Every data set of the `spa.data` registry."""
+        from spa.data import DATASETS
+
+        return tuple(DATASETS.names())
+
+    def unsupported_reason(self, config: ExperimentConfig) -> str | None:
+        """Channel methods (fine-pruning, LoRA, SPLoRA) with the iterative schedule or none."""
+        pruning = config.pruning
+        if config.adapter.method == "splopa":
+            return (
+                "config key 'adapter.method' = 'splopa': block pruning of image models is not "
+                "yet supported by `spa run` (it runs for data.name = 'squad'); use "
+                "'fine-pruning', 'lora' or 'splora'"
+            )
+        if pruning.schedule == "gradual":
+            return (
+                "config key 'pruning.schedule' = 'gradual': the gradual (cubic) schedule is not "
+                "yet supported for image models by `spa run`; use 'iterative' or 'none'"
+            )
+        if pruning.schedule != "none" and pruning.criterion in block_criteria():
+            return (
+                f"config key 'pruning.criterion' = {pruning.criterion!r}: block fine-pruning of "
+                f"image models is not yet supported by `spa run`; use one of {channel_criteria()}"
+            )
+        return None
+
+    def start(self, config: ExperimentConfig, seed: int) -> ClassificationSession:
+        """Build the data sets, base and adapted model, optimiser and channel pruner."""
+        train_set, eval_set = build.build_datasets(config.data)
+        example = train_set[0][0].unsqueeze(0).to(config.train.device)
+        base, model = build.build_models(config.model, train_set.num_classes, example.shape[1])
+        build.adapt_model(model, config)
+        model.to(config.train.device)
+        train = config.train
+        optimizer = make_optimizer(
+            model, train.optimizer, train.lr, train.momentum, train.weight_decay
+        )
+        prunes = bool(config.pruning.density_steps())
+        return ClassificationSession(
+            config=config,
+            seed=seed,
+            train_set=train_set,
+            eval_set=eval_set,
+            example=example,
+            base=measure.freeze(base),
+            model=model,
+            optimizer=optimizer,
+            pruner=ChannelPruner(model, example, config.pruning) if prunes else None,
+            model_options=build.base_options(config.model, train_set.num_classes, example.shape[1]),
+        )
+
+
+TASK_TYPES.register("classification")(ClassificationTask())

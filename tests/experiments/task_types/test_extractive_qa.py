@@ -1,0 +1,77 @@
+"""The extractive-QA task type's checks, and its block-pruned models bundle exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertForQuestionAnswering
+
+from spa.adapters.protocols import block_prunable_layers
+from spa.experiments.config import from_dict
+from spa.experiments.task_types import TASK_TYPES
+from spa.experiments.task_types.extractive_qa import _prepare
+from spa.tasks import load_task, save_task
+
+QA = TASK_TYPES.get("extractive-qa")
+
+
+def _config(**sections):
+    data = {
+        "model": {"name": "transformers", "path": "bert", "head": "qa_outputs"},
+        "data": {"name": "squad", "root": "squad"},
+        "adapter": {"method": "splopa", "block_shape": [8, 8]},
+        "pruning": {"criterion": "magnitude", "schedule": "gradual"},
+    }
+    for key, values in sections.items():
+        data[key] = {**data[key], **values}
+    return from_dict(data)
+
+
+def _bert() -> BertForQuestionAnswering:
+    config = BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    return BertForQuestionAnswering(config).eval()
+
+
+def test_accepts_a_block_pruning_config() -> None:
+    assert QA.unsupported_reason(_config()) is None
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"adapter": {"method": "splora"}, "pruning": {"criterion": "taylor"}}, "adapter.method"),
+        ({"pruning": {"schedule": "iterative"}}, "'pruning.schedule' = 'iterative'"),
+        ({"data": {"options": {"stride": 2}}}, "'data.options.stride': unknown"),
+        ({"model": {"name": "resnet18"}}, "'model.name': data.name = 'squad' needs"),
+        ({"data": {"root": None}}, "'data.root'"),
+    ],
+)
+def test_refuses_what_it_cannot_run_naming_the_key(sections: dict, message: str) -> None:
+    config = _config(**sections)
+    assert message in QA.unsupported_reason(config)
+
+
+@pytest.mark.parametrize("method", ["splopa", "fine-pruning"])
+def test_prepared_block_pruned_model_round_trips_through_a_bundle(method: str, tmp_path) -> None:
+    base = _bert()
+    model = _prepare(_bert(), _config(adapter={"method": method, "target_modules": "encoder"}))
+    model.load_state_dict(base.state_dict(), strict=False)  # same base weights
+    layers = list(block_prunable_layers(model))
+    assert len(layers) == 6  # q, k, v, attention output, intermediate, output
+    for _, layer in layers:
+        layer.block_mask.copy_(torch.rand(layer.block_mask.shape) < 0.6)
+    model.eval()
+    save_task(model, tmp_path / "task.safetensors", base_model=base)
+    loaded = load_task(base, tmp_path / "task.safetensors").eval()
+    inputs = torch.randint(0, 30, (2, 12))
+    with torch.no_grad():
+        expected, actual = model(input_ids=inputs), loaded(input_ids=inputs)
+    torch.testing.assert_close(actual.start_logits, expected.start_logits)
+    torch.testing.assert_close(actual.end_logits, expected.end_logits)
