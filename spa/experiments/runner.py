@@ -324,6 +324,7 @@ def _save_step(config: ExperimentConfig, state: _Seed, step: int, target: float,
         **state.labels,
         "step": step,
         "target_density": target,
+        "num_classes": state.train_set.num_classes,  # the report's chance level
         "accuracy": result.accuracy,
         "loss": result.loss,
         **measured,

@@ -12,7 +12,13 @@ import pytest
 
 from spa.errors import ConfigError
 from spa.experiments.files import read_jsonl
-from spa.experiments.report import aggregate, csv_table, markdown_table, write_report
+from spa.experiments.report import (
+    aggregate,
+    csv_table,
+    density_records,
+    markdown_table,
+    write_report,
+)
 
 
 def _record(seed: int, step: int, density: float, accuracy: float, dparams: int) -> dict:
@@ -78,7 +84,8 @@ def test_csv_table_holds_raw_means_and_stds() -> None:
     (parsed,) = list(csv.DictReader(io.StringIO(csv_table(rows))))
     assert float(parsed["accuracy_mean"]) == pytest.approx(0.6)
     assert float(parsed["dparams_std"]) == pytest.approx(math.sqrt(20000))
-    assert parsed["seeds"] == "0 1"
+    assert parsed["seed_ids"] == "0 1"
+    assert parsed["num_seeds"] == "2"
     assert float(parsed["macs_mean"]) * 2 == float(parsed["flops_mean"])
 
 
@@ -90,6 +97,7 @@ def test_write_report_compares_runs_and_writes_plots(tmp_path: Path) -> None:
     assert {r.method for r in files.rows} == {"SPLoRA r8", "Fine-pruning"}
     assert "Fine-pruning" in files.markdown.read_text()
     assert files.csv.read_text().count("\n") == 4  # header + 3 rows
+    assert {r.run for r in files.rows} == {"a", "b"}
     names = sorted(p.name for p in files.plots)
     assert names == ["accuracy_vs_dparams.png", "accuracy_vs_flops.png", "dparams_vs_density.png"]
     for path in files.plots:
@@ -112,3 +120,80 @@ def test_read_jsonl_rejects_damaged_middle_line(tmp_path: Path) -> None:
     path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
     with pytest.raises(ConfigError, match="line 2 is not valid JSON"):
         read_jsonl(path)
+
+
+def _write_config(folder: Path, width: int, output_dir: str = "x", seeds: str = "[0]") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (
+        f'spa_version = "0"\nname = "e"\nseeds = {seeds}\noutput_dir = "{output_dir}"\n'
+        f"[model]\noptions = {{width = {width}}}\n"
+    )
+    (folder / "config.toml").write_text(text)
+
+
+def test_report_keeps_runs_of_different_configs_apart(tmp_path: Path) -> None:
+    first = _write_run(tmp_path / "a", [_record(0, 1, 0.5, 0.6, 100)])
+    second = _write_run(tmp_path / "b", [_record(1, 1, 0.5, 0.8, 300)])
+    _write_config(first, width=4)
+    _write_config(second, width=8)
+    rows = aggregate(density_records([first, second]))
+    assert [(r.run, r.seeds, r.mean["accuracy"]) for r in rows] == [
+        ("a", (0,), 0.6),
+        ("b", (1,), 0.8),
+    ]
+    lines = markdown_table(rows).splitlines()
+    assert lines[2].startswith("| a | digits/parity |") and lines[3].startswith("| b |")
+
+
+def test_report_aggregates_seeds_of_one_config_run_in_two_places(tmp_path: Path) -> None:
+    first = _write_run(tmp_path / "a", [_record(0, 1, 0.5, 0.6, 100)])
+    second = _write_run(tmp_path / "b", [_record(1, 1, 0.5, 0.8, 300)])
+    _write_config(first, width=4, output_dir="a", seeds="[0]")
+    _write_config(second, width=4, output_dir="b", seeds="[1]")
+    (row,) = aggregate(density_records([first, second]))
+    assert row.run == "a, b" and row.seeds == (0, 1)
+    assert row.mean["accuracy"] == pytest.approx(0.7)
+
+
+def test_report_refuses_the_same_run_given_twice(tmp_path: Path) -> None:
+    run = _write_run(tmp_path / "a", [_record(0, 1, 0.5, 0.6, 100)])
+    with pytest.raises(ConfigError, match="the same run is given twice"):
+        write_report([run, tmp_path / "." / "a"], tmp_path / "out")
+
+
+def test_report_refuses_a_seed_counted_twice(tmp_path: Path) -> None:
+    first = _write_run(tmp_path / "a", [_record(0, 1, 0.5, 0.6, 100)])
+    copy = _write_run(tmp_path / "copy", [_record(0, 1, 0.5, 0.6, 100)])
+    _write_config(first, width=4)
+    _write_config(copy, width=4)
+    with pytest.raises(
+        ConfigError, match=r"seed 0 of digits/parity .* appears twice \(runs: a, copy\)"
+    ):
+        aggregate(density_records([first, copy]))
+
+
+def test_latency_is_the_median_with_quartiles_over_seeds() -> None:
+    records = []
+    for seed, (q1, median, q3) in enumerate([(1.0, 1.2, 1.5), (0.9, 1.1, 9.0), (1.4, 1.6, 2.0)]):
+        record = _record(seed, 1, 0.5, 0.5, 100)
+        record.update(latency_ms=median, latency_q1_ms=q1, latency_q3_ms=q3)
+        records.append(record)
+    (row,) = aggregate(records)
+    assert row.latency == (1.2, 1.0, 2.0)
+    cells = markdown_table([row]).splitlines()[2].split(" | ")
+    assert "1.20 [1.00–2.00]" in cells
+    (parsed,) = list(csv.DictReader(io.StringIO(csv_table([row]))))
+    assert (parsed["latency_ms_median"], parsed["latency_ms_q1"], parsed["latency_ms_q3"]) == (
+        "1.2",
+        "1.0",
+        "2.0",
+    )
+
+
+def test_seeds_mean_the_same_in_markdown_and_csv() -> None:
+    rows = aggregate([_record(3, 1, 0.5, 0.5, 100), _record(7, 1, 0.5, 0.7, 300)])
+    header, _, line = markdown_table(rows).splitlines()[:3]
+    seeds_cell = [c.strip() for c in line.strip("|").split("|")][-1]
+    assert header.rstrip(" |").endswith("Seeds: n (ids)") and seeds_cell == "2 (3 7)"
+    (parsed,) = list(csv.DictReader(io.StringIO(csv_table(rows))))
+    assert (parsed["num_seeds"], parsed["seed_ids"]) == ("2", "3 7")
