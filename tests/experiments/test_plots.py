@@ -1,4 +1,4 @@
-"""The report's plots as a reader sees them: titles, readable ticks, chance lines, no hidden curves."""
+"""The report's plots as a reader sees them: titles, readable ticks, chance lines, all curves."""
 
 from __future__ import annotations
 
