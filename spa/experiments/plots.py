@@ -1,10 +1,11 @@
-"""The report's plots (paper's Fig. 6): accuracy vs dParams, accuracy vs FLOPs, dParams vs density.
+"""The report's plots (paper's Fig. 6): score vs dParams, score vs FLOPs, dParams vs density.
 
+The score is each task's metric (accuracy, F1, ...; the files keep the `accuracy_vs_*` names).
 Written for a reader: every plot has a title, a legend outside the data, one colour per series
 and one marker and line style per learning method, readable tick labels on log axes, a dotted
-chance line per task (from the `num_classes` the runner records), and, where curves coincide
-(dParams vs density of one method on tasks of equal size), markers of decreasing size so every
-curve stays visible.
+chance line per classification task (from the `num_classes` the runner records), and, where
+curves coincide (dParams vs density of one method on tasks of equal size), markers of decreasing
+size and lines of decreasing width so every curve stays visible.
 """
 
 from __future__ import annotations
@@ -42,24 +43,24 @@ class _Plot:
 _PLOTS = (
     _Plot(
         "accuracy_vs_dparams.png",
-        "Accuracy vs learned parameters per task",
+        "{metric} vs learned parameters per task",
         "dparams",
         1.0,
         "dParams (learned parameters per task, log scale)",
-        "accuracy",
+        "metric",
         100.0,
-        "Test accuracy (%)",
+        "Test {metric} (%)",
         log_x=True,
     ),
     _Plot(
         "accuracy_vs_flops.png",
-        "Accuracy vs compute of the compacted model",
+        "{metric} vs compute of the compacted model",
         "flops",
         1e-6,
         "MFLOPs per example (1 MAC = 2 FLOPs)",
-        "accuracy",
+        "metric",
         100.0,
-        "Test accuracy (%)",
+        "Test {metric} (%)",
     ),
     _Plot(
         "dparams_vs_density.png",
@@ -101,11 +102,11 @@ def series_labels(keys: Sequence[tuple[str, str, str, str]]) -> list[str]:
 
 
 def chance_levels(rows: Sequence[AggregateRow]) -> dict[str, float]:
-    """Chance accuracy (1 / classes) of each task whose records give its number of classes."""
+    """Chance accuracy (1 / classes) of each accuracy-scored task that records its class count."""
     levels = {}
     for row in rows:
         classes = row.num_classes
-        if classes is not None and classes >= 2:
+        if row.metric_name == "accuracy" and classes is not None and classes >= 2:
             levels[row.task] = 1.0 / classes
     return levels
 
@@ -158,7 +159,7 @@ def _draw(axes, plot: _Plot, rows: Sequence[AggregateRow]) -> None:
             capsize=2,
             label=label,
         )
-    if plot.y_key == "accuracy":
+    if plot.y_key == "metric":
         for task, level in sorted(chance_levels(rows).items()):
             axes.axhline(100.0 * level, color="0.45", linestyle=":", linewidth=1.2)
             axes.annotate(
@@ -179,6 +180,15 @@ def _draw(axes, plot: _Plot, rows: Sequence[AggregateRow]) -> None:
     if plot.log_y:
         axes.set_yscale("log")
         _log_axis(axes.yaxis)
+
+
+def _metric_label(rows: Sequence[AggregateRow]) -> str:
+    """The rows' metric name ("accuracy", "f1", ...), or "score" when they mix metrics."""
+    names = {row.metric_name for row in rows}
+    if len(names) != 1:
+        return "score"
+    (name,) = names
+    return {"f1": "F1"}.get(name, name)
 
 
 def _pyplot():
@@ -209,9 +219,9 @@ def make_figure(filename: str, rows: Sequence[AggregateRow]):
     legend_rows = max(1, (len(series(rows)) + 1) // 2)
     figure, axes = pyplot.subplots(figsize=(7.2, 4.8 + 0.22 * legend_rows))
     _draw(axes, plot, rows)
-    axes.set_title(plot.title, fontsize=12)
+    axes.set_title(plot.title.format(metric=_metric_label(rows).capitalize()), fontsize=12)
     axes.set_xlabel(plot.x_label, fontsize=10)
-    axes.set_ylabel(plot.y_label, fontsize=10)
+    axes.set_ylabel(plot.y_label.format(metric=_metric_label(rows)), fontsize=10)
     axes.grid(True, which="major", alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
@@ -220,7 +230,7 @@ def make_figure(filename: str, rows: Sequence[AggregateRow]):
 
 
 def write_plots(rows: Sequence[AggregateRow], folder: str | Path) -> list[Path]:
-    """Accuracy vs dParams, accuracy vs FLOPs and dParams vs density as PNG (paper's Fig. 6).
+    """Score vs dParams, score vs FLOPs and dParams vs density as PNG (paper's Fig. 6).
 
     Args:
         rows: aggregated rows.

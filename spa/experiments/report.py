@@ -2,7 +2,10 @@
 
 Every run directory holds `seed-*/metrics.jsonl`; its `"event": "density"` records (one per
 density step, written by the runner) are all a report needs. Tables always put density, dParams
-and FLOPs side by side and label FLOPs and MACs explicitly (1 MAC = 2 FLOPs).
+and FLOPs side by side and label FLOPs and MACs explicitly (1 MAC = 2 FLOPs). The score column is
+the task type's metric (`metric`, named by `metric_name`: accuracy, F1, ...; runs recorded
+before metric names read `accuracy`). Latency is the median of timed runs with the interquartile
+range, never a mean ± std (one disturbed run would dominate it).
 
 Comparing runs never mixes experiments: rows are grouped by the run's resolved config (its
 `config.toml` without `output_dir` and `seeds`; a run without one is its own experiment), each row
@@ -36,10 +39,10 @@ _COLUMNS = (
     ("dparams", "dParams (K)", 1e-3, 1),
     ("flops", "MFLOPs", 1e-6, 2),
     ("macs", "MMACs", 1e-6, 2),
-    ("accuracy", "Accuracy (%)", 100.0, 2),
+    ("metric", "Score (%)", 100.0, 2),
     ("bundle_bytes", "Bundle (KiB)", 1 / 1024, 1),
 )
-_LATENCY_HEADER = "CPU latency (ms), median [IQR]"
+_LATENCY_HEADER = "CPU latency (ms), median (IQR)"
 _GROUP_KEYS = ("_config", "task", "method", "criterion", "step")
 # Keys of a resolved config.toml that do not make two runs different experiments.
 _NOT_EXPERIMENT_KEYS = ("spa_version", "output_dir", "seeds")
@@ -59,9 +62,9 @@ class AggregateRow:
         seeds: seeds aggregated.
         mean: mean of each numeric column.
         std: sample standard deviation of each column (0 for a single seed).
-        latency: CPU latency in ms as (median, first quartile, third quartile): the median over
-            seeds of each seed's median and quartiles of its timed runs; quartiles are None for
-            records that hold only one time.
+        metric_name: name of the `metric` column's metric (e.g. "accuracy", "f1").
+        latency: `(median, low, high)` ms: the median of the seeds' median latencies, the
+            lowest first and the highest third quartile; None if not measured.
         num_classes: classes of the task (for the chance level), if the records give it.
     """
 
@@ -74,7 +77,8 @@ class AggregateRow:
     seeds: tuple[int, ...]
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
-    latency: tuple[float, float | None, float | None] | None = None
+    metric_name: str = "accuracy"
+    latency: tuple[float, float, float] | None = None
     num_classes: int | None = None
 
 
@@ -132,18 +136,20 @@ def density_records(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
-def _latency(members: Sequence[dict[str, Any]]) -> tuple[float, float | None, float | None] | None:
-    medians = [float(m["latency_ms"]) for m in members if m.get("latency_ms") is not None]
-    if not medians:
+def _value(record: dict[str, Any], column: str) -> Any:
+    if column == "metric" and "metric" not in record:
+        return record.get("accuracy")  # runs recorded before metric names
+    return record.get(column)
+
+
+def _latency(members: Sequence[dict[str, Any]]) -> tuple[float, float, float] | None:
+    measured = [m for m in members if m.get("latency_ms") is not None]
+    if not measured:
         return None
-    quartiles = [(m.get("latency_q1_ms"), m.get("latency_q3_ms")) for m in members]
-    if len(quartiles) != len(medians) or any(q is None for pair in quartiles for q in pair):
-        return statistics.median(medians), None, None
-    return (
-        statistics.median(medians),
-        statistics.median(float(q1) for q1, _ in quartiles),
-        statistics.median(float(q3) for _, q3 in quartiles),
-    )
+    median = statistics.median(float(m["latency_ms"]) for m in measured)
+    low = min(float(m.get("latency_q1_ms", m["latency_ms"])) for m in measured)
+    high = max(float(m.get("latency_q3_ms", m["latency_ms"])) for m in measured)
+    return median, low, high
 
 
 def aggregate(records: Sequence[dict[str, Any]]) -> list[AggregateRow]:
@@ -179,7 +185,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[AggregateRow]:
             )
         mean, std = {}, {}
         for column, *_ in _COLUMNS:
-            values = [float(m[column]) for m in members if m.get(column) is not None]
+            values = [float(_value(m, column)) for m in members if _value(m, column) is not None]
             if not values:
                 continue
             mean[column] = statistics.fmean(values)
@@ -196,6 +202,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[AggregateRow]:
                 seeds=tuple(sorted(seeds)),
                 mean=mean,
                 std=std,
+                metric_name=str(members[0].get("metric_name", "accuracy")),
                 latency=_latency(members),
                 num_classes=members[0].get("num_classes"),
             )
@@ -216,8 +223,8 @@ def _cell(row: AggregateRow, column: str, scale: float, decimals: int) -> str:
 def _latency_cell(row: AggregateRow) -> str:
     if row.latency is None:
         return "-"
-    median, q1, q3 = row.latency
-    return f"{median:.2f}" if q1 is None else f"{median:.2f} [{q1:.2f}–{q3:.2f}]"
+    median, low, high = row.latency
+    return f"{median:,.2f} ({low:,.2f}–{high:,.2f})"
 
 
 def _seeds_text(row: AggregateRow) -> str:
@@ -228,19 +235,21 @@ def _seeds_text(row: AggregateRow) -> str:
 def markdown_table(rows: Sequence[AggregateRow]) -> str:
     """The rows as a Markdown table shaped like the paper's Table 1 (mean ± std over seeds)."""
     headers = ["Run", "Task", "Method", "Criterion"] + [c[1] for c in _COLUMNS]
-    headers += [_LATENCY_HEADER, "Seeds: n (ids)"]
+    headers += [_LATENCY_HEADER, "Metric", "n", "Seeds"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cells = [row.run, row.task, row.method, row.criterion]
         cells += [_cell(row, c, s, d) for c, _, s, d in _COLUMNS]
-        cells += [_latency_cell(row), f"{len(row.seeds)} ({_seeds_text(row)})"]
+        cells += [_latency_cell(row), row.metric_name, str(len(row.seeds)), _seeds_text(row)]
         lines.append("| " + " | ".join(cells) + " |")
     note = (
         "\nRun: the run directory each row comes from (runs of one config are aggregated). "
         "Density: fraction of prunable weights kept. dParams: learned parameters of the task. "
         "FLOPs and MACs per example of the compacted model (1 MAC = 2 FLOPs). "
-        "Values are mean ± sample std over the n seeds listed under Seeds. CPU latency of the "
-        "compacted model: median of the timed runs [first–third quartile], median over seeds."
+        "Score: the task's metric (named in the Metric column). "
+        "Values are mean ± sample std over the n seeds listed under Seeds (their ids). CPU "
+        "latency of the compacted model: median over timed runs and seeds (lowest first – "
+        "highest third quartile)."
     )
     return "\n".join(lines) + "\n" + note + "\n"
 
@@ -250,18 +259,17 @@ def csv_table(rows: Sequence[AggregateRow]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["run", "task", "method", "criterion", "step", "target_density"]
-    header += ["num_seeds", "seed_ids"]
+    header += ["num_seeds", "seeds", "metric_name"]
     for column, *_ in _COLUMNS:
         header += [f"{column}_mean", f"{column}_std"]
-    header += ["latency_ms_median", "latency_ms_q1", "latency_ms_q3"]
+    header += ["latency_ms_median", "latency_ms_low", "latency_ms_high"]
     writer.writerow(header)
     for row in rows:
         cells: list[Any] = [row.run, row.task, row.method, row.criterion, row.step]
-        cells += [row.target_density, len(row.seeds), _seeds_text(row)]
+        cells += [row.target_density, len(row.seeds), _seeds_text(row), row.metric_name]
         for column, *_ in _COLUMNS:
             cells += [row.mean.get(column, ""), row.std.get(column, "")]
-        latency = row.latency or ("", None, None)
-        cells += ["" if value is None else value for value in latency]
+        cells += list(row.latency) if row.latency is not None else ["", "", ""]
         writer.writerow(cells)
     return buffer.getvalue()
 

@@ -27,7 +27,7 @@ def _rows() -> list[AggregateRow]:
         classes = 2 if "parity" in task else 3
         for step, (density, value) in enumerate(zip((1.0, 0.5, 0.1), dparams, strict=True)):
             mean = {"density": density, "dparams": value, "flops": 1e5 * (1 + density)}
-            mean["accuracy"] = 0.6 + 0.1 * density
+            mean["metric"] = 0.6 + 0.1 * density
             rows.append(
                 AggregateRow(
                     run=run,
@@ -69,6 +69,7 @@ def test_plots_have_titles_labels_and_a_legend(figures) -> None:
     for figure in figures.values():
         (axes,) = figure.axes
         assert axes.get_title() and axes.get_xlabel() and axes.get_ylabel()
+        assert "{" not in axes.get_title() + axes.get_ylabel()
         legend = axes.get_legend()
         assert len(legend.get_texts()) == len(_CURVES)
         assert min(t.get_fontsize() for t in legend.get_texts()) >= 8
@@ -112,6 +113,12 @@ def test_identical_curves_stay_visible_in_dparams_vs_density(figures) -> None:
         assert len(set(sizes)) == len(lines) and len(set(widths)) == len(lines)
         # every curve but the top one has hollow markers, so the one on top shows inside it
         assert sum(line.get_markerfacecolor() == "none" for line in lines) >= len(lines) - 1
+
+
+def test_accuracy_plots_name_the_metric(figures) -> None:
+    (axes,) = figures["accuracy_vs_dparams.png"].axes
+    assert axes.get_title() == "Accuracy vs learned parameters per task"
+    assert axes.get_ylabel() == "Test accuracy (%)"
 
 
 def test_series_labels_name_the_run_only_when_needed() -> None:

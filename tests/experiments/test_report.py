@@ -54,8 +54,8 @@ def test_aggregate_mean_and_sample_std_over_seeds() -> None:
     records = [_record(0, 1, 0.5, 0.5, 100), _record(1, 1, 0.5, 0.7, 300)]
     (row,) = aggregate(records)
     assert row.seeds == (0, 1)
-    assert row.mean["accuracy"] == pytest.approx(0.6)
-    assert row.std["accuracy"] == pytest.approx(math.sqrt((0.1**2 + 0.1**2) / 1))
+    assert row.mean["metric"] == pytest.approx(0.6)  # records from before metric names
+    assert row.std["metric"] == pytest.approx(math.sqrt((0.1**2 + 0.1**2) / 1))
     assert row.mean["dparams"] == pytest.approx(200)
     assert row.std["dparams"] == pytest.approx(math.sqrt(2 * 100**2))
 
@@ -82,9 +82,10 @@ def test_markdown_table_labels_flops_and_macs_side_by_side() -> None:
 def test_csv_table_holds_raw_means_and_stds() -> None:
     rows = aggregate([_record(0, 1, 0.5, 0.5, 100), _record(1, 1, 0.5, 0.7, 300)])
     (parsed,) = list(csv.DictReader(io.StringIO(csv_table(rows))))
-    assert float(parsed["accuracy_mean"]) == pytest.approx(0.6)
+    assert float(parsed["metric_mean"]) == pytest.approx(0.6)
+    assert parsed["metric_name"] == "accuracy"
     assert float(parsed["dparams_std"]) == pytest.approx(math.sqrt(20000))
-    assert parsed["seed_ids"] == "0 1"
+    assert parsed["seeds"] == "0 1"
     assert parsed["num_seeds"] == "2"
     assert float(parsed["macs_mean"]) * 2 == float(parsed["flops_mean"])
 
@@ -137,7 +138,7 @@ def test_report_keeps_runs_of_different_configs_apart(tmp_path: Path) -> None:
     _write_config(first, width=4)
     _write_config(second, width=8)
     rows = aggregate(density_records([first, second]))
-    assert [(r.run, r.seeds, r.mean["accuracy"]) for r in rows] == [
+    assert [(r.run, r.seeds, r.mean["metric"]) for r in rows] == [
         ("a", (0,), 0.6),
         ("b", (1,), 0.8),
     ]
@@ -152,7 +153,7 @@ def test_report_aggregates_seeds_of_one_config_run_in_two_places(tmp_path: Path)
     _write_config(second, width=4, output_dir="b", seeds="[1]")
     (row,) = aggregate(density_records([first, second]))
     assert row.run == "a, b" and row.seeds == (0, 1)
-    assert row.mean["accuracy"] == pytest.approx(0.7)
+    assert row.mean["metric"] == pytest.approx(0.7)
 
 
 def test_report_refuses_the_same_run_given_twice(tmp_path: Path) -> None:
@@ -172,28 +173,39 @@ def test_report_refuses_a_seed_counted_twice(tmp_path: Path) -> None:
         aggregate(density_records([first, copy]))
 
 
-def test_latency_is_the_median_with_quartiles_over_seeds() -> None:
-    records = []
-    for seed, (q1, median, q3) in enumerate([(1.0, 1.2, 1.5), (0.9, 1.1, 9.0), (1.4, 1.6, 2.0)]):
-        record = _record(seed, 1, 0.5, 0.5, 100)
-        record.update(latency_ms=median, latency_q1_ms=q1, latency_q3_ms=q3)
-        records.append(record)
+def test_latency_is_median_of_seed_medians_with_outer_quartiles() -> None:
+    timings = ((0, 2.0, 1.5, 2.5), (1, 9.0, 3.0, 40.0), (2, 3.0, 2.8, 3.1))
+    records = [
+        {**_record(seed, 1, 0.5, 0.5, 100), "latency_ms": median}
+        | {"latency_q1_ms": q1, "latency_q3_ms": q3}
+        for seed, median, q1, q3 in timings
+    ]
     (row,) = aggregate(records)
-    assert row.latency == (1.2, 1.0, 2.0)
-    cells = markdown_table([row]).splitlines()[2].split(" | ")
-    assert "1.20 [1.00–2.00]" in cells
+    assert row.latency == (3.0, 1.5, 40.0)  # median of 2, 9, 3; lowest q1; highest q3
+    assert "| 3.00 (1.50–40.00) |" in markdown_table([row])
     (parsed,) = list(csv.DictReader(io.StringIO(csv_table([row]))))
-    assert (parsed["latency_ms_median"], parsed["latency_ms_q1"], parsed["latency_ms_q3"]) == (
-        "1.2",
-        "1.0",
-        "2.0",
-    )
+    assert [float(parsed[f"latency_ms_{k}"]) for k in ("median", "low", "high")] == [3, 1.5, 40]
+
+
+def test_metric_name_and_value_come_from_the_record() -> None:
+    records = [
+        {**_record(seed, 1, 0.5, 0.0, 100), "metric": f1, "metric_name": "f1"}
+        for seed, f1 in ((0, 0.8), (1, 0.6))
+    ]
+    for record in records:
+        del record["accuracy"]  # QA records store F1 as `metric`, never as accuracy
+    (row,) = aggregate(records)
+    assert row.metric_name == "f1"
+    assert row.mean["metric"] == pytest.approx(0.7)
+    line = markdown_table([row]).splitlines()[2]
+    assert "| 70.00 ± 14.14 |" in line and "| f1 |" in line
 
 
 def test_seeds_mean_the_same_in_markdown_and_csv() -> None:
     rows = aggregate([_record(3, 1, 0.5, 0.5, 100), _record(7, 1, 0.5, 0.7, 300)])
     header, _, line = markdown_table(rows).splitlines()[:3]
-    seeds_cell = [c.strip() for c in line.strip("|").split("|")][-1]
-    assert header.rstrip(" |").endswith("Seeds: n (ids)") and seeds_cell == "2 (3 7)"
+    names = [c.strip() for c in header.strip("|").split("|")]
+    cells = dict(zip(names, [c.strip() for c in line.strip("|").split("|")], strict=True))
+    assert (cells["n"], cells["Seeds"]) == ("2", "3 7")
     (parsed,) = list(csv.DictReader(io.StringIO(csv_table(rows))))
-    assert (parsed["num_seeds"], parsed["seed_ids"]) == ("2", "3 7")
+    assert (parsed["num_seeds"], parsed["seeds"]) == ("2", "3 7")
