@@ -12,6 +12,7 @@ __all__ = [
     "UnsupportedLayerError",
     "NoTargetsError",
     "BundleError",
+    "TrainingError",
     "SpaWarning",
 ]
 
@@ -34,6 +35,10 @@ class NoTargetsError(SpaError, ValueError):
 
 class BundleError(SpaError, ValueError):
     """A task bundle is damaged, of an unknown version, or was made from another base model."""
+
+
+class TrainingError(SpaError, RuntimeError):
+    """Training cannot go on, e.g. the loss became NaN or infinite; the message names the step."""
 
 
 class SpaWarning(UserWarning):

@@ -81,3 +81,12 @@ def tiny_mlp() -> nn.Module:
 @pytest.fixture
 def residual_net() -> nn.Module:
     return ResidualNet()
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory):
+    """`spa demo --quick` run once per session (slow tests share it; none may modify it)."""
+    from spa.experiments.demo import run_demo
+
+    output = tmp_path_factory.mktemp("quick-demo")
+    return run_demo(output, quick=True)

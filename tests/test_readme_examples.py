@@ -1,82 +1,120 @@
-"""The README's code, run end to end on small models, so the documentation cannot rot."""
+"""The README runs as written: every Python block literally, every TOML block through the config
+loader, and the bundle command lines on the demo's own bundles, so the documentation cannot rot.
+"""
 
 from __future__ import annotations
 
-import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-import spa
-from spa.models import resnet18
-
-
-def test_readme_channel_pruning_and_bundles(tmp_path):
-    from spa.pruning import apply_masks, channel_groups, compute_masks, score
-
-    base = resnet18(num_classes=4, small_input=True, width=8).eval()
-    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=8))
-    assert "skipped fc" in model.spa_report.summary()
-    example = torch.randn(1, 3, 16, 16)
-    data = TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,)))
-    loader = DataLoader(data, batch_size=4)
-    groups = channel_groups(model, example)
-    scores = score(model, "taylor", groups, data=loader, loss_fn=torch.nn.functional.cross_entropy)
-    apply_masks(model, compute_masks(groups, scores, density=0.3))
-    assert spa.density(model) == pytest.approx(0.3, abs=0.02)
-    model.eval()
-    with torch.no_grad():
-        masked = model(example)
-    dense_flops = spa.count_flops(base, example)
-
-    path = tmp_path / "parity.safetensors"
-    spa.save_task(model, path, base_model=base, model_name="resnet18")
-    task = spa.load_task(base, path)
-    host = spa.TaskHost(base, cache_size=4)
-    host.add_task("parity", path)
-    host.set_task("parity")
-    with torch.no_grad():
-        torch.testing.assert_close(task(example), masked, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(host(example), masked, rtol=1e-4, atol=1e-5)
-    assert host.reports()["parity"].bytes_on_disk == path.stat().st_size
-
-    spa.compact(model)
-    fast = spa.fuse(model)
-    with torch.no_grad():
-        torch.testing.assert_close(fast(example), masked, rtol=1e-4, atol=1e-5)
-    assert spa.count_flops(fast, example) < dense_flops
+_ROOT = Path(__file__).resolve().parents[1]
+README = (_ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def test_readme_block_pruning_of_a_tiny_bert():
-    from transformers import BertConfig, BertForSequenceClassification
+def blocks(language: str) -> list[str]:
+    """The README's fenced code blocks of `language`, in order."""
+    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.DOTALL | re.MULTILINE)
 
-    from spa.pruning.block_compaction import compact_bert
-    from spa.pruning.block_criteria import create_block_criterion
-    from spa.pruning.gradual import GradualBlockPruner, GradualPruningConfig
 
-    config = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64, num_labels=2)  # fmt: skip
-    bert = BertForSequenceClassification(config).eval()
-    spa.adapt(bert, spa.SPLoPAConfig(block_shape=(16, 16), num_prototypes=4,
-                                     target_modules=r"encoder\.layer"))  # fmt: skip
-    pruner = GradualBlockPruner(
-        bert,
-        create_block_criterion("movement"),
-        GradualPruningConfig(final_density=0.5, warmup_steps=1, pruning_steps=3),
+PYTHON = blocks("python")
+
+
+def _block_id(block: str) -> str:
+    first = next(
+        line for line in block.splitlines() if line and not line.startswith(("import", "from"))
     )
-    trainable = [p for p in bert.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=0.01)
-    inputs, labels = torch.randint(0, 40, (4, 8)), torch.tensor([0, 1, 0, 1])
-    for _ in range(5):
-        loss = bert(input_ids=inputs, labels=labels).loss + pruner.penalty()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        pruner.step()
-    pruner.finish()
-    with torch.no_grad():
-        masked = bert(input_ids=inputs).logits
-        small, report = compact_bert(bert)
-        torch.testing.assert_close(small(input_ids=inputs).logits, masked, rtol=1e-4, atol=1e-5)
-    assert report.block_density == pytest.approx(0.5, abs=0.1)
+    return re.sub(r"\W+", "_", first)[:40]
+
+
+def test_readme_has_the_documented_python_blocks() -> None:
+    assert len(PYTHON) >= 7  # library, pruning, blocks, bundles, own model / images / transformers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", PYTHON, ids=[_block_id(b) for b in PYTHON])
+def test_readme_python_block_runs_as_written(block: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # blocks write files (bundles, image folders) where they run
+    namespace: dict = {"__name__": "__readme__"}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    # Checks on what the blocks leave behind, against independent computations.
+    if "base" in namespace and "model" in namespace and "SPLoRAConfig" in block:
+        assert namespace["model"] is not namespace["base"], "the README adapts the base in place"
+        assert not spa_layers(namespace["base"]), "the base must stay plain"
+    if "host" in namespace:
+        host, images = namespace["host"], namespace["images"]
+        with torch.no_grad():
+            expected = __import__("spa").load_task(host.base_model, "mod3.safetensors")(images)
+            torch.testing.assert_close(namespace["logits"], expected)
+        assert all(report.flops is not None for report in host.reports().values())
+    if "fast" in namespace:
+        with torch.no_grad():
+            torch.testing.assert_close(
+                namespace["fast"](namespace["example"]),
+                namespace["model"].eval()(namespace["example"]),
+                rtol=1e-4,
+                atol=1e-5,
+            )
+
+
+def spa_layers(model: torch.nn.Module) -> list:
+    """The spa adapter layers inside `model`."""
+    import spa
+
+    return list(spa.adapter_layers(model))
+
+
+def test_readme_toml_blocks_are_valid_configs(tmp_path: Path) -> None:
+    from spa.experiments.config import load_config
+
+    tomls = blocks("toml")
+    assert tomls
+    for index, text in enumerate(tomls):
+        path = tmp_path / f"{index}.toml"
+        path.write_text(text, encoding="utf-8")
+        load_config(path)
+
+
+@pytest.mark.slow
+def test_readme_bundle_commands_run_on_the_demo_bundles(quick_demo, tmp_path: Path) -> None:
+    """The README's `spa bundle` / `spa export` lines (signing included), on `spa demo
+    --quick`'s files.
+
+    The full demo's paths map onto the quick demo's: `runs/` -> `runs-quick/`, `source/` ->
+    `source-quick/` and the 10% step of five densities -> the 10% step of two.
+    """
+    commands = "\n".join(b for b in blocks("bash") if "spa bundle verify" in b)
+    demo = str(quick_demo.output_dir)
+    commands = (
+        commands.replace("spa-demo-output/runs/", f"{demo}/runs-quick/")
+        .replace("spa-demo-output/source/", f"{demo}/source-quick/")
+        .replace("step-05-density-0.100", "step-02-density-0.100")
+    )
+    assert "spa-demo-output" not in commands
+    script = f'spa() {{ "{sys.executable}" -m spa "$@"; }}\nset -e\n{commands}'
+    environment = {**os.environ, "PYTHONPATH": str(_ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK:" in result.stdout
+    assert (tmp_path / "parity.safetensors").stat().st_size > 0
+    assert (tmp_path / "parity.onnx").stat().st_size > 0
+    assert (tmp_path / "signer.pem.pub").is_file() and "signed by" in result.stdout
+
+
+def test_readme_bundle_path_is_the_full_demo_lowest_density_step() -> None:
+    from spa.experiments.demo import FULL
+
+    assert "spa-demo-output/source/model.pt" in README
+    assert f"step-{len(FULL.densities):02d}-density-{min(FULL.densities):.3f}" in README

@@ -55,22 +55,65 @@ def load_base(
     from spa.models.loading import load_model
 
     path = Path(args.base)
+    if path.is_dir():
+        from spa.tasks.export import describe_transformers
+
+        model = load_model(path).model
+        return model.eval(), describe_transformers(model)
     recorded = metadata or {}
     name = args.model or recorded.get("model_name")
-    if not path.is_dir() and not name:
+    if not name:
         raise ConfigError(
             f"--base {path}: a state-dict file needs --model NAME (a spa.models registry name); "
             "the bundle does not record one"
         )
-    kwargs = dict(recorded.get("model_options") or {}) if not args.model else {}
-    kwargs.update(_model_kwargs(args))
-    loaded = load_model(path, name=name, options=kwargs)
-    if loaded.source == "transformers":
-        from spa.tasks.export import describe_transformers
+    from spa.models import create_model
+    from spa.models.loading import load_torchvision_weights
 
-        return loaded.model.eval(), describe_transformers(loaded.model)
+    # The recorded builder arguments belong to the recorded model name: `--model` naming the same
+    # architecture keeps them, another name starts from that builder's defaults.
+    same_model = name == recorded.get("model_name")
+    kwargs = dict(recorded.get("model_options") or {}) if same_model else {}
+    kwargs.update(_model_kwargs(args))
+    _check_builder_arguments(name, kwargs)
+    model = create_model(name, **kwargs)
+    report = load_torchvision_weights(model, path, skip_head=True, head_name=_head_name(model))
+    if report.skipped:
+        first = next(iter(report.skipped.values()))
+        raise ConfigError(
+            f"{first}: the base file's task head does not fit --num-classes "
+            f"{kwargs.get('num_classes')}; give the base's own number of classes (or leave "
+            "--num-classes out to use the one recorded in the bundle)"
+        )
     architecture = {"source": "spa.models", "name": name, "kwargs": kwargs}
-    return loaded.model.eval(), architecture
+    return model.eval(), architecture
+
+
+def _head_name(model: nn.Module) -> str:
+    """The module path of the model's last `nn.Linear` (its task head), or "fc"."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else "fc"
+
+
+def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse builder arguments that `spa.models` builder `name` does not take, listing its own.
+
+    Raises:
+        ConfigError: naming the unknown argument and the builder's valid arguments.
+    """
+    import inspect
+
+    from spa.models import MODELS
+
+    parameters = inspect.signature(MODELS.get(name)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no builder argument {unknown[0]!r} (from --model-arg or the "
+            f"bundle); valid arguments: {', '.join(parameters)}"
+        )
 
 
 def _add_base_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -177,13 +220,47 @@ def _sign(args: argparse.Namespace) -> int:
     return 0
 
 
-def _input_shape(text: str | None) -> tuple[int, ...]:
-    if not text:
-        raise ConfigError("--format onnx needs --input-shape, e.g. 1,3,224,224")
+def _input_shape(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.split(","))
+        shape = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise ConfigError(f"--input-shape must be comma-separated integers, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise ConfigError(f"--input-shape must be positive integers, got {text!r}")
+    return shape
+
+
+def _image_example(task: nn.Module, text: str | None) -> torch.Tensor:
+    """An example image batch for ONNX tracing: `--input-shape`, or one from the model itself.
+
+    Without `--input-shape` the channels come from the model's first convolution (so from the
+    builder arguments recorded in the bundle) and the image is 32 x 32.
+
+    Raises:
+        ConfigError: if the model cannot run on the shape, naming the shape and its input channels.
+    """
+    convs = [m for m in task.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)]
+    channels = convs[0].in_channels if convs else None
+    if text:
+        shape = _input_shape(text)
+    elif convs:
+        shape = (1, channels) + (32,) * (convs[0].weight.dim() - 2)
+    else:
+        raise ConfigError("--format onnx needs --input-shape for a model without convolutions")
+    example = torch.randn(shape)
+    try:
+        with torch.no_grad():
+            task.eval()(example)
+    except (RuntimeError, ValueError, IndexError) as error:
+        expected = f"; the model takes {channels} input channels, e.g. " if channels else ""
+        if channels:
+            expected += ",".join(map(str, (1, channels) + (32,) * (convs[0].weight.dim() - 2)))
+        first_line = str(error).strip().splitlines()[0]
+        raise ConfigError(
+            f"--input-shape {','.join(map(str, shape))} does not fit the task model "
+            f"({first_line}){expected}"
+        ) from None
+    return example
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -196,7 +273,7 @@ def _export(args: argparse.Namespace) -> int:
         if architecture["source"] == "transformers":
             example = (torch.ones(_input_shape(args.input_shape or "1,128"), dtype=torch.long),)
         else:
-            example = (torch.randn(_input_shape(args.input_shape)),)
+            example = (_image_example(task, args.input_shape),)
         export_onnx(task, args.output, example)
     else:
         export_model(task, args.output, architecture=architecture, reference=base)
@@ -241,6 +318,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("-o", "--output", required=True, help="output file")
     export.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
     export.add_argument(
-        "--input-shape", help="example input shape for ONNX tracing, e.g. 1,3,224,224"
+        "--input-shape",
+        help="example input shape for ONNX tracing, e.g. 1,3,224,224 (default for CNNs: the "
+        "model's input channels, 32 x 32)",
     )
     export.set_defaults(func=_export)

@@ -21,7 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a small ResNet on scikit-learn's digits, transfer-prune it to target "
         "tasks with fine-pruning and SPLoRA, and write a table, plots and task bundles.",
     )
-    demo.add_argument("--quick", action="store_true", help="fewer epochs and densities (~1 min)")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="short smoke run of the whole pipeline (about 30 s of CPU time)",
+    )
     demo.add_argument(
         "--output", type=Path, default=Path("spa-demo-output"), help="output directory"
     )

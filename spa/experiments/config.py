@@ -9,6 +9,7 @@ into each run directory stamped with `spa_version`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,8 +133,8 @@ class AdapterSection:
         for key in ("rank", "num_prototypes", "prototype_rank"):
             if getattr(self, key) < 1:
                 raise _fail(f"adapter.{key}", f"must be >= 1, got {getattr(self, key)}")
-        if not self.init_range > 0:
-            raise _fail("adapter.init_range", f"must be > 0, got {self.init_range}")
+        if not (self.init_range > 0 and math.isfinite(self.init_range)):
+            raise _fail("adapter.init_range", f"must be a finite number > 0, got {self.init_range}")
         if len(self.block_shape) != 2 or min(self.block_shape) < 1:
             raise _fail("adapter.block_shape", f"must be two integers >= 1, got {self.block_shape}")
 
@@ -178,6 +179,13 @@ class PruningConfig:
                 _check_range("pruning.densities", value, 0.0, 1.0, low_open=True)
             if list(self.densities) != sorted(self.densities, reverse=True):
                 raise _fail("pruning.densities", f"must decrease, got {list(self.densities)}")
+            if self.schedule != "none" and not any(value < 1.0 for value in self.densities):
+                raise _fail(
+                    "pruning.densities",
+                    f"must list at least one density below 1 to prune, got "
+                    f"{list(self.densities)}; omit it to step down to pruning.target_density, "
+                    "or set pruning.schedule = 'none' for no pruning",
+                )
         for key in ("scoring_batches", "min_channels"):
             if getattr(self, key) < 1:
                 raise _fail(f"pruning.{key}", f"must be >= 1, got {getattr(self, key)}")
@@ -230,11 +238,13 @@ class TrainConfig:
         for key in ("initial_epochs", "epochs_per_step"):
             if getattr(self, key) < 0:
                 raise _fail(f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise _fail("train.lr", f"must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise _fail("train.lr", f"must be a finite number > 0, got {self.lr}")
         _check_range("train.momentum", self.momentum, 0.0, 1.0, low_open=False)
-        if self.weight_decay < 0:
-            raise _fail("train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise _fail(
+                "train.weight_decay", f"must be a finite number >= 0, got {self.weight_decay}"
+            )
         if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
             raise _fail("train.max_batches_per_epoch", "must be >= 1 or omitted")
         if self.latency_batch_size < 1:
@@ -368,6 +378,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a TOML config file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{path}: cannot read the config file ({reason})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML ({error})") from None
     for assignment in overrides:

@@ -6,25 +6,34 @@ and FLOPs side by side and label FLOPs and MACs explicitly (1 MAC = 2 FLOPs). Th
 the task type's metric (`metric`, named by `metric_name`: accuracy, F1, ...; runs recorded
 before metric names read `accuracy`). Latency is the median of timed runs with the interquartile
 range, never a mean ± std (one disturbed run would dominate it).
+
+Comparing runs never mixes experiments: rows are grouped by the run's resolved config (its
+`config.toml` without `output_dir` and `seeds`; a run without one is its own experiment), each row
+names the run(s) it comes from, and a seed that appears twice (the same run given twice, or two
+copies of one experiment with the same seed) is refused instead of being counted twice.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import statistics
+import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spa.errors import ConfigError
-from spa.experiments.files import atomic_write_bytes, atomic_write_text, read_jsonl
+from spa.experiments.files import atomic_write_text, read_jsonl
+from spa.experiments.plots import write_plots
 
 logger = logging.getLogger(__name__)
 
-# Numeric columns aggregated over seeds: (record key, table header, scale, decimals).
+# Numeric columns aggregated over seeds as mean ± std: (record key, table header, scale, decimals).
 _COLUMNS = (
     ("density", "Density (%)", 100.0, 1),
     ("dparams", "dParams (K)", 1e-3, 1),
@@ -34,14 +43,17 @@ _COLUMNS = (
     ("bundle_bytes", "Bundle (KiB)", 1 / 1024, 1),
 )
 _LATENCY_HEADER = "CPU latency (ms), median (IQR)"
-_GROUP_KEYS = ("task", "method", "criterion", "step")
+_GROUP_KEYS = ("_config", "task", "method", "criterion", "step")
+# Keys of a resolved config.toml that do not make two runs different experiments.
+_NOT_EXPERIMENT_KEYS = ("spa_version", "output_dir", "seeds")
 
 
 @dataclass(frozen=True)
 class AggregateRow:
-    """One table row: a (task, method, criterion, density step) over all its seeds.
+    """One table row: a (run, task, method, criterion, density step) over all its seeds.
 
     Args:
+        run: the run directory (or directories, comma-separated) the row comes from.
         task: data set / task label.
         method: learning method label, e.g. "SPLoRA r8".
         criterion: pruning criterion.
@@ -53,8 +65,10 @@ class AggregateRow:
         metric_name: name of the `metric` column's metric (e.g. "accuracy", "f1").
         latency: `(median, low, high)` ms: the median of the seeds' median latencies, the
             lowest first and the highest third quartile; None if not measured.
+        num_classes: classes of the task (for the chance level), if the records give it.
     """
 
+    run: str
     task: str
     method: str
     criterion: str
@@ -65,6 +79,7 @@ class AggregateRow:
     std: dict[str, float] = field(default_factory=dict)
     metric_name: str = "accuracy"
     latency: tuple[float, float, float] | None = None
+    num_classes: int | None = None
 
 
 def _value(record: dict[str, Any], column: str) -> Any:
@@ -83,37 +98,107 @@ def _latency(members: Sequence[dict[str, Any]]) -> tuple[float, float, float] | 
     return median, low, high
 
 
+def _experiment_id(run_dir: Path) -> str:
+    """What makes a run's experiment: its resolved config without where and with which seeds."""
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        return f"run:{run_dir.resolve()}"  # unknown config: the run is its own experiment
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the run's config ({error})") from None
+    for key in _NOT_EXPERIMENT_KEYS:
+        config.pop(key, None)
+    text = json.dumps(config, sort_keys=True, default=str)
+    return "config:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Short names for the runs: directory names when they are unique, else the paths given."""
+    names = [path.name or str(path) for path in run_dirs]
+    return names if len(set(names)) == len(names) else [str(path) for path in run_dirs]
+
+
 def density_records(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """All per-density records of the given run directories.
+    """All per-density records of the given run directories, labelled with their run.
+
+    Each record gains `_run` (a short name of its run directory) and `_config` (an id of the
+    run's resolved config, so runs of different experiments are never aggregated together).
 
     Raises:
-        ConfigError: if a directory holds no `seed-*/metrics.jsonl` (naming the directory).
+        ConfigError: if a directory holds no `seed-*/metrics.jsonl` or is given twice (naming
+            the directory).
     """
-    records = []
+    run_dirs = [Path(run_dir) for run_dir in run_dirs]
+    seen: dict[Path, Path] = {}
     for run_dir in run_dirs:
-        files = sorted(Path(run_dir).glob("seed-*/metrics.jsonl"))
+        resolved = run_dir.resolve()
+        if resolved in seen:
+            raise ConfigError(
+                f"{run_dir}: the same run is given twice (also as {seen[resolved]}); each seed "
+                "counts once, give every run directory once"
+            )
+        seen[resolved] = run_dir
+    records = []
+    for run_dir, label in zip(run_dirs, _run_labels(run_dirs), strict=True):
+        files = sorted(run_dir.glob("seed-*/metrics.jsonl"))
         if not files:
             raise ConfigError(f"{run_dir}: no seed-*/metrics.jsonl found; is this a run directory?")
+        experiment = _experiment_id(run_dir)
         for path in files:
-            records += [r for r in read_jsonl(path) if r.get("event") == "density"]
+            for record in read_jsonl(path):
+                if record.get("event") == "density":
+                    records.append({**record, "_run": label, "_config": experiment})
     return records
 
 
+def _value(record: dict[str, Any], column: str) -> Any:
+    if column == "metric" and "metric" not in record:
+        return record.get("accuracy")  # runs recorded before metric names
+    return record.get(column)
+
+
+def _latency(members: Sequence[dict[str, Any]]) -> tuple[float, float, float] | None:
+    measured = [m for m in members if m.get("latency_ms") is not None]
+    if not measured:
+        return None
+    median = statistics.median(float(m["latency_ms"]) for m in measured)
+    low = min(float(m.get("latency_q1_ms", m["latency_ms"])) for m in measured)
+    high = max(float(m.get("latency_q3_ms", m["latency_ms"])) for m in measured)
+    return median, low, high
+
+
 def aggregate(records: Sequence[dict[str, Any]]) -> list[AggregateRow]:
-    """Group density records by (task, method, criterion, step) and take mean ± std over seeds.
+    """Group density records by (experiment, task, method, criterion, step); mean ± std over seeds.
+
+    Records without `_config` / `_run` (not read by `density_records`) form one experiment.
 
     Args:
         records: per-seed density records.
 
     Returns:
-        Rows sorted by task, then decreasing density, then method.
+        Rows sorted by task, run, then decreasing density.
+
+    Raises:
+        ConfigError: if one seed appears twice in a group (it would be counted twice), naming
+            the seed and the runs it comes from.
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for record in records:
-        groups.setdefault(tuple(record[k] for k in _GROUP_KEYS), []).append(record)
+        key = tuple(record.get(k, "") if k == "_config" else record[k] for k in _GROUP_KEYS)
+        groups.setdefault(key, []).append(record)
     rows = []
     for key, members in groups.items():
-        task, method, criterion, step = key
+        _, task, method, criterion, step = key
+        seeds = [m["seed"] for m in members]
+        duplicate = next((seed for seed in seeds if seeds.count(seed) > 1), None)
+        if duplicate is not None:
+            runs = sorted({str(m.get("_run", "?")) for m in members if m["seed"] == duplicate})
+            raise ConfigError(
+                f"seed {duplicate} of {task} {method} ({criterion}) appears twice (runs: "
+                f"{', '.join(runs)}); a seed counts once: give each run of an experiment once, "
+                "with distinct seeds"
+            )
         mean, std = {}, {}
         for column, *_ in _COLUMNS:
             values = [float(_value(m, column)) for m in members if _value(m, column) is not None]
@@ -121,21 +206,24 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[AggregateRow]:
                 continue
             mean[column] = statistics.fmean(values)
             std[column] = statistics.stdev(values) if len(values) > 1 else 0.0
+        runs = sorted({str(m["_run"]) for m in members if "_run" in m})
         rows.append(
             AggregateRow(
+                run=", ".join(runs) or "-",
                 task=task,
                 method=method,
                 criterion=criterion,
                 step=step,
                 target_density=float(members[0]["target_density"]),
-                seeds=tuple(sorted(m["seed"] for m in members)),
+                seeds=tuple(sorted(seeds)),
                 mean=mean,
                 std=std,
                 metric_name=str(members[0].get("metric_name", "accuracy")),
                 latency=_latency(members),
+                num_classes=members[0].get("num_classes"),
             )
         )
-    rows.sort(key=lambda r: (r.task, -r.target_density, r.method, r.criterion))
+    rows.sort(key=lambda r: (r.task, r.run, r.method, r.criterion, -r.target_density))
     return rows
 
 
@@ -155,106 +243,51 @@ def _latency_cell(row: AggregateRow) -> str:
     return f"{median:,.2f} ({low:,.2f}–{high:,.2f})"
 
 
+def _seeds_text(row: AggregateRow) -> str:
+    """The seed ids, space-separated (the same in the Markdown and the CSV table)."""
+    return " ".join(map(str, row.seeds))
+
+
 def markdown_table(rows: Sequence[AggregateRow]) -> str:
     """The rows as a Markdown table shaped like the paper's Table 1 (mean ± std over seeds)."""
-    headers = ["Task", "Method", "Criterion"] + [c[1] for c in _COLUMNS]
-    headers += [_LATENCY_HEADER, "Metric", "Seeds"]
+    headers = ["Run", "Task", "Method", "Criterion"] + [c[1] for c in _COLUMNS]
+    headers += [_LATENCY_HEADER, "Metric", "n", "Seeds"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [row.task, row.method, row.criterion]
+        cells = [row.run, row.task, row.method, row.criterion]
         cells += [_cell(row, c, s, d) for c, _, s, d in _COLUMNS]
-        cells += [_latency_cell(row), row.metric_name, str(len(row.seeds))]
+        cells += [_latency_cell(row), row.metric_name, str(len(row.seeds)), _seeds_text(row)]
         lines.append("| " + " | ".join(cells) + " |")
     note = (
-        "\nDensity: fraction of prunable weights kept. dParams: learned parameters of the task. "
+        "\nRun: the run directory each row comes from (runs of one config are aggregated). "
+        "Density: fraction of prunable weights kept. dParams: learned parameters of the task. "
         "FLOPs and MACs per example of the compacted model (1 MAC = 2 FLOPs). "
         "Score: the task's metric (named in the Metric column). "
-        "Values are mean ± sample std over seeds; latency is the median over timed runs (and "
-        "seeds) with the interquartile range."
+        "Values are mean ± sample std over the n seeds listed under Seeds (their ids). CPU "
+        "latency of the compacted model: median over timed runs and seeds (lowest first – "
+        "highest third quartile)."
     )
     return "\n".join(lines) + "\n" + note + "\n"
 
 
 def csv_table(rows: Sequence[AggregateRow]) -> str:
-    """The rows as CSV with raw units and separate `_mean` / `_std` columns."""
+    """The rows as CSV with raw units, separate `_mean` / `_std` columns and the seed ids."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["task", "method", "criterion", "step", "target_density", "seeds", "metric_name"]
+    header = ["run", "task", "method", "criterion", "step", "target_density"]
+    header += ["num_seeds", "seeds", "metric_name"]
     for column, *_ in _COLUMNS:
         header += [f"{column}_mean", f"{column}_std"]
     header += ["latency_ms_median", "latency_ms_low", "latency_ms_high"]
     writer.writerow(header)
     for row in rows:
-        cells: list[Any] = [row.task, row.method, row.criterion, row.step, row.target_density]
-        cells += [" ".join(map(str, row.seeds)), row.metric_name]
+        cells: list[Any] = [row.run, row.task, row.method, row.criterion, row.step]
+        cells += [row.target_density, len(row.seeds), _seeds_text(row), row.metric_name]
         for column, *_ in _COLUMNS:
             cells += [row.mean.get(column, ""), row.std.get(column, "")]
         cells += list(row.latency) if row.latency is not None else ["", "", ""]
         writer.writerow(cells)
     return buffer.getvalue()
-
-
-def _series(rows: Sequence[AggregateRow]) -> dict[str, list[AggregateRow]]:
-    series: dict[str, list[AggregateRow]] = {}
-    for row in rows:
-        label = f"{row.task} ({row.metric_name}) · {row.method} · {row.criterion}"
-        series.setdefault(label, []).append(row)
-    return series
-
-
-def write_plots(rows: Sequence[AggregateRow], folder: str | Path) -> list[Path]:
-    """Score vs dParams, score vs FLOPs and dParams vs density as PNG (paper's Fig. 6); the score
-    is each task's metric (accuracy, F1, ...), named in the legend.
-
-    Args:
-        rows: aggregated rows.
-        folder: where the PNG files go.
-
-    Returns:
-        The written files.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    folder = Path(folder)
-    plots = (
-        ("accuracy_vs_dparams.png", "dparams", 1.0, "metric", 100.0, "dParams", "Score (%)"),
-        ("accuracy_vs_flops.png", "flops", 1e-6, "metric", 100.0, "MFLOPs", "Score (%)"),
-        ("dparams_vs_density.png", "density", 100.0, "dparams", 1.0, "Density (%)", "dParams"),
-    )
-    written = []
-    for filename, x_key, x_scale, y_key, y_scale, x_label, y_label in plots:
-        figure, axes = pyplot.subplots(figsize=(6.4, 4.4))
-        for label, members in _series(rows).items():
-            members = [m for m in members if x_key in m.mean and y_key in m.mean]
-            if not members:
-                continue
-            axes.errorbar(
-                [m.mean[x_key] * x_scale for m in members],
-                [m.mean[y_key] * y_scale for m in members],
-                xerr=[m.std[x_key] * x_scale for m in members],
-                yerr=[m.std[y_key] * y_scale for m in members],
-                marker="o",
-                linestyle="--" if "Fine-pruning" in label else "-",
-                markersize=3,
-                capsize=2,
-                label=label,
-            )
-        if x_key == "dparams" or y_key == "dparams":
-            axes.set_xscale("log") if x_key == "dparams" else axes.set_yscale("log")
-        axes.set_xlabel(x_label)
-        axes.set_ylabel(y_label)
-        axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=6)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=120)
-        pyplot.close(figure)
-        atomic_write_bytes(folder / filename, buffer.getvalue())
-        written.append(folder / filename)
-    return written
 
 
 @dataclass(frozen=True)

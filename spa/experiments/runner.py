@@ -33,6 +33,7 @@ Records: every density record has `metric` (the task type's headline metric as a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -124,7 +125,10 @@ def run(
 
 def _prepare_run_dir(run_dir: Path, config: ExperimentConfig) -> None:
     path = run_dir / "config.toml"
-    if path.exists():
+    # A directory whose run stopped before any seed recorded anything (e.g. a refused model
+    # argument) holds nothing to resume: the corrected config replaces its config.toml.
+    started = any(run_dir.glob(f"seed-*/{METRICS}")) or any(run_dir.glob(f"seed-*/{CHECKPOINT}"))
+    if path.exists() and started:
         import tomllib
 
         previous = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -137,8 +141,9 @@ def _prepare_run_dir(run_dir: Path, config: ExperimentConfig) -> None:
             )
         logger.info("resuming the run in %s", run_dir)
         return
-    if is_main_process():
-        atomic_write_text(path, config_to_toml(config))
+    if is_main_process():  # recorded with the directory it really runs in
+        resolved = dataclasses.replace(config, output_dir=str(run_dir))
+        atomic_write_text(path, config_to_toml(resolved))
 
 
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:

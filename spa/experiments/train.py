@@ -9,6 +9,7 @@ process they are the plain single-process versions.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from tqdm.auto import tqdm
 
 from spa import distributed
-from spa.errors import ConfigError
+from spa.errors import ConfigError, TrainingError
 from spa.pruning.schedules import paper_lr_factor
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,10 @@ def train_epoch(
 
     Returns:
         Mean loss and accuracy over the examples trained on.
+
+    Raises:
+        TrainingError: if the loss of a batch is NaN or infinite (naming `description` and the
+            batch), before that batch updates the weights.
     """
     loss_fn = loss_fn or nn.functional.cross_entropy
     model.train()
@@ -192,9 +197,15 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         logits = model(inputs)
         loss = loss_fn(logits, labels)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # stop before the update spreads it into the weights
+            raise TrainingError(
+                f"{description}: the loss became {value} at batch {index + 1}; training "
+                "stopped (lower train.lr, or check the data for NaN/inf values)"
+            )
         loss.backward()
         optimizer.step()
-        total_loss += float(loss.detach()) * len(labels)
+        total_loss += value * len(labels)
         correct += int((logits.detach().argmax(dim=1) == labels).sum())
         seen += len(labels)
     progress.close()

@@ -282,6 +282,11 @@ def read_metadata(
     if len(data) < 8:
         raise BundleError(f"{source}: file is truncated ({len(data)} bytes); re-export the bundle")
     (header_size,) = struct.unpack("<Q", data[:8])
+    if data[8:9] != b"{":  # a safetensors header is a JSON object: this is another kind of file
+        raise BundleError(
+            f"{source}: not a spa bundle (not a safetensors file); bundles are written by "
+            "spa.save_task"
+        )
     if header_size > len(data) - 8:
         raise BundleError(
             f"{source}: file is truncated (header says {header_size} bytes, file has "

@@ -88,8 +88,13 @@ def test_cli_run_then_report_rebuilds_table(tmp_path: Path, config_path: Path, c
     assert main(["report", str(run_dir)]) == 0
     assert "digits/mod3" in (run_dir / "table.md").read_text()
     compared = tmp_path / "compared"
-    assert main(["report", str(run_dir), str(run_dir), "--output", str(compared)]) == 0
+    assert main(["report", str(run_dir), "--output", str(compared)]) == 0
     assert (compared / "plots" / "accuracy_vs_flops.png").exists()
+    # The same run twice would count every seed twice: refused.
+    assert main(["report", str(run_dir), str(run_dir), "--output", str(compared)]) == 1
+    assert "the same run is given twice" in capsys.readouterr().err
+    config = (run_dir / "config.toml").read_text()
+    assert f'output_dir = "{run_dir}"' in config  # the resolved config says where the run is
 
 
 def test_cli_run_invalid_override_names_key(config_path: Path, capsys) -> None:

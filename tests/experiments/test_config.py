@@ -218,3 +218,31 @@ def test_dumps_toml_round_trips_nested_data() -> None:
 def test_dumps_toml_rejects_none() -> None:
     with pytest.raises(TypeError, match="t.x"):
         dumps_toml({"t": {"x": None}})
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 0.0, -0.1])
+def test_from_dict_rejects_nonsense_learning_rate(value: float) -> None:
+    with pytest.raises(ConfigError, match=r"'train.lr': must be a finite number > 0"):
+        from_dict({"train": {"lr": value}})
+
+
+def test_from_dict_rejects_infinite_weight_decay() -> None:
+    with pytest.raises(ConfigError, match=r"'train.weight_decay': must be a finite number"):
+        from_dict({"train": {"weight_decay": float("inf")}})
+
+
+@pytest.mark.parametrize("densities", [[], [1.0]])
+def test_from_dict_rejects_densities_that_prune_nothing(densities: list[float]) -> None:
+    with pytest.raises(ConfigError, match=r"'pruning.densities': must list at least one density"):
+        from_dict({"pruning": {"densities": densities}})
+
+
+def test_from_dict_accepts_no_densities_without_pruning() -> None:
+    config = from_dict({"pruning": {"densities": [], "schedule": "none"}})
+    assert config.pruning.density_steps() == []
+
+
+def test_load_config_refuses_inf_override_naming_the_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'name = "x"\n')
+    with pytest.raises(ConfigError, match=r"'train.lr'.*got inf"):
+        load_config(path, ["train.lr=inf"])

@@ -12,7 +12,13 @@ import pytest
 
 from spa.errors import ConfigError
 from spa.experiments.files import read_jsonl
-from spa.experiments.report import aggregate, csv_table, markdown_table, write_report
+from spa.experiments.report import (
+    aggregate,
+    csv_table,
+    density_records,
+    markdown_table,
+    write_report,
+)
 
 
 def _record(seed: int, step: int, density: float, accuracy: float, dparams: int) -> dict:
@@ -81,6 +87,7 @@ def test_csv_table_holds_raw_means_and_stds() -> None:
     assert parsed["metric_name"] == "accuracy"
     assert float(parsed["dparams_std"]) == pytest.approx(math.sqrt(20000))
     assert parsed["seeds"] == "0 1"
+    assert parsed["num_seeds"] == "2"
     assert float(parsed["macs_mean"]) * 2 == float(parsed["flops_mean"])
 
 
@@ -92,6 +99,7 @@ def test_write_report_compares_runs_and_writes_plots(tmp_path: Path) -> None:
     assert {r.method for r in files.rows} == {"SPLoRA r8", "Fine-pruning"}
     assert "Fine-pruning" in files.markdown.read_text()
     assert files.csv.read_text().count("\n") == 4  # header + 3 rows
+    assert {r.run for r in files.rows} == {"a", "b"}
     names = sorted(p.name for p in files.plots)
     assert names == ["accuracy_vs_dparams.png", "accuracy_vs_flops.png", "dparams_vs_density.png"]
     for path in files.plots:
@@ -116,18 +124,54 @@ def test_read_jsonl_rejects_damaged_middle_line(tmp_path: Path) -> None:
         read_jsonl(path)
 
 
-def test_metric_name_and_value_come_from_the_record() -> None:
-    records = [
-        {**_record(seed, 1, 0.5, 0.0, 100), "metric": f1, "metric_name": "f1"}
-        for seed, f1 in ((0, 0.8), (1, 0.6))
+def _write_config(folder: Path, width: int, output_dir: str = "x", seeds: str = "[0]") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (
+        f'spa_version = "0"\nname = "e"\nseeds = {seeds}\noutput_dir = "{output_dir}"\n'
+        f"[model]\noptions = {{width = {width}}}\n"
+    )
+    (folder / "config.toml").write_text(text)
+
+
+def test_report_keeps_runs_of_different_configs_apart(tmp_path: Path) -> None:
+    first = _write_run(tmp_path / "a", [_record(0, 1, 0.5, 0.6, 100)])
+    second = _write_run(tmp_path / "b", [_record(1, 1, 0.5, 0.8, 300)])
+    _write_config(first, width=4)
+    _write_config(second, width=8)
+    rows = aggregate(density_records([first, second]))
+    assert [(r.run, r.seeds, r.mean["metric"]) for r in rows] == [
+        ("a", (0,), 0.6),
+        ("b", (1,), 0.8),
     ]
-    for record in records:
-        del record["accuracy"]  # QA records store F1 as `metric`, never as accuracy
-    (row,) = aggregate(records)
-    assert row.metric_name == "f1"
+    lines = markdown_table(rows).splitlines()
+    assert lines[2].startswith("| a | digits/parity |") and lines[3].startswith("| b |")
+
+
+def test_report_aggregates_seeds_of_one_config_run_in_two_places(tmp_path: Path) -> None:
+    first = _write_run(tmp_path / "a", [_record(0, 1, 0.5, 0.6, 100)])
+    second = _write_run(tmp_path / "b", [_record(1, 1, 0.5, 0.8, 300)])
+    _write_config(first, width=4, output_dir="a", seeds="[0]")
+    _write_config(second, width=4, output_dir="b", seeds="[1]")
+    (row,) = aggregate(density_records([first, second]))
+    assert row.run == "a, b" and row.seeds == (0, 1)
     assert row.mean["metric"] == pytest.approx(0.7)
-    line = markdown_table([row]).splitlines()[2]
-    assert "| 70.00 ± 14.14 |" in line and "| f1 |" in line
+
+
+def test_report_refuses_the_same_run_given_twice(tmp_path: Path) -> None:
+    run = _write_run(tmp_path / "a", [_record(0, 1, 0.5, 0.6, 100)])
+    with pytest.raises(ConfigError, match="the same run is given twice"):
+        write_report([run, tmp_path / "." / "a"], tmp_path / "out")
+
+
+def test_report_refuses_a_seed_counted_twice(tmp_path: Path) -> None:
+    first = _write_run(tmp_path / "a", [_record(0, 1, 0.5, 0.6, 100)])
+    copy = _write_run(tmp_path / "copy", [_record(0, 1, 0.5, 0.6, 100)])
+    _write_config(first, width=4)
+    _write_config(copy, width=4)
+    with pytest.raises(
+        ConfigError, match=r"seed 0 of digits/parity .* appears twice \(runs: a, copy\)"
+    ):
+        aggregate(density_records([first, copy]))
 
 
 def test_latency_is_median_of_seed_medians_with_outer_quartiles() -> None:
@@ -142,3 +186,27 @@ def test_latency_is_median_of_seed_medians_with_outer_quartiles() -> None:
     assert "| 3.00 (1.50–40.00) |" in markdown_table([row])
     (parsed,) = list(csv.DictReader(io.StringIO(csv_table([row]))))
     assert [float(parsed[f"latency_ms_{k}"]) for k in ("median", "low", "high")] == [3, 1.5, 40]
+
+
+def test_metric_name_and_value_come_from_the_record() -> None:
+    records = [
+        {**_record(seed, 1, 0.5, 0.0, 100), "metric": f1, "metric_name": "f1"}
+        for seed, f1 in ((0, 0.8), (1, 0.6))
+    ]
+    for record in records:
+        del record["accuracy"]  # QA records store F1 as `metric`, never as accuracy
+    (row,) = aggregate(records)
+    assert row.metric_name == "f1"
+    assert row.mean["metric"] == pytest.approx(0.7)
+    line = markdown_table([row]).splitlines()[2]
+    assert "| 70.00 ± 14.14 |" in line and "| f1 |" in line
+
+
+def test_seeds_mean_the_same_in_markdown_and_csv() -> None:
+    rows = aggregate([_record(3, 1, 0.5, 0.5, 100), _record(7, 1, 0.5, 0.7, 300)])
+    header, _, line = markdown_table(rows).splitlines()[:3]
+    names = [c.strip() for c in header.strip("|").split("|")]
+    cells = dict(zip(names, [c.strip() for c in line.strip("|").split("|")], strict=True))
+    assert (cells["n"], cells["Seeds"]) == ("2", "3 7")
+    (parsed,) = list(csv.DictReader(io.StringIO(csv_table(rows))))
+    assert (parsed["num_seeds"], parsed["seeds"]) == ("2", "3 7")

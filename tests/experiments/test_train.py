@@ -112,3 +112,26 @@ def test_make_optimizer_without_trainable_parameters_raises() -> None:
     model = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ConfigError, match="no trainable parameters"):
         make_optimizer(model, "sgd", 0.1, 0.9, 0.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_train_epoch_stops_on_non_finite_loss_naming_the_batch(bad: float) -> None:
+    from spa.errors import TrainingError
+
+    inputs = torch.randn(12, 2)
+    inputs[5, 0] = bad  # second batch of 4
+    dataset = TensorDataset(inputs, torch.zeros(12, dtype=torch.long))
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    reference = nn.Linear(2, 2)
+    reference.load_state_dict(model.state_dict())
+    loss = nn.functional.cross_entropy(reference(inputs[:4]), torch.zeros(4, dtype=torch.long))
+    loss.backward()
+    loader = make_loader(dataset, 4, shuffle=False)
+    message = r"^seed 0 epoch 1: the loss became (nan|inf) at batch 2"
+    with pytest.raises(TrainingError, match=message):
+        train_epoch(model, loader, optimizer, description="seed 0 epoch 1")
+    # Only the first batch updated the weights (one plain SGD step), never the non-finite one.
+    with torch.no_grad():
+        for parameter, expected in zip(model.parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(parameter, expected - 0.1 * expected.grad)

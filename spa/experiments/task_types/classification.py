@@ -92,9 +92,9 @@ class ClassificationSession:
         """Accuracy and cross-entropy on the evaluation set."""
         loader = make_loader(self.eval_set, self.config.data.eval_batch_size, shuffle=False)
         result = evaluate(self.model, loader, device=self.config.train.device)
-        return Evaluation(
-            metric=result.accuracy, loss=result.loss, extras={"accuracy": result.accuracy}
-        )
+        # The class count gives the report its chance level.
+        extras = {"accuracy": result.accuracy, "num_classes": self.eval_set.num_classes}
+        return Evaluation(metric=result.accuracy, loss=result.loss, extras=extras)
 
     def deploy(self, bundle_path: Path) -> dict[str, Any]:
         """Compact and fuse a copy, measure it and save the bundle (`measure_task`)."""
