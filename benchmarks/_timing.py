@@ -26,3 +26,37 @@ def interleaved_medians(
                 fn()
             samples[name].append((time.perf_counter() - start) / repeats)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def interleaved_ratios(
+    variants: dict[str, Callable[[], object]],
+    reference: str,
+    rounds: int = 9,
+    repeats: int = 2,
+    warmup: int = 1,
+) -> dict[str, tuple[float, float, float, float]]:
+    """Per variant: (median seconds, median, min and max of per-round ratios to `reference`).
+
+    Every round times each variant once (in alternation), and the ratio to the reference is
+    taken within the round, so slow phases of the machine cancel out of the ratios.
+    """
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            samples[name].append((time.perf_counter() - start) / repeats)
+    result = {}
+    for name, times in samples.items():
+        ratios = [t / r for t, r in zip(times, samples[reference])]
+        result[name] = (
+            statistics.median(times),
+            statistics.median(ratios),
+            min(ratios),
+            max(ratios),
+        )
+    return result

@@ -4,7 +4,7 @@ Benchmarks measure speed and memory on this machine; they are never unit tests. 
 otherwise idle machine: other jobs on the same cores distort every ratio.
 
 Run: .venv/bin/python benchmarks/run_all.py [NAME ...]   (names: core, channel_pruning, splopa,
-task_switching; default all)
+task_switching, flops_budget; default all)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ BENCHMARKS = {
     "channel_pruning": ["bench_channel_pruning.py"],
     "splopa": ["bench_splopa.py"],
     "task_switching": ["bench_task_switching.py"],
+    "flops_budget": ["bench_flops_budget.py"],
 }
 
 

@@ -25,6 +25,9 @@ class ChannelPruningConfig:
         lrp_rule: "epsilon" or "zplus".
         lrp_epsilon: the LRP stabiliser.
         schedule: the iterative schedule.
+        target: what the scheduled densities measure: "params" (fraction of the prunable base
+            weights kept, the paper's density) or "flops" (fraction of the whole model's
+            MACs/FLOPs kept, measured on the example inputs).
     """
 
     criterion: str = "weight"
@@ -37,6 +40,7 @@ class ChannelPruningConfig:
     lrp_rule: Literal["epsilon", "zplus"] = "epsilon"
     lrp_epsilon: float = 1e-6
     schedule: IterativeSchedule = IterativeSchedule()
+    target: Literal["params", "flops"] = "params"
 
     def __post_init__(self) -> None:
         from spa.pruning.criteria import CRITERIA  # the registry validates the name
@@ -56,5 +60,7 @@ class ChannelPruningConfig:
             raise ConfigError(f"norm_p must be > 0, got {self.norm_p!r}")
         if self.lrp_rule not in ("epsilon", "zplus"):
             raise ConfigError(f"lrp_rule must be 'epsilon' or 'zplus', got {self.lrp_rule!r}")
+        if self.target not in ("params", "flops"):
+            raise ConfigError(f"target must be 'params' or 'flops', got {self.target!r}")
         if self.lrp_epsilon < 0:
             raise ConfigError(f"lrp_epsilon must be >= 0, got {self.lrp_epsilon!r}")

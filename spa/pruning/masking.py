@@ -20,6 +20,7 @@ from torch import nn
 
 from spa.adapters.splora import SPLoRALayer
 from spa.errors import ConfigError
+from spa.pruning.budget import MacsProfile
 from spa.pruning.groups import ChannelGroup
 from spa.pruning.module_masks import set_module_mask
 
@@ -31,14 +32,21 @@ Ranking = Literal["global", "local"]
 
 
 class _Retained:
-    """Retained weight counts per adapter layer, updated as group channels are removed."""
+    """Retained weight counts per adapter layer, updated as group channels are removed.
 
-    def __init__(self, groups: Sequence[ChannelGroup]) -> None:
+    With a `MacsProfile`, every layer's weight entries are weighted by the output positions they
+    are applied at and the profile's fixed MACs are added to both sides, so `density` is the
+    retained fraction of the whole model's MACs instead of the prunable weights.
+    """
+
+    def __init__(self, groups: Sequence[ChannelGroup], macs: MacsProfile | None = None) -> None:
         layers = groups[0].layers
-        self.kernel = {name: info.kernel for name, info in layers.items()}
+        cost = _layer_costs(layers, macs)
+        self.kernel = {name: info.kernel * cost[name] for name, info in layers.items()}
         self.out = {name: sum(info.out_mask) for name, info in layers.items()}
         self.cols = {name: sum(info.in_mask) for name, info in layers.items()}
-        self.base = sum(info.base_weights for info in layers.values())
+        self.fixed = macs.fixed if macs is not None else 0
+        self.base = sum(info.base_weights * cost[name] for name, info in layers.items())
         self.total = sum(self._layer(name) for name in layers)
         # Per (group, channel): [(layer, role, number of positions)] over adapter members.
         self.effects: dict[tuple[int, int], list[tuple[str, str, int]]] = {}
@@ -67,7 +75,22 @@ class _Retained:
 
     @property
     def density(self) -> float:
-        return self.total / self.base if self.base else 1.0
+        if not self.base:
+            return 1.0
+        return (self.fixed + self.total) / (self.fixed + self.base)
+
+
+def _layer_costs(layers: Mapping, macs: MacsProfile | None) -> dict[str, int]:
+    """Per adapter layer, the weight of one retained entry: 1, or its output positions."""
+    if macs is None:
+        return dict.fromkeys(layers, 1)
+    missing = sorted(set(layers) - set(macs.positions))
+    if missing:
+        raise ConfigError(
+            f"compute_masks: the MACs profile has no positions for {', '.join(missing[:3])}; "
+            "measure it with spa.pruning.macs_profile on the same model and channel groups"
+        )
+    return {name: macs.positions[name] for name in layers}
 
 
 def _floor(size: int, min_channels: int, min_fraction: float, round_to: int | None) -> int:
@@ -126,6 +149,7 @@ def compute_masks(
     min_channels: int = 1,
     min_fraction: float = 0.0,
     round_to: int | None = None,
+    macs: MacsProfile | None = None,
 ) -> ChannelMasks:
     """Choose the channels to remove so that the retained weight density reaches `density`.
 
@@ -142,6 +166,8 @@ def compute_masks(
         min_channels: never keep fewer channels than this in a group (never zero).
         min_fraction: never keep fewer than this fraction of a group's channels.
         round_to: keep channel counts multiples of this (hardware-friendly widths); None = 1.
+        macs: a `MacsProfile` (from `spa.pruning.macs_profile`) to prune to a compute budget:
+            `density` is then the fraction of the whole model's MACs (and FLOPs) to keep.
 
     Returns:
         Masks for every member module, to pass to `apply_masks`.
@@ -152,31 +178,34 @@ def compute_masks(
     _check(groups, scores, density, ranking, min_channels, min_fraction, round_to)
     floors = [_floor(g.size, min_channels, min_fraction, round_to) for g in groups]
     if ranking == "global":
-        removed = _global(groups, scores, density, floors, round_to)
+        removed = _global(groups, scores, density, floors, round_to, macs)
     else:
-        removed = _local(groups, scores, density, floors, round_to)
-    state = _Retained(groups)
+        removed = _local(groups, scores, density, floors, round_to, macs)
+    state = _Retained(groups, macs)
     for index, channels in enumerate(removed):
         for channel in channels:
             state.remove(index, channel)
     if state.density > density + 1e-9:
         logger.warning(
-            "density %.4f not reached (got %.4f): the channel floors stop further pruning",
+            "%s %.4f not reached (got %.4f): the channel floors stop further pruning",
+            "MACs fraction" if macs is not None else "density",
             density,
             state.density,
         )
     return _masks(groups, removed)
 
 
-def _initial(groups: Sequence[ChannelGroup]) -> tuple[_Retained, list[set[int]]]:
-    state = _Retained(groups)
+def _initial(
+    groups: Sequence[ChannelGroup], macs: MacsProfile | None
+) -> tuple[_Retained, list[set[int]]]:
+    state = _Retained(groups, macs)
     # Layer masks already exclude removed channels; only record them.
     removed = [{c for c in range(g.size) if not g.kept[c]} for g in groups]
     return state, removed
 
 
-def _global(groups, scores, density, floors, round_to) -> list[set[int]]:
-    state, removed = _initial(groups)
+def _global(groups, scores, density, floors, round_to, macs) -> list[set[int]]:
+    state, removed = _initial(groups, macs)
     queues = [_chunks(g, scores[i], floors[i], round_to) for i, g in enumerate(groups)]
     heap = [(queue[0][0], index, 0) for index, queue in enumerate(queues) if queue]
     heapq.heapify(heap)
@@ -203,23 +232,24 @@ def _local_removal(groups, scores, fraction, floors, round_to) -> list[set[int]]
     return removed
 
 
-def _density_of(groups, removed) -> float:
-    state, initial = _initial(groups)
+def _density_of(groups, removed, macs) -> float:
+    state, initial = _initial(groups, macs)
     for index, channels in enumerate(removed):
         for channel in channels - initial[index]:
             state.remove(index, channel)
     return state.density
 
 
-def _local(groups, scores, density, floors, round_to) -> list[set[int]]:
+def _local(groups, scores, density, floors, round_to, macs) -> list[set[int]]:
     low, high = 0.0, 1.0
     best = _local_removal(groups, scores, high, floors, round_to)
-    if _density_of(groups, _local_removal(groups, scores, low, floors, round_to)) <= density:
-        return _local_removal(groups, scores, low, floors, round_to)
+    lowest = _local_removal(groups, scores, low, floors, round_to)
+    if _density_of(groups, lowest, macs) <= density:
+        return lowest
     for _ in range(30):  # bisection on the shared fraction
         middle = (low + high) / 2
         candidate = _local_removal(groups, scores, middle, floors, round_to)
-        if _density_of(groups, candidate) <= density:
+        if _density_of(groups, candidate, macs) <= density:
             high, best = middle, candidate
         else:
             low = middle
