@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from spa.adapters._conv import check_supported
+from spa.adapters._prototype_autograd import FusedPrototypes
 from spa.adapters.masks import DerivedTensorCache, expand_block_mask
 from spa.errors import ConfigError, UnsupportedLayerError
 
@@ -248,10 +249,22 @@ class SPLoPALinear(nn.Module):
         return out.view(*lead, grid_rows * rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. 6 applied to `x`: frozen base path plus factored adapter path when training."""
+        """Eq. 6 applied to `x`.
+
+        Without gradients, one matmul with the cached fused weight. Training with a frozen base
+        and no criterion gate, one matmul with the fused weight and a factored backward that
+        never forms an `n x m` gradient (see `_prototype_autograd`). Otherwise the masked base
+        path plus the factored adapter path under autograd.
+        """
         bias = self.base.bias
         if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
             return nn.functional.linear(x, self.fused_weight(), bias)
+        bias_frozen = bias is None or not bias.requires_grad
+        if self.block_gate is None and not self.base.weight.requires_grad and bias_frozen:
+            bank = self.prototypes
+            return FusedPrototypes.apply(
+                x, self.block_weights, bank.row_factors, bank.col_factors, self
+            )
         if self.block_gate is not None:
             base_weight, block_weights = self.block_gate(self)
             return nn.functional.linear(x, base_weight, bias) + self.adapter_forward(
