@@ -29,27 +29,34 @@ def interleaved_medians(
 
 
 def interleaved_ratios(
-    reference: Callable[[], object],
-    candidate: Callable[[], object],
+    variants: dict[str, Callable[[], object]],
+    reference: str,
     rounds: int = 9,
-    repeats: int = 1,
+    repeats: int = 2,
     warmup: int = 1,
-) -> list[float]:
-    """Per round, `reference` seconds / `candidate` seconds, the two timed back to back.
+) -> dict[str, tuple[float, float, float, float]]:
+    """Per variant: (median seconds, median, min and max of per-round ratios to `reference`).
 
-    A ratio from one round compares the two under the same machine load; report the median of
-    the rounds with their min-max.
+    Every round times each variant once (in alternation), and the ratio to the reference is
+    taken within the round, so slow phases of the machine cancel out of the ratios.
     """
-    for fn in (reference, candidate):
+    for fn in variants.values():
         for _ in range(warmup):
             fn()
-    ratios = []
+    samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        seconds = []
-        for fn in (reference, candidate):
+        for name, fn in variants.items():
             start = time.perf_counter()
             for _ in range(repeats):
                 fn()
-            seconds.append((time.perf_counter() - start) / repeats)
-        ratios.append(seconds[0] / seconds[1])
-    return ratios
+            samples[name].append((time.perf_counter() - start) / repeats)
+    result = {}
+    for name, times in samples.items():
+        ratios = [t / r for t, r in zip(times, samples[reference])]
+        result[name] = (
+            statistics.median(times),
+            statistics.median(ratios),
+            min(ratios),
+            max(ratios),
+        )
+    return result

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import statistics
 
 import torch
 import transformers
@@ -85,15 +84,20 @@ def main() -> None:
             reference = pruned(x).logits
             error = (pruned_opt(inputs).logits - reference).abs().max() / reference.abs().max()
         with torch.inference_mode():
-            ratios = interleaved_ratios(
-                functools.partial(dense_opt, inputs),
-                functools.partial(pruned_opt, inputs),
+            timings = interleaved_ratios(
+                {
+                    "dense": functools.partial(dense_opt, inputs),
+                    "pruned": functools.partial(pruned_opt, inputs),
+                },
+                "pruned",
                 rounds=ROUNDS,
+                repeats=1,
             )
+        _, speedup, low, high = timings["dense"]  # dense seconds / pruned seconds per round
         params = f"{sum(p.numel() for p in base.parameters()) / 1e6:.1f}->" + (
             f"{sum(p.numel() for p in pruned.parameters()) / 1e6:.1f}M"
         )
-        speed = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        speed = f"{speedup:.2f}x ({low:.2f}-{high:.2f})"
         print(
             f"{name:30s} {reached:8.3f} {params:>15s} "
             f"{dense_macs / 1e9:5.2f}->{pruned_macs / 1e9:5.2f} {dense_macs / pruned_macs:8.2f}x "

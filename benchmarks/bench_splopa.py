@@ -1,22 +1,22 @@
 """SPLoPA on BERT-base: training-step time vs full fine-tuning, and fused eval vs base forward.
 
-Run: `python benchmarks/bench_splopa.py [--steps 5] [--threads 2]`.
+Run: `python benchmarks/bench_splopa.py [--rounds 9] [--threads 2]`.
 
 BERT-base configuration with random weights (no downloads), `BertForQuestionAnswering`, batch 8,
 sequence length 128, CPU. One training step is forward + loss + backward + AdamW step. The two
-set-ups are timed alternately in one run, and the ratio of their medians is printed, so machine
-load affects both alike. Eval compares the fused SPLoPA model (plain `nn.Linear`s, 100% density)
-with the unadapted base model under `torch.no_grad()`.
+set-ups are timed in interleaved rounds and the median of the per-round ratios is printed with
+its min-max, so machine load affects both alike. Eval compares the fused SPLoPA model (plain
+`nn.Linear`s, 100% density) with the unadapted base model under `torch.no_grad()`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 
 import torch
+from _timing import interleaved_ratios
 from transformers import BertConfig, BertForQuestionAnswering
 
 from spa import SPLoPAConfig, adapt, fuse
@@ -51,19 +51,9 @@ def _eval_forward(model, inputs) -> float:
     return time.perf_counter() - start
 
 
-def _alternate(first, second, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
-    times_first, times_second = [], []
-    for index in range(warmup + repeats):
-        a, b = first(), second()
-        if index >= warmup:
-            times_first.append(a)
-            times_second.append(b)
-    return times_first, times_second
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per set-up")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (>= 9)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per set-up")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
@@ -88,30 +78,41 @@ def main() -> None:
     splopa_optimizer = torch.optim.AdamW(trainable, lr=1e-3)
     print(f"adapted projections: {len(adapted.spa_report.adapted)}")
 
-    finetune, splopa = _alternate(
-        lambda: _train_step(finetuned, finetune_optimizer, inputs),
-        lambda: _train_step(adapted, splopa_optimizer, inputs),
-        arguments.steps,
-        arguments.warmup,
+    train = interleaved_ratios(
+        {
+            "fine-tuning": lambda: _train_step(finetuned, finetune_optimizer, inputs),
+            "SPLoPA": lambda: _train_step(adapted, splopa_optimizer, inputs),
+        },
+        "fine-tuning",
+        rounds=arguments.rounds,
+        repeats=1,
+        warmup=arguments.warmup,
     )
-    finetune_median, splopa_median = statistics.median(finetune), statistics.median(splopa)
-    print(f"training step, fine-tuning : {finetune_median:.3f} s (median of {len(finetune)})")
-    print(f"training step, SPLoPA      : {splopa_median:.3f} s")
-    print(f"ratio SPLoPA / fine-tuning : {splopa_median / finetune_median:.3f}  (target <= 0.9)")
+    seconds, ratio, low, high = train["SPLoPA"]
+    print(f"training step, fine-tuning : {train['fine-tuning'][0]:.3f} s (median)")
+    print(f"training step, SPLoPA      : {seconds:.3f} s")
+    print(
+        f"ratio SPLoPA / fine-tuning : {ratio:.3f} ({low:.3f}-{high:.3f}, median of "
+        f"{arguments.rounds} per-round ratios; target <= 0.9)"
+    )
 
     eval_inputs = {k: v for k, v in inputs.items() if not k.endswith("_positions")}
     fused = fuse(adapted).eval()
     base.eval()
-    base_times, fused_times = _alternate(
-        lambda: _eval_forward(base, eval_inputs),
-        lambda: _eval_forward(fused, eval_inputs),
-        arguments.steps,
-        arguments.warmup,
+    evaluation = interleaved_ratios(
+        {
+            "base": lambda: _eval_forward(base, eval_inputs),
+            "fused": lambda: _eval_forward(fused, eval_inputs),
+        },
+        "base",
+        rounds=arguments.rounds,
+        repeats=1,
+        warmup=arguments.warmup,
     )
-    base_median, fused_median = statistics.median(base_times), statistics.median(fused_times)
-    print(f"eval forward, base         : {base_median:.3f} s")
-    print(f"eval forward, fused SPLoPA : {fused_median:.3f} s")
-    print(f"ratio fused / base         : {fused_median / base_median:.3f}  (target ~1.0)")
+    seconds, ratio, low, high = evaluation["fused"]
+    print(f"eval forward, base         : {evaluation['base'][0]:.3f} s")
+    print(f"eval forward, fused SPLoPA : {seconds:.3f} s")
+    print(f"ratio fused / base         : {ratio:.3f} ({low:.3f}-{high:.3f}; target ~1.0)")
 
 
 if __name__ == "__main__":

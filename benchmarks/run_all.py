@@ -4,7 +4,7 @@ Benchmarks measure speed and memory on this machine; they are never unit tests. 
 otherwise idle machine: other jobs on the same cores distort every ratio.
 
 Run: .venv/bin/python benchmarks/run_all.py [NAME ...]   (names: core, channel_pruning,
-cnn_families, splopa, task_switching, fuzz_bundles; default all)
+cnn_families, splopa, task_switching, fuzz_bundles, flops_budget; default all)
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ BENCHMARKS = {
     "splopa": ["bench_splopa.py"],
     "task_switching": ["bench_task_switching.py"],
     "fuzz_bundles": ["fuzz_bundles.py"],
+    "flops_budget": ["bench_flops_budget.py"],
 }
 
 

@@ -2,9 +2,11 @@
 
 Data flow: `channel_groups(model, example_inputs)` -> `score(model, criterion, groups, data)`
 -> `compute_masks(groups, scores, density)` -> `apply_masks(model, masks)` -> train ->
-`compact(model)` -> `spa.fuse`. `iterative_prune` runs the whole loop.
+`compact(model)` -> `spa.fuse`. `iterative_prune` runs the whole loop. Targets are a parameter
+density (the paper's default) or, with `macs_profile`, a fraction of the model's MACs/FLOPs.
 """
 
+from spa.pruning.budget import MacsProfile, macs_profile
 from spa.pruning.channel_group import ChannelGroup, GroupMember, LayerInfo, refresh_groups
 from spa.pruning.compaction import compact
 from spa.pruning.config import ChannelPruningConfig
@@ -31,6 +33,7 @@ __all__ = [
     "GroupMember",
     "IterativeSchedule",
     "LayerInfo",
+    "MacsProfile",
     "Relevance",
     "apply_masks",
     "channel_groups",
@@ -39,6 +42,7 @@ __all__ = [
     "iterative_densities",
     "iterative_prune",
     "lrp",
+    "macs_profile",
     "normalise",
     "paper_lr_factor",
     "paper_optimizer",

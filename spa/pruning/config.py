@@ -27,6 +27,9 @@ class ChannelPruningConfig:
         schedule: the iterative schedule.
         units: for transformers of a described family, the units to prune ("heads", "ffn");
             None prunes both (see `spa.pruning.units`).
+        target: what the scheduled densities measure: "params" (fraction of the prunable base
+            weights kept, the paper's density) or "flops" (fraction of the whole model's
+            MACs/FLOPs kept, measured on the example inputs).
     """
 
     criterion: str = "weight"
@@ -40,6 +43,7 @@ class ChannelPruningConfig:
     lrp_epsilon: float = 1e-6
     schedule: IterativeSchedule = IterativeSchedule()
     units: tuple[str, ...] | None = None
+    target: Literal["params", "flops"] = "params"
 
     def __post_init__(self) -> None:
         from spa.pruning.criteria import CRITERIA  # the registry validates the name
@@ -59,6 +63,8 @@ class ChannelPruningConfig:
             raise ConfigError(f"norm_p must be > 0, got {self.norm_p!r}")
         if self.lrp_rule not in ("epsilon", "zplus"):
             raise ConfigError(f"lrp_rule must be 'epsilon' or 'zplus', got {self.lrp_rule!r}")
+        if self.target not in ("params", "flops"):
+            raise ConfigError(f"target must be 'params' or 'flops', got {self.target!r}")
         if self.lrp_epsilon < 0:
             raise ConfigError(f"lrp_epsilon must be >= 0, got {self.lrp_epsilon!r}")
         from spa.pruning.units import UNITS

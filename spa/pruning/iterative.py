@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
+from spa.errors import ConfigError
 from spa.flops import density as measured_density
+from spa.pruning.budget import MacsProfile, flops_profile
 from spa.pruning.config import ChannelPruningConfig
 from spa.pruning.criteria import Statistics, score
 from spa.pruning.groups import ChannelGroup, channel_groups, refresh_groups
@@ -33,21 +35,34 @@ def prune_step(
     data: Iterable | None = None,
     loss_fn: Callable | None = None,
     reduce_fn: Callable[[Statistics], Statistics] | None = None,
+    macs: MacsProfile | None = None,
+    output_fn: Callable | None = None,
 ) -> ChannelMasks:
     """Score the groups, choose masks for `density` and apply them to `model`.
 
     Args:
         model: the adapted model.
         groups: its channel groups (current masks are re-read).
-        density: target retained-weight density.
+        density: target retained-weight density (or MACs fraction with `macs`).
         config: criterion, ranking, floors and rounding.
         data: batches for data-based criteria.
         loss_fn: loss for gradient-based criteria.
         reduce_fn: hook to all-reduce criterion statistics before ranking.
+        macs: a `MacsProfile` to prune to a compute budget; required when
+            `config.target == "flops"`.
+        output_fn: what the criteria read from the model's output (see `score`).
 
     Returns:
         The masks applied.
+
+    Raises:
+        ConfigError: if `config.target` is "flops" and no profile is given.
     """
+    if config.target == "flops" and macs is None:
+        raise ConfigError(
+            "prune_step: config.target='flops' needs a MACs profile: pass "
+            "macs=spa.pruning.macs_profile(model, layers, example_inputs)"
+        )
     groups = refresh_groups(model, groups)
     scores = score(
         model,
@@ -55,6 +70,7 @@ def prune_step(
         groups,
         data=data,
         loss_fn=loss_fn,
+        output_fn=output_fn,
         num_batches=config.num_batches,
         reduce_fn=reduce_fn,
         norm_p=config.norm_p,
@@ -69,6 +85,7 @@ def prune_step(
         min_channels=config.min_channels,
         min_fraction=config.min_fraction,
         round_to=config.round_to,
+        macs=macs,
     )
     apply_masks(model, masks)
     return masks
@@ -107,8 +124,9 @@ def iterative_prune(
     if schedule.initial_epochs:
         train(model, schedule.initial_epochs)
     groups = channel_groups(model, example_inputs, units=config.units)
+    macs = flops_profile(model, groups, example_inputs) if config.target == "flops" else None
     for index, target in enumerate(schedule.densities()):
-        prune_step(model, groups, target, config, data, loss_fn, reduce_fn)
+        prune_step(model, groups, target, config, data, loss_fn, reduce_fn, macs)
         logger.info(
             "density step %d: target %.3f, reached %.3f", index, target, measured_density(model)
         )

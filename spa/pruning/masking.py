@@ -20,6 +20,7 @@ from torch import nn
 
 from spa.adapters.protocols import IN_MASK, OUT_MASK, ChannelMasked
 from spa.errors import ConfigError
+from spa.pruning.budget import MacsProfile
 from spa.pruning.groups import ChannelGroup
 from spa.pruning.module_masks import parameter_dim, set_module_mask, set_parameter_mask
 
@@ -36,14 +37,20 @@ class _Retained:
     An incremental form of `spa.density` (same numerator and denominator, see
     `spa.adapters.density`): it starts from the layers' own `retained_weights()` (recorded in
     `LayerInfo`) and follows each removal exactly, so ranking never re-walks the model.
+
+    With a `MacsProfile`, every layer's weight entries are weighted by the output positions they
+    are applied at and the profile's fixed MACs are added to both sides, so `density` is the
+    retained fraction of the whole model's MACs instead of the prunable weights.
     """
 
-    def __init__(self, groups: Sequence[ChannelGroup]) -> None:
+    def __init__(self, groups: Sequence[ChannelGroup], macs: MacsProfile | None = None) -> None:
         layers = groups[0].layers
-        self.kernel = {name: info.kernel for name, info in layers.items()}
+        cost = _layer_costs(layers, macs)
+        self.kernel = {name: info.kernel * cost[name] for name, info in layers.items()}
         self.out = {name: sum(info.out_mask) for name, info in layers.items()}
         self.cols = {name: sum(info.in_mask) for name, info in layers.items()}
-        self.base = sum(info.base_weights for info in layers.values())
+        self.fixed = macs.fixed if macs is not None else 0
+        self.base = sum(info.base_weights * cost[name] for name, info in layers.items())
         self.total = sum(self._layer(name) for name in layers)
         # Per (group, channel): [(layer, role, number of positions)] over adapter members.
         self.effects: dict[tuple[int, int], list[tuple[str, str, int]]] = {}
@@ -57,13 +64,6 @@ class _Retained:
                     counts[key] = counts.get(key, 0) + 1
             for (channel, name, role), count in counts.items():
                 self.effects.setdefault((index, channel), []).append((name, role, count))
-
-    def copy(self) -> _Retained:
-        """An independent copy of the counts (the effects table is shared: it never changes)."""
-        clone = object.__new__(_Retained)
-        clone.__dict__.update(self.__dict__)
-        clone.out, clone.cols = dict(self.out), dict(self.cols)
-        return clone
 
     def _layer(self, name: str) -> int:
         return self.out[name] * self.cols[name] * self.kernel[name]
@@ -79,7 +79,22 @@ class _Retained:
 
     @property
     def density(self) -> float:
-        return self.total / self.base if self.base else 1.0
+        if not self.base:
+            return 1.0
+        return (self.fixed + self.total) / (self.fixed + self.base)
+
+
+def _layer_costs(layers: Mapping, macs: MacsProfile | None) -> dict[str, int]:
+    """Per adapter layer, the weight of one retained entry: 1, or its output positions."""
+    if macs is None:
+        return dict.fromkeys(layers, 1)
+    missing = sorted(set(layers) - set(macs.positions))
+    if missing:
+        raise ConfigError(
+            f"compute_masks: the MACs profile has no positions for {', '.join(missing[:3])}; "
+            "measure it with spa.pruning.macs_profile on the same model and channel groups"
+        )
+    return {name: macs.positions[name] for name in layers}
 
 
 def _floor(size: int, min_channels: int, min_fraction: float, round_to: int | None) -> int:
@@ -140,6 +155,7 @@ def compute_masks(
     min_channels: int = 1,
     min_fraction: float = 0.0,
     round_to: int | None = None,
+    macs: MacsProfile | None = None,
 ) -> ChannelMasks:
     """Choose the channels to remove so that the retained weight density reaches `density`.
 
@@ -156,6 +172,8 @@ def compute_masks(
         min_channels: never keep fewer channels than this in a group (never zero).
         min_fraction: never keep fewer than this fraction of a group's channels.
         round_to: keep channel counts multiples of this (hardware-friendly widths); None = 1.
+        macs: a `MacsProfile` (from `spa.pruning.macs_profile`) to prune to a compute budget:
+            `density` is then the fraction of the whole model's MACs (and FLOPs) to keep.
 
     Returns:
         Masks for every member module, to pass to `apply_masks`.
@@ -166,13 +184,14 @@ def compute_masks(
     _check(groups, scores, density, ranking, min_channels, min_fraction, round_to)
     floors = [_floor(g.size, min_channels, min_fraction, round_to) for g in groups]
     if ranking == "global":
-        removed = _global(groups, scores, density, floors, round_to)
+        removed = _global(groups, scores, density, floors, round_to, macs)
     else:
-        removed = _local(groups, scores, density, floors, round_to)
-    reached = _density_of(groups, removed, _Retained(groups))
+        removed = _local(groups, scores, density, floors, round_to, macs)
+    reached = _density_of(groups, removed, _Retained(groups, macs))
     if reached > density + 1e-9:
         logger.warning(
-            "density %.4f not reached (got %.4f): the channel floors stop further pruning",
+            "%s %.4f not reached (got %.4f): the channel floors stop further pruning",
+            "MACs fraction" if macs is not None else "density",
             density,
             reached,
         )
@@ -180,16 +199,16 @@ def compute_masks(
 
 
 def _initial(
-    groups: Sequence[ChannelGroup], start: _Retained | None = None
+    groups: Sequence[ChannelGroup], macs: MacsProfile | None = None
 ) -> tuple[_Retained, list[set[int]]]:
-    state = _Retained(groups) if start is None else start.copy()
+    state = _Retained(groups, macs)
     # Layer masks already exclude removed channels; only record them.
     removed = [{c for c in range(g.size) if not g.kept[c]} for g in groups]
     return state, removed
 
 
-def _global(groups, scores, density, floors, round_to) -> list[set[int]]:
-    state, removed = _initial(groups)
+def _global(groups, scores, density, floors, round_to, macs) -> list[set[int]]:
+    state, removed = _initial(groups, macs)
     queues = [_chunks(g, scores[i], floors[i], round_to) for i, g in enumerate(groups)]
     heap = [(queue[0][0], index, 0) for index, queue in enumerate(queues) if queue]
     heapq.heapify(heap)
@@ -226,15 +245,16 @@ def _density_of(groups, removed, start: _Retained) -> float:
                 for name, role, count in start.effects.get((index, channel), ()):
                     (out if role == "out" else cols)[name] -= count
     total = sum(out[name] * cols[name] * start.kernel[name] for name in out)
-    return total / start.base if start.base else 1.0
+    return (start.fixed + total) / (start.fixed + start.base) if start.base else 1.0
 
 
-def _local(groups, scores, density, floors, round_to) -> list[set[int]]:
+def _local(groups, scores, density, floors, round_to, macs) -> list[set[int]]:
     low, high = 0.0, 1.0
-    start = _Retained(groups)  # built once: copying it is much cheaper than rebuilding
     best = _local_removal(groups, scores, high, floors, round_to)
-    if _density_of(groups, _local_removal(groups, scores, low, floors, round_to), start) <= density:
-        return _local_removal(groups, scores, low, floors, round_to)
+    start = _Retained(groups, macs)  # built once: cheaper than rebuilding per candidate
+    lowest = _local_removal(groups, scores, low, floors, round_to)
+    if _density_of(groups, lowest, start) <= density:
+        return lowest
     for _ in range(30):  # bisection on the shared fraction
         middle = (low + high) / 2
         candidate = _local_removal(groups, scores, middle, floors, round_to)

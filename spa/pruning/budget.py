@@ -1,0 +1,103 @@
+"""Pruning to a compute budget: where a model's multiply-accumulates go, per prunable layer.
+
+A prunable layer's MACs are its retained weight entries times the output positions each entry
+is applied at (batch x spatial positions for a conv, tokens for a Linear), so the FLOPs target
+reuses the same exact per-removal bookkeeping as the parameter density, with each layer weighted
+by its positions. Everything else the model computes (the head, norms, attention matmuls,
+pooling) is counted as fixed, measured once with `torch.utils.flop_counter`: the fraction is of
+the whole model's MACs, and since those other operations can only shrink when channels go, the
+compacted model's measured MACs are at or below the target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+from torch import nn
+
+from spa._batch import call_model
+from spa.flops import count_macs
+from spa.pruning.channel_group import ChannelGroup
+
+
+@dataclass(frozen=True)
+class MacsProfile:
+    """Where one forward pass of a model spends its MACs, measured on example inputs.
+
+    Args:
+        positions: per prunable layer path, the output positions each weight entry is applied
+            at for the example batch.
+        total: MACs of the whole model for the example batch, as measured.
+        fixed: MACs outside the prunable layers' weight products (head, attention, ...).
+    """
+
+    positions: Mapping[str, int]
+    total: int
+    fixed: int
+
+
+def macs_profile(model: nn.Module, layers: Mapping[str, nn.Module], example_inputs) -> MacsProfile:
+    """Measure the output positions of every layer in `layers` and the model's total MACs.
+
+    Args:
+        model: the adapted (masked, not compacted) model.
+        layers: prunable layers by dotted path (e.g. the adapter layers of the channel groups).
+        example_inputs: a batch (tensor, tuple or dict of keyword arguments).
+
+    Returns:
+        The profile; pass it to `spa.pruning.compute_masks(..., macs=profile)`.
+    """
+    positions: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            channels = _base(module).weight.shape[0]
+            # Linear: channels last; conv: channels at dim 1. Either way numel / channels.
+            positions[name] = output.numel() // channels
+
+        return record
+
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+    training = model.training
+    model.eval()
+    try:
+        # This pass records positions and fills the adapters' fused-weight caches, so the
+        # counted pass below holds inference MACs only (no one-off `down @ up` products).
+        with torch.no_grad():
+            call_model(model, example_inputs)
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    total = count_macs(model, example_inputs)
+    layer_macs = sum(_weight_entries(layers[name]) * count for name, count in positions.items())
+    return MacsProfile(
+        positions=MappingProxyType(positions), total=total, fixed=max(0, total - layer_macs)
+    )
+
+
+def _base(layer: nn.Module) -> nn.Module:
+    return getattr(layer, "base", layer)  # an adapter layer holds its base layer
+
+
+def _weight_entries(layer: nn.Module) -> int:
+    return math.prod(_base(layer).weight.shape)
+
+
+def flops_profile(model: nn.Module, groups: Sequence[ChannelGroup], example_inputs) -> MacsProfile:
+    """`macs_profile` over the adapter layers that the channel groups count.
+
+    Args:
+        model: the adapted model the groups were built for.
+        groups: from `spa.pruning.channel_groups`.
+        example_inputs: a batch.
+
+    Returns:
+        The profile for `compute_masks(..., macs=...)`.
+    """
+    names = groups[0].layers if groups else {}
+    return macs_profile(model, {name: model.get_submodule(name) for name in names}, example_inputs)

@@ -1,0 +1,174 @@
+"""SpaPruningCallback inside a real transformers.Trainer: densities visited, bundles == model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+import spa
+from spa.errors import ConfigError
+from spa.integrations import BlockSchedule, ChannelSchedule, SpaPruningCallback
+from spa.pruning import ChannelPruningConfig
+from spa.pruning.gradual import GradualPruningConfig
+
+
+class Classifier(nn.Module):
+    """A tiny MLP that returns `(loss, logits)` with labels and logits without, as HF models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x, labels=None):
+        logits = self.head(self.body(x))
+        if labels is None:
+            return logits
+        return nn.functional.cross_entropy(logits, labels), logits
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, features: dict[str, torch.Tensor]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(next(iter(self.features.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value[index] for key, value in self.features.items()}
+
+
+def _args(tmp_path, steps: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+
+
+def _prunable_weights(model: nn.Module, names: list[str]) -> int:
+    return sum(model.get_submodule(name).weight.numel() for name in names)
+
+
+def test_channel_schedule_visits_densities_and_bundles_equal_model(tmp_path):
+    torch.manual_seed(0)
+    base = Classifier()
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
+    adapted = [name for name, _ in spa.adapter_layers(model)]
+    x = torch.randn(64, 8)
+    data = Rows({"x": x, "labels": (x[:, 0] > 0).long() + (x[:, 1] > 0).long()})
+    schedule = ChannelSchedule(
+        densities=(0.7, 0.4),
+        steps_per_density=3,
+        initial_steps=2,
+        pruning=ChannelPruningConfig(criterion="taylor"),
+    )
+    callback = SpaPruningCallback(
+        schedule, base_model=base, output_dir=tmp_path / "bundles", example_inputs=x[:4]
+    )
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, schedule.total_steps()),
+        train_dataset=data,
+        callbacks=[callback],
+    )
+    trainer.train()
+
+    assert [r.target for r in callback.history] == [0.7, 0.4]
+    assert [r.step for r in callback.history] == [5, 8]
+    base_weights = _prunable_weights(base, adapted)
+    for record in callback.history:
+        loaded = spa.load_task(base, record.bundle)
+        # Independent density: the loaded (compacted, plain) layers' weights over the base's.
+        reached = _prunable_weights(loaded, adapted) / base_weights
+        assert reached == pytest.approx(record.reached)
+        assert reached <= record.target + 1e-9
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
+    # The optimizer still holds exactly the model's trainable parameters.
+    held = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def _tiny_bert() -> BertForSequenceClassification:
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def test_block_schedule_reaches_final_density_and_bundle_equals_model(tmp_path):
+    torch.manual_seed(0)
+    base = _tiny_bert()
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoPAConfig(block_shape=(8, 8), num_prototypes=4))
+    ids = torch.randint(0, 50, (32, 12))
+    data = Rows({"input_ids": ids, "labels": (ids[:, 0] % 2).long()})
+    gradual = GradualPruningConfig(final_density=0.5, pruning_steps=4, update_every=1)
+    callback = SpaPruningCallback(
+        BlockSchedule(criterion="magnitude", gradual=gradual),
+        base_model=base,
+        output_dir=tmp_path / "bundles",
+        example_inputs={"input_ids": ids[:2]},
+    )
+    trainer = Trainer(
+        model=model, args=_args(tmp_path, 5), train_dataset=data, callbacks=[callback]
+    )
+    trainer.train()
+
+    (record,) = callback.history
+    loaded = spa.load_task(base, record.bundle)
+    # Independent: count the all-zero 8x8 blocks of the loaded task's adapted weights.
+    kept = total = 0
+    for name, _ in spa.adapters.block_prunable_layers(model):
+        weight = loaded.get_submodule(name).weight.detach()
+        blocks = weight.reshape(weight.shape[0] // 8, 8, -1, 8).abs().sum(dim=(1, 3))
+        kept += int((blocks > 0).sum())
+        total += blocks.numel()
+    assert kept / total == pytest.approx(0.5, abs=0.02)
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids[:4]).logits
+        torch.testing.assert_close(loaded(input_ids=ids[:4]).logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_schedule_longer_than_max_steps_is_refused(tmp_path):
+    base = Classifier()
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
+    x = torch.randn(16, 8)
+    schedule = ChannelSchedule(densities=(0.5,), steps_per_density=10)
+    callback = SpaPruningCallback(
+        schedule, base_model=base, output_dir=tmp_path, example_inputs=x[:2]
+    )
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, 3),
+        train_dataset=Rows({"x": x, "labels": torch.zeros(16, dtype=torch.long)}),
+        callbacks=[callback],
+    )
+    with pytest.raises(ConfigError, match="needs 10 optimizer steps"):
+        trainer.train()
+
+
+@pytest.mark.parametrize(
+    "densities", [(), (0.5, 0.7), (1.5,)], ids=["empty", "increasing", "above-one"]
+)
+def test_channel_schedule_rejects_bad_densities(densities):
+    with pytest.raises(ConfigError, match="densities"):
+        ChannelSchedule(densities=densities, steps_per_density=1)
