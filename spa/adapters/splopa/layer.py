@@ -295,7 +295,7 @@ class SPLoPALinear(nn.Module):
 
         Without gradients, one matmul with the cached fused weight. Training with a frozen base
         and no criterion gate, one matmul with the fused weight and a factored backward that
-        never forms an `n x m` gradient (see `spa.adapters.splopa._autograd`). Otherwise the masked base
+        never forms an `n x m` gradient (see `splopa._autograd`). Otherwise the masked base
         path plus the factored adapter path under autograd.
         """
         bias = self.base.bias
