@@ -11,7 +11,6 @@ from spa.adapters import _conv
 from spa.adapters._conv import check_supported
 from spa.adapters.masks import DerivedTensorCache, expand_block_mask
 from spa.adapters.protocols import BLOCK_MASK, GateHook
-from spa.adapters.splopa._autograd import FusedPrototypes
 from spa.adapters.splopa.equation import block_delta, prototype_matrices
 from spa.errors import ConfigError, UnsupportedLayerError
 
@@ -291,22 +290,10 @@ class SPLoPALinear(nn.Module):
         return _conv.base_attribute(self, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. 6 applied to `x`.
-
-        Without gradients, one matmul with the cached fused weight. Training with a frozen base
-        and no criterion gate, one matmul with the fused weight and a factored backward that
-        never forms an `n x m` gradient (see `splopa._autograd`). Otherwise the masked base
-        path plus the factored adapter path under autograd.
-        """
+        """Eq. 6 applied to `x`: frozen base path plus factored adapter path when training."""
         bias = self.base.bias
         if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
             return nn.functional.linear(x, self.fused_weight(), bias)
-        bias_frozen = bias is None or not bias.requires_grad
-        if self.block_gate is None and not self.base.weight.requires_grad and bias_frozen:
-            bank = self.prototypes
-            return FusedPrototypes.apply(
-                x, self.block_weights, bank.row_factors, bank.col_factors, self
-            )
         if self.block_gate is not None:
             base_weight, block_weights = self.block_gate(self)
             return nn.functional.linear(x, base_weight, bias) + self.adapter_forward(
