@@ -60,3 +60,19 @@ def interleaved_ratios(
             max(ratios),
         )
     return result
+
+
+GOAL_PREFIX = "GOAL|"
+
+
+def report_goal(goal: str, target: str, measured: str, met: bool | None) -> None:
+    """Print one goal line that `run_all.py` collects into its summary table.
+
+    Args:
+        goal: what is measured, e.g. "SPLoRA r8 train step / fine-tuning".
+        target: the goal, e.g. "<= 0.75".
+        measured: the figure with its spread, e.g. "0.84 (0.80-0.86)".
+        met: whether the median meets the target (None: informational, no target).
+    """
+    verdict = "-" if met is None else ("met" if met else "missed")
+    print(f"{GOAL_PREFIX}{goal}|{target}|{measured}|{verdict}", flush=True)

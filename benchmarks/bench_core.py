@@ -14,7 +14,7 @@ import argparse
 import copy
 
 import torch
-from _timing import interleaved_medians
+from _timing import interleaved_ratios, report_goal
 from torch import nn
 
 import spa
@@ -46,7 +46,7 @@ def _eval_forward(model: nn.Module, x: torch.Tensor):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (>= 9)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,28 +58,42 @@ def main() -> None:
     bn_head = copy.deepcopy(dense).train()
     set_trainable(bn_head, ("norm", "head"), ["fc"])
 
-    train = interleaved_medians(
+    train = interleaved_ratios(
         {
             "full fine-tuning": _train_step(dense, x, y),
             "SPLoRA r8": _train_step(splora, x, y),
             "BN + head only": _train_step(bn_head, x, y),
         },
+        "full fine-tuning",
         rounds=args.rounds,
     )
     dense.eval()
     splora.eval()
-    evaluation = interleaved_medians(
+    evaluation = interleaved_ratios(
         {"dense": _eval_forward(dense, x), "SPLoRA r8 (adapted)": _eval_forward(splora, x)},
+        "dense",
         rounds=args.rounds,
     )
-    base = train["full fine-tuning"]
-    print(f"resnet50, batch 16, 3x112x112, {args.threads} threads, median of {args.rounds} rounds")
-    print(f"{'training step':<28}{'seconds':>10}{'/ fine-tuning':>16}")
-    for name, seconds in train.items():
-        print(f"{name:<28}{seconds:>10.3f}{seconds / base:>15.2f}x")
-    print(f"{'eval forward':<28}{'seconds':>10}{'/ dense':>16}")
-    for name, seconds in evaluation.items():
-        print(f"{name:<28}{seconds:>10.3f}{seconds / evaluation['dense']:>15.2f}x")
+    print(
+        f"resnet50, batch 16, 3x112x112, {args.threads} threads, {args.rounds} interleaved rounds"
+    )
+    print(f"{'training step':<28}{'seconds':>10}{'/ fine-tuning, median (min-max)':>34}")
+    for name, (seconds, ratio, low, high) in train.items():
+        print(f"{name:<28}{seconds:>10.3f}{ratio:>15.2f}x ({low:.2f}-{high:.2f})")
+    print(f"{'eval forward':<28}{'seconds':>10}{'/ dense, median (min-max)':>34}")
+    for name, (seconds, ratio, low, high) in evaluation.items():
+        print(f"{name:<28}{seconds:>10.3f}{ratio:>15.2f}x ({low:.2f}-{high:.2f})")
+    _, ratio, low, high = train["SPLoRA r8"]
+    report_goal(
+        "SPLoRA r8 train step / full fine-tuning (ResNet-50)",
+        "<= 0.75",
+        f"{ratio:.2f} ({low:.2f}-{high:.2f})",
+        ratio <= 0.75,
+    )
+    _, floor, low, high = train["BN + head only"]
+    report_goal("BN + head only (the floor)", "-", f"{floor:.2f} ({low:.2f}-{high:.2f})", None)
+    _, ratio, low, high = evaluation["SPLoRA r8 (adapted)"]
+    report_goal("adapted eval forward / dense", "~1.0", f"{ratio:.2f} ({low:.2f}-{high:.2f})", None)
 
 
 if __name__ == "__main__":

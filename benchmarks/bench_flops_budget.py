@@ -16,7 +16,7 @@ import copy
 
 import torch
 import torch_pruning
-from _timing import interleaved_ratios
+from _timing import interleaved_ratios, report_goal
 
 import spa
 from spa.export_inference import optimize_for_inference
@@ -99,6 +99,13 @@ def main() -> None:
                 f"{ratio:10.2f}x ({low:.2f}-{high:.2f}) {1 / dense_ratio:10.2f}x "
                 f"({1 / dense_high:.2f}-{1 / dense_low:.2f})"
             )
+        _, ratio, low, high = vs_tp["spa"]
+        report_goal(
+            f"spa / Torch-Pruning latency at {fraction:.0%} of dense MACs (ResNet-50)",
+            "<= 1.0",
+            f"{ratio:.2f} ({low:.2f}-{high:.2f})",
+            ratio <= 1.0,
+        )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Benchmarks measure speed and memory on this machine; they are never unit tests. 
 otherwise idle machine: other jobs on the same cores distort every ratio.
 
 Run: .venv/bin/python benchmarks/run_all.py [NAME ...]   (names: core, channel_pruning,
-cnn_families, splopa, task_switching, fuzz_bundles, flops_budget; default all)
+cnn_families, transformers, splopa, task_switching, fuzz_bundles, flops_budget; default all)
+
+Benchmarks that check a goal print `GOAL|...` lines (see `_timing.report_goal`); the run ends
+with one summary table of every goal: the target next to the measured median (min-max).
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+from _timing import GOAL_PREFIX
+
 BENCHMARKS = {
     "core": ["bench_core.py"],
     "channel_pruning": ["bench_channel_pruning.py"],
     "cnn_families": ["bench_cnn_families.py"],
+    "transformers": ["bench_transformers.py"],
     "splopa": ["bench_splopa.py"],
     "task_switching": ["bench_task_switching.py"],
     "fuzz_bundles": ["fuzz_bundles.py"],
@@ -36,16 +42,37 @@ def main() -> int:
     # fuzz_bundles reuses the test suite's bundle mutations: put the repository root on the path.
     paths = [str(here.parent), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    failed = []
+    failed, goals = [], []
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     for name in names:
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
         script = str(here / BENCHMARKS[name][0])
-        result = subprocess.run([sys.executable, script], check=False, env=env)
-        print(f"--- {name}: {time.perf_counter() - start:.0f} s, exit {result.returncode}")
-        if result.returncode:
+        with subprocess.Popen(
+            [sys.executable, script], env=env, stdout=subprocess.PIPE, text=True, bufsize=1
+        ) as process:
+            for line in process.stdout:
+                if line.startswith(GOAL_PREFIX):
+                    goals.append(line[len(GOAL_PREFIX) :].rstrip("\n").split("|"))
+                else:
+                    print(line, end="", flush=True)
+        print(f"--- {name}: {time.perf_counter() - start:.0f} s, exit {process.returncode}")
+        if process.returncode:
             failed.append(name)
+    print(summary_table(goals, load))
     return 1 if failed else 0
+
+
+def summary_table(goals: list[list[str]], load: float) -> str:
+    """The collected goal lines as one Markdown table (goal, target, measured, verdict)."""
+    lines = [
+        f"\n## Summary (1-min load average at the start: {load:.2f}; ratios are medians of "
+        "per-round ratios, min-max in brackets)\n",
+        "| goal | target | measured | |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {' | '.join(goal)} |" for goal in goals]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
