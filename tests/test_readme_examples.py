@@ -60,6 +60,18 @@ def test_readme_python_block_runs_as_written(block: str, tmp_path: Path, monkeyp
                 rtol=1e-4,
                 atol=1e-5,
             )
+    if "callback" in namespace:  # the Trainer example: every density visited, bundle == model
+        callback, model = namespace["callback"], namespace["model"].eval()
+        assert [r.target for r in callback.history] == list(callback.schedule.densities)
+        assert all(a.reached > b.reached for a, b in zip(callback.history, callback.history[1:]))
+        with torch.no_grad():
+            ids = namespace["example"]["input_ids"]
+            torch.testing.assert_close(
+                namespace["task"](input_ids=ids).logits,
+                model(input_ids=ids).logits,
+                rtol=1e-4,
+                atol=1e-5,
+            )
 
 
 def spa_layers(model: torch.nn.Module) -> list:
