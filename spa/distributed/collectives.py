@@ -16,22 +16,30 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from spa.adapters.protocols import BLOCK_MASK, IN_MASK, OUT_MASK
 from spa.distributed.process_group import collective_errors, current_world_size, is_distributed
 from spa.distributed.training import unwrap_model
 from spa.errors import ConfigError, SpaError
+from spa.pruning import module_masks
 
 Key = TypeVar("Key")
 Value = TypeVar("Value")
 Reduction = Literal["mean", "sum"]
 # Boolean mask buffers: SPLoRA rows/columns, SPLoPA / fine-pruning blocks, hook masks on norms,
-# the head and excluded layers (spa.pruning.module_masks).
+# the head and excluded layers (spa.pruning.module_masks); masks of bare per-channel parameters
+# are named with the prefix `module_masks.PARAMETER_MASK`.
 MASK_BUFFER_NAMES: tuple[str, ...] = (
-    "out_mask",
-    "in_mask",
-    "block_mask",
-    "spa_out_mask",
-    "spa_in_mask",
+    OUT_MASK,
+    IN_MASK,
+    BLOCK_MASK,
+    module_masks.OUT_MASK,
+    module_masks.IN_MASK,
 )
+
+
+def _is_mask_buffer(name: str) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return leaf in MASK_BUFFER_NAMES or leaf.startswith(module_masks.PARAMETER_MASK)
 
 
 def _communication_device() -> torch.device:
@@ -137,9 +145,10 @@ def all_reduce_gradients(tensors: Iterable[torch.Tensor]) -> None:
 def mask_fingerprint(model: nn.Module) -> str:
     """SHA-256 over every pruning mask buffer of `model`, in module order.
 
-    Covers `out_mask`, `in_mask`, `block_mask` and the hook masks `spa_out_mask` /
-    `spa_in_mask`, each with its path and shape, so two models with the same fingerprint prune
-    exactly the same channels and blocks. A `DistributedDataParallel` wrapper is looked through.
+    Covers `out_mask`, `in_mask`, `block_mask`, the hook masks `spa_out_mask` / `spa_in_mask`
+    and the masks of bare per-channel parameters, each with its path and shape, so two models
+    with the same fingerprint prune exactly the same channels and blocks. A
+    `DistributedDataParallel` wrapper is looked through.
 
     Args:
         model: a (possibly wrapped) model.
@@ -150,7 +159,7 @@ def mask_fingerprint(model: nn.Module) -> str:
     model = unwrap_model(model)
     digest = hashlib.sha256()
     for name, buffer in model.named_buffers():
-        if name.rsplit(".", 1)[-1] not in MASK_BUFFER_NAMES:
+        if not _is_mask_buffer(name):
             continue
         mask = buffer.detach().to("cpu", torch.bool).contiguous()
         digest.update(f"{name}:{tuple(mask.shape)};".encode())

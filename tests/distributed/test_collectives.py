@@ -22,7 +22,7 @@ from spa.distributed import (
     synchronise_buffers,
 )
 from spa.errors import ConfigError
-from spa.pruning.module_masks import set_module_mask
+from spa.pruning.module_masks import set_module_mask, set_parameter_mask
 
 
 def _model() -> nn.Module:
@@ -138,3 +138,19 @@ def test_synchronise_buffers_world_of_one_keeps_rank_zero_values(world_of_one):
     norm.running_mean.copy_(torch.tensor([1.0, 2.0, 3.0]))
     synchronise_buffers(norm)
     torch.testing.assert_close(norm.running_mean, torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_mask_fingerprint_covers_masks_of_bare_per_channel_parameters():
+    from spa.distributed import mask_fingerprint
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(4))
+
+    first, second = Scaled(), Scaled()
+    set_parameter_mask(first, "scale", torch.tensor([True, True, False, True]))
+    set_parameter_mask(second, "scale", torch.tensor([True, False, True, True]))
+    assert mask_fingerprint(first) != mask_fingerprint(second)
+    set_parameter_mask(second, "scale", torch.tensor([True, True, False, True]))
+    assert mask_fingerprint(first) == mask_fingerprint(second)
