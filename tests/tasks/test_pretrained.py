@@ -99,6 +99,34 @@ def test_a_shape_the_config_does_not_describe_is_refused_before_writing(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failure_after_writing_removes_the_temporary_directory(tmp_path, monkeypatch):
+    compare = spa.tasks.pretrained._compare
+
+    def reload_fails(candidate, inputs, expected, tolerance, what):
+        if what.startswith("the model loaded from"):
+            assert any(tmp_path.iterdir())  # the files were written beside the destination
+            raise ConfigError("simulated: the written directory does not load")
+        compare(candidate, inputs, expected, tolerance, what)
+
+    monkeypatch.setattr(spa.tasks.pretrained, "_compare", reload_fails)
+    with pytest.raises(ConfigError, match="simulated"):
+        spa.save_pretrained(pruned(tiny_llama()), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_lm_head_that_left_its_tied_embedding_is_saved_untied(tmp_path):
+    import transformers
+
+    model = pruned(tiny_llama())  # tie_word_embeddings=True
+    head = model.lm_head.weight.detach()
+    model.lm_head.weight = torch.nn.Parameter(head + 0.1 * torch.randn_like(head))  # trained
+    spa.save_pretrained(model, tmp_path / "out")
+    assert _config(tmp_path / "out")["tie_word_embeddings"] is False
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, 256, (2, 5))
+    torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Llama (heads + FFN), GPT-2 and BERT (FFN: their configs derive the head size) exported
