@@ -23,7 +23,14 @@ from spa.adapters import (
 from spa.export import fuse
 from spa.flops import count_flops, count_macs, density
 from spa.pruning import compact
-from spa.tasks import TaskHost, TaskReport, load_task, read_bundle, save_task
+from spa.tasks import (
+    TaskHost,
+    TaskReport,
+    load_task,
+    read_bundle,
+    save_pretrained,
+    save_task,
+)
 
 __all__ = [
     "ADAPTER_KINDS",
@@ -50,5 +57,6 @@ __all__ = [
     "learned_parameters",
     "load_task",
     "read_bundle",
+    "save_pretrained",
     "save_task",
 ]

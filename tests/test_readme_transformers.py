@@ -16,17 +16,23 @@ def _snippets() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
 
 
-def test_readme_transformers_section_has_an_encoder_and_a_decoder_example():
+def test_readme_transformers_section_has_an_encoder_a_decoder_and_an_export_example():
     snippets = _snippets()
-    assert len(snippets) == 2
+    assert len(snippets) == 3
     assert "BertForSequenceClassification" in snippets[0]
     assert "LlamaForCausalLM" in snippets[1] and "generate" in snippets[1]
+    assert "save_pretrained" in snippets[2] and "from_pretrained" in snippets[2]
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["encoder", "decoder"])
-def test_readme_transformers_example_runs(index, capsys):
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["encoder", "decoder", "save_pretrained"])
+def test_readme_transformers_example_runs(index, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the export example writes a directory where it runs
     namespace: dict = {}
     exec(compile(_snippets()[index], f"README.md:Transformers[{index}]", "exec"), namespace)
     if index == 0:
         heads = int(capsys.readouterr().out.strip())
         assert 1 <= heads < 4  # some heads of the first layer were removed, never all
+    if index == 2:
+        # density 0.5 of 2 key/value heads x 1536 + 64 neurons x 96 weights per layer: local
+        # ranking keeps 1 key/value head (2 query heads) and 32 neurons in each layer.
+        assert capsys.readouterr().out.split() == ["2", "32"]

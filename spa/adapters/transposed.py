@@ -60,3 +60,9 @@ def linear_view(module: nn.Module | None) -> nn.Module | None:
     if module is not None and is_transposed_linear(module):
         return as_linear(module, share=True)
     return module
+
+
+def weight_in_layout(target: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """An `nn.Linear` weight `(out, in)` stored the way `target` stores it (`(in, out)` for a
+    transposed-weight layer), e.g. to load a fused Linear into a fresh `transformers` GPT-2."""
+    return weight.t().contiguous() if is_transposed_linear(target) else weight

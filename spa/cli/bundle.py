@@ -5,6 +5,11 @@ Signing: `spa bundle keygen KEY` writes an Ed25519 private key (PEM, mode 0600) 
 KEY.pub` refuses a bundle that is unsigned or not signed by a trusted key (with `--base`, it also
 checks the bundle against the base model).
 
+Export: `spa export BUNDLE --base ... -o OUT` writes the task model as one safetensors file
+(`--format safetensors`, read back with `spa.tasks.load_exported`), as ONNX (`--format onnx`), or,
+for a `transformers` base directory, as a `transformers` model directory that `from_pretrained`
+loads without spa (`--format transformers`, see `spa.tasks.save_pretrained`).
+
 Base models are given as `--base PATH`: either a state-dict file (`.safetensors`, or `.pt` /
 `.pth` read with `torch.load(weights_only=True)`) together with `--model NAME` (a `spa.models`
 registry name), `--num-classes N` and any other builder argument as `--model-arg KEY=VALUE`
@@ -268,7 +273,19 @@ def _export(args: argparse.Namespace) -> int:
     from spa.tasks.export import export_model, export_onnx
 
     base, architecture = load_base(args, read_bundle(args.bundle).metadata)
+    if args.format == "transformers" and architecture["source"] != "transformers":
+        raise ConfigError(
+            f"--format transformers needs --base to be a local transformers model directory "
+            f"(with config.json), got {args.base}"
+        )
     task = load_task(base, args.bundle)
+    if args.format == "transformers":
+        from spa.tasks.pretrained import save_pretrained
+
+        output = save_pretrained(task, args.output, overwrite=args.overwrite)
+        size = sum(path.stat().st_size for path in output.rglob("*") if path.is_file())
+        print(f"wrote {output} ({size:,} bytes, transformers directory)")
+        return 0
     if args.format == "onnx":
         if architecture["source"] == "transformers":
             example = (torch.ones(_input_shape(args.input_shape or "1,128"), dtype=torch.long),)
@@ -311,12 +328,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sign.add_argument("-o", "--output", help="signed bundle file (default: sign in place)")
     sign.set_defaults(func=_sign)
     export = subparsers.add_parser(
-        "export", help="write the fused, compacted task model (safetensors or ONNX)"
+        "export",
+        help="write the fused, compacted task model (safetensors, ONNX or a transformers "
+        "directory)",
     )
     export.add_argument("bundle", help="bundle file")
     _add_base_arguments(export)
-    export.add_argument("-o", "--output", required=True, help="output file")
-    export.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
+    export.add_argument(
+        "-o", "--output", required=True, help="output file (a directory for --format transformers)"
+    )
+    export.add_argument(
+        "--format", choices=("safetensors", "onnx", "transformers"), default="safetensors"
+    )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty output directory (--format transformers)",
+    )
     export.add_argument(
         "--input-shape",
         help="example input shape for ONNX tracing, e.g. 1,3,224,224 (default for CNNs: the "

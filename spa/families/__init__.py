@@ -21,6 +21,7 @@ from spa.families.description import (
     config_of,
     describe,
 )
+from spa.families.pretrained import config_values
 from spa.families.sync import head_counts, sync_attributes
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "FeedForwardDescription",
     "block_layouts",
     "config_of",
+    "config_values",
     "describe",
     "head_counts",
     "sync_attributes",

@@ -27,5 +27,7 @@ BERT = FAMILIES.register("bert")(
             output="output.dense",
             activation="intermediate.intermediate_act_fn",
         ),
+        # BertSelfAttention derives the head size as hidden_size / num_attention_heads.
+        config_head_dim=None,
     )
 )

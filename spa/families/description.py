@@ -96,6 +96,9 @@ class Family:
         config_heads: config attribute with the number of query heads.
         config_kv_heads: config attribute with the number of key/value heads (GQA), if any.
         config_intermediate: config attribute with the FFN width (None: 4 x hidden).
+        config_head_dim: config attribute the modelling code reads the head dimension from;
+            None where it derives it as hidden size / heads, so a config of the family cannot
+            express removed heads (see `spa.families.pretrained`).
     """
 
     name: str
@@ -106,6 +109,7 @@ class Family:
     config_heads: str = "num_attention_heads"
     config_kv_heads: str | None = None
     config_intermediate: str | None = "intermediate_size"
+    config_head_dim: str | None = None
 
 
 @dataclass(frozen=True)

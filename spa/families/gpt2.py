@@ -29,5 +29,6 @@ GPT2 = FAMILIES.register("gpt2")(
         ),
         config_heads="n_head",
         config_intermediate="n_inner",
+        config_head_dim=None,  # GPT2Attention derives it as n_embd / n_head
     )
 )

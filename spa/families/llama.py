@@ -29,5 +29,6 @@ LLAMA = FAMILIES.register("llama")(
             attributes={"intermediate_size": "neurons"},
         ),
         config_kv_heads="num_key_value_heads",
+        config_head_dim="head_dim",  # Llama, Mistral and Qwen2 read `config.head_dim`
     )
 )

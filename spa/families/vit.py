@@ -24,5 +24,6 @@ VIT = FAMILIES.register("vit")(
         ffn=FeedForwardDescription(
             module="mlp", inputs=("mlp.fc1",), output="mlp.fc2", activation="mlp.activation_fn"
         ),
+        config_head_dim="head_dim",  # ViTSelfAttention reads `config.head_dim` when present
     )
 )

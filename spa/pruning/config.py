@@ -16,7 +16,8 @@ class ChannelPruningConfig:
     Args:
         criterion: a name in `spa.pruning.CRITERIA` ("weight", "gradient", "taylor", "lrp").
         ranking: "global" (all groups compete on per-layer-normalised scores) or "local" (the
-            same fraction of every group).
+            same fraction of every group: for transformer units, the same number of heads and
+            of FFN neurons in every layer, as `spa.save_pretrained` needs).
         min_channels: never keep fewer channels than this in a group (>= 1).
         min_fraction: never keep fewer than this fraction of a group's channels, in [0, 1].
         round_to: keep channel counts multiples of this (e.g. 8); None for no rounding.

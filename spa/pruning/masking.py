@@ -162,13 +162,18 @@ def compute_masks(
     Channels already masked stay removed. Global ranking removes the lowest-scored channel (or
     chunk, with `round_to`) over all groups until the density is at most `density`; scores
     should be normalised per layer (as `score` returns them). Local ranking removes the same
-    fraction of every group's channels (the smallest fraction reaching `density`).
+    fraction of every group's channels (the smallest fraction reaching `density`), so groups of
+    the same size keep the same count: for the transformer units of a described family (one
+    heads group and one FFN group per block, `spa.pruning.units`) every layer keeps the same
+    number of heads and of FFN neurons, which a `transformers` config needs
+    (`spa.save_pretrained`), as long as the layers started alike (no earlier global ranking).
 
     Args:
         groups: from `channel_groups`.
         scores: per group index, one score per group channel (higher = more important).
         density: target fraction of the prunable layers' base weights to keep, in (0, 1].
-        ranking: "global" (all groups compete) or "local" (same fraction per group).
+        ranking: "global" (all groups compete) or "local" (same fraction per group; the same
+            heads / FFN neurons per layer for transformer units).
         min_channels: never keep fewer channels than this in a group (never zero).
         min_fraction: never keep fewer than this fraction of a group's channels.
         round_to: keep channel counts multiples of this (hardware-friendly widths); None = 1.

@@ -4,7 +4,8 @@
 fine-pruned weights of kept channels/blocks, bit-packed masks, norms, head) into one safetensors
 file with JSON metadata and a base fingerprint; `load_task` rebuilds the fused, compacted task
 model from the shared base weights after validating every field and tensor against the base;
-`TaskHost` serves many tasks over one base. Bundles can be signed with Ed25519 keys
+`TaskHost` serves many tasks over one base; `save_pretrained` writes a pruned `transformers`
+model as a directory plain `transformers` loads. Bundles can be signed with Ed25519 keys
 (`spa.tasks.signing`; `save_task(signing_key=...)`, `load_task(trusted_keys=...)`).
 """
 
@@ -13,6 +14,7 @@ from spa.tasks.fingerprint import describe_architecture, fingerprint
 from spa.tasks.format import FORMAT_VERSION, Bundle, read_bundle
 from spa.tasks.host import TaskHost, TaskReport
 from spa.tasks.load import build_task, load_task, plan_task
+from spa.tasks.pretrained import save_pretrained
 from spa.tasks.save import save_task
 
 __all__ = [
@@ -29,5 +31,6 @@ __all__ = [
     "load_task",
     "plan_task",
     "read_bundle",
+    "save_pretrained",
     "save_task",
 ]

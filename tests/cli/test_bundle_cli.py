@@ -107,6 +107,15 @@ def test_export_onnx_matches_pytorch(files, tmp_path):
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_export_transformers_needs_a_transformers_base(files, tmp_path, capsys):
+    _, _, base_path, bundle_path = files
+    out = tmp_path / "out"
+    args = ["export", str(bundle_path), "--base", str(base_path), *MODEL_ARGS, "-o", str(out)]
+    assert main([*args, "--format", "transformers"]) == 1
+    assert "needs --base to be a local transformers model directory" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_bundle_keygen_sign_verify_with_trusted_key(files, tmp_path, capsys):
     _, _, base_path, bundle_path = files
     key = tmp_path / "signer.pem"

@@ -188,3 +188,30 @@ def test_channel_pruning_config_rejects_unknown_units():
 
     with pytest.raises(ConfigError, match="units"):
         ChannelPruningConfig(units=("hidden",))
+
+
+@pytest.mark.parametrize("density", [0.5, 0.7])
+def test_local_ranking_keeps_the_same_heads_and_neurons_in_every_layer(density):
+    from spa.families import block_layouts, describe, head_counts
+    from spa.models.tiny_lm import tiny_llama
+
+    # hidden 64, head_dim 16, 2 key/value heads of 2 query heads each, 128 SwiGLU neurons.
+    model = spa.adapt(tiny_llama(num_layers=3), spa.SPLoRAConfig(rank=2))
+    groups = channel_groups(model, None)
+    scores = {i: torch.rand(g.size) for i, g in enumerate(groups)}  # different in every layer
+    apply_masks(model, compute_masks(groups, scores, density=density, ranking="local"))
+    # Explicit count: a fraction f keeps 2 - floor(2f) key/value heads (each: 2 x 16 query rows,
+    # 16 key and 16 value rows, 32 output columns, 64 wide) and 128 - floor(128f) neurons (gate,
+    # up rows and a down column, 64 wide); local ranking takes the smallest f reaching density.
+    per_kv_head, per_neuron, layer = 96 * 64, 3 * 64, 2 * 96 * 64 + 128 * 3 * 64
+    for step in range(257):
+        kv_heads = max(1, 2 - math.floor(2 * step / 256))
+        neurons = max(1, 128 - math.floor(128 * step / 256))
+        if (kv_heads * per_kv_head + neurons * per_neuron) / layer <= density:
+            break
+    compacted = spa.compact(model)
+    family = describe(compacted)
+    counts = [head_counts(compacted, layout) for layout in block_layouts(compacted, family)]
+    assert [(c["kv_heads"], c["heads"], c["neurons"]) for c in counts] == [
+        (kv_heads, 2 * kv_heads, neurons)
+    ] * 3

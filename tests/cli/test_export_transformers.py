@@ -1,0 +1,41 @@
+"""`spa export BUNDLE --base DIR --format transformers -o OUT` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from spa.models.tiny_lm import tiny_llama
+from spa.tasks import load_task, save_task
+from tests.cli.test_errors import assert_one_line_error, spa_command
+from tests.families.test_pretrained import pruned
+
+pytestmark = pytest.mark.slow  # every test starts a Python process that imports torch
+
+
+def test_export_transformers_writes_a_directory_and_refuses_to_overwrite_it(tmp_path):
+    base = tiny_llama().eval()
+    base.save_pretrained(tmp_path / "base")
+    save_task(pruned(base), tmp_path / "task.safetensors", base_model=base)
+    arguments = ["export", tmp_path / "task.safetensors", "--base", tmp_path / "base"]
+    arguments += ["--format", "transformers", "-o", tmp_path / "out"]
+
+    result = spa_command(*arguments)
+    assert result.returncode == 0, result.stderr
+    assert "transformers directory" in result.stdout
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["num_attention_heads"], config["intermediate_size"]) == (2, 64)
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, 256, (2, 6))
+    with torch.no_grad():
+        expected = load_task(base, tmp_path / "task.safetensors")(ids).logits
+        torch.testing.assert_close(exported(ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+    again = spa_command(*arguments)  # bad input: the directory exists now
+    assert_one_line_error(again, "out exists and is not empty", "--overwrite")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["config.json", "generation_config.json", "model.safetensors"]
+    )

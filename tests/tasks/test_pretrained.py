@@ -1,0 +1,198 @@
+"""`spa.save_pretrained`: directories plain `transformers` loads, refusals that leave nothing."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import spa
+import spa.tasks.pretrained
+from spa.errors import ConfigError
+from spa.families import describe
+from spa.models.tiny_lm import tiny_llama
+from spa.pruning import apply_masks, channel_groups, compute_masks
+from tests._transformers import FFN, bert, gpt2
+from tests.families.test_pretrained import pruned
+
+GENERATE = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
+
+# Runs in a fresh interpreter that never imports spa: load every exported directory with the
+# transformers Auto class, run it (and greedy decoding with the KV cache), save the results.
+LOAD_WITHOUT_SPA = """
+import sys, torch, transformers
+cases, results = torch.load(sys.argv[1]), {}
+for name, case in cases.items():
+    model = getattr(transformers, case["auto"]).from_pretrained(case["directory"]).eval()
+    with torch.no_grad():
+        results[name] = {"logits": model(case["input_ids"]).logits}
+        if "prompt" in case:
+            results[name]["generated"] = model.generate(case["prompt"], **case["generate"])
+results["spa_imported"] = any(name.split(".")[0] == "spa" for name in sys.modules)
+torch.save(results, sys.argv[2])
+"""
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _non_uniform_llama():
+    """Layer 0 keeps one key/value head (2 query heads), layer 1 keeps both (4)."""
+    model = spa.adapt(tiny_llama(), spa.SPLoRAConfig(rank=2))
+    groups = channel_groups(model, None, units=("heads",))
+    scores = {i: torch.ones(g.size) for i, g in enumerate(groups)}
+    scores[0] = torch.tensor([0.0, 1.0])
+    apply_masks(model, compute_masks(groups, scores, density=0.95))
+    return model.eval()
+
+
+def _config(directory: Path) -> dict:
+    return json.loads((directory / "config.json").read_text())
+
+
+def test_non_uniform_heads_are_refused_and_nothing_is_written(tmp_path):
+    model = _non_uniform_llama()
+    with pytest.raises(ConfigError, match=r"model.layers.0 keeps 2.*ranking='local'"):
+        spa.save_pretrained(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # no directory, no temporary left behind
+
+
+def test_a_non_empty_directory_is_kept_unless_overwrite(tmp_path):
+    model = pruned(tiny_llama())
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match=r"out exists and is not empty; pass overwrite=True"):
+        spa.save_pretrained(model, target)
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    spa.save_pretrained(model, target, overwrite=True)
+    assert not (target / "notes.txt").exists()
+    assert _config(target)["num_key_value_heads"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old one is gone too
+
+
+def test_a_model_that_is_not_a_transformers_model_is_refused(tmp_path):
+    from tests._transformers import llama
+
+    wrapped = spa.adapt(llama(), spa.SPLoRAConfig(rank=2))  # a plain nn.Module around it
+    with pytest.raises(ConfigError, match=r"Net is not a transformers model"):
+        spa.save_pretrained(wrapped, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_shape_the_config_does_not_describe_is_refused_before_writing(tmp_path, monkeypatch):
+    # A GPT-2 description that forgot its FFN config attribute: the strict rebuild catches it.
+    model = pruned(gpt2().model, units=("ffn",), density=0.75)
+    forgetful = dataclasses.replace(describe(model), config_intermediate=None)
+    monkeypatch.setattr(spa.tasks.pretrained, "describe", lambda _: forgetful)
+    with pytest.raises(ConfigError, match=r"transformer.h.0.mlp.c_fc.weight has shape"):
+        spa.save_pretrained(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_after_writing_removes_the_temporary_directory(tmp_path, monkeypatch):
+    compare = spa.tasks.pretrained._compare
+
+    def reload_fails(candidate, inputs, expected, tolerance, what):
+        if what.startswith("the model loaded from"):
+            assert any(tmp_path.iterdir())  # the files were written beside the destination
+            raise ConfigError("simulated: the written directory does not load")
+        compare(candidate, inputs, expected, tolerance, what)
+
+    monkeypatch.setattr(spa.tasks.pretrained, "_compare", reload_fails)
+    with pytest.raises(ConfigError, match="simulated"):
+        spa.save_pretrained(pruned(tiny_llama()), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_lm_head_that_left_its_tied_embedding_is_saved_untied(tmp_path):
+    import transformers
+
+    model = pruned(tiny_llama())  # tie_word_embeddings=True
+    head = model.lm_head.weight.detach()
+    model.lm_head.weight = torch.nn.Parameter(head + 0.1 * torch.randn_like(head))  # trained
+    spa.save_pretrained(model, tmp_path / "out")
+    assert _config(tmp_path / "out")["tie_word_embeddings"] is False
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, 256, (2, 5))
+    torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Llama (heads + FFN), GPT-2 and BERT (FFN: their configs derive the head size) exported
+    by spa and loaded back by a Python process that never imports spa."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("pretrained")
+    models = {
+        "llama": (pruned(tiny_llama()), "AutoModelForCausalLM"),
+        "gpt2": (pruned(gpt2().model, units=("ffn",), density=0.75), "AutoModelForCausalLM"),
+        "bert": (
+            pruned(bert().model, units=("ffn",), density=0.75),
+            "AutoModelForSequenceClassification",
+        ),
+    }
+    cases, expected = {}, {}
+    for name, (model, auto) in models.items():
+        ids = torch.randint(1, model.config.vocab_size, (2, 7))
+        spa.save_pretrained(model, root / name)
+        cases[name] = {"auto": auto, "directory": str(root / name), "input_ids": ids}
+        expected[name] = {"logits": _logits(model, ids), "model": model}
+    prompt = torch.randint(1, 256, (1, 4))
+    cases["llama"].update(prompt=prompt, generate=GENERATE)
+    compacted = spa.fuse(spa.compact(copy.deepcopy(models["llama"][0])))
+    with torch.no_grad():
+        expected["llama"]["generated"] = compacted.generate(prompt, **GENERATE)
+    torch.save(cases, root / "cases.pt")
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_SPA, root / "cases.pt", root / "results.pt"],
+        cwd=root,
+        env={**environment, "OMP_NUM_THREADS": "1"},
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return root, expected, torch.load(root / "results.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+def test_transformers_alone_loads_the_export_with_spa_outputs(exported, name):
+    root, expected, results = exported
+    assert results["spa_imported"] is False
+    reference = expected[name]["logits"]
+    tolerance = 1e-5 * float(reference.abs().max())
+    torch.testing.assert_close(results[name]["logits"], reference, rtol=1e-5, atol=tolerance)
+
+
+@pytest.mark.slow
+def test_exported_configs_hold_the_kept_counts(exported):
+    root, expected, _ = exported
+    llama = _config(root / "llama")
+    assert (llama["num_attention_heads"], llama["num_key_value_heads"]) == (2, 1)
+    assert (llama["intermediate_size"], llama["head_dim"]) == (64, 16)
+    for name, key, path in (
+        ("gpt2", "n_inner", "transformer.h.{}.mlp.c_fc"),
+        ("bert", "intermediate_size", "bert.encoder.layer.{}.intermediate.dense"),
+    ):
+        model = expected[name]["model"]
+        kept = {int(model.get_submodule(path.format(i)).out_mask.sum()) for i in range(2)}
+        assert kept == {_config(root / name)[key]}
+        assert 0 < _config(root / name)[key] < FFN
+
+
+@pytest.mark.slow
+def test_exported_llama_generates_the_compacted_models_tokens(exported):
+    _, expected, results = exported
+    assert torch.equal(results["llama"]["generated"], expected["llama"]["generated"])
+    assert results["llama"]["generated"].shape == (1, 4 + 8)
