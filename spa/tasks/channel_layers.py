@@ -47,6 +47,7 @@ from spa.tasks.schema import (
     is_text,
     one_of,
 )
+from spa.tasks.scratch import Scratch
 
 
 def save_splora(
@@ -136,6 +137,25 @@ class ChannelLayerPlan:
         weight = splora_weight(weight, out_mask, in_mask, down, up, tap)  # Eq. 4
         return weight, self._bias(out_mask, keep_rows, dtype, device)
 
+    def gather(self) -> ChannelGather | None:
+        """The precomputed gather of this layer for repeated builds, or None if `build` must be
+        used (a masked or fine-pruned layer: masks not all ones, or a stored weight)."""
+        if "weight" in self.tensors or not bool(self.out_mask.all() & self.in_mask.all()):
+            return None
+        base_weight = self.base.weight.detach()
+        dtype, device = base_weight.dtype, base_weight.device
+        rows = None if self.rows is None else self.rows.to(device).contiguous()
+        cols = None if self.cols is None else self.cols.to(device).contiguous()
+        down = up = None
+        if self.entry["rank"] > 0:  # fresh copies, as the reference build multiplies
+            down = self.tensors["down"].to(device, dtype).clone()
+            up = self.tensors["up"].to(device, dtype).clone()
+        tap = _conv.centre_tap(self.base, self.entry["path"]) if base_weight.dim() > 2 else None
+        full = torch.ones(len(self.out_mask), dtype=torch.bool, device=device)
+        bias = self._bias(full, full.nonzero().flatten(), dtype, device)
+        shape = tuple(self.entry["shape"]) + tuple(base_weight.shape[2:])
+        return ChannelGather(base_weight, rows, cols, shape, down, up, tap, bias)
+
     def _bias(
         self, out_mask: torch.Tensor, keep_rows: torch.Tensor, dtype, device
     ) -> torch.Tensor | None:
@@ -212,3 +232,62 @@ def plan_splora(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
     weight_shape = (out_channels, in_columns, *base_weight.shape[2:])
     check_layer_result(bundle, entry, base, weight_shape, bias_kind != "none")
     return ChannelLayerPlan(entry, base, rows, cols, out_mask, in_mask, tensors)
+
+
+@dataclass
+class ChannelGather:
+    """Eq. 4 of a compacted channel layer (all masks ones) for repeated builds.
+
+    `W_t = W_s[rows][:, cols] + W_down W_up` (the product at the kernel's centre tap for convs),
+    written straight into a new tensor with host-owned scratch space: the same values, bit for
+    bit, as `ChannelLayerPlan.build` (copies, then the same product and sum).
+
+    Attributes:
+        weight: the base weight `W_s`, `(out, in/groups, *kernel)`, never modified.
+        rows: kept base output channels (None: all, in order).
+        cols: kept base input channels (None: all, in order).
+        shape: the task weight's shape.
+        down: `W_down` `(out, r)`, or None without an adapter.
+        up: `W_up` `(r, in)`, or None.
+        tap: centre-tap index for conv weights, None for Linear.
+        bias: the task bias (cloned on every build), or None.
+    """
+
+    weight: torch.Tensor
+    rows: torch.Tensor | None
+    cols: torch.Tensor | None
+    shape: tuple[int, ...]
+    down: torch.Tensor | None
+    up: torch.Tensor | None
+    tap: tuple | None
+    bias: torch.Tensor | None
+
+    def build(self, scratch: Scratch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fused weight and bias of the task layer (new tensors, base untouched)."""
+        base = self.weight
+        out = torch.empty(self.shape, dtype=base.dtype, device=base.device)
+        rows, cols = self.rows, self.cols
+        if rows is None and cols is None:
+            out.copy_(base)
+        elif base[0, 0].numel() > 1:  # whole kernels in one gather of flat (out * in) rows
+            kept_rows = torch.arange(base.shape[0], device=base.device) if rows is None else rows
+            kept_cols = torch.arange(base.shape[1], device=base.device) if cols is None else cols
+            index = scratch.get("index", self.shape[:2], torch.long, base.device)
+            torch.add(kept_rows[:, None] * base.shape[1], kept_cols, out=index)
+            flat = base.reshape(base.shape[0] * base.shape[1], -1)  # (out * in, taps)
+            torch.index_select(flat, 0, index.view(-1), out=out.view(index.numel(), -1))
+        else:  # Linear or 1x1 kernels: kept rows into scratch, then kept columns
+            matrix, target = base.reshape(base.shape[0], -1), out.view(self.shape[:2])
+            if cols is None:
+                torch.index_select(matrix, 0, rows, out=target)
+            elif rows is None:
+                torch.index_select(matrix, 1, cols, out=target)
+            else:
+                kept = scratch.get("rows", (len(rows), matrix.shape[1]), base.dtype, base.device)
+                torch.index_select(matrix, 0, rows, out=kept)
+                torch.index_select(kept, 1, cols, out=target)
+        if self.down is not None:
+            product = scratch.get("product", self.shape[:2], base.dtype, base.device)
+            torch.mm(self.down, self.up, out=product)  # (out, in)
+            (out if self.tap is None else out[self.tap]).add_(product)
+        return out, None if self.bias is None else self.bias.clone()

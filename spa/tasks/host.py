@@ -6,7 +6,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -17,8 +17,10 @@ from spa.errors import BundleError, ConfigError
 from spa.flops import count_flops
 from spa.tasks.fingerprint import fingerprint
 from spa.tasks.format import Bundle, read_bundle
-from spa.tasks.load import TaskPlan, build_task, plan_task
+from spa.tasks.load import plan_task
+from spa.tasks.scratch import Scratch
 from spa.tasks.signing import KeySource, trusted_key_set, verify_bundle
+from spa.tasks.switch import SwitchPlan, compile_switch
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +54,11 @@ class TaskHost:
 
     PEFT-style verbs: `add_task(name, path)` validates a bundle against the base and registers
     it, `set_task(name)` activates it, `delete_task(name)` forgets it, `tasks` lists them, and
-    calling the host runs the active task (under `torch.no_grad`). A task's fused, compacted
-    model is materialised on first use from the shared base tensors (only what the task changed
-    is allocated; the base is never copied) and kept in an LRU cache of `cache_size` models.
+    calling the host runs the active task (under `torch.no_grad`). Each bundle is read and
+    validated once, in `add_task`, and compiled into a `SwitchPlan` (its small tensors and kept
+    channel indices stay in memory). A task's fused, compacted model is materialised on first
+    use from the shared base tensors (only what the task changed is allocated; the base is
+    never copied or modified) and kept in an LRU cache of `cache_size` models.
 
     Example:
         >>> host = TaskHost(base_model)
@@ -97,7 +101,8 @@ class TaskHost:
         self._trusted = None if trusted_keys is None else trusted_key_set(trusted_keys)
         self.base_fingerprint = fingerprint(base_model)
         self._bundles: dict[str, Bundle] = {}
-        self._plans: dict[str, TaskPlan] = {}
+        self._plans: dict[str, SwitchPlan] = {}
+        self._scratch = Scratch()
         self._cache: OrderedDict[str, nn.Module] = OrderedDict()
         self._flops: dict[str, int] = {}
         self._active: str | None = None
@@ -133,20 +138,25 @@ class TaskHost:
         bundle = read_bundle(path)
         if self._trusted is not None:
             verify_bundle(bundle, self._trusted)
-        plan = plan_task(self.base_model, bundle, base_fingerprint=self.base_fingerprint)
+        plan = compile_switch(
+            self.base_model,
+            plan_task(self.base_model, bundle, base_fingerprint=self.base_fingerprint),
+        )
         if self.example_inputs is not None:
             self._dry_run(plan, path)
-        self._bundles[name], self._plans[name] = bundle, plan
+        # The compiled plan holds what builds need; keep only the bundle's description.
+        self._bundles[name] = replace(bundle, tensors={}, used=set())
+        self._plans[name] = plan
         logger.info("registered task %r from %s (%d bytes)", name, path, bundle.size_bytes)
 
-    def _dry_run(self, plan: TaskPlan, path: str | os.PathLike) -> None:
+    def _dry_run(self, plan: SwitchPlan, path: str | os.PathLike) -> None:
         """Build the task model once and run it on the example inputs.
 
         Structural validation checks each entry against the base, but not how the channel
         counts of different modules chain in the forward pass (that needs inputs); a bundle
         whose entries were rewritten together into a model that cannot run is refused here.
         """
-        model = build_task(self.base_model, plan, finalize=self.finalize)
+        model = plan.build(self._scratch, self.finalize)
         try:
             with torch.no_grad():
                 model(*self.example_inputs)
@@ -176,7 +186,7 @@ class TaskHost:
         if name in self._cache:
             self._cache.move_to_end(name)
             return self._cache[name]
-        model = build_task(self.base_model, self._plans[name], finalize=self.finalize)
+        model = self._plans[name].build(self._scratch, self.finalize)
         self._cache[name] = model
         while len(self._cache) > self.cache_size:
             evicted, _ = self._cache.popitem(last=False)

@@ -313,23 +313,39 @@ def _unit_variance(like: torch.Tensor, eps: float) -> torch.Tensor:
     return variance
 
 
-def _apply_module(model: nn.Module, entry: dict[str, Any], tensors: dict[str, torch.Tensor]):
-    module = model.get_submodule(entry["path"])
+def module_tensors(
+    module: nn.Module, entry: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> dict[str, tuple[str, torch.Tensor | None]]:
+    """The tensors a validated module entry installs on base module `module`, in order.
+
+    Returns `{key: (kind, tensor)}` with kind "parameter" or "buffer"; every tensor is new (on
+    the module's device, in its declared dtype), None for a removed parameter. `module` is read,
+    never changed.
+    """
     existing = direct_tensors(module)
     device = next((t.device for _, t in existing.values()), torch.device("cpu"))
-    apply_attribute_changes(module, entry.get("attributes", {}))
+    installs: dict[str, tuple[str, torch.Tensor | None]] = {}
     for key, (kind, dtype) in entry.get("tensors", {}).items():
-        set_tensor(module, key, kind, tensors[key].to(device, getattr(torch, dtype)).clone())
+        installs[key] = (kind, tensors[key].to(device, getattr(torch, dtype)).clone())
     for key in entry.get("none", []):
-        set_tensor(module, key, "parameter", None)
+        installs[key] = ("parameter", None)
     if entry.get("folded_norm"):  # eval-mode batch norm x * scale + shift, see save_task
         scale, shift = tensors["folded"].to(device, module.weight.dtype).clone()
-        set_tensor(module, "weight", "parameter", scale)
-        set_tensor(module, "bias", "parameter", shift)
-        set_tensor(module, "running_mean", "buffer", torch.zeros_like(scale))
-        set_tensor(module, "running_var", "buffer", _unit_variance(scale, module.eps))
+        installs["weight"] = ("parameter", scale)
+        installs["bias"] = ("parameter", shift)
+        installs["running_mean"] = ("buffer", torch.zeros_like(scale))
+        installs["running_var"] = ("buffer", _unit_variance(scale, module.eps))
         if module.num_batches_tracked is not None:  # private copy: never bump the base's counter
-            set_tensor(module, "num_batches_tracked", "buffer", module.num_batches_tracked.clone())
+            installs["num_batches_tracked"] = ("buffer", module.num_batches_tracked.clone())
+    return installs
+
+
+def _apply_module(model: nn.Module, entry: dict[str, Any], tensors: dict[str, torch.Tensor]):
+    module = model.get_submodule(entry["path"])
+    installs = module_tensors(module, entry, tensors)
+    apply_attribute_changes(module, entry.get("attributes", {}))
+    for key, (kind, tensor) in installs.items():
+        set_tensor(module, key, kind, tensor)
 
 
 def _replace(model: nn.Module, path: str, module: nn.Module) -> None:

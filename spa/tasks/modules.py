@@ -55,8 +55,9 @@ def _copy_module(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     state.update(module.__dict__)
     memo[id(module)] = new
     for table in _MODULE_TABLES:
-        if table in state:
-            state[table] = type(state[table])(state[table])  # dict / OrderedDict / set
+        value = state.get(table)
+        if value is not None:
+            state[table] = value.copy()  # dict / OrderedDict / set, same type
     new._modules = {
         name: None if child is None else _copy_module(child, memo)
         for name, child in module._modules.items()
@@ -208,11 +209,17 @@ def expected_shapes(module: nn.Module, changes: dict[str, Any]) -> dict[str, tup
     return rule(lambda key: changes.get(key, getattr(module, key)), module)
 
 
+def converted_attributes(module: nn.Module, changes: dict[str, Any]) -> dict[str, Any]:
+    """Recorded attribute values (validated by `check_attribute_changes`) in the container types
+    of `module`'s current values (JSON lists become tuples where the module has tuples)."""
+    current = simple_attributes(module)
+    return {key: _like(value, current[key]) for key, value in changes.items()}
+
+
 def apply_attribute_changes(module: nn.Module, changes: dict[str, Any]) -> None:
     """Set recorded attribute values on `module` (validated by `check_attribute_changes`)."""
-    current = simple_attributes(module)
-    for key, value in changes.items():
-        setattr(module, key, _like(value, current[key]))
+    for key, value in converted_attributes(module, changes).items():
+        setattr(module, key, value)
 
 
 def direct_tensors(module: nn.Module) -> dict[str, tuple[str, torch.Tensor]]:
