@@ -154,7 +154,13 @@ class ChannelLayerPlan:
         full = torch.ones(len(self.out_mask), dtype=torch.bool, device=device)
         bias = self._bias(full, full.nonzero().flatten(), dtype, device)
         shape = tuple(self.entry["shape"]) + tuple(base_weight.shape[2:])
-        return ChannelGather(base_weight, rows, cols, shape, down, up, tap, bias)
+        offsets = None
+        if base_weight[0, 0].numel() > 1 and (rows is not None or cols is not None):
+            # kernels are gathered by flat (out * in) index: row offset + column
+            every = [torch.arange(size, device=device) for size in base_weight.shape[:2]]
+            rows, cols = every[0] if rows is None else rows, every[1] if cols is None else cols
+            offsets = rows[:, None] * base_weight.shape[1]  # (out, 1)
+        return ChannelGather(base_weight, rows, cols, offsets, shape, down, up, tap, bias)
 
     def _bias(
         self, out_mask: torch.Tensor, keep_rows: torch.Tensor, dtype, device
@@ -246,6 +252,8 @@ class ChannelGather:
         weight: the base weight `W_s`, `(out, in/groups, *kernel)`, never modified.
         rows: kept base output channels (None: all, in order).
         cols: kept base input channels (None: all, in order).
+        offsets: `rows * in` as `(out, 1)` for kernels gathered by flat index (None for Linear
+            and 1x1 kernels).
         shape: the task weight's shape.
         down: `W_down` `(out, r)`, or None without an adapter.
         up: `W_up` `(r, in)`, or None.
@@ -256,6 +264,7 @@ class ChannelGather:
     weight: torch.Tensor
     rows: torch.Tensor | None
     cols: torch.Tensor | None
+    offsets: torch.Tensor | None
     shape: tuple[int, ...]
     down: torch.Tensor | None
     up: torch.Tensor | None
@@ -269,11 +278,9 @@ class ChannelGather:
         rows, cols = self.rows, self.cols
         if rows is None and cols is None:
             out.copy_(base)
-        elif base[0, 0].numel() > 1:  # whole kernels in one gather of flat (out * in) rows
-            kept_rows = torch.arange(base.shape[0], device=base.device) if rows is None else rows
-            kept_cols = torch.arange(base.shape[1], device=base.device) if cols is None else cols
+        elif self.offsets is not None:  # whole kernels in one gather of flat (out * in) rows
             index = scratch.get("index", self.shape[:2], torch.long, base.device)
-            torch.add(kept_rows[:, None] * base.shape[1], kept_cols, out=index)
+            torch.add(self.offsets, cols, out=index)
             flat = base.reshape(base.shape[0] * base.shape[1], -1)  # (out * in, taps)
             torch.index_select(flat, 0, index.view(-1), out=out.view(index.numel(), -1))
         else:  # Linear or 1x1 kernels: kept rows into scratch, then kept columns
