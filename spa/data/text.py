@@ -87,6 +87,13 @@ def load_tokenizer(
     directory = Path(path)
     if not directory.is_dir():
         raise ConfigError(f"config key {key!r}: {directory} is not a directory")
+    from spa.models.loading import VOCABULARY_FILES
+
+    if not any((directory / name).is_file() for name in VOCABULARY_FILES):
+        raise ConfigError(
+            f"config key {key!r}: {directory} holds no tokenizer (none of "
+            f"{', '.join(VOCABULARY_FILES)})"
+        )
     from transformers import AutoTokenizer
 
     try:
