@@ -79,10 +79,10 @@ class LMDemoSettings:
     sequence_length: int = 128
     batch_size: int = 16
     eval_blocks: int = 100
-    source_steps: int = 1000
+    source_steps: int = 2000
     source_lr: float = 3e-3
     densities: tuple[float, ...] = (0.8, 0.6, 0.4, 0.2)
-    steps_per_density: int = 80
+    steps_per_density: int = 120
     rank: int = 8
     splora_lr: float = 3e-3
     fine_pruning_lr: float = 1e-3
@@ -296,11 +296,18 @@ def run_lm_demo(
     settings = QUICK if quick else FULL
     output_dir = Path(output_dir)
     suffix = "-quick" if quick else ""  # quick and full results never mix
-    source, untrained, trained = train_source(settings, output_dir / f"source{suffix}")
-    runs = []
-    for config in experiment_configs(settings, source):
-        logger.info("demo run %s (%s)", config.name, method_label(config.adapter))
-        runs.append(run(config, output_dir / f"runs{suffix}" / config.name))
+    # The tiny model's matrices are too small for intra-op threads to pay off, and on a CPU
+    # shared with other work extra threads slow every step down several times over.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        source, untrained, trained = train_source(settings, output_dir / f"source{suffix}")
+        runs = []
+        for config in experiment_configs(settings, source):
+            logger.info("demo run %s (%s)", config.name, method_label(config.adapter))
+            runs.append(run(config, output_dir / f"runs{suffix}" / config.name))
+    finally:
+        torch.set_num_threads(threads)
     report = write_report([result.run_dir for result in runs], output_dir)
     return LMDemoResult(
         output_dir=output_dir,
