@@ -202,6 +202,10 @@ class CausalLMTask:
 
     def start(self, config: ExperimentConfig, seed: int) -> CausalLMSession:
         """Read and tokenize the text; build, check and adapt the model; optimiser and pruner."""
+        if config.model.name == "transformers" and not Path(config.model.path).is_dir():
+            raise ConfigError(
+                f"config key 'model.path': {config.model.path} is not a local model directory"
+            )
         options = text_options(config)
         data = load_text_data(config, options)
         built = build_language_model(config, data.tokenizer.vocab_size, options.sequence_length)
