@@ -22,7 +22,6 @@ from spa.experiments.toml_writer import dumps_toml
 
 Method = Literal["fine-pruning", "lora", "splora", "splopa"]
 Schedule = Literal["iterative", "gradual", "none"]
-Unit = Literal["heads", "ffn"]
 
 
 def channel_criteria() -> tuple[str, ...]:
@@ -157,10 +156,7 @@ class PruningConfig:
         scoring_batches: batches used to compute data-driven scores.
         min_channels: never prune a layer below this many channels.
         round_to: keep channel counts multiples of this (e.g. 8); omitted for no rounding.
-        units: for transformers of a described family (`spa.families`: Llama, GPT-2, BERT,
-            ViT), which units the channel criteria prune: "heads" (attention heads; with
-            grouped-query attention a key/value head with its query heads) and/or "ffn"
-            (feed-forward neurons); omitted prunes both.
+        units: transformer units to prune, "heads" and/or "ffn" (`spa.families`); default both.
     """
 
     criterion: str = "taylor"
@@ -172,7 +168,7 @@ class PruningConfig:
     scoring_batches: int = 8
     min_channels: int = 1
     round_to: int | None = None
-    units: tuple[Unit, ...] | None = None
+    units: tuple[Literal["heads", "ffn"], ...] | None = None
 
     def __post_init__(self) -> None:
         known = channel_criteria() + block_criteria()
@@ -197,8 +193,6 @@ class PruningConfig:
                 raise _fail(f"pruning.{key}", f"must be >= 1, got {getattr(self, key)}")
         if self.round_to is not None and self.round_to < 1:
             raise _fail("pruning.round_to", f"must be >= 1, got {self.round_to}")
-        if self.units is not None and (not self.units or len(set(self.units)) != len(self.units)):
-            raise _fail("pruning.units", f"must list distinct units, got {list(self.units)}")
 
     def density_steps(self) -> list[float]:
         """The densities visited after the unpruned step, in order (empty for "none")."""

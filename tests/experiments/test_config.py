@@ -252,5 +252,3 @@ def test_pruning_units_are_checked_and_name_the_key() -> None:
     assert PruningConfig(units=("ffn",)).units == ("ffn",)
     with pytest.raises(ConfigError, match=r"'pruning\.units'.*'heads', 'ffn'"):
         from_dict({"pruning": {"units": ["neurons"]}})
-    with pytest.raises(ConfigError, match=r"'pruning\.units': must list distinct units"):
-        from_dict({"pruning": {"units": ["heads", "heads"]}})

@@ -32,7 +32,12 @@ from spa.adapters import adapt
 from spa.errors import ConfigError
 from spa.experiments import measure
 from spa.experiments.build import adapter_config
-from spa.experiments.config import ExperimentConfig, block_criteria, channel_criteria
+from spa.experiments.config import (
+    ExperimentConfig,
+    ModelConfig,
+    block_criteria,
+    channel_criteria,
+)
 from spa.experiments.distributed_run import prune_on_all_ranks
 from spa.experiments.lm_data import (
     DATA_NAMES,
@@ -62,7 +67,8 @@ _TRAINABLE = {"lora": ("norm",), "splora": ("norm",), "fine-pruning": ("all",)}
 
 
 def _head(model: nn.Module, config: ExperimentConfig) -> str:
-    """The LM head's module path: `model.head` if the model has it, else its output embedding."""
+    """The LM head's module path: `model.head` if the model has it; with the default head name
+    (an image classifier's "fc") the model's output embedding (`transformers`' LM head)."""
     names = {module: name for name, module in model.named_modules()}
     try:
         model.get_submodule(config.model.head)
@@ -70,7 +76,7 @@ def _head(model: nn.Module, config: ExperimentConfig) -> str:
     except AttributeError:
         pass
     output = getattr(model, "get_output_embeddings", lambda: None)()
-    if output is None or output not in names:
+    if config.model.head != ModelConfig().head or output is None or output not in names:
         raise ConfigError(
             f"config key 'model.head': the model has no module {config.model.head!r} and no "
             "output embedding; set model.head to the module path of the LM head"
