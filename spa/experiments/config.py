@@ -156,6 +156,7 @@ class PruningConfig:
         scoring_batches: batches used to compute data-driven scores.
         min_channels: never prune a layer below this many channels.
         round_to: keep channel counts multiples of this (e.g. 8); omitted for no rounding.
+        units: transformer units to prune, "heads" and/or "ffn" (`spa.families`); default both.
     """
 
     criterion: str = "taylor"
@@ -167,6 +168,7 @@ class PruningConfig:
     scoring_batches: int = 8
     min_channels: int = 1
     round_to: int | None = None
+    units: tuple[Literal["heads", "ffn"], ...] | None = None
 
     def __post_init__(self) -> None:
         known = channel_criteria() + block_criteria()

@@ -31,13 +31,14 @@ class ChannelPruner:
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, config: PruningConfig):
-        self.groups = channel_groups(model, example_inputs)
+        self.groups = channel_groups(model, example_inputs, units=config.units)
         self.config = ChannelPruningConfig(
             criterion=config.criterion,
             ranking=config.ranking,
             min_channels=config.min_channels,
             round_to=config.round_to,
             num_batches=config.scoring_batches,
+            units=config.units,
         )
         self._masks: ChannelMasks | None = None
 
