@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spa.tasks.load import _is_channel_slice
+from spa.tasks.channel_slices import is_channel_slice
 
 
 @pytest.mark.parametrize(
@@ -21,4 +21,4 @@ from spa.tasks.load import _is_channel_slice
     ],
 )
 def test_is_channel_slice(stored, base, accepted):
-    assert _is_channel_slice(stored, base) is accepted
+    assert is_channel_slice(stored, base) is accepted
