@@ -17,7 +17,7 @@ import torch
 import torch_pruning
 
 import spa
-from spa.export_inference import optimize_for_inference
+from spa.deploy import optimize_for_inference
 from spa.flops import count_flops, density
 from spa.models import resnet50
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, score

@@ -20,7 +20,7 @@ import transformers
 from _timing import interleaved_ratios
 
 import spa
-from spa.export_inference import optimize_for_inference
+from spa.deploy import optimize_for_inference
 from spa.flops import count_macs
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, score
 

@@ -19,7 +19,7 @@ import torch_pruning
 from _timing import interleaved_ratios, report_goal
 
 import spa
-from spa.export_inference import optimize_for_inference
+from spa.deploy import optimize_for_inference
 from spa.flops import count_macs
 from spa.models import resnet50
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, score

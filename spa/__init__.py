@@ -1,8 +1,9 @@
 """spa: Structured Pruning Adapters.
 
 Turn one frozen pretrained network into many pruned task models, each stored as a tiny set of
-task parameters: `adapt` a model, prune and train it, `fuse` it into an ordinary PyTorch model,
-and count what a task learned with `count_learned_parameters`.
+task parameters: `adapt` a model, prune and train it, deploy it (`spa.deploy`: `fuse` into an
+ordinary PyTorch model, `compact` / `compact_blocks`, `optimize_for_inference`), and count what a
+task learned with `count_learned_parameters`.
 """
 
 from spa._version import __version__
@@ -20,9 +21,8 @@ from spa.adapters import (
     adapt,
     adapter_layers,
 )
-from spa.export import fuse
+from spa.deploy import compact, compact_blocks, fuse, optimize_for_inference
 from spa.flops import count_flops, count_macs, density
-from spa.pruning import compact
 from spa.tasks import (
     TaskHost,
     TaskReport,
@@ -49,6 +49,7 @@ __all__ = [
     "adapt",
     "adapter_layers",
     "compact",
+    "compact_blocks",
     "count_flops",
     "count_learned_parameters",
     "count_macs",
@@ -56,6 +57,7 @@ __all__ = [
     "fuse",
     "learned_parameters",
     "load_task",
+    "optimize_for_inference",
     "read_bundle",
     "save_pretrained",
     "save_task",

@@ -1,8 +1,8 @@
 """Tiny `transformers` models of every described family (random init, no download).
 
 Each case wraps a `transformers` model in `Net`, whose forward takes a float batch (embeddings
-for text models, pixels for ViT) and returns `(N, classes)` logits (the last position's logits
-for causal LMs), so every channel criterion, LRP included, runs on it unchanged.
+for text models, pixels for ViT and Swin) and returns `(N, classes)` logits (the last position's
+logits for causal LMs), so every channel criterion, LRP included, runs on it unchanged.
 """
 
 from __future__ import annotations
@@ -94,23 +94,61 @@ def llama() -> nn.Module:
     return Net(transformers.LlamaForCausalLM(config), "decoder")
 
 
+def swin() -> nn.Module:
+    """Swin: 2 stages of 2 blocks (16 wide with 2 heads, then 32 wide with 4 heads; head_dim 8,
+    FFN 64 then 128), 2x2 windows (shifted in every second block), patch merging between."""
+    config = transformers.SwinConfig(
+        image_size=32,
+        patch_size=4,
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=2,
+        num_labels=3,
+    )
+    model = transformers.SwinForImageClassification(config)
+    with torch.no_grad():  # transformers starts the per-head tables at zero: make each head's own
+        for name, parameter in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                parameter.normal_()
+    return Net(model, "image")
+
+
 @dataclass(frozen=True)
 class Case:
-    """A family's tiny model and a batch for it."""
+    """A family's tiny model and a batch for it.
+
+    Args:
+        family: the family name (`spa.families.FAMILIES`).
+        build: makes the wrapped model.
+        decoder: a causal LM (generates).
+        input_shape: one example's shape (embeddings, or pixels for image models).
+        stages: (blocks, heads, width, FFN neurons) per run of identical blocks.
+    """
 
     family: str
     build: Callable[[], nn.Module]
     decoder: bool
+    input_shape: tuple[int, ...] = (5, HIDDEN)
+    stages: tuple[tuple[int, int, int, int], ...] = ((LAYERS, HEADS, HIDDEN, FFN),)
+
+    @property
+    def blocks(self) -> int:
+        """The number of transformer blocks."""
+        return sum(stage[0] for stage in self.stages)
+
+    def block_counts(self) -> list[tuple[int, int, int]]:
+        """(heads, width, FFN neurons) of every block, in module order."""
+        return [(h, w, f) for n, h, w, f in self.stages for _ in range(n)]
 
     def inputs(self, batch: int = 2) -> torch.Tensor:
-        if self.family == "vit":
-            return torch.randn(batch, 3, 8, 8)
-        return torch.randn(batch, 5, HIDDEN)
+        return torch.randn(batch, *self.input_shape)
 
 
 CASES = [
     Case("bert", bert, False),
-    Case("vit", vit, False),
+    Case("vit", vit, False, input_shape=(3, 8, 8)),
     Case("gpt2", gpt2, True),
     Case("llama", llama, True),
+    Case("swin", swin, False, input_shape=(3, 32, 32), stages=((2, 2, 16, 64), (2, 4, 32, 128))),
 ]

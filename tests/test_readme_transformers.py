@@ -18,10 +18,11 @@ def _snippets() -> list[str]:
 
 def test_readme_transformers_section_has_an_encoder_a_decoder_and_an_export_example():
     snippets = _snippets()
-    assert len(snippets) == 3
+    assert len(snippets) == 4  # the fourth, the Trainer example, runs in test_readme_examples
     assert "BertForSequenceClassification" in snippets[0]
     assert "LlamaForCausalLM" in snippets[1] and "generate" in snippets[1]
     assert "save_pretrained" in snippets[2] and "from_pretrained" in snippets[2]
+    assert "SpaPruningCallback" in snippets[3] and "Trainer(" in snippets[3]
 
 
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["encoder", "decoder", "save_pretrained"])

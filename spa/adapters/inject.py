@@ -143,7 +143,10 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
         if matches(name, config.exclude_modules):
             continue
         if in_head(name, head):
-            report.skipped[name] = "task head (trained fully, not adapted)"
+            trained = "head" in config.trainable or "all" in config.trainable
+            report.skipped[name] = (
+                f"task head ({'trained fully' if trained else 'frozen'}, not adapted)"
+            )
             continue
         if transposed and issubclass(nn.Linear, kind.layer_types):
             report.linearised.append(name)

@@ -17,9 +17,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """
     demo = subparsers.add_parser(
         "demo",
-        help="transfer-prune a small ResNet to digit tasks on the CPU (no downloads)",
-        description="Train a small ResNet on scikit-learn's digits, transfer-prune it to target "
-        "tasks with fine-pruning and SPLoRA, and write a table, plots and task bundles.",
+        help="transfer-prune a small ResNet to digit tasks, or a tiny LM, on the CPU (no "
+        "downloads)",
+        description="digits (default): train a small ResNet on scikit-learn's digits, "
+        "transfer-prune it to target tasks with fine-pruning and SPLoRA, and write a table, "
+        "plots and task bundles. lm: train a tiny Llama-style language model on the Python "
+        "documentation that ships with CPython (byte tokens), prune its attention heads and "
+        "FFN neurons with SPLoRA and fine-pruning, and print the perplexity per density.",
+    )
+    demo.add_argument(
+        "kind",
+        nargs="?",
+        choices=("digits", "lm"),
+        default="digits",
+        help="which demo: digits (image classification, default) or lm (language model)",
     )
     demo.add_argument(
         "--quick",
@@ -27,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="short smoke run of the whole pipeline (about 30 s of CPU time)",
     )
     demo.add_argument(
-        "--output", type=Path, default=Path("spa-demo-output"), help="output directory"
+        "--output",
+        type=Path,
+        default=None,
+        help="output directory (default: spa-demo-output, or spa-demo-lm-output for lm)",
     )
     demo.set_defaults(func=_demo)
 
@@ -67,10 +81,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from spa.experiments.demo import run_demo
+    if args.kind == "lm":
+        from spa.experiments.demo_lm import run_lm_demo as run_demo
 
+        output = args.output or Path("spa-demo-lm-output")
+    else:
+        from spa.experiments.demo import run_demo
+
+        output = args.output or Path("spa-demo-output")
     try:
-        result = run_demo(args.output, quick=args.quick)
+        result = run_demo(output, quick=args.quick)
     except KeyboardInterrupt:
         print(_RESUME_HINT, file=sys.stderr)
         return 130

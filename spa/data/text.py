@@ -58,12 +58,17 @@ class _HFTokenizer:
         return self.tokenizer.decode(list(ids))
 
 
-def load_tokenizer(path: str | os.PathLike | None, byte_fallback: bool = False) -> Tokenizer:
+def load_tokenizer(
+    path: str | os.PathLike | None,
+    byte_fallback: bool = False,
+    key: str = "data.options.tokenizer",
+) -> Tokenizer:
     """The tokenizer in a local directory, or the byte-level fallback.
 
     Args:
         path: a directory with `transformers` tokenizer files, or None.
         byte_fallback: use `ByteTokenizer` when `path` is None.
+        key: the config key named in errors.
 
     Returns:
         A tokenizer.
@@ -76,23 +81,30 @@ def load_tokenizer(path: str | os.PathLike | None, byte_fallback: bool = False) 
         if byte_fallback:
             return ByteTokenizer()
         raise ConfigError(
-            "data.tokenizer: no tokenizer given; set it to a local tokenizer directory or set "
-            "data.byte_tokenizer = true for the byte-level fallback"
+            f"config key {key!r}: no tokenizer given; set it to a local tokenizer directory or "
+            "set data.options.byte_fallback = true for the byte-level fallback"
         )
     directory = Path(path)
     if not directory.is_dir():
-        raise ConfigError(f"data.tokenizer: {directory} is not a directory")
+        raise ConfigError(f"config key {key!r}: {directory} is not a directory")
+    from spa.models.loading import VOCABULARY_FILES
+
+    if not any((directory / name).is_file() for name in VOCABULARY_FILES):
+        raise ConfigError(
+            f"config key {key!r}: {directory} holds no tokenizer (none of "
+            f"{', '.join(VOCABULARY_FILES)})"
+        )
     from transformers import AutoTokenizer
 
     try:
         return _HFTokenizer(AutoTokenizer.from_pretrained(directory, local_files_only=True))
     except (OSError, ValueError, TypeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        message = f"data.tokenizer: cannot load a tokenizer from {directory}: {first}"
+        message = f"config key {key!r}: cannot load a tokenizer from {directory}: {first}"
         raise ConfigError(message) from None
 
 
-def read_text(path: str | os.PathLike, key: str = "data.train_file") -> str:
+def read_text(path: str | os.PathLike, key: str = "data.options.train_file") -> str:
     """The UTF-8 text of a file, refusing missing, unreadable or empty files.
 
     Args:
@@ -106,13 +118,14 @@ def read_text(path: str | os.PathLike, key: str = "data.train_file") -> str:
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{key}: file {file} does not exist") from None
+        raise ConfigError(f"config key {key!r}: file {file} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"{key}: {file} is a directory, not a text file") from None
+        raise ConfigError(f"config key {key!r}: {file} is a directory, not a text file") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{key}: cannot read {file} as UTF-8 text ({error})") from None
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise ConfigError(f"config key {key!r}: cannot read {file} ({reason})") from None
     if not text.strip():
-        raise ConfigError(f"{key}: file {file} is empty")
+        raise ConfigError(f"config key {key!r}: file {file} is empty (no text to train on)")
     return text
 
 
@@ -132,7 +145,8 @@ def split_text(text: str, validation_fraction: float) -> tuple[str, str]:
     """
     if not 0 < validation_fraction < 1:
         raise ConfigError(
-            f"data.validation_fraction must be in (0, 1), got {validation_fraction!r}"
+            "config key 'data.options.validation_fraction': must be in (0, 1), got "
+            f"{validation_fraction!r}"
         )
     cut = int(len(text) * (1 - validation_fraction))
     newline = text.rfind("\n", 0, cut)
@@ -150,21 +164,30 @@ class TokenBlocks(Dataset):
         ids: the token ids of the corpus.
         sequence_length: tokens per block (>= 2).
         max_blocks: keep at most this many blocks (None = all).
+        source: what the text is (e.g. the file), named in errors.
 
     Raises:
         ConfigError: if the text is shorter than one block.
     """
 
-    def __init__(self, ids: list[int], sequence_length: int, max_blocks: int | None = None) -> None:
+    def __init__(
+        self,
+        ids: list[int],
+        sequence_length: int,
+        max_blocks: int | None = None,
+        source: str = "the text",
+    ) -> None:
         if sequence_length < 2:
-            raise ConfigError(f"data.sequence_length must be >= 2, got {sequence_length}")
+            raise ConfigError(
+                f"config key 'data.options.sequence_length': must be >= 2, got {sequence_length}"
+            )
         count = len(ids) // sequence_length
         if max_blocks is not None:
             count = min(count, max_blocks)
         if count == 0:
             raise ConfigError(
-                f"data: the text has {len(ids)} tokens, fewer than one block of "
-                f"sequence_length={sequence_length}"
+                f"config key 'data.options.sequence_length': {source} has {len(ids)} tokens, "
+                f"fewer than one block of sequence_length={sequence_length}"
             )
         self.blocks = torch.tensor(ids[: count * sequence_length]).view(count, sequence_length)
 

@@ -1,7 +1,8 @@
 """Experiments: configs, the training loop, the resumable runner, reports and the demo.
 
 `load_config(path, overrides)` → `ExperimentConfig` → `run(config, run_dir)` → `RunResult`;
-`write_report(run_dirs, output_dir)` rebuilds tables and plots; `run_demo` is `spa demo`.
+`write_report(run_dirs, output_dir)` rebuilds tables and plots; `run_demo` is `spa demo`,
+`demo_lm.run_lm_demo` is `spa demo lm`.
 """
 
 from spa.experiments.config import (

@@ -104,3 +104,13 @@ def build_dataclass(cls: type, data: Mapping[str, Any], allowed_extra: Sequence[
     """
     extra = {key for key in data if key in allowed_extra}
     return _build(cls, {k: v for k, v in data.items() if k not in extra}, "")
+
+
+def build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass `cls` from the table at dotted key `prefix` (e.g. a task type's
+    `data.options`), with the checks of `build_dataclass` and keys named under `prefix`.
+
+    Raises:
+        ConfigError: for an unknown key or a value of the wrong type (naming `prefix.key`).
+    """
+    return _build(cls, data, prefix)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from spa.errors import ConfigError
-from spa.experiments._typecheck import build_dataclass, config_key_error
+from spa.experiments._typecheck import build_dataclass
+from spa.experiments._typecheck import config_key_error as _fail
 from spa.experiments.toml_writer import dumps_toml
 
 Method = Literal["fine-pruning", "lora", "splora", "splopa"]
@@ -36,9 +37,6 @@ def block_criteria() -> tuple[str, ...]:
     from spa.pruning.block_criteria import BLOCK_CRITERIA
 
     return tuple(BLOCK_CRITERIA.names())
-
-
-_fail = config_key_error
 
 
 def _check_range(path: str, value: float, low: float, high: float, *, low_open: bool) -> None:
@@ -156,6 +154,9 @@ class PruningConfig:
         scoring_batches: batches used to compute data-driven scores.
         min_channels: never prune a layer below this many channels.
         round_to: keep channel counts multiples of this (e.g. 8); omitted for no rounding.
+        units: transformer units to prune, "heads" and/or "ffn" (`spa.families`); default both.
+        target: what the densities measure: "params" (prunable weights kept, the paper's) or
+            "flops" (fraction of the whole model's MACs kept, on the example batch).
     """
 
     criterion: str = "taylor"
@@ -167,6 +168,8 @@ class PruningConfig:
     scoring_batches: int = 8
     min_channels: int = 1
     round_to: int | None = None
+    units: tuple[Literal["heads", "ffn"], ...] | None = None
+    target: Literal["params", "flops"] = "params"
 
     def __post_init__(self) -> None:
         known = channel_criteria() + block_criteria()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from spa.accounting import count_learned_parameters
-from spa.export import fuse
+from spa.deploy import fuse
 from spa.flops import count_flops, density
 from spa.pruning import compact
 from spa.tasks import save_task

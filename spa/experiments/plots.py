@@ -1,6 +1,7 @@
 """The report's plots (paper's Fig. 6): score vs dParams, score vs FLOPs, dParams vs density.
 
-The score is each task's metric (accuracy, F1, ...; the files keep the `accuracy_vs_*` names).
+The score is each task's metric (accuracy, F1, perplexity, ...; the files keep the
+`accuracy_vs_*` names), in percent for fractions and as it is for perplexity.
 Written for a reader: every plot has a title, a legend outside the data, one colour per series
 and one marker and line style per learning method, readable tick labels on log axes, a dotted
 chance line per classification task (from the `num_classes` the runner records), and, where
@@ -21,6 +22,8 @@ from spa.experiments.files import atomic_write_bytes
 if TYPE_CHECKING:
     from spa.experiments.report import AggregateRow
 
+# Metrics recorded in their own unit (not as a fraction), shown unscaled; lower is better.
+_UNSCALED_METRICS = ("perplexity",)
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _LINESTYLES = ("-", "--", "-.", ":")
 
@@ -75,6 +78,12 @@ _PLOTS = (
         coinciding=True,
     ),
 )
+
+
+def metric_scale(metric_name: str) -> float:
+    """Display scale of a metric: 100 for fractions (accuracy, F1) shown in percent, 1 for
+    metrics in their own unit (perplexity)."""
+    return 1.0 if metric_name in _UNSCALED_METRICS else 100.0
 
 
 def series(rows: Sequence[AggregateRow]) -> dict[tuple[str, str, str, str], list[AggregateRow]]:
@@ -147,11 +156,12 @@ def _draw(axes, plot: _Plot, rows: Sequence[AggregateRow]) -> None:
         if not members:
             continue
         style = methods.index(key[2])
+        y_scales = [_y_scale(plot, m) for m in members]
         axes.errorbar(
             [m.mean[plot.x_key] * plot.x_scale for m in members],
-            [m.mean[plot.y_key] * plot.y_scale for m in members],
+            [m.mean[plot.y_key] * scale for m, scale in zip(members, y_scales, strict=True)],
             xerr=[m.std[plot.x_key] * plot.x_scale for m in members],
-            yerr=[m.std[plot.y_key] * plot.y_scale for m in members],
+            yerr=[m.std[plot.y_key] * scale for m, scale in zip(members, y_scales, strict=True)],
             color=f"C{index % 10}",
             marker=_MARKERS[style % len(_MARKERS)],
             linestyle=_LINESTYLES[style % len(_LINESTYLES)],
@@ -180,6 +190,20 @@ def _draw(axes, plot: _Plot, rows: Sequence[AggregateRow]) -> None:
     if plot.log_y:
         axes.set_yscale("log")
         _log_axis(axes.yaxis)
+
+
+def _y_scale(plot: _Plot, row: AggregateRow) -> float:
+    """The plot's y scale; a metric's own (percent for fractions, 1 for perplexity)."""
+    return metric_scale(row.metric_name) if plot.y_key == "metric" else plot.y_scale
+
+
+def _y_label(plot: _Plot, rows: Sequence[AggregateRow]) -> str:
+    label = plot.y_label.format(metric=_metric_label(rows))
+    if plot.y_key == "metric" and any(_y_scale(plot, row) != 100.0 for row in rows):
+        label = label.replace(" (%)", "")
+        if {row.metric_name for row in rows} == {"perplexity"}:
+            label += " (lower is better)"
+    return label
 
 
 def _metric_label(rows: Sequence[AggregateRow]) -> str:
@@ -221,7 +245,7 @@ def make_figure(filename: str, rows: Sequence[AggregateRow]):
     _draw(axes, plot, rows)
     axes.set_title(plot.title.format(metric=_metric_label(rows).capitalize()), fontsize=12)
     axes.set_xlabel(plot.x_label, fontsize=10)
-    axes.set_ylabel(plot.y_label.format(metric=_metric_label(rows)), fontsize=10)
+    axes.set_ylabel(_y_label(plot, rows), fontsize=10)
     axes.grid(True, which="major", alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)

@@ -13,6 +13,7 @@ from spa.pruning import (
     ChannelPruningConfig,
     apply_masks,
     channel_groups,
+    flops_profile,
     prune_step,
 )
 
@@ -31,13 +32,19 @@ class ChannelPruner:
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, config: PruningConfig):
-        self.groups = channel_groups(model, example_inputs)
+        self.groups = channel_groups(model, example_inputs, units=config.units)
         self.config = ChannelPruningConfig(
             criterion=config.criterion,
             ranking=config.ranking,
             min_channels=config.min_channels,
             round_to=config.round_to,
             num_batches=config.scoring_batches,
+            units=config.units,
+            target=config.target,
+        )
+        # A compute budget weights each layer by the positions it runs at (measured once).
+        self.macs = (
+            flops_profile(model, self.groups, example_inputs) if config.target == "flops" else None
         )
         self._masks: ChannelMasks | None = None
 
@@ -57,7 +64,7 @@ class ChannelPruner:
             The masks applied.
         """
         self._masks = prune_step(
-            model, self.groups, density, self.config, data=data, reduce_fn=reduce_fn
+            model, self.groups, density, self.config, data=data, reduce_fn=reduce_fn, macs=self.macs
         )
         return self._masks
 

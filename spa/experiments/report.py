@@ -3,8 +3,9 @@
 Every run directory holds `seed-*/metrics.jsonl`; its `"event": "density"` records (one per
 density step, written by the runner) are all a report needs. Tables always put density, dParams
 and FLOPs side by side and label FLOPs and MACs explicitly (1 MAC = 2 FLOPs). The score column is
-the task type's metric (`metric`, named by `metric_name`: accuracy, F1, ...; runs recorded
-before metric names read `accuracy`). Latency is the median of timed runs with the interquartile
+the task type's metric (`metric`, named by `metric_name`: accuracy, F1, perplexity, ...; runs
+recorded before metric names read `accuracy`): fractions (accuracy, F1) are shown in percent,
+perplexity as it is (`metric_scale`). Latency is the median of timed runs with the interquartile
 range, never a mean ± std (one disturbed run would dominate it).
 
 Comparing runs never mixes experiments: rows are grouped by the run's resolved config (its
@@ -29,7 +30,7 @@ from typing import Any
 
 from spa.errors import ConfigError
 from spa.experiments.files import atomic_write_text, read_jsonl
-from spa.experiments.plots import write_plots
+from spa.experiments.plots import metric_scale, write_plots
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +40,20 @@ _COLUMNS = (
     ("dparams", "dParams (K)", 1e-3, 1),
     ("flops", "MFLOPs", 1e-6, 2),
     ("macs", "MMACs", 1e-6, 2),
-    ("metric", "Score (%)", 100.0, 2),
+    ("metric", "Score (%)", 100.0, 2),  # the scale and header depend on the metric
     ("bundle_bytes", "Bundle (KiB)", 1 / 1024, 1),
 )
 _LATENCY_HEADER = "CPU latency (ms), median (IQR)"
 _GROUP_KEYS = ("_config", "task", "method", "criterion", "step")
 # Keys of a resolved config.toml that do not make two runs different experiments.
 _NOT_EXPERIMENT_KEYS = ("spa_version", "output_dir", "seeds")
+
+
+def _score_header(rows: Sequence[AggregateRow]) -> str:
+    """The score column's header: in percent unless a row's metric has its own unit."""
+    if all(metric_scale(row.metric_name) == 100.0 for row in rows):
+        return "Score (%)"
+    return "Score"
 
 
 @dataclass(frozen=True)
@@ -227,12 +235,16 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[AggregateRow]:
     return rows
 
 
-def _cell(row: AggregateRow, column: str, scale: float, decimals: int) -> str:
+def _cell(row: AggregateRow, column: str, scale: float, decimals: int, percent: bool) -> str:
     if column not in row.mean:
         return "-"
+    if column == "metric":
+        scale = metric_scale(row.metric_name)
     text = f"{row.mean[column] * scale:,.{decimals}f}"
     if len(row.seeds) > 1:
         text += f" ± {row.std[column] * scale:,.{decimals}f}"
+    if column == "metric" and scale == 100.0 and not percent:
+        text += " %"  # percentages next to unscaled metrics in one column
     return text
 
 
@@ -250,19 +262,24 @@ def _seeds_text(row: AggregateRow) -> str:
 
 def markdown_table(rows: Sequence[AggregateRow]) -> str:
     """The rows as a Markdown table shaped like the paper's Table 1 (mean ± std over seeds)."""
-    headers = ["Run", "Task", "Method", "Criterion"] + [c[1] for c in _COLUMNS]
+    score = _score_header(rows)
+    headers = ["Run", "Task", "Method", "Criterion"]
+    headers += [score if c == "metric" else header for c, header, *_ in _COLUMNS]
     headers += [_LATENCY_HEADER, "Metric", "n", "Seeds"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    percent = score == "Score (%)"
     for row in rows:
         cells = [row.run, row.task, row.method, row.criterion]
-        cells += [_cell(row, c, s, d) for c, _, s, d in _COLUMNS]
+        cells += [_cell(row, c, s, d, percent) for c, _, s, d in _COLUMNS]
         cells += [_latency_cell(row), row.metric_name, str(len(row.seeds)), _seeds_text(row)]
         lines.append("| " + " | ".join(cells) + " |")
     note = (
         "\nRun: the run directory each row comes from (runs of one config are aggregated). "
         "Density: fraction of prunable weights kept. dParams: learned parameters of the task. "
-        "FLOPs and MACs per example of the compacted model (1 MAC = 2 FLOPs). "
-        "Score: the task's metric (named in the Metric column). "
+        "FLOPs and MACs per example (an image, or a sequence of a language model) of the "
+        "compacted model (1 MAC = 2 FLOPs). "
+        "Score: the task's metric (named in the Metric column; accuracy and F1 in percent, "
+        "perplexity as it is, lower is better). "
         "Values are mean ± sample std over the n seeds listed under Seeds (their ids). CPU "
         "latency of the compacted model: median over timed runs and seeds (lowest first – "
         "highest third quartile)."

@@ -1,7 +1,7 @@
 """`run(config, run_dir)`: the one place that sequences an experiment's stages; resumable.
 
 The task type (`spa.experiments.task_types`, picked by `data.name`: classification, extractive
-QA, ...) provides the data, loss, metric and deployable model; the runner sequences the same
+QA, causal LM) provides the data, loss, metric and deployable model; the runner sequences the same
 stages for every task type. Per seed: build data, base and adapted model → for every step of the
 pruning schedule (`plan_steps`: an unpruned step then one per density, or one gradual step):
 prune, train its epochs → evaluate, measure the deployable (compacted) model, save a task bundle,
@@ -26,8 +26,9 @@ Distributed (`torchrun ... -m spa run CONFIG`, docs/distributed.md): every rank 
 its shard under DDP with all-reduced criterion statistics (identical masks, checked by
 fingerprint); only rank 0 writes files; on resume every rank loads rank 0's checkpoint.
 
-Records: every density record has `metric` (the task type's headline metric as a fraction) and
-`metric_name` ("accuracy", "f1", ...); classification records also keep `accuracy`.
+Records: every density record has `metric` (the task type's headline metric: a fraction, or a
+perplexity) and `metric_name` ("accuracy", "f1", "perplexity", ...); classification records also
+keep `accuracy`, causal-LM records `perplexity`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ a model by its `transformers` config (`config.model_type`).
 
 from __future__ import annotations
 
-from spa.families import bert, gpt2, llama, vit  # noqa: E402,F401  (registrations)
+from spa.families import bert, gpt2, llama, swin, vit  # noqa: E402,F401  (registrations)
 from spa.families.description import (
     FAMILIES,
     AttentionDescription,
@@ -20,6 +20,7 @@ from spa.families.description import (
     block_layouts,
     config_of,
     describe,
+    per_head_axes,
 )
 from spa.families.pretrained import config_values
 from spa.families.sync import head_counts, sync_attributes
@@ -35,5 +36,6 @@ __all__ = [
     "config_values",
     "describe",
     "head_counts",
+    "per_head_axes",
     "sync_attributes",
 ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+import torch
 from torch import nn
 
 from spa._registry import Registry
@@ -38,6 +39,9 @@ class AttentionDescription:
         qkv: one fused projection whose rows are `[query | key | value]` (GPT-2's `c_attn`).
         output: output projection (columns: heads x head_dim).
         attributes: attributes of `module` to update when heads are removed.
+        per_head: other tensors with one slice per query head (path of a parameter or buffer
+            -> its head axis), sliced with their heads, e.g. Swin's relative position bias
+            table `{"attention.relative_position_bias.relative_position_bias_table": 1}`.
     """
 
     module: str
@@ -48,6 +52,7 @@ class AttentionDescription:
     value: str | None = None
     qkv: str | None = None
     attributes: Mapping[str, Quantity] = field(default_factory=dict)
+    per_head: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         separate = (self.query, self.key, self.value)
@@ -56,7 +61,14 @@ class AttentionDescription:
                 "AttentionDescription: give either query, key and value or one fused qkv, got "
                 f"query={self.query!r}, key={self.key!r}, value={self.value!r}, qkv={self.qkv!r}"
             )
+        for path, axis in self.per_head.items():
+            if not isinstance(axis, int) or isinstance(axis, bool) or axis < 0:
+                raise ConfigError(
+                    f"AttentionDescription: per_head[{path!r}] must be a non-negative axis, "
+                    f"got {axis!r}"
+                )
         object.__setattr__(self, "attributes", _frozen(self.attributes))
+        object.__setattr__(self, "per_head", MappingProxyType(dict(self.per_head)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +137,7 @@ class BlockLayout:
         ffn_inputs: its row-side projections (up, gate).
         ffn_output: its column-side projection (down).
         ffn_activation: its activation module, if described.
+        per_head: per-head tensors (full dotted path of a parameter or buffer, head axis).
     """
 
     path: str
@@ -139,6 +152,7 @@ class BlockLayout:
     ffn_inputs: tuple[str, ...]
     ffn_output: str
     ffn_activation: str | None = None
+    per_head: tuple[tuple[str, int], ...] = ()
 
 
 def config_of(model: nn.Module):
@@ -223,5 +237,47 @@ def block_layouts(model: nn.Module, family: Family) -> list[BlockLayout]:
                 f"model family {family.name!r}: {paths['attention']}.{attention.head_dim} "
                 f"should hold the head dimension (a positive int), got {head_dim!r}"
             )
-        layouts.append(BlockLayout(path=block, head_dim=head_dim, ffn_inputs=inputs, **paths))
+        per_head = tuple(
+            (_per_head_tensor(model, family, block, relative, axis), axis)
+            for relative, axis in attention.per_head.items()
+        )
+        layouts.append(
+            BlockLayout(
+                path=block, head_dim=head_dim, ffn_inputs=inputs, per_head=per_head, **paths
+            )
+        )
     return layouts
+
+
+def tensor_at(model: nn.Module, path: str) -> torch.Tensor | None:
+    """The parameter or buffer at the dotted `path` of `model`, or None if there is none."""
+    owner_path, _, name = path.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_path)
+    except AttributeError:
+        return None
+    return owner._parameters.get(name, owner._buffers.get(name))
+
+
+def _per_head_tensor(model: nn.Module, family: Family, block: str, relative: str, axis: int) -> str:
+    """The full path of a described per-head tensor, checked to exist and to have `axis`."""
+    path = _join(block, relative)
+    tensor = tensor_at(model, path)
+    if tensor is None or axis >= tensor.dim():
+        found = "missing" if tensor is None else f"of shape {tuple(tensor.shape)}"
+        raise ConfigError(
+            f"model family {family.name!r}: block {block!r} has no tensor {path!r} with a head "
+            f"axis {axis} (it is {found}); the model does not match its family description"
+        )
+    return path
+
+
+def per_head_axes(model: nn.Module) -> dict[str, int]:
+    """Every described per-head tensor of `model` (full dotted path -> head axis).
+
+    Empty for a model of no described family or a family without per-head tensors.
+    """
+    family = describe(model)
+    if family is None or not family.attention.per_head:
+        return {}
+    return {path: axis for layout in block_layouts(model, family) for path, axis in layout.per_head}

@@ -48,9 +48,20 @@ def config_values(model: nn.Module, family: Family, config: Any) -> dict[str, in
             removed in a family whose config derives the head dimension (the message names
             the layers, the config attribute and the option to prune with instead).
     """
+    config_class = type(config).__name__
+    per_stage = [
+        getattr(family, field)
+        for _, field, _ in _QUANTITIES
+        if isinstance(getattr(config, getattr(family, field) or "", None), list | tuple)
+    ]
+    if per_stage:
+        raise ConfigError(
+            f"transformers' {config_class} holds {per_stage[0]} as a list per stage, which "
+            f"spa.save_pretrained does not write yet: export a {family.name} model with "
+            "`spa export --format safetensors` (spa's own format) instead"
+        )
     layouts = block_layouts(model, family)
     counts = [head_counts(model, layout) for layout in layouts]
-    config_class = type(config).__name__
     values: dict[str, int] = {}
     for quantity, field, words in _QUANTITIES:
         key = getattr(family, field)

@@ -1,4 +1,5 @@
-"""Model registry and the networks spa ships: torchvision-compatible ResNets and tiny test nets.
+"""Model registry and the networks spa ships: torchvision-compatible ResNets, tiny test nets and
+a tiny Llama-style language model.
 
 Example:
     >>> from spa.models import create_model
@@ -30,6 +31,7 @@ from spa.models.resnet import (
     resnet50,
 )
 from spa.models.tiny import MLP, TinyConvNet, mlp, tiny_convnet
+from spa.models.tiny_lm import tiny_llama
 
 __all__ = [
     "MODELS",
@@ -49,6 +51,7 @@ __all__ = [
     "resnet34",
     "resnet50",
     "tiny_convnet",
+    "tiny_llama",
 ]
 
 MODELS: Registry = Registry("model")
@@ -57,6 +60,7 @@ MODELS.register("resnet34")(resnet34)
 MODELS.register("resnet50")(resnet50)
 MODELS.register("tiny_convnet")(tiny_convnet)
 MODELS.register("mlp")(mlp)
+MODELS.register("tiny_llama")(tiny_llama)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

@@ -121,8 +121,9 @@ def load_torchvision_weights(
 
     The file is a `.pth`/`.pt` (read with `torch.load(weights_only=True)`) or a `.safetensors`
     state dict. Keys must match the model's exactly; only BatchNorm `num_batches_tracked`
-    buffers (absent from torchvision's release files) may be missing. On any error the model is
-    left untouched.
+    buffers (absent from torchvision's release files) and all but one name of a tied tensor
+    (an LM head sharing the embedding, stored once in safetensors files) may be missing. On any
+    error the model is left untouched.
 
     Args:
         model: the model to fill, e.g. `resnet50()`.
@@ -143,10 +144,11 @@ def load_torchvision_weights(
     model_state = model.state_dict()
     head_prefix = f"{head_name}."
     skipped: dict[str, str] = {}
+    tied = _tied_keys(model)
     for key, target in model_state.items():
         if key not in file_state:
-            if key.endswith("num_batches_tracked"):
-                continue
+            if key.endswith("num_batches_tracked") or tied.get(key, set()) & set(file_state):
+                continue  # absent from torchvision files / saved once for all tied names
             raise ConfigError(f"{path}: key {key!r} is missing from the file")
         source_shape = tuple(file_state[key].shape)
         if source_shape != tuple(target.shape):
@@ -169,6 +171,15 @@ def load_torchvision_weights(
     loaded = {key: value for key, value in file_state.items() if key not in skipped}
     model.load_state_dict(loaded, strict=False)
     return WeightLoadReport(loaded=tuple(loaded), skipped=skipped)
+
+
+def _tied_keys(model: nn.Module) -> dict[str, set[str]]:
+    """For each state-dict key, the other keys naming the same tensor (tied weights, e.g. an LM
+    head sharing the input embedding; safetensors files store such a tensor once)."""
+    names: dict[int, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(tensor), []).append(key)
+    return {key: set(group) - {key} for group in names.values() for key in group}
 
 
 def read_transformers_config(path: str | Path) -> dict[str, Any]:

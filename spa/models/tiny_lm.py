@@ -2,11 +2,15 @@
 
 Built from `transformers`' own `LlamaConfig` with random weights, so the language-model demo
 and tests need no download; it has the structure of Llama, Qwen2 and Mistral checkpoints.
+Registered in `spa.models.MODELS` as "tiny_llama" (the builder's arguments are `model.options`).
 """
 
 from __future__ import annotations
 
-from transformers import LlamaConfig, LlamaForCausalLM
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 
 def tiny_llama(
@@ -31,6 +35,8 @@ def tiny_llama(
         max_positions: longest sequence.
         tie_word_embeddings: share the input embedding with the LM head.
     """
+    from transformers import LlamaConfig, LlamaForCausalLM  # imported when a model is built
+
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,

@@ -6,7 +6,7 @@ Data flow: `channel_groups(model, example_inputs)` -> `score(model, criterion, g
 density (the paper's default) or, with `macs_profile`, a fraction of the model's MACs/FLOPs.
 """
 
-from spa.pruning.budget import MacsProfile, macs_profile
+from spa.pruning.budget import MacsProfile, flops_profile, macs_profile
 from spa.pruning.channel_group import ChannelGroup, GroupMember, LayerInfo, refresh_groups
 from spa.pruning.compaction import compact
 from spa.pruning.config import ChannelPruningConfig
@@ -42,6 +42,7 @@ __all__ = [
     "iterative_densities",
     "iterative_prune",
     "lrp",
+    "flops_profile",
     "macs_profile",
     "normalise",
     "paper_lr_factor",

@@ -20,7 +20,7 @@ from spa.families import sync_attributes
 from spa.pruning.groups import remove_channels
 from spa.pruning.module_masks import (
     module_mask,
-    parameter_dim,
+    parameter_mask_dim,
     parameter_masks,
     remove_module_masks,
 )
@@ -34,9 +34,9 @@ def _slice_parameter(module: nn.Module, name: str, mask: torch.Tensor) -> None:
     """Keep only the masked-in channels of the bare per-channel parameter/buffer `name`."""
     is_buffer = name in module._buffers
     tensor = module._buffers[name] if is_buffer else module._parameters[name]
-    kept = mask.nonzero().flatten().to(tensor.device)
+    kept = mask.flatten().nonzero().flatten().to(tensor.device)
     with torch.no_grad():
-        sliced = tensor.index_select(parameter_dim(tensor), kept).clone()
+        sliced = tensor.index_select(parameter_mask_dim(mask, tensor), kept).clone()
     if is_buffer:
         module._buffers[name] = sliced
     else:

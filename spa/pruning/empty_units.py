@@ -15,7 +15,8 @@ the zero weights and removes them exactly:
 
 Removal reuses the channel machinery (masks on plain Linear layers, then `compact`, which also
 updates the described count attributes). One head channel and one neuron per block always stay
-(unchanged, so exact), so no projection becomes empty.
+(unchanged, so exact), so no projection becomes empty. `spa.deploy.compact_blocks` is the
+deployment entry point built on it (fused copy plus a parameter / FLOPs report).
 """
 
 from __future__ import annotations

@@ -7,18 +7,20 @@ The cubic schedule keeps `initial_density` for `warmup_steps`, decays to `final_
 
 and then stays at `d_f` (cool-down). Masked weights keep receiving gradient updates (the block
 gates pass gradients straight through), so a pruned block can come back at a later mask update.
+`GradualBlockPruner.finish` warns (`SpaWarning`) when the final density is far from `d_f`.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from spa.adapters.block_fine_pruning import block_prunable_layers
-from spa.errors import ConfigError
+from spa.errors import ConfigError, SpaWarning
 from spa.pruning.block_criteria import BlockCriterion
 from spa.pruning.block_masking import Scope, apply_block_masks, block_density
 
@@ -100,6 +102,8 @@ class GradualPruningConfig:
         update_every: recompute masks every this many steps (`delta t` of the paper).
         scope: "local" (same density per matrix) or "global" ranking.
         initial_density: density during warm-up.
+        density_tolerance: `finish` warns when the final density differs from `final_density`
+            by more than this plus half a block of the smallest block grid (rounding); in (0, 1].
     """
 
     final_density: float
@@ -109,6 +113,7 @@ class GradualPruningConfig:
     update_every: int = 1
     scope: Scope = "local"
     initial_density: float = 1.0
+    density_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         _check_schedule(
@@ -122,6 +127,10 @@ class GradualPruningConfig:
             raise ConfigError(f"update_every must be an integer >= 1, got {self.update_every!r}")
         if self.scope not in ("local", "global"):
             raise ConfigError(f"scope must be 'local' or 'global', got {self.scope!r}")
+        if not 0 < self.density_tolerance <= 1:
+            raise ConfigError(
+                f"density_tolerance must be in (0, 1], got {self.density_tolerance!r}"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -151,9 +160,11 @@ class GradualBlockPruner:
             pruner.step()
         masks = pruner.finish()
 
-    Top-k criteria get exactly the scheduled density at each mask update; thresholded ones
-    (soft movement, L0) set their own density, and their penalty is scaled by the schedule's
-    progress so that sparsity pressure also ramps up cubically.
+    Ranking criteria (every criterion with its default options) get the scheduled density at
+    each mask update, so `finish` reaches `final_density`; thresholded ones (soft movement or
+    L0 given a `threshold`) set their own density. Penalties (soft movement, L0) are scaled by
+    the schedule's progress so that sparsity pressure also ramps up cubically. `finish` warns
+    when the final density is far from the target, naming the option to change.
 
     Args:
         model: a model with block layers (`SPLoPAConfig` adapted, or `wrap_block_fine_pruning`).
@@ -232,5 +243,34 @@ class GradualBlockPruner:
         """
         self._update_masks()
         self.criterion.detach()
-        logger.info("gradual pruning finished: block density %.4f", self.density())
+        reached = self.density()
+        logger.info("gradual pruning finished: block density %.4f", reached)
+        message = self._density_warning(reached)
+        if message is not None:
+            warnings.warn(message, SpaWarning, stacklevel=2)
         return {name: layer.block_mask.clone() for name, layer in self.layers.items()}
+
+    def _density_warning(self, reached: float) -> str | None:
+        """Why the final density misses the target, or None when it is close enough."""
+        config = self.config
+        sizes = [layer.block_mask.numel() for layer in self.layers.values()]
+        grid = min(sizes) if config.scope == "local" else sum(sizes)
+        if abs(reached - config.final_density) <= config.density_tolerance + 0.5 / grid:
+            return None
+        end = config.warmup_steps + config.pruning_steps
+        if self.step_count < end:
+            cause = (
+                f"the schedule stopped at step {self.step_count} of {end}; train for "
+                "warmup_steps + pruning_steps optimizer steps, or lower them"
+            )
+        else:
+            advice = getattr(self.criterion, "density_advice", None)
+            cause = (
+                advice(reached, config.final_density)
+                if advice is not None
+                else f"{type(self.criterion).__name__} sets the density itself; change its options"
+            )
+        return (
+            f"gradual block pruning ended at block density {reached:.3f}, far from the target "
+            f"final_density={config.final_density}: {cause}"
+        )

@@ -20,6 +20,7 @@ from torch import nn
 
 from spa.adapters.protocols import IN_MASK, OUT_MASK, ChannelMasked
 from spa.errors import ConfigError
+from spa.families import per_head_axes
 from spa.pruning.budget import MacsProfile
 from spa.pruning.groups import ChannelGroup
 from spa.pruning.module_masks import parameter_dim, set_module_mask, set_parameter_mask
@@ -309,11 +310,13 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]
     Raises:
         ConfigError: if a module or parameter path is unknown or a mask has the wrong length.
     """
+    axes = None  # the family's per-head tensors, looked up once a bare tensor is masked
     for name, entry in masks.items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            _apply_parameter_mask(model, name, entry)
+            axes = per_head_axes(model) if axes is None else axes
+            _apply_parameter_mask(model, name, entry, axes.get(name))
             continue
         for key, mask in entry.items():
             if isinstance(module, ChannelMasked):
@@ -328,8 +331,11 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]
                 set_module_mask(module, "in" if key == IN_MASK else "out", mask.clone())
 
 
-def _apply_parameter_mask(model: nn.Module, name: str, entry: Mapping[str, torch.Tensor]) -> None:
-    """Record the mask of a bare per-channel parameter or buffer (group member role "param")."""
+def _apply_parameter_mask(
+    model: nn.Module, name: str, entry: Mapping[str, torch.Tensor], dim: int | None
+) -> None:
+    """Record the mask of a bare per-channel parameter or buffer (group member role "param")
+    on its channel axis `dim` (None: `parameter_dim`)."""
     owner_name, _, attr = name.rpartition(".")
     try:
         owner = model.get_submodule(owner_name)
@@ -337,11 +343,12 @@ def _apply_parameter_mask(model: nn.Module, name: str, entry: Mapping[str, torch
     except (AttributeError, KeyError):
         raise ConfigError(f"apply_masks: the model has no module or parameter {name!r}") from None
     mask = entry.get(OUT_MASK)
-    size = parameter.shape[parameter_dim(parameter)]
+    dim = parameter_dim(parameter) if dim is None else dim
+    size = parameter.shape[dim]
     if mask is None or mask.numel() != size:
         got = None if mask is None else mask.numel()
         raise ConfigError(
             f"apply_masks: parameter {name} has {size} channels, the mask has {got}; were the "
             "masks computed for another (compacted) model?"
         )
-    set_parameter_mask(owner, attr, mask.clone())
+    set_parameter_mask(owner, attr, mask.clone(), dim)

@@ -10,8 +10,9 @@ non-persistent boolean buffer and a hook:
   statistics match the compacted layer exactly.
 - `spa_in_mask` (input channels) with a forward pre-hook that zeroes the removed inputs.
 - `spa_parameter_mask__<name>` for a bare per-channel parameter of a module (e.g. ConvNeXt's
-  `layer_scale_parameter`): no hook (the parameter only scales channels that are already zero),
-  but `spa.compact` slices the parameter with it.
+  `layer_scale_parameter`, or a per-head tensor such as Swin's relative position bias table):
+  no hook (it only acts on channels that are already zero), but `spa.compact` slices the
+  tensor with it on the axis the mask's shape marks.
 
 A norm's channel axis depends on its data format: `LayerNorm` normalises the last axis, a
 `LayerNorm` subclass with `data_format="channels_first"` (ConvNeXt) the axis 1, BatchNorm and
@@ -112,18 +113,38 @@ def parameter_dim(parameter: torch.Tensor) -> int:
     return dims[-1] if dims else parameter.dim() - 1
 
 
-def set_parameter_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
-    """Record which channels of the bare parameter `module.<name>` are kept (no hook).
+def set_parameter_mask(
+    module: nn.Module, name: str, mask: torch.Tensor, dim: int | None = None
+) -> None:
+    """Record which channels of the bare tensor `module.<name>` are kept (no hook).
+
+    The mask is stored shaped to broadcast against the tensor (its length on the channel
+    axis, 1 elsewhere), so it carries its axis to `spa.compact` (see `parameter_mask_dim`).
 
     Args:
-        module: the module that owns the parameter.
+        module: the module that owns the parameter or buffer.
         name: the parameter's attribute name.
-        mask: boolean over the parameter's channel axis (`parameter_dim`), True = kept.
+        mask: boolean over the channel axis, True = kept.
+        dim: the channel axis; None takes `parameter_dim` (a per-channel vector's one axis).
     """
-    device = getattr(module, name).device
+    tensor = getattr(module, name)
+    dim = parameter_dim(tensor) if dim is None else dim
+    shape = [1] * tensor.dim()
+    shape[dim] = mask.numel()
     module.register_buffer(
-        PARAMETER_MASK + name, mask.to(device=device, dtype=torch.bool), persistent=False
+        PARAMETER_MASK + name,
+        mask.to(device=tensor.device, dtype=torch.bool).reshape(shape),
+        persistent=False,
     )
+
+
+def parameter_mask_dim(mask: torch.Tensor, tensor: torch.Tensor) -> int:
+    """The channel axis a mask from `set_parameter_mask` was recorded for on `tensor`."""
+    dims = [d for d, size in enumerate(mask.shape) if size > 1]
+    if dims:
+        return dims[0]
+    # A one-channel mask: the axis where the tensor has that one channel.
+    return max(d for d, size in enumerate(tensor.shape) if size == mask.numel())
 
 
 def parameter_masks(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -6,8 +6,9 @@ description, without tracing: one group per block and unit.
 - "heads": group channel `j` is key/value head `j` with its query heads (with grouped-query
   attention, the `num_key_value_groups` query heads that read it), so removing it keeps the
   query heads per key/value head unchanged. Its positions are the head's `head_dim` rows in
-  query, key and value (or in the three thirds of a fused qkv projection) and the matching
-  columns of the output projection.
+  query, key and value (or in the three thirds of a fused qkv projection), the matching
+  columns of the output projection and its query heads' slices of every described per-head
+  tensor (role "param", e.g. Swin's relative position bias table, sliced on its head axis).
 - "ffn": group channel `i` is neuron `i`: row `i` of every input projection (up, gate) and
   column `i` of the output projection (down).
 
@@ -25,6 +26,7 @@ from torch import nn
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import ConfigError, UnsupportedLayerError
 from spa.families import BlockLayout, Family, block_layouts, head_counts
+from spa.families.description import tensor_at
 from spa.pruning.channel_group import ChannelGroup, GroupMember, layer_table, mask_size
 from spa.pruning.module_masks import module_mask
 
@@ -54,6 +56,9 @@ def _head_slices(model: nn.Module, layout: BlockLayout) -> tuple[int, list[_Slic
             (layout.value, "out", kv, kv_channels),
         ]
     slices.append((layout.output, "in", query, query_channels))
+    heads = [j * groups + r for j in range(kv_heads) for r in range(groups)]
+    head_channels = [j for j in range(kv_heads) for _ in range(groups)]
+    slices += [(path, "param", heads, head_channels) for path, _ in layout.per_head]
     return kv_heads, slices
 
 
@@ -72,7 +77,12 @@ def _ffn_slices(model: nn.Module, layout: BlockLayout) -> tuple[int, list[_Slice
 _BUILDERS = {"heads": _head_slices, "ffn": _ffn_slices}
 
 
-def _member(model: nn.Module, path: str, role: str, positions, channels) -> GroupMember:
+def _member(
+    model: nn.Module, axes: dict[str, int], path: str, role: str, positions, channels
+) -> GroupMember:
+    if role == "param":
+        size = tensor_at(model, path).shape[axes[path]]  # checked by `block_layouts`
+        return _checked(path, role, positions, channels, size, is_adapter=False)
     module = model.get_submodule(path)
     if not (isinstance(module, ChannelMasked) or isinstance(module, nn.Linear)):
         raise UnsupportedLayerError(
@@ -80,6 +90,10 @@ def _member(model: nn.Module, path: str, role: str, positions, channels) -> Grou
             "fine-pruning and plain nn.Linear layers can); adapt it with SPLoRA or fine-pruning"
         )
     size = mask_size(module, role)
+    return _checked(path, role, positions, channels, size, isinstance(module, ChannelMasked))
+
+
+def _checked(path: str, role: str, positions, channels, size: int, is_adapter: bool):
     if len(positions) and max(positions) >= size:
         raise ConfigError(f"{path}: head/FFN rows exceed its {size} {role} channels")
     return GroupMember(
@@ -88,12 +102,15 @@ def _member(model: nn.Module, path: str, role: str, positions, channels) -> Grou
         positions=tuple(positions),
         channels=tuple(channels),
         mask_size=size,
-        is_adapter=isinstance(module, ChannelMasked),
+        is_adapter=is_adapter,
     )
 
 
-def _kept_positions(module: nn.Module, role: str) -> list[bool] | None:
+def _kept_positions(model: nn.Module, member: GroupMember) -> list[bool] | None:
     """The member's mask as a list (None: nothing masked), read once instead of per position."""
+    if member.role == "param":
+        return None  # a per-head tensor follows its group's projections
+    module, role = model.get_submodule(member.name), member.role
     if isinstance(module, ChannelMasked):
         return (module.out_mask if role == "out" else module.in_mask).tolist()
     mask = module_mask(module, "in" if role == "in" else "out")
@@ -129,10 +146,11 @@ def unit_groups(
             if unit not in units:
                 continue
             size, slices = _BUILDERS[unit](model, layout)
-            members = tuple(_member(model, *piece) for piece in slices)
+            axes = dict(layout.per_head)
+            members = tuple(_member(model, axes, *piece) for piece in slices)
             kept = [True] * size
             for member in members:
-                mask = _kept_positions(model.get_submodule(member.name), member.role)
+                mask = _kept_positions(model, member)
                 if mask is None:
                     continue
                 for position, channel in zip(member.positions, member.channels):

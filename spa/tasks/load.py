@@ -20,7 +20,9 @@ from torch import nn
 from spa.adapters.base import is_adapted
 from spa.adapters.transposed import as_linear, is_transposed_linear, linear_view
 from spa.errors import BundleError, ConfigError, SpaWarning
+from spa.families import per_head_axes
 from spa.tasks._entries import bundle_error, expect, storage_dtype
+from spa.tasks.channel_slices import check_per_head, is_channel_slice
 from spa.tasks.codecs import codec_for, entry_kind
 from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_fingerprint
 from spa.tasks.format import MASKS_TENSOR, Bundle, read_bundle
@@ -124,22 +126,11 @@ def _plan_tensor(
     return expect(bundle, f"modules.{path}.{key}", tuple(stored.shape), stored_dtype)
 
 
-def _is_channel_slice(stored: tuple[int, ...], base: tuple[int, ...]) -> bool:
-    """True if shape `stored` is a per-channel vector of shape `base` narrowed on its one
-    channel axis.
-
-    Channel pruning slices bare per-channel parameters (e.g. ConvNeXt's layer scale) with their
-    group without changing any attribute of the module that owns them (issue 11).
-    """
-    axes = [d for d, size in enumerate(base) if size > 1]
-    if len(stored) != len(base) or len(axes) != 1:
-        return False
-    changed = [d for d in range(len(base)) if stored[d] != base[d]]
-    return changed == axes and 1 <= stored[axes[0]] < base[axes[0]]
-
-
 def _plan_module(
-    bundle: Bundle, entry: dict[str, Any], base_modules: dict[str, nn.Module]
+    bundle: Bundle,
+    entry: dict[str, Any],
+    base_modules: dict[str, nn.Module],
+    head_axes: dict[str, int],
 ) -> dict[str, torch.Tensor]:
     path = entry.get("path")
     check_fields(bundle, entry, f"module {path!r}", MODULE_FIELDS, ("path",))
@@ -180,7 +171,8 @@ def _plan_module(
         channels = attributes.get("num_features", module.num_features)
         tensors["folded"] = expect(bundle, f"modules.{path}.folded", (2, channels))
         final.update(dict.fromkeys(_FOLDED_KEYS, (channels,)))
-    _check_module_shapes(bundle, path, module, attributes, final)
+    axes = {key: head_axes[f"{path}.{key}"] for key in final if f"{path}.{key}" in head_axes}
+    _check_module_shapes(bundle, path, module, attributes, final, axes)
     return tensors
 
 
@@ -190,10 +182,12 @@ def _check_module_shapes(
     module: nn.Module,
     attributes: dict[str, Any],
     final: dict[str, tuple[int, ...]],
+    axes: dict[str, int],
 ) -> None:
     """Every tensor of the changed module must fit its type's shape rule (or, for module types
     without one, keep the base's number of dimensions, and its exact shape when no attribute
-    changes)."""
+    changes, except a per-channel vector or a per-head tensor (head axis in `axes`) narrowed on
+    its channel axis)."""
     expected = expected_shapes(module, attributes)
     base = {key: tuple(t.shape) for key, (_, t) in direct_tensors(module).items()}
     for key, shape in final.items():
@@ -201,8 +195,8 @@ def _check_module_shapes(
             want = tuple(expected[key])
         elif key in base and (not attributes or len(shape) != len(base[key])):
             want = base[key]
-            if not attributes and _is_channel_slice(shape, want):
-                continue  # a bare per-channel scale sliced with its channel group
+            if not attributes and is_channel_slice(shape, want, axes.get(key)):
+                continue  # a bare per-channel scale or per-head tensor sliced with its group
         else:
             continue
         if shape != want:
@@ -296,8 +290,11 @@ def plan_task(
         planner = codec_for(kind).plan
         base = linear_view(base_modules.get(entry["path"]))  # Conv1D: its Linear view
         plan.layers.append(planner(bundle, entry, base))
+    head_axes = per_head_axes(base_model)
     for entry in bundle.metadata["modules"]:
-        plan.modules.append((entry, _plan_module(bundle, entry, base_modules)))
+        plan.modules.append((entry, _plan_module(bundle, entry, base_modules, head_axes)))
+    if head_axes:
+        check_per_head(bundle, base_model, plan.layers, plan.modules)
     _check_needed(bundle, base_model, plan)
     return plan
 

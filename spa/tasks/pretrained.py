@@ -26,8 +26,8 @@ from torch import nn
 
 from spa._batch import call_model
 from spa.adapters.transposed import is_transposed_linear, weight_in_layout
+from spa.deploy import fuse
 from spa.errors import ConfigError
-from spa.export import fuse
 from spa.families import config_values, describe
 from spa.pruning import compact, remove_empty_units
 from spa.tasks.format import _umask

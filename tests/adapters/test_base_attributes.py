@@ -10,8 +10,8 @@ from spa.adapters._conv import rebuild_layer
 from spa.adapters.block_fine_pruning import BlockMaskedLinear
 from spa.adapters.splopa import SPLoPALinear
 from spa.adapters.splora import SPLoRALayer
+from spa.deploy.fuse import fused_layer
 from spa.errors import UnsupportedLayerError
-from spa.export import fused_layer
 
 CONV_ATTRIBUTES = (
     "in_channels",

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import spa
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, score
-from tests._transformers import CASES, LAYERS, Case
+from tests._transformers import CASES, Case
 
 UNITS = [("heads",), ("ffn",), ("heads", "ffn")]
 IDS = [case.family for case in CASES]
@@ -58,7 +58,7 @@ def _masked(model, x, y, units, criterion="taylor", density=0.6):
 def test_family_every_criterion_scores_every_group_channel(case):
     _, model, x, y = _trained(case)
     groups = channel_groups(model, x)
-    assert len(groups) == 2 * LAYERS  # one heads group and one FFN group per block
+    assert len(groups) == 2 * case.blocks  # one heads group and one FFN group per block
     for criterion in ("weight", "gradient", "taylor", "lrp"):
         scores = score(model, criterion, groups, data=[(x, y)])
         for index, group in enumerate(groups):

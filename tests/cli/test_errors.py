@@ -251,3 +251,65 @@ def test_export_onnx_takes_the_input_channels_from_the_bundle(tmp_path: Path, bu
     graph = onnx.load(str(output)).graph
     dims = graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][1:] == [1, 32, 32]
+
+
+LM_CONFIG = """
+name = "tiny-lm"
+
+[model]
+name = "tiny_llama"
+
+[model.options]
+hidden_size = 16
+num_layers = 1
+num_heads = 2
+num_key_value_heads = 1
+intermediate_size = 32
+max_positions = 16
+
+[data]
+name = "text"
+options = {train_file = "train.txt", sequence_length = 8, byte_fallback = true}
+
+[adapter]
+method = "splora"
+
+[pruning]
+densities = [0.5]
+"""
+
+
+def _bert_directory(path: Path) -> Path:
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(
+        vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32,
+    )  # fmt: skip
+    BertForMaskedLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "fragments"),
+    [
+        ("no tokenizer", ("'data.options.tokenizer'", "byte_fallback = true")),
+        ("empty file", ("'data.options.train_file'", "is empty")),
+        ("long sequence", ("'data.options.sequence_length'", "16 positions")),
+        ("encoder", ("'model.path'", "not a causal (decoder-only) language model")),
+    ],
+)
+def test_causal_lm_bad_input_is_one_line_naming_the_key(tmp_path: Path, case, fragments) -> None:
+    (tmp_path / "train.txt").write_text("" if case == "empty file" else "some text\n" * 20)
+    config = tmp_path / "lm.toml"
+    config.write_text(LM_CONFIG, encoding="utf-8")
+    overrides = {
+        "no tokenizer": ["data.options.byte_fallback=false"],
+        "empty file": [],
+        "long sequence": ["data.options.sequence_length=17"],
+        "encoder": ["model.name=transformers", f"model.path={_bert_directory(tmp_path / 'bert')}"],
+    }[case]
+    arguments = ["run", config, "--output", tmp_path / "run", "--set", f"data.root={tmp_path}"]
+    for override in overrides:
+        arguments += ["--set", override]
+    assert_one_line_error(spa_command(*arguments), *fragments)

@@ -75,3 +75,14 @@ def test_main_reraises_with_debug(monkeypatch) -> None:
     monkeypatch.setenv("SPA_DEBUG", "1")
     with pytest.raises(RuntimeError, match="boom"):
         main([])
+
+
+def test_demo_takes_the_language_model_demo_as_its_kind() -> None:
+    from spa.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).kind == "digits"
+    arguments = parser.parse_args(["demo", "lm", "--quick"])
+    assert (arguments.kind, arguments.quick, arguments.output) == ("lm", True, None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "bogus"])

@@ -16,7 +16,10 @@ from torch import nn
 import spa
 from spa.adapters import BlockMasked, ChannelMasked, adapter_layers
 from spa.errors import BundleError
+from spa.families import block_layouts, describe
 from spa.pruning import apply_masks, channel_groups, compute_masks
+from tests._transformers import HIDDEN
+from tests._transformers import bert as tiny_bert
 from tests.contract import scaled_lowrank  # noqa: F401 - registers the test-only kind
 from tests.contract.cases import CASES
 from tests.contract.nets import NETS
@@ -113,11 +116,36 @@ def test_contract_fused_equals_adapted(kind: str, layer: str) -> None:
             )
 
 
+def _block_pruned_transformer(kind: str) -> tuple[nn.Module, torch.Tensor]:
+    """A tiny BERT (a described family) adapted with `kind`, masked randomly and trained-looking,
+    with the value rows of one head and the down columns of some FFN neurons emptied."""
+    model = spa.adapt(tiny_bert(), CASES[kind].config())
+    x = torch.randn(2, 5, HIDDEN)
+    _mask_randomly(model, x)
+    _perturb(model)
+    layout = block_layouts(model, describe(model))[0]
+    value, down = model.get_submodule(layout.value), model.get_submodule(layout.ffn_output)
+    rows, columns = value.block_shape[0], down.block_shape[1]
+    with torch.no_grad():
+        value.block_mask[: layout.head_dim // rows] = False  # head 0
+        down.block_mask[:, : 8 // columns] = False  # neurons 0-7
+    return model.eval(), x
+
+
 @pytest.mark.parametrize("kind,layer", TABLE)
 def test_contract_compacted_equals_masked(kind: str, layer: str) -> None:
     _, model, x = _trained(kind, layer)
     if not any(isinstance(m, ChannelMasked) for _, m in adapter_layers(model)):
-        pytest.skip("block kinds compact per model family (compact_bert, test_block_compaction)")
+        # Block kinds: emptied heads and FFN neurons go, which needs a described family.
+        model, x = _block_pruned_transformer(kind)
+        compacted, report = spa.compact_blocks(model, x)
+        with torch.no_grad():
+            torch.testing.assert_close(compacted(x), model(x), rtol=1e-5, atol=1e-5)
+        assert sum(p.numel() for p in compacted.parameters()) < report.parameters_before
+        assert report.parameters_before == sum(p.numel() for p in spa.fuse(model).parameters())
+        assert report.flops_after < report.flops_before
+        assert report.density == pytest.approx(spa.density(model))
+        return
     compacted = spa.compact(copy.deepcopy(model), x)
     with torch.no_grad():
         torch.testing.assert_close(compacted(x), model(x), rtol=1e-5, atol=1e-5)

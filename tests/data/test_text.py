@@ -33,7 +33,7 @@ def test_byte_tokenizer_round_trips_unicode():
 
 
 def test_load_tokenizer_without_path_or_fallback_names_the_key():
-    with pytest.raises(ConfigError, match="data.tokenizer"):
+    with pytest.raises(ConfigError, match="data.options.tokenizer"):
         load_tokenizer(None)
 
 
@@ -62,7 +62,7 @@ def test_read_text_refuses_bad_files(tmp_path, kind):
         path.write_text("  \n")
     elif kind == "directory":
         path.mkdir()
-    with pytest.raises(ConfigError, match="data.train_file"):
+    with pytest.raises(ConfigError, match="data.options.train_file"):
         read_text(path)
 
 

@@ -246,3 +246,9 @@ def test_load_config_refuses_inf_override_naming_the_key(tmp_path: Path) -> None
     path = _write(tmp_path, 'name = "x"\n')
     with pytest.raises(ConfigError, match=r"'train.lr'.*got inf"):
         load_config(path, ["train.lr=inf"])
+
+
+def test_pruning_units_are_checked_and_name_the_key() -> None:
+    assert PruningConfig(units=("ffn",)).units == ("ffn",)
+    with pytest.raises(ConfigError, match=r"'pruning\.units'.*'heads', 'ffn'"):
+        from_dict({"pruning": {"units": ["neurons"]}})

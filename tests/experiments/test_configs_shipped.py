@@ -1,4 +1,5 @@
-"""The configs shipped in configs/: all valid; the BERT ones stop with a clear message."""
+"""The configs shipped in configs/: all valid; the BERT and Llama ones stop with a clear message
+(no weights here)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_paper_configs_cover_the_paper_grid() -> None:
             assert f"bert_squad_{method}_{criterion}" in names
 
 
-@pytest.mark.parametrize("path", [CONFIGS / "demo.toml", *PAPER], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [*sorted(CONFIGS.glob("*.toml")), *PAPER], ids=lambda p: p.stem)
 def test_shipped_config_is_valid(path: Path) -> None:
     config = load_config(path)
     assert config.name == path.stem or path.stem == "demo"
@@ -47,3 +48,20 @@ def test_bert_paper_config_without_weights_names_the_key(
     assert main(["run", str(path), "--output", str(tmp_path / "run")]) == 1
     error = capsys.readouterr().err
     assert "config key 'model.path': weights/bert-base-uncased is not a local model" in error
+
+
+def test_causal_lm_config_is_a_llama_splora_run_that_names_the_missing_model(
+    tmp_path: Path, capsys
+) -> None:
+    path = CONFIGS / "causal_lm_llama.toml"
+    config = load_config(path)
+    assert (config.model.name, config.data.name, config.adapter.method) == (
+        "transformers",
+        "text",
+        "splora",
+    )
+    assert config.pruning.units == ("heads", "ffn")
+    assert config.pruning.density_steps() == [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert main(["run", str(path), "--output", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert "config key 'model.path': weights/llama is not a local model directory" in error

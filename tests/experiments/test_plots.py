@@ -126,3 +126,31 @@ def test_series_labels_name_the_run_only_when_needed() -> None:
     assert series_labels(keys) == ["digits/parity · taylor", "digits/mod3 · x"]
     same = [("a", "t", "SPLoRA r8", "taylor"), ("b", "t", "SPLoRA r8", "taylor")]
     assert series_labels(same) == ["a", "b"]
+
+
+def test_perplexity_plots_show_perplexity_unscaled() -> None:
+    from matplotlib import pyplot
+
+    rows = [
+        AggregateRow(
+            run="lm",
+            task="embedded",
+            method="SPLoRA r8",
+            criterion="taylor",
+            step=step,
+            target_density=density,
+            seeds=(0,),
+            mean={"density": density, "dparams": 1000.0 * (1 + step), "metric": value},
+            std={"density": 0.0, "dparams": 0.0, "metric": 0.0},
+            metric_name="perplexity",
+        )
+        for step, (density, value) in enumerate(((1.0, 5.0), (0.5, 8.0)))
+    ]
+    figure = make_figure("accuracy_vs_dparams.png", rows)
+    try:
+        (axes,) = figure.axes
+        assert axes.get_ylabel() == "Test perplexity (lower is better)"
+        curves = [line for line in axes.get_lines() if len(line.get_ydata()) == 2]
+        assert curves and all(list(line.get_ydata()) == [5.0, 8.0] for line in curves)
+    finally:
+        pyplot.close(figure)

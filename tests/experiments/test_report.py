@@ -210,3 +210,20 @@ def test_seeds_mean_the_same_in_markdown_and_csv() -> None:
     assert (cells["n"], cells["Seeds"]) == ("2", "3 7")
     (parsed,) = list(csv.DictReader(io.StringIO(csv_table(rows))))
     assert (parsed["num_seeds"], parsed["seeds"]) == ("2", "3 7")
+
+
+def test_perplexity_is_shown_as_it_is_next_to_percentages() -> None:
+    perplexity = [
+        {**_record(seed, 1, 0.5, 0.0, 100), "metric": value, "metric_name": "perplexity"}
+        for seed, value in ((0, 12.5), (1, 13.5))
+    ]
+    for record in perplexity:
+        del record["accuracy"]
+    (row,) = aggregate(perplexity)
+    header, _, line = markdown_table([row]).splitlines()[:3]
+    assert "| Score |" in header and "Score (%)" not in header
+    assert "| 13.00 ± 0.71 |" in line and "| perplexity |" in line  # not x 100
+    accuracy = aggregate([{**_record(2, 1, 0.5, 0.0, 100), "task": "other", "accuracy": 0.25}])
+    lines = markdown_table([row, *accuracy]).splitlines()
+    assert "| 25.00 % |" in lines[3]  # a percentage in a column that is not all percent
+    assert "Score (%)" in markdown_table(accuracy)

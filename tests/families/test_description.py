@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -14,9 +16,10 @@ from spa.families import (
     block_layouts,
     describe,
     head_counts,
+    per_head_axes,
     sync_attributes,
 )
-from tests._transformers import CASES, FFN, HEADS, LAYERS, gpt2, llama
+from tests._transformers import CASES, gpt2, llama, swin
 from tests.conftest import mlp
 
 IDS = [case.family for case in CASES]
@@ -31,8 +34,8 @@ def test_describe_returns_none_for_models_without_a_described_config():
     assert describe(mlp()) is None
 
 
-def test_families_registry_lists_the_four_families():
-    assert set(FAMILIES.names()) >= {"bert", "vit", "gpt2", "llama"}
+def test_families_registry_lists_the_described_families():
+    assert set(FAMILIES.names()) >= {"bert", "vit", "gpt2", "llama", "swin"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -41,16 +44,19 @@ def test_block_layouts_counts_match_the_config(case):
     config = model.model.config
     family = describe(model)
     layouts = block_layouts(model, family)
-    assert len(layouts) == LAYERS
-    kv_heads = getattr(config, family.config_kv_heads) if family.config_kv_heads else HEADS
-    for layout in layouts:
-        assert layout.head_dim == 32 // getattr(config, family.config_heads)
+    assert len(layouts) == case.blocks
+    configured = getattr(config, family.config_heads)  # Swin: one count per stage
+    stage_heads = configured if isinstance(configured, list) else [configured]
+    assert sorted(set(stage_heads)) == sorted({heads for heads, _, _ in case.block_counts()})
+    for layout, (heads, width, neurons) in zip(layouts, case.block_counts()):
+        kv_heads = getattr(config, family.config_kv_heads) if family.config_kv_heads else heads
+        assert layout.head_dim == width // heads
         counts = head_counts(model, layout)
-        assert counts["heads"] == getattr(config, family.config_heads) == HEADS
+        assert counts["heads"] == heads
         assert counts["kv_heads"] == kv_heads
-        assert counts["kv_groups"] == HEADS // kv_heads
-        assert counts["width"] == 32
-        assert counts["neurons"] == FFN
+        assert counts["kv_groups"] == heads // kv_heads
+        assert counts["width"] == width
+        assert counts["neurons"] == neurons
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -109,3 +115,35 @@ def test_attention_description_needs_separate_or_fused_projections():
         AttentionDescription(
             module="a", head_dim="d", query="q", key="k", value="v", qkv="x", output="o"
         )
+
+
+def test_attention_description_per_head_needs_a_non_negative_axis():
+    with pytest.raises(ConfigError, match=r"per_head\['attention.table'\] must be a non-negative"):
+        AttentionDescription(
+            module="a", head_dim="d", qkv="x", output="o", per_head={"attention.table": -1}
+        )
+
+
+def test_block_layouts_resolve_per_head_tensors_and_refuse_a_missing_one():
+    model = swin()
+    swin_family = describe(model)
+    layouts = block_layouts(model, swin_family)
+    table = "attention.relative_position_bias.relative_position_bias_table"
+    assert [layout.per_head for layout in layouts] == [
+        ((f"model.swin.encoder.layers.{stage}.blocks.{block}.{table}", 1),)
+        for stage in (0, 1)
+        for block in (0, 1)
+    ]
+    assert per_head_axes(model) == {path: 1 for layout in layouts for path, _ in layout.per_head}
+    assert per_head_axes(llama()) == {}
+    broken = dataclasses.replace(
+        swin_family,
+        attention=dataclasses.replace(swin_family.attention, per_head={"attention.table": 1}),
+    )
+    with pytest.raises(ConfigError, match=r"blocks\.0\.attention\.table"):
+        block_layouts(model, broken)
+    too_deep = dataclasses.replace(
+        swin_family, attention=dataclasses.replace(swin_family.attention, per_head={table: 2})
+    )
+    with pytest.raises(ConfigError, match=r"head axis 2 \(it is of shape \(9, 2\)\)"):
+        block_layouts(model, too_deep)

@@ -68,3 +68,18 @@ def test_removed_heads_of_a_family_that_derives_the_head_size_are_refused():
     model = pruned(bert().model, units=("heads",), density=0.7)
     with pytest.raises(ConfigError, match=r"BertConfig derives the head size.*units=\('ffn',\)"):
         _values(model)
+
+
+def test_a_family_with_per_stage_config_lists_is_refused_before_anything_is_written(tmp_path):
+    import transformers
+
+    config = transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+        window_size=2, num_labels=3,
+    )  # fmt: skip
+    model = transformers.SwinForImageClassification(config).eval()
+    with pytest.raises(ConfigError, match=r"num_heads as a list per stage.*--format safetensors"):
+        config_values(model, describe(model), model.config)
+    with pytest.raises(ConfigError, match="as a list per stage"):
+        spa.save_pretrained(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -174,3 +174,23 @@ def test_build_transformers_from_a_config_dict() -> None:
     assert model.config.hidden_size == 16
     with pytest.raises(ConfigError, match="unknown transformers model class 'Nope'"):
         build_transformers("Nope", config)
+
+
+def test_tied_weights_stored_once_load_into_every_name(tmp_path: Path) -> None:
+    from spa.models import create_model
+
+    options = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_key_value_heads": 1}
+    source = create_model("tiny_llama", intermediate_size=32, **options)
+    state = source.state_dict()
+    tied = state["lm_head.weight"].data_ptr() == state["model.embed_tokens.weight"].data_ptr()
+    assert tied
+    path = tmp_path / "lm.safetensors"
+    stored = {k: v.contiguous() for k, v in state.items() if k != "lm_head.weight"}
+    safetensors.torch.save_file(stored, str(path))
+    loaded = load_model(path, name="tiny_llama", options={**options, "intermediate_size": 32})
+    _assert_same_state(loaded.model, state)
+    assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight
+    del stored["model.norm.weight"]  # an untied tensor is still required
+    safetensors.torch.save_file(stored, str(path))
+    with pytest.raises(ConfigError, match="'model.norm.weight' is missing"):
+        load_model(path, name="tiny_llama", options={**options, "intermediate_size": 32})

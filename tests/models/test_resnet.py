@@ -123,7 +123,9 @@ def test_resnet_init_matches_torchvision_scheme() -> None:
 def test_create_model_unknown_name_lists_known() -> None:
     with pytest.raises(ConfigError, match="resnet18"):
         create_model("resnet19")
-    assert {"resnet18", "resnet34", "resnet50", "tiny_convnet", "mlp"} <= set(MODELS.names())
+    assert {"resnet18", "resnet34", "resnet50", "tiny_convnet", "mlp", "tiny_llama"} <= set(
+        MODELS.names()
+    )
 
 
 def test_create_model_rejects_unknown_keyword() -> None:

@@ -71,7 +71,7 @@ def test_movement_scores_after_two_gradient_steps() -> None:
         criterion.update_scores()
         optimizer.step()
         optimizer.zero_grad()
-    torch.testing.assert_close(criterion.scores()["fc"], expected)
+    torch.testing.assert_close(criterion.scores()["fc"].float(), expected)
 
 
 def test_movement_forward_uses_mask_and_pruned_block_weights_still_learn() -> None:
@@ -99,7 +99,7 @@ def test_movement_on_fine_pruning_uses_the_trained_weight() -> None:
     (layer(x) * c).sum().backward()
     criterion.update_scores()
     expected = -(layer.base.weight * (c.T @ x)).reshape(2, 2, 2, 2).sum(dim=(1, 3))
-    torch.testing.assert_close(criterion.scores()["fc"], expected.detach())
+    torch.testing.assert_close(criterion.scores()["fc"].float(), expected.detach())
 
 
 def test_soft_movement_thresholds_scores_and_penalises_them() -> None:
@@ -125,12 +125,12 @@ def test_soft_movement_penalty_lowers_scores() -> None:
     criterion.penalty().backward()
     criterion.update_scores()
     # d/dS of 4 * mean(sigmoid(S)) at S = 0 is 4 * 0.25 / 4 = 0.25 per block
-    torch.testing.assert_close(criterion.scores()["fc"], torch.full((2, 2), -0.25))
+    torch.testing.assert_close(criterion.scores()["fc"].float(), torch.full((2, 2), -0.25))
 
 
 def test_l0_expected_penalty_formula() -> None:
     layer = _splopa()
-    criterion = L0Criterion(penalty_weight=3.0, temperature=0.5, stretch=(-0.2, 1.5))
+    criterion = L0Criterion(threshold=0.0, penalty_weight=3.0, temperature=0.5, stretch=(-0.2, 1.5))
     criterion.attach({"fc": layer})
     values = [1.0, -2.0, 0.5, 0.0]
     with torch.no_grad():
@@ -156,7 +156,7 @@ def test_l0_samples_hard_concrete_gates() -> None:
 
 def test_l0_gate_is_deterministic_in_eval_mode() -> None:
     layer = _splopa().eval()
-    criterion = L0Criterion(initial_log_alpha=1.0)
+    criterion = L0Criterion(threshold=0.0, initial_log_alpha=1.0)
     criterion.attach({"fc": layer})
     with torch.no_grad():
         criterion.state_tensors()[0][0, 0] = -1.0
@@ -196,3 +196,60 @@ def test_attach_twice_raises_and_detach_restores_plain_forward() -> None:
 def test_criteria_reject_bad_options(factory, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         factory()
+
+
+def test_soft_movement_and_l0_rank_scores_by_default() -> None:
+    layer = _splopa()
+    values = torch.tensor([[0.3, -0.2], [0.1, 0.4]])
+    for criterion in (SoftMovementCriterion(), L0Criterion()):
+        criterion.attach({"fc": layer})
+        with torch.no_grad():
+            criterion.state_tensors()[0].copy_(values)
+        assert not criterion.is_thresholded
+        # top-2 of four blocks at density 0.5: the two highest values, 0.4 and 0.3
+        expected = torch.tensor([[True, False], [False, True]])
+        assert torch.equal(criterion.masks(0.5)["fc"], expected)
+        criterion.detach()
+
+
+def test_l0_ranking_gate_zeroes_pruned_blocks_and_passes_their_gradient() -> None:
+    layer = _splopa()
+    layer.block_mask[1, 0] = False
+    criterion = L0Criterion(initial_log_alpha=0.0)
+    criterion.attach({"fc": layer})
+    torch.manual_seed(3)
+    gate = criterion.gate("fc", layer)
+    # the hard-concrete sample by hand: s = sigmoid(z) * 1.2 - 0.1, z = logit(u) / beta at a = 0
+    torch.manual_seed(3)
+    uniform = torch.rand(2, 2, dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
+    z = (uniform.log() - (-uniform).log1p()) / (2 / 3)
+    sample = torch.sigmoid(z) * 1.2 - 0.1
+    assert 0 < float(sample[1, 0]) < 1  # unclamped, so its derivative is not zero
+    kept = layer.block_mask
+    torch.testing.assert_close(gate.detach()[kept], sample.clamp(0, 1)[kept].float())
+    assert float(gate.detach()[1, 0]) == 0.0  # the pruned block is off in the forward ...
+    gate[1, 0].backward()
+    derivative = torch.sigmoid(z[1, 0]) * (1 - torch.sigmoid(z[1, 0])) / (2 / 3) * 1.2
+    grad = criterion.state_tensors()[0].grad
+    # ... and receives the sample's gradient (straight-through), so it can come back
+    assert float(grad[1, 0]) == pytest.approx(float(derivative), rel=1e-5)
+    assert float(grad.abs().sum() - grad[1, 0].abs()) == 0.0
+
+
+def test_l0_ranking_gate_in_eval_mode_is_the_block_mask() -> None:
+    layer = _splopa().eval()
+    criterion = L0Criterion()
+    criterion.attach({"fc": layer})
+    assert criterion.gate("fc", layer) is None  # the layer gates with its block_mask
+
+
+def test_learned_scores_keep_steps_below_float32_spacing() -> None:
+    layer = _splopa()
+    criterion = L0Criterion(initial_log_alpha=2.0, score_learning_rate=1e-2)
+    criterion.attach({"fc": layer})
+    log_alpha = criterion.state_tensors()[0]
+    log_alpha.grad = torch.full_like(log_alpha, 1e-6)
+    criterion.update_scores()
+    # 2 - 1e-8 rounds back to 2 in float32 (spacing 2.4e-7); the scores must keep it
+    assert torch.all(criterion.scores()["fc"] < 2.0)
+    assert float(criterion.scores()["fc"][0, 0]) == pytest.approx(2.0 - 1e-8, abs=1e-12)

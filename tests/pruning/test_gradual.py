@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 from spa import SPLoPAConfig, adapt
-from spa.errors import ConfigError
-from spa.pruning.block_criteria import MagnitudeCriterion, MovementCriterion
+from spa.errors import ConfigError, SpaWarning
+from spa.pruning.block_criteria import (
+    L0Criterion,
+    MagnitudeCriterion,
+    MovementCriterion,
+    SoftMovementCriterion,
+)
 from spa.pruning.gradual import (
     GradualBlockPruner,
     GradualPruningConfig,
@@ -153,3 +160,48 @@ def test_gradual_pruner_requires_block_layers() -> None:
     config = GradualPruningConfig(final_density=0.5, pruning_steps=1)
     with pytest.raises(ConfigError, match="no block layers"):
         GradualBlockPruner(nn.Linear(4, 4), MagnitudeCriterion(), config)
+
+
+@pytest.mark.parametrize("criterion", [SoftMovementCriterion, L0Criterion])
+def test_gradual_pruner_ranking_defaults_follow_the_schedule(criterion) -> None:
+    model = _model()
+    config = GradualPruningConfig(final_density=0.25, warmup_steps=1, pruning_steps=4)
+    pruner = GradualBlockPruner(model, criterion(), config)
+    densities = _train(model, pruner, 6)
+    expected = [round(config.density(t) * 16) / 16 for t in range(1, 7)]  # 16 blocks per matrix
+    assert densities == pytest.approx(expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpaWarning)
+        pruner.finish()
+
+
+def test_gradual_pruner_warns_when_the_schedule_is_cut_short() -> None:
+    model = _model()
+    config = GradualPruningConfig(final_density=0.25, warmup_steps=1, pruning_steps=8)
+    pruner = GradualBlockPruner(model, MovementCriterion(), config)
+    _train(model, pruner, 3)
+    reached = round(config.density(3) * 16) / 16  # 0.25 + 0.75 * (1 - 2/8) ** 3, in 16ths
+    with pytest.warns(SpaWarning, match=f"density {reached:.3f}.*step 3 of 9") as record:
+        pruner.finish()
+    assert "final_density=0.25" in str(record[0].message)
+
+
+def test_gradual_pruner_tolerance_decides_the_warning() -> None:
+    # the threshold rule keeps all 32 blocks (sigmoid(0) = 0.5 > 0.4) while the target is 0.5
+    for tolerance, warns in ((0.6, False), (0.05, True)):
+        model = _model()
+        config = GradualPruningConfig(
+            final_density=0.5, pruning_steps=1, density_tolerance=tolerance
+        )
+        pruner = GradualBlockPruner(model, SoftMovementCriterion(threshold=0.4), config)
+        pruner.step()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pruner.finish()
+        assert pruner.density() == 1.0
+        assert any(issubclass(w.category, SpaWarning) for w in caught) is warns
+
+
+def test_gradual_config_rejects_bad_density_tolerance() -> None:
+    with pytest.raises(ConfigError, match="density_tolerance"):
+        GradualPruningConfig(final_density=0.5, pruning_steps=4, density_tolerance=0.0)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 
 import pytest
 import torch
 
 import spa
 from spa.errors import ConfigError, SpaWarning, UnsupportedLayerError
+from spa.families import describe
 from spa.pruning import apply_masks, channel_groups, compute_masks, refresh_groups
-from tests._transformers import FFN, bert, gpt2, llama
+from tests._transformers import FFN, bert, gpt2, llama, swin
 from tests.conftest import mlp
 
 HEAD_DIM = 8
@@ -123,20 +126,51 @@ def test_head_masks_reach_the_density_counted_from_the_masks():
     assert removed_rows % (2 * HEAD_DIM) == 0  # whole query-head pairs of a key/value head
 
 
+def test_swin_head_groups_take_each_head_column_of_the_relative_position_bias_table():
+    base = swin().eval()
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
+    assert describe(model).name == "swin"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpaWarning)  # described: nothing is traced or left out
+        groups = channel_groups(model, None)
+    assert [g.size for g in groups] == [2, 64, 2, 64, 4, 128, 4, 128]  # heads, FFN per block
+    heads = groups[4]  # stage 2, block 0: 4 heads of 8
+    (table,) = [m for m in heads.members if m.role == "param"]
+    assert table.name.endswith(
+        "layers.1.blocks.0.attention.relative_position_bias.relative_position_bias_table"
+    )
+    assert table.positions == table.channels == (0, 1, 2, 3) and table.mask_size == 4
+    for h in range(4):
+        assert _rows_of(_member(heads, "q_proj"), h) == _head_rows(h)
+        assert _rows_of(_member(heads, "o_proj"), h) == _head_rows(h)
+    masks = {}  # remove head 1 of the group
+    for member in heads.members:
+        mask = torch.ones(member.mask_size, dtype=torch.bool)
+        mask[[p for p, c in zip(member.positions, member.channels) if c == 1]] = False
+        masks[member.name] = {"in_mask" if member.role == "in" else "out_mask": mask}
+    apply_masks(model, masks)
+    spa.compact(model)
+    attention = model.model.swin.encoder.layers[1].blocks[0].attention
+    original = base.model.swin.encoder.layers[1].blocks[0].attention
+    expected = original.relative_position_bias.relative_position_bias_table[:, [0, 2, 3]]
+    assert torch.equal(attention.relative_position_bias.relative_position_bias_table, expected)
+    assert attention.num_attention_heads == 3
+
+
 @pytest.mark.slow
 def test_undescribed_transformer_is_traced_and_leaves_out_what_it_cannot_slice():
     import transformers
 
-    config = transformers.SwinConfig(
+    config = transformers.Swinv2Config(
         image_size=16, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
         window_size=2, num_labels=3,
     )  # fmt: skip
-    model = spa.adapt(transformers.SwinForImageClassification(config), spa.SPLoRAConfig(rank=2))
-    with pytest.warns(SpaWarning, match="relative_position_bias_table"):
+    model = spa.adapt(transformers.Swinv2ForImageClassification(config), spa.SPLoRAConfig(rank=2))
+    with pytest.warns(SpaWarning, match="logit_scale"):
         groups = channel_groups(model, torch.randn(1, 3, 16, 16))
-    # The value projections' output channels reach the per-head bias table: never pruned.
+    # The value projections' output channels reach the per-head logit scale: never pruned.
     outputs = {m.name for group in groups for m in group.members if m.role == "out"}
-    assert groups and not any(name.endswith("attention.v_proj") for name in outputs)
+    assert groups and not any(name.endswith("attention.self.value") for name in outputs)
 
 
 def test_undescribed_transformer_that_tracing_fails_on_is_refused_by_model_type(monkeypatch):
@@ -147,23 +181,14 @@ def test_undescribed_transformer_that_tracing_fails_on_is_refused_by_model_type(
     def fail(*args):
         raise RuntimeError("cannot trace")
 
-    model = spa.adapt(
-        transformers.SwinForImageClassification(
-            transformers.SwinConfig(
-                image_size=16,
-                patch_size=2,
-                embed_dim=16,
-                depths=[1],
-                num_heads=[2],
-                window_size=2,
-                num_labels=3,
-            )  # fmt: skip
-        ),
-        spa.SPLoRAConfig(rank=2),
-    )
+    config = transformers.BeitConfig(
+        image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=3,
+    )  # fmt: skip
+    model = spa.adapt(transformers.BeitForImageClassification(config), spa.SPLoRAConfig(rank=2))
     monkeypatch.setattr(groups_module, "_traced_groups", fail)
-    with pytest.raises(UnsupportedLayerError, match="could not trace this 'swin' model"):
-        channel_groups(model, torch.randn(1, 3, 16, 16))
+    with pytest.raises(UnsupportedLayerError, match="could not trace this 'beit' model"):
+        channel_groups(model, torch.randn(1, 3, 8, 8))
 
 
 def test_iterative_prune_with_ffn_units_keeps_every_head():

@@ -9,8 +9,8 @@ from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
 
 from spa import SPLoPAConfig, adapt
 from spa.data.squad import read_squad, squad_evaluate
+from spa.deploy import compact_blocks
 from spa.errors import ConfigError
-from spa.pruning.block_compaction import compact_bert
 from spa.pruning.block_criteria import MagnitudeCriterion
 from spa.pruning.gradual import GradualBlockPruner, GradualPruningConfig
 from spa.qa.train import QATrainingConfig, evaluate_qa, train_qa
@@ -147,7 +147,7 @@ def test_pruned_qa_model_compacts_to_the_same_answers(tmp_path: Path) -> None:
     train_qa(model, tokenizer, examples, config, pruner=pruner)
     pruner.finish()
     masked = evaluate_qa(model, tokenizer, examples, max_length=24, doc_stride=8)
-    compacted, report = compact_bert(model, sequence_length=24)
+    compacted, report = compact_blocks(model, {"input_ids": torch.ones(1, 24, dtype=torch.long)})
     result = evaluate_qa(compacted, tokenizer, examples, max_length=24, doc_stride=8)
     assert result.predictions == masked.predictions
     assert report.parameters_after < report.parameters_before

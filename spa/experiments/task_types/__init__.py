@@ -1,10 +1,10 @@
-"""Task types of `spa run`: classification and extractive QA behind one interface.
+"""Task types of `spa run`: classification, extractive QA and causal LM behind one interface.
 
 A new task type implements `TaskType` / `SeedSession` (see `base`) in one module and registers
 an instance in `TASK_TYPES`; the runner picks it by `data.name`.
 """
 
-from spa.experiments.task_types import classification, extractive_qa
+from spa.experiments.task_types import causal_lm, classification, extractive_qa
 from spa.experiments.task_types.base import (
     TASK_TYPES,
     Evaluation,
@@ -21,6 +21,7 @@ __all__ = [
     "SeedSession",
     "Step",
     "TaskType",
+    "causal_lm",
     "classification",
     "extractive_qa",
     "plan_steps",

@@ -42,7 +42,8 @@ class Evaluation:
     """A task model's result on the evaluation set.
 
     Args:
-        metric: the task's headline metric as a fraction (accuracy, or F1 / 100).
+        metric: the task's headline metric: a fraction for accuracy (and F1 / 100), or a
+            value in its own unit for metrics the report shows unscaled (perplexity).
         loss: mean evaluation loss (None when the task type has none).
         extras: further record fields, e.g. `exact_match` and `f1` in percent.
     """
@@ -95,11 +96,12 @@ class SeedSession(Protocol):
 
 
 class TaskType(Protocol):
-    """A kind of task the runner can run (classification, extractive QA, ...).
+    """A kind of task the runner can run (classification, extractive QA, causal LM, ...).
 
     Attributes:
         name: registry name, e.g. "classification".
-        metric_name: name of the headline metric stored in records, e.g. "accuracy" or "f1".
+        metric_name: name of the headline metric stored in records, e.g. "accuracy", "f1" or
+            "perplexity".
         supports_distributed: whether runs may be launched with `torchrun`.
     """
 

@@ -3,8 +3,8 @@
 Data: SQuAD v1.1 JSON files under `data.root` and the tokenizer of the local `transformers`
 model directory `model.path`; loss: the model's span cross-entropy (plus the block pruner's
 penalty); metric: the official F1 (recorded as a fraction, with exact match and F1 in percent);
-deployable model: `compact_bert` of the block-pruned model for measurements, and a bundle of the
-adapted model (every block kind has a bundle codec). SPLoPA or block fine-pruning follow the
+deployable model: `spa.compact_blocks` of the block-pruned model for measurements, and a bundle
+of the adapted model (every block kind has a bundle codec). SPLoPA or block fine-pruning follow the
 automated gradual (cubic) schedule from density 1 to `pruning.target_density` over one step of
 `train.initial_epochs` warm-up plus `train.epochs_per_step` pruning epochs.
 """
@@ -99,11 +99,12 @@ class QASession:
         return Evaluation(metric=result.f1 / 100, extras={**extras, "train_loss": self.last_loss})
 
     def deploy(self, bundle_path: Path) -> dict[str, Any]:
-        """Compact a copy (`compact_bert`), time it and save the bundle."""
-        from spa.pruning.block_compaction import compact_bert
+        """Compact a copy (`spa.compact_blocks`), time it and save the bundle."""
+        from spa.deploy import compact_blocks
         from spa.tasks import save_task
 
-        compacted, report = compact_bert(self.model, sequence_length=self.options["max_length"])
+        sequence = torch.ones(1, self.options["max_length"], dtype=torch.long)
+        compacted, report = compact_blocks(self.model, {"input_ids": sequence})
         bundle = save_task(self.model, bundle_path, base_model=self.base)
         shape = (self.config.train.latency_batch_size, self.options["max_length"])
         latency = measure_latency(compacted, {"input_ids": torch.ones(shape, dtype=torch.long)})

@@ -1,4 +1,4 @@
-"""Deployment transforms: `fuse` turns an adapted model into an ordinary PyTorch model."""
+"""`fuse`: an adapted model becomes an ordinary PyTorch model (plain Linear / ConvNd layers)."""
 
 from __future__ import annotations
 

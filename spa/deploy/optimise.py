@@ -13,6 +13,7 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
 
 from spa.adapters.base import is_adapted
+from spa.deploy.fuse import fuse
 from spa.errors import ConfigError
 
 
@@ -59,8 +60,6 @@ def optimize_for_inference(
         The optimised model (the input model is not modified).
     """
     if is_adapted(model):
-        from spa.export import fuse
-
         model = fuse(model)
     model = fold_batchnorm(model) if fold_norms else copy.deepcopy(model).eval()
     if channels_last:

@@ -8,8 +8,7 @@ from torch import nn
 
 import spa
 from spa.adapters import AdapterLayer
-
-from .conftest import ConvNet, ResidualNet
+from tests.conftest import ConvNet, ResidualNet
 
 
 def _randomise(model: nn.Module) -> None:

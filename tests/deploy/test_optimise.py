@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import spa
+from spa.deploy.optimise import fold_batchnorm, optimize_for_inference
 from spa.errors import ConfigError
-from spa.export_inference import fold_batchnorm, optimize_for_inference
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks
 from tests.pruning._nets import ResidualNet, randomise
 

@@ -1,0 +1,245 @@
+"""The causal language modelling task type: next-token prediction, perplexity, head/FFN pruning.
+
+Data: `data.name = "text"` (local files) or `"embedded"` (CPython's `pydoc_data.topics`), cut
+into blocks of `data.options.sequence_length` tokens (see `spa.experiments.lm_data`); model: a
+`spa.models` network such as `tiny_llama` or a local `transformers` causal LM (`model.name =
+"transformers"`, `model.path`), checked to be causal (`spa.experiments.lm_model`); loss: the
+mean next-token cross-entropy; metric: perplexity on the evaluation text, recorded as it is
+(`metric_name = "perplexity"`, lower is better; the report shows it unscaled, not as a percent).
+
+Methods: fine-pruning (every weight trains), LoRA (SPLoRA never pruned) and SPLoRA; the LM head
+is never adapted and, for LoRA and SPLoRA, stays frozen with the embeddings it is usually tied
+to, so a task bundle holds the adapters and norms only. Pruning follows the iterative schedule:
+before each step after the first, attention heads (with grouped-query attention a key/value
+head with its query heads) and FFN neurons (`pruning.units`) are scored on training blocks and
+masked to the step's density. The deployable model is the compacted, fused copy; FLOPs and
+latency are per sequence of `sequence_length` tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spa.adapters import adapt
+from spa.errors import ConfigError
+from spa.experiments import measure
+from spa.experiments.build import adapter_config
+from spa.experiments.config import (
+    ExperimentConfig,
+    ModelConfig,
+    block_criteria,
+    channel_criteria,
+)
+from spa.experiments.distributed_run import prune_on_all_ranks
+from spa.experiments.lm_data import (
+    DATA_NAMES,
+    TextData,
+    load_text_data,
+    text_options,
+    tokenizer_problem,
+)
+from spa.experiments.lm_model import (
+    build_language_model,
+    evaluate_perplexity,
+    scoring_batches,
+    train_lm_epoch,
+)
+from spa.experiments.pruning_steps import ChannelPruner
+from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step
+from spa.experiments.train import (
+    block_learning_rate,
+    make_loader,
+    make_optimizer,
+    set_learning_rate,
+)
+
+# Trainable parameter groups besides the adapters, per method: LoRA and SPLoRA keep the LM head
+# (tied to the input embeddings in most LMs) frozen; fine-pruning trains every weight.
+_TRAINABLE = {"lora": ("norm",), "splora": ("norm",), "fine-pruning": ("all",)}
+
+
+def _head(model: nn.Module, config: ExperimentConfig) -> str:
+    """The LM head's module path: `model.head` if the model has it; with the default head name
+    (an image classifier's "fc") the model's output embedding (`transformers`' LM head)."""
+    names = {module: name for name, module in model.named_modules()}
+    try:
+        model.get_submodule(config.model.head)
+        return config.model.head
+    except AttributeError:
+        pass
+    output = getattr(model, "get_output_embeddings", lambda: None)()
+    if config.model.head != ModelConfig().head or output is None or output not in names:
+        raise ConfigError(
+            f"config key 'model.head': the model has no module {config.model.head!r} and no "
+            "output embedding; set model.head to the module path of the LM head"
+        )
+    return names[output]
+
+
+@dataclass
+class CausalLMSession:
+    """One seed of a causal-LM run (see `SeedSession`)."""
+
+    config: ExperimentConfig
+    seed: int
+    data: TextData
+    example: torch.Tensor  # (1, sequence_length) token ids
+    base: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    pruner: ChannelPruner | None
+    model_name: str | None = None
+    model_options: dict[str, Any] | None = field(default=None)
+
+    def prune(self, step: Step) -> None:
+        """Score heads and FFN neurons on training blocks and mask down to the step's density."""
+        if step.index == 0 or self.pruner is None:
+            return
+        count = self.config.pruning.scoring_batches
+        batches = scoring_batches(
+            self.data.train, self.config.data.batch_size, count, self.config.train.device
+        )
+        prune_on_all_ranks(self.model, self.pruner, step.target_density, batches)
+
+    def train_epoch(self, step: Step, epoch: int) -> dict[str, Any]:
+        """One epoch of next-token training; returns lr and the mean loss per token."""
+        train = self.config.train
+        lr = block_learning_rate(train.lr, epoch, step.epochs, train.lr_schedule)
+        set_learning_rate(self.optimizer, lr)
+        loader = make_loader(
+            self.data.train,
+            self.config.data.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            epoch=step.first_epoch + epoch,
+        )
+        loss = train_lm_epoch(
+            self.model,
+            loader,
+            self.optimizer,
+            device=train.device,
+            max_batches=train.max_batches_per_epoch,
+            description=(
+                f"seed {self.seed} density {step.target_density:.0%} "
+                f"epoch {epoch + 1}/{step.epochs}"
+            ),
+        )
+        return {"lr": lr, "loss": loss}
+
+    def finish_training(self, step: Step) -> None:
+        """Nothing to do: iterative masks are final when set."""
+
+    def evaluate(self) -> Evaluation:
+        """Perplexity on the evaluation blocks; the loss is its logarithm (nats per token)."""
+        value = evaluate_perplexity(
+            self.model, self.data.eval, self.config.data.eval_batch_size, self.config.train.device
+        )
+        extras = {"perplexity": value, "eval_tokens": self.data.eval.blocks[:, 1:].numel()}
+        return Evaluation(metric=value, loss=math.log(value), extras=extras)
+
+    def deploy(self, bundle_path: Path) -> dict[str, Any]:
+        """Compact and fuse a copy, measure it and save the bundle (`measure_task`)."""
+        return measure.measure_task(
+            self.model,
+            self.base,
+            self.example,
+            bundle_path,
+            self.config.train.latency_batch_size,
+            model_name=self.model_name,
+            model_options=self.model_options,
+        )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Model, optimiser and channel masks (hook masks are not in `state_dict`)."""
+        masks = self.pruner.masks() if self.pruner is not None else None
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "masks": masks,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load the model and optimiser states and re-apply the channel masks."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.pruner is not None:
+            self.pruner.restore(self.model, state["masks"])
+
+
+class CausalLMTask:
+    """Causal language modelling with head/FFN pruning (see `TaskType`)."""
+
+    name = "causal-lm"
+    metric_name = "perplexity"
+    supports_distributed = False
+
+    def data_names(self) -> tuple[str, ...]:
+        """Local text files ("text") and the embedded Python documentation ("embedded")."""
+        return DATA_NAMES
+
+    def unsupported_reason(self, config: ExperimentConfig) -> str | None:
+        """Channel methods (fine-pruning, LoRA, SPLoRA), the iterative schedule or none, and a
+        tokenizer (a directory or the byte fallback)."""
+        pruning = config.pruning
+        if config.adapter.method == "splopa":
+            return (
+                "config key 'adapter.method' = 'splopa': block pruning of language models is "
+                "not yet supported by `spa run`; use 'fine-pruning', 'lora' or 'splora'"
+            )
+        if pruning.schedule == "gradual":
+            return (
+                "config key 'pruning.schedule' = 'gradual': language models are pruned with the "
+                "'iterative' schedule (or 'none')"
+            )
+        if pruning.schedule != "none" and pruning.criterion in block_criteria():
+            return (
+                f"config key 'pruning.criterion' = {pruning.criterion!r}: language models are "
+                f"pruned by heads and FFN neurons; use one of {channel_criteria()}"
+            )
+        return tokenizer_problem(config)
+
+    def start(self, config: ExperimentConfig, seed: int) -> CausalLMSession:
+        """Read and tokenize the text; build, check and adapt the model; optimiser and pruner."""
+        if config.model.name == "transformers" and not Path(config.model.path).is_dir():
+            raise ConfigError(
+                f"config key 'model.path': {config.model.path} is not a local model directory"
+            )
+        options = text_options(config)
+        data = load_text_data(config, options)
+        built = build_language_model(config, data.tokenizer.vocab_size, options.sequence_length)
+        device = config.train.device
+        base = measure.freeze(copy.deepcopy(built.model))
+        model = built.model
+        adapter = adapter_config(config.adapter, _head(model, config))
+        adapter = dataclasses.replace(adapter, trainable=_TRAINABLE[config.adapter.method])
+        adapt(model, adapter)
+        model.to(device)
+        train = config.train
+        optimizer = make_optimizer(
+            model, train.optimizer, train.lr, train.momentum, train.weight_decay
+        )
+        example = data.eval.blocks[:1].to(device)
+        prunes = bool(config.pruning.density_steps())
+        return CausalLMSession(
+            config=config,
+            seed=seed,
+            data=data,
+            example=example,
+            base=base,
+            model=model,
+            optimizer=optimizer,
+            pruner=ChannelPruner(model, example, config.pruning) if prunes else None,
+            model_name=built.model_name,
+            model_options=built.model_options,
+        )
+
+
+TASK_TYPES.register("causal-lm")(CausalLMTask())
