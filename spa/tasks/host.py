@@ -186,11 +186,12 @@ class TaskHost:
         if name in self._cache:
             self._cache.move_to_end(name)
             return self._cache[name]
-        model = self._plans[name].build(self._scratch, self.finalize)
-        self._cache[name] = model
-        while len(self._cache) > self.cache_size:
+        # Evict first, so the host never holds more than cache_size models at once.
+        while len(self._cache) >= self.cache_size:
             evicted, _ = self._cache.popitem(last=False)
             logger.debug("evicted task %r from the cache", evicted)
+        model = self._plans[name].build(self._scratch, self.finalize)
+        self._cache[name] = model
         return model
 
     def set_task(self, name: str) -> None:
