@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
 
-from spa.adapters.base import is_adapted
+from spa.adapters.protocols import is_adapted
 from spa.deploy.fuse import fuse
 from spa.errors import ConfigError
 

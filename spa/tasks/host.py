@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spa.adapters.base import is_adapted
+from spa.adapters.protocols import is_adapted
 from spa.errors import BundleError, ConfigError
 from spa.flops import count_flops
 from spa.tasks.fingerprint import fingerprint

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spa.adapters.base import is_adapted
+from spa.adapters.protocols import is_adapted
 from spa.adapters.transposed import as_linear, is_transposed_linear, linear_view
 from spa.errors import BundleError, ConfigError, SpaWarning
 from spa.families import per_head_axes

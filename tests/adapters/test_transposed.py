@@ -56,7 +56,7 @@ def test_adapted_conv1d_equals_the_original_layer_at_zero_adapter():
     original = gpt2().eval()
     model = copy.deepcopy(original)
     spa.adapt(model, spa.SPLoRAConfig(rank=2))
-    for _, layer in spa.adapters.base.adapter_layers(model):
+    for _, layer in spa.adapters.protocols.adapter_layers(model):
         with torch.no_grad():
             layer.up.zero_()
     x = torch.randn(2, 5, 32)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import spa
-from spa.adapters.base import adapter_layers
+from spa.adapters.protocols import adapter_layers
 from spa.deploy import compact_blocks, without_empty_units
 from spa.errors import UnsupportedLayerError
 from spa.families import block_layouts, describe

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import spa
-from spa.adapters.base import adapter_layers
+from spa.adapters.protocols import adapter_layers
 from spa.errors import ConfigError, UnsupportedLayerError
 from spa.families import block_layouts, describe, head_counts
 from spa.pruning.block_criteria import create_block_criterion

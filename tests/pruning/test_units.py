@@ -115,7 +115,7 @@ def test_head_masks_reach_the_density_counted_from_the_masks():
     masks = compute_masks(groups, scores, density=0.7)
     apply_masks(model, masks)
     kept = total = 0
-    for _, layer in spa.adapters.base.adapter_layers(model):
+    for _, layer in spa.adapters.protocols.adapter_layers(model):
         weight = layer.base.weight
         kept += int(layer.out_mask.sum()) * int(layer.in_mask.sum())
         total += math.prod(weight.shape)
