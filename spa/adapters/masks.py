@@ -36,8 +36,10 @@ class DerivedTensorCache:
     """Caches a tensor computed from other tensors until one of them changes.
 
     A source counts as changed when it is a different object, lives at a different address
-    (e.g. after `.to(device)`) or was modified in place (its version counter moved, as after an
-    optimizer step or `load_state_dict`). Holding the sources keeps their identities unique.
+    (e.g. after `.to(device)`) or was modified in place (its version counter moved, as after
+    `copy_` or `load_state_dict`). Holding the sources keeps their identities unique. Cache only
+    values of frozen tensors and buffers: some optimizers (fused AdamW) update parameters in
+    place without moving their version counters.
     """
 
     def __init__(self) -> None:

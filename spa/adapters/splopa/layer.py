@@ -218,7 +218,7 @@ class SPLoPALinear(nn.Module):
     def masked_base_weight(self) -> torch.Tensor:
         """`W_s * (M_b kron J)`; cached without autograd while the base weight is frozen."""
         weight = self.base.weight
-        if weight.requires_grad and torch.is_grad_enabled():
+        if weight.requires_grad:  # trainable: never cached (see `fused_weight`)
             return weight * self.weight_mask()
         return self._masked_base_cache.get(
             (weight, self.block_mask),
@@ -238,8 +238,13 @@ class SPLoPALinear(nn.Module):
         return block_delta(self.masked_block_weights(), self.prototypes.prototypes())
 
     def fused_weight(self) -> torch.Tensor:
-        """`W_t` of Eq. 6; cached (no autograd) when nothing in it requires a gradient."""
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+        """`W_t` of Eq. 6; cached (no autograd) when nothing in it requires a gradient.
+
+        A layer with trainable tensors recomputes it on every call: optimizers may update
+        parameters without moving their version counters (fused AdamW does), so a cache keyed
+        on them could serve a stale weight.
+        """
+        if any(p.requires_grad for p in self.parameters()):
             return self.masked_base_weight() + self.delta_weight()
         sources = (
             self.base.weight,
