@@ -5,6 +5,13 @@ from spa.integrations.trainer import (
     ChannelSchedule,
     DensityRecord,
     SpaPruningCallback,
+    compact_with_optimizer,
 )
 
-__all__ = ["BlockSchedule", "ChannelSchedule", "DensityRecord", "SpaPruningCallback"]
+__all__ = [
+    "BlockSchedule",
+    "ChannelSchedule",
+    "DensityRecord",
+    "SpaPruningCallback",
+    "compact_with_optimizer",
+]

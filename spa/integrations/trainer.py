@@ -9,14 +9,18 @@ Use::
     )
     Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
 
-The model being trained keeps its tensor shapes: pruning only sets masks (removed channels and
-blocks are exactly zero), so the Trainer's optimizer, learning-rate scheduler and checkpoints
-stay valid throughout. At every density the compacted task is written as a bundle
-(`spa.save_task` compacts a copy), and `history` records what was visited.
+At every density of a `ChannelSchedule` the model being trained is scored, masked and (by
+default) compacted in place: its pruned channels are removed physically and the optimizer is
+kept consistent, its parameter lists pointing at the new parameters and every per-parameter
+state tensor (Adam's moments) sliced by the very compaction that sliced its parameter (run on a
+copy of the model holding the state). Block schedules only mask (removed blocks are exactly
+zero). At the end of every density the task is written as a bundle, and `history` records
+what was visited.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -30,7 +34,7 @@ from transformers import TrainerCallback
 
 from spa.errors import ConfigError
 from spa.flops import density as channel_density
-from spa.pruning import ChannelPruningConfig, channel_groups, prune_step
+from spa.pruning import ChannelPruningConfig, channel_groups, compact, prune_step
 from spa.pruning.block_criteria import create_block_criterion
 from spa.pruning.gradual import GradualBlockPruner, GradualPruningConfig
 from spa.tasks import save_task
@@ -51,6 +55,10 @@ class ChannelSchedule:
         initial_steps: optimizer steps before the first pruning step (>= 0).
         pruning: criterion, ranking, floors, rounding and target ("params" or "flops").
         scoring_batches: training batches the data-based criteria accumulate over.
+        compact: physically remove the pruned channels from the model being trained at every
+            density (it trains faster and smaller); the optimizer's parameters and per-parameter
+            state (e.g. Adam's moments) are carried over by the same compaction. False keeps
+            the shapes (masks only). Single-process training only.
     """
 
     densities: tuple[float, ...]
@@ -58,6 +66,7 @@ class ChannelSchedule:
     initial_steps: int = 0
     pruning: ChannelPruningConfig = field(default_factory=ChannelPruningConfig)
     scoring_batches: int = 1
+    compact: bool = True
 
     def __post_init__(self) -> None:
         values = tuple(self.densities)
@@ -168,6 +177,8 @@ class SpaPruningCallback(TrainerCallback):
             self._groups = channel_groups(model, self.example_inputs)
             if self.schedule.initial_steps == 0 and state.global_step == 0:
                 self._prune(model, self.schedule.densities[0], train_dataloader)
+                if self.schedule.compact:
+                    self._compact(model, kwargs.get("optimizer"), args)
                 self._level = 0
         else:
             criterion = create_block_criterion(
@@ -184,8 +195,11 @@ class SpaPruningCallback(TrainerCallback):
                 penalty.backward()
         return control
 
-    def on_step_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        """Advance the schedule: update block scores, or prune / save at density boundaries."""
+    def on_step_end(
+        self, args, state, control, model=None, train_dataloader=None, optimizer=None, **kwargs
+    ):
+        """Advance the schedule: update block scores, or prune (and compact) / save at density
+        boundaries."""
         if self._pruner is not None:
             self._pruner.step()
             return control
@@ -200,6 +214,8 @@ class SpaPruningCallback(TrainerCallback):
             self._save(model, state.global_step, schedule.densities[self._level])
         if level < len(schedule.densities):
             self._prune(model, schedule.densities[level], train_dataloader)
+            if schedule.compact:
+                self._compact(model, optimizer, args)
         self._level = level
         return control
 
@@ -243,6 +259,16 @@ class SpaPruningCallback(TrainerCallback):
         model.train(training)
         logger.info("pruned to density %.3f (reached %.3f)", density, channel_density(model))
 
+    def _compact(self, model: nn.Module, optimizer: Any, args) -> None:
+        if getattr(args, "world_size", 1) > 1:
+            raise ConfigError(
+                "ChannelSchedule(compact=True) changes parameter shapes, which distributed "
+                "training cannot follow; pass compact=False for multi-process training"
+            )
+        compact_with_optimizer(model, optimizer)
+        self._groups = channel_groups(model, self.example_inputs)  # the new, smaller channels
+        logger.info("compacted: %d parameters", sum(p.numel() for p in model.parameters()))
+
     def _save(self, model: nn.Module, step: int, target: float, reached: float | None = None):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / f"density-{step:06d}.safetensors"
@@ -257,6 +283,61 @@ class SpaPruningCallback(TrainerCallback):
             reached = channel_density(model)
         self.history.append(DensityRecord(step, target, reached, str(path)))
         logger.info("step %d: density %.3f, bundle %s", step, reached, path)
+
+
+def compact_with_optimizer(model: nn.Module, optimizer: Any = None) -> nn.Module:
+    """`spa.compact(model)` in place, carrying `optimizer` over to the compacted parameters.
+
+    Every optimizer state tensor shaped like its parameter (Adam's `exp_avg`, `exp_avg_sq`,
+    momentum buffers) is sliced exactly as the parameter is: a copy of the model whose
+    parameters hold that state is compacted by the same masks and read back. Parameter groups
+    then list the new parameters, in the same order; other state (`step`) is kept.
+
+    Args:
+        model: a masked adapted model (channel masks).
+        optimizer: a `torch.optim.Optimizer` over (some of) its parameters, or a wrapper with
+            an `optimizer` attribute (accelerate's); None compacts the model only.
+
+    Returns:
+        `model`, compacted.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if inner is None:
+        return compact(model)
+    names = {id(p): name for name, p in model.named_parameters()}
+    old = dict(model.named_parameters())
+    keys = {
+        key
+        for p, values in inner.state.items()
+        for key, value in values.items()
+        if torch.is_tensor(value) and value.shape == p.shape and value.dim() > 0
+    }
+    sliced: dict[str, dict[str, torch.Tensor]] = {}
+    for key in sorted(keys):
+        shadow = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, parameter in shadow.named_parameters():
+                value = inner.state.get(old[name], {}).get(key)
+                if torch.is_tensor(value) and value.shape == parameter.shape:
+                    parameter.copy_(value)
+        compact(shadow)
+        sliced[key] = {name: p.detach().clone() for name, p in shadow.named_parameters()}
+    compact(model)
+    new = dict(model.named_parameters())
+    state = {}
+    for group in inner.param_groups:
+        for index, parameter in enumerate(group["params"]):
+            name = names[id(parameter)]
+            values = inner.state.get(parameter)
+            group["params"][index] = new[name]
+            if values:
+                state[new[name]] = {
+                    key: sliced[key][name] if key in sliced else value
+                    for key, value in values.items()
+                }
+    inner.state.clear()
+    inner.state.update(state)
+    return model
 
 
 def _whole_output(outputs: Any) -> Any:

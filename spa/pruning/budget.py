@@ -63,17 +63,24 @@ def macs_profile(model: nn.Module, layers: Mapping[str, nn.Module], example_inpu
 
     handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
     training = model.training
+    flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
     model.eval()
     try:
-        # This pass records positions and fills the adapters' fused-weight caches, so the
-        # counted pass below holds inference MACs only (no one-off `down @ up` products).
+        # Frozen, the adapters cache their fused weights in this first pass (which records the
+        # positions), so the counted pass holds inference MACs only (no `down @ up` products).
+        for parameter in flags:
+            parameter.requires_grad_(False)
         with torch.no_grad():
             call_model(model, example_inputs)
+        for handle in handles:
+            handle.remove()
+        total = count_macs(model, example_inputs)
     finally:
         model.train(training)
         for handle in handles:
             handle.remove()
-    total = count_macs(model, example_inputs)
+        for parameter, flag in flags.items():
+            parameter.requires_grad_(flag)
     layer_macs = sum(_weight_entries(layers[name]) * count for name, count in positions.items())
     return MacsProfile(
         positions=MappingProxyType(positions), total=total, fixed=max(0, total - layer_macs)

@@ -7,7 +7,13 @@ import copy
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 import spa
 from spa.errors import ConfigError
@@ -172,3 +178,69 @@ def test_schedule_longer_than_max_steps_is_refused(tmp_path):
 def test_channel_schedule_rejects_bad_densities(densities):
     with pytest.raises(ConfigError, match="densities"):
         ChannelSchedule(densities=densities, steps_per_density=1)
+
+
+def test_compact_with_optimizer_slices_state_like_the_parameters():
+    from spa.integrations import compact_with_optimizer
+    from spa.pruning import apply_masks, channel_groups, compute_masks, score
+
+    torch.manual_seed(0)
+    model = spa.adapt(Classifier(), spa.SPLoRAConfig(rank=2, trainable=("head", "bias")))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    x = torch.randn(16, 8)
+    model(x).square().sum().backward()
+    optimizer.step()
+    groups = channel_groups(model, x[:2])
+    apply_masks(model, compute_masks(groups, score(model, "weight", groups), 0.5))
+    layer = model.body[2]
+    rows = layer.out_mask.nonzero().flatten()  # kept output channels, by the explicit mask
+    before = {k: v.clone() for k, v in optimizer.state[layer.down].items()}
+    head_before = optimizer.state[model.head.weight]["exp_avg_sq"].clone()
+    compact_with_optimizer(model, optimizer)
+    state = optimizer.state[layer.down]
+    assert layer.down.shape[0] == len(rows) < 16
+    torch.testing.assert_close(state["exp_avg"], before["exp_avg"][rows], rtol=0, atol=0)
+    torch.testing.assert_close(state["exp_avg_sq"], before["exp_avg_sq"][rows], rtol=0, atol=0)
+    assert torch.equal(state["step"], before["step"])
+    # The head reads the kept channels of the last layer: its columns are sliced alike.
+    torch.testing.assert_close(
+        optimizer.state[model.head.weight]["exp_avg_sq"], head_before[:, rows], rtol=0, atol=0
+    )
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in held} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert all(optimizer.state[p]["exp_avg"].shape == p.shape for p in held)
+    model(x).square().sum().backward()  # training continues on the compacted model
+    optimizer.step()
+
+
+def test_channel_schedule_compacts_the_trained_model_at_every_density(tmp_path):
+    torch.manual_seed(0)
+    base = Classifier()
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
+    x = torch.randn(64, 8)
+    data = Rows({"x": x, "labels": (x[:, 0] > 0).long()})
+    sizes = []
+
+    class Sizes(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            sizes.append(sum(p.numel() for p in model.parameters()))
+
+    schedule = ChannelSchedule(densities=(0.7, 0.4), steps_per_density=2, initial_steps=1)
+    callback = SpaPruningCallback(
+        schedule, base_model=base, output_dir=tmp_path / "bundles", example_inputs=x[:4]
+    )
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, schedule.total_steps()),
+        train_dataset=data,
+        callbacks=[callback, Sizes()],
+    )
+    unpruned = sum(p.numel() for p in model.parameters())
+    trainer.train()
+    # Compacted at steps 1 (density 0.7) and 3 (0.4), the sizes seen after each step's events.
+    assert unpruned > sizes[0] == sizes[1] > sizes[2] == sizes[3]
+    assert sizes[-1] == sum(p.numel() for p in model.parameters())
+    model.eval()
+    loaded = spa.load_task(base, callback.history[-1].bundle)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
