@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 def ones_mask(size: int, device: torch.device | None = None) -> torch.Tensor:
@@ -32,14 +33,28 @@ def expand_block_mask(block_mask: torch.Tensor, block_shape: tuple[int, int]) ->
     return block_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
 
 
+# Optimizer steps taken in this process, by any `torch.optim.Optimizer`. Some optimizers (fused
+# AdamW) update parameters in place without moving their version counters, so a cache derived
+# from trainable tensors also keys on this count.
+_optimizer_steps = 0
+
+
+def _count_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
 class DerivedTensorCache:
     """Caches a tensor computed from other tensors until one of them changes.
 
     A source counts as changed when it is a different object, lives at a different address
     (e.g. after `.to(device)`) or was modified in place (its version counter moved, as after
-    `copy_` or `load_state_dict`). Holding the sources keeps their identities unique. Cache only
-    values of frozen tensors and buffers: some optimizers (fused AdamW) update parameters in
-    place without moving their version counters.
+    `copy_` or `load_state_dict`). Holding the sources keeps their identities unique. While a
+    source requires a gradient, any optimizer step also counts as a change: some optimizers
+    (fused AdamW) update parameters in place without moving their version counters.
     """
 
     def __init__(self) -> None:
@@ -52,6 +67,8 @@ class DerivedTensorCache:
     ) -> torch.Tensor:
         """Return the cached value, recomputing it (without autograd) if any source changed."""
         keys = tuple((t.data_ptr(), t._version) for t in sources)
+        if any(t.requires_grad for t in sources):
+            keys += ((_optimizer_steps, 0),)
         same = (
             self._value is not None
             and len(sources) == len(self._sources)

@@ -218,7 +218,7 @@ class SPLoPALinear(nn.Module):
     def masked_base_weight(self) -> torch.Tensor:
         """`W_s * (M_b kron J)`; cached without autograd while the base weight is frozen."""
         weight = self.base.weight
-        if weight.requires_grad:  # trainable: never cached (see `fused_weight`)
+        if weight.requires_grad and torch.is_grad_enabled():
             return weight * self.weight_mask()
         return self._masked_base_cache.get(
             (weight, self.block_mask),
@@ -240,11 +240,10 @@ class SPLoPALinear(nn.Module):
     def fused_weight(self) -> torch.Tensor:
         """`W_t` of Eq. 6; cached (no autograd) when nothing in it requires a gradient.
 
-        A layer with trainable tensors recomputes it on every call: optimizers may update
-        parameters without moving their version counters (fused AdamW does), so a cache keyed
-        on them could serve a stale weight.
+        The cache also keys on the process's optimizer steps while a source trains (see
+        `DerivedTensorCache`).
         """
-        if any(p.requires_grad for p in self.parameters()):
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return self.masked_base_weight() + self.delta_weight()
         sources = (
             self.base.weight,

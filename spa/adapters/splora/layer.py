@@ -137,7 +137,7 @@ class SPLoRALayer(nn.Module):
     def masked_base_weight(self) -> torch.Tensor:
         """`W_s * (m_row m_col^T)`; cached without autograd while the base weight is frozen."""
         weight = self.base.weight
-        if weight.requires_grad:  # trainable: never cached (see `fused_weight`)
+        if weight.requires_grad and torch.is_grad_enabled():
             return weight * self.weight_mask()
         sources = (weight, self.out_mask, self.in_mask)
         return self._masked_base_cache.get(sources, self._compute_masked_base)
@@ -165,11 +165,10 @@ class SPLoRALayer(nn.Module):
     def fused_weight(self) -> torch.Tensor:
         """`W_t` of Eq. 4; cached (no autograd) when nothing in it requires a gradient.
 
-        A layer with trainable tensors recomputes it on every call: optimizers may update
-        parameters without moving their version counters (fused AdamW does), so a cache keyed
-        on them could serve a stale weight.
+        The cache also keys on the process's optimizer steps while a source trains (see
+        `DerivedTensorCache`).
         """
-        if self._has_trainable():
+        if torch.is_grad_enabled() and self._has_trainable():
             return self._compute_fused()
         sources = (self.base.weight, self.out_mask, self.in_mask)
         if self.rank > 0:
