@@ -7,14 +7,10 @@ import time
 from collections.abc import Callable
 
 
-def interleaved_medians(
-    variants: dict[str, Callable[[], object]], rounds: int = 5, repeats: int = 2, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each variant, timing them in alternation.
-
-    Alternating the variants within every round spreads machine noise evenly over them, so the
-    ratios between variants are more trustworthy than their absolute times.
-    """
+def _interleaved_samples(
+    variants: dict[str, Callable[[], object]], rounds: int, repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant in every round, the variants timed in alternation."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
@@ -25,6 +21,18 @@ def interleaved_medians(
             for _ in range(repeats):
                 fn()
             samples[name].append((time.perf_counter() - start) / repeats)
+    return samples
+
+
+def interleaved_medians(
+    variants: dict[str, Callable[[], object]], rounds: int = 5, repeats: int = 2, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds per call of each variant, timing them in alternation.
+
+    Alternating the variants within every round spreads machine noise evenly over them, so the
+    ratios between variants are more trustworthy than their absolute times.
+    """
+    samples = _interleaved_samples(variants, rounds, repeats, warmup)
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
@@ -40,16 +48,7 @@ def interleaved_ratios(
     Every round times each variant once (in alternation), and the ratio to the reference is
     taken within the round, so slow phases of the machine cancel out of the ratios.
     """
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            samples[name].append((time.perf_counter() - start) / repeats)
+    samples = _interleaved_samples(variants, rounds, repeats, warmup)
     result = {}
     for name, times in samples.items():
         ratios = [t / r for t, r in zip(times, samples[reference])]

@@ -90,22 +90,6 @@ class AggregateRow:
     num_classes: int | None = None
 
 
-def _value(record: dict[str, Any], column: str) -> Any:
-    if column == "metric" and "metric" not in record:
-        return record.get("accuracy")  # runs recorded before metric names
-    return record.get(column)
-
-
-def _latency(members: Sequence[dict[str, Any]]) -> tuple[float, float, float] | None:
-    measured = [m for m in members if m.get("latency_ms") is not None]
-    if not measured:
-        return None
-    median = statistics.median(float(m["latency_ms"]) for m in measured)
-    low = min(float(m.get("latency_q1_ms", m["latency_ms"])) for m in measured)
-    high = max(float(m.get("latency_q3_ms", m["latency_ms"])) for m in measured)
-    return median, low, high
-
-
 def _experiment_id(run_dir: Path) -> str:
     """What makes a run's experiment: its resolved config without where and with which seeds."""
     path = run_dir / "config.toml"

@@ -54,6 +54,7 @@ from spa.experiments.lm_model import (
 )
 from spa.experiments.pruning_steps import ChannelPruner
 from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step
+from spa.experiments.task_types.channel_session import ChannelSessionSteps
 from spa.experiments.train import (
     block_learning_rate,
     make_loader,
@@ -85,7 +86,7 @@ def _head(model: nn.Module, config: ExperimentConfig) -> str:
 
 
 @dataclass
-class CausalLMSession:
+class CausalLMSession(ChannelSessionSteps):
     """One seed of a causal-LM run (see `SeedSession`)."""
 
     config: ExperimentConfig
@@ -134,9 +135,6 @@ class CausalLMSession:
         )
         return {"lr": lr, "loss": loss}
 
-    def finish_training(self, step: Step) -> None:
-        """Nothing to do: iterative masks are final when set."""
-
     def evaluate(self) -> Evaluation:
         """Perplexity on the evaluation blocks; the loss is its logarithm (nats per token)."""
         value = evaluate_perplexity(
@@ -144,34 +142,6 @@ class CausalLMSession:
         )
         extras = {"perplexity": value, "eval_tokens": self.data.eval.blocks[:, 1:].numel()}
         return Evaluation(metric=value, loss=math.log(value), extras=extras)
-
-    def deploy(self, bundle_path: Path) -> dict[str, Any]:
-        """Compact and fuse a copy, measure it and save the bundle (`measure_task`)."""
-        return measure.measure_task(
-            self.model,
-            self.base,
-            self.example,
-            bundle_path,
-            self.config.train.latency_batch_size,
-            model_name=self.model_name,
-            model_options=self.model_options,
-        )
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """Model, optimiser and channel masks (hook masks are not in `state_dict`)."""
-        masks = self.pruner.masks() if self.pruner is not None else None
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "masks": masks,
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Load the model and optimiser states and re-apply the channel masks."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.pruner is not None:
-            self.pruner.restore(self.model, state["masks"])
 
 
 class CausalLMTask:

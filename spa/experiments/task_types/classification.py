@@ -9,7 +9,6 @@ are scored on the training data and masked down to the step's density.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from spa.experiments.config import ExperimentConfig, block_criteria, channel_cri
 from spa.experiments.distributed_run import prune_on_all_ranks
 from spa.experiments.pruning_steps import ChannelPruner
 from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step
+from spa.experiments.task_types.channel_session import ChannelSessionSteps
 from spa.experiments.train import (
     block_learning_rate,
     evaluate,
@@ -32,7 +32,7 @@ from spa.experiments.train import (
 
 
 @dataclass
-class ClassificationSession:
+class ClassificationSession(ChannelSessionSteps):
     """One seed of a classification run (see `SeedSession`)."""
 
     config: ExperimentConfig
@@ -44,6 +44,7 @@ class ClassificationSession:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     pruner: ChannelPruner | None
+    model_name: str | None = None  # the base's `spa.models` name, for bundles
     model_options: dict[str, Any] | None = None  # the base's builder arguments, for bundles
     training: nn.Module | None = field(default=None, repr=False)  # DDP wrapper or `model`
 
@@ -85,9 +86,6 @@ class ClassificationSession:
         )
         return {"lr": lr, "loss": stats.loss, "accuracy": stats.accuracy}
 
-    def finish_training(self, step: Step) -> None:
-        """Nothing to do: iterative masks are final when set."""
-
     def evaluate(self) -> Evaluation:
         """Accuracy and cross-entropy on the evaluation set."""
         loader = make_loader(self.eval_set, self.config.data.eval_batch_size, shuffle=False)
@@ -95,34 +93,6 @@ class ClassificationSession:
         # The class count gives the report its chance level.
         extras = {"accuracy": result.accuracy, "num_classes": self.eval_set.num_classes}
         return Evaluation(metric=result.accuracy, loss=result.loss, extras=extras)
-
-    def deploy(self, bundle_path: Path) -> dict[str, Any]:
-        """Compact and fuse a copy, measure it and save the bundle (`measure_task`)."""
-        return measure.measure_task(
-            self.model,
-            self.base,
-            self.example,
-            bundle_path,
-            self.config.train.latency_batch_size,
-            model_name=self.config.model.name,
-            model_options=self.model_options,
-        )
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """Model, optimiser and channel masks (hook masks are not in `state_dict`)."""
-        masks = self.pruner.masks() if self.pruner is not None else None
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "masks": masks,
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Load the model and optimiser states and re-apply the channel masks."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.pruner is not None:
-            self.pruner.restore(self.model, state["masks"])
 
 
 class ClassificationTask:
@@ -181,6 +151,7 @@ class ClassificationTask:
             model=model,
             optimizer=optimizer,
             pruner=ChannelPruner(model, example, config.pruning) if prunes else None,
+            model_name=config.model.name,
             model_options=build.base_options(config.model, train_set.num_classes, example.shape[1]),
         )
 
