@@ -14,27 +14,17 @@ Run: `python benchmarks/bench_transformers.py` (2 threads; numbers are for this 
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 
 import torch
 import transformers
+from _timing import interleaved_ratios, report_goal
 
 import spa
 from spa.flops import count_flops
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, score
 
-THREADS, BATCH, SEQUENCE, REPEATS, NEW_TOKENS = 2, 8, 128, 3, 32
-
-
-def _median_seconds(fn, repeats: int = REPEATS) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+THREADS, BATCH, SEQUENCE, ROUNDS, NEW_TOKENS = 2, 8, 128, 9, 32
 
 
 def _pruned(model: torch.nn.Module, fraction_kept: float, example) -> tuple[torch.nn.Module, dict]:
@@ -68,18 +58,30 @@ def bench_bert() -> None:
     for name, seconds in timings.items():
         print(f"  {name:<15} {seconds:8.2f}")
     with torch.inference_mode():
-        dense_time = _median_seconds(lambda: dense(ids))
-        pruned_time = _median_seconds(lambda: pruned(ids))
+        timed = interleaved_ratios(
+            {"dense": lambda: dense(ids), "pruned": lambda: pruned(ids)},
+            "pruned",
+            rounds=ROUNDS,
+            repeats=1,
+        )
+    dense_time, speedup, low, high = timed["dense"]  # per round: dense seconds / pruned seconds
+    pruned_time = timed["pruned"][0]
     dense_flops, pruned_flops = count_flops(dense, ids), count_flops(pruned, ids)
     params = sum(p.numel() for p in pruned.parameters()), sum(p.numel() for p in dense.parameters())
-    speedup, reduction = dense_time / pruned_time, dense_flops / pruned_flops
+    reduction = dense_flops / pruned_flops
     print(f"BERT-base batch {BATCH} x {SEQUENCE}, 30% of heads and FFN neurons kept")
     print(f"  {'':<8}{'params':>12}{'GFLOPs':>10}{'latency s':>12}")
     print(f"  {'dense':<8}{params[1]:>12,}{dense_flops / 1e9:>10.1f}{dense_time:>12.3f}")
     print(f"  {'pruned':<8}{params[0]:>12,}{pruned_flops / 1e9:>10.1f}{pruned_time:>12.3f}")
     print(
-        f"  speed-up {speedup:.2f}x, FLOPs reduction {reduction:.2f}x, "
-        f"speed-up / FLOPs reduction {speedup / reduction:.2f}"
+        f"  speed-up {speedup:.2f}x ({low:.2f}-{high:.2f}, {ROUNDS} interleaved rounds), "
+        f"FLOPs reduction {reduction:.2f}x, speed-up / FLOPs reduction {speedup / reduction:.2f}"
+    )
+    report_goal(
+        f"BERT-base 30% heads+FFN: speed-up (FLOPs reduction {reduction:.2f}x)",
+        "-",
+        f"{speedup:.2f} ({low:.2f}-{high:.2f})",
+        None,
     )
 
 
@@ -101,14 +103,29 @@ def bench_llama() -> None:
     pruned, timings = _pruned(copy.deepcopy(dense), 0.3, prompt)
     options = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
     with torch.inference_mode():
-        dense_time = _median_seconds(lambda: dense.generate(prompt, **options), repeats=2)
-        pruned_time = _median_seconds(lambda: pruned.generate(prompt, **options), repeats=2)
+        timed = interleaved_ratios(
+            {
+                "dense": lambda: dense.generate(prompt, **options),
+                "pruned": lambda: pruned.generate(prompt, **options),
+            },
+            "pruned",
+            rounds=ROUNDS,
+            repeats=1,
+        )
+    dense_time, speedup, low, high = timed["dense"]
+    pruned_time = timed["pruned"][0]
     params = sum(p.numel() for p in pruned.parameters()), sum(p.numel() for p in dense.parameters())
     print(f"Llama-style decoder ({params[1] / 1e6:.0f}M params), greedy decode with KV cache")
     print(f"  channel_groups {timings['channel_groups']:.2f} s")
     print(f"  dense   {params[1]:>12,} params {NEW_TOKENS / dense_time:8.1f} tokens/s")
     print(f"  pruned  {params[0]:>12,} params {NEW_TOKENS / pruned_time:8.1f} tokens/s")
-    print(f"  decode speed-up {dense_time / pruned_time:.2f}x")
+    print(f"  decode speed-up {speedup:.2f}x ({low:.2f}-{high:.2f}, {ROUNDS} interleaved rounds)")
+    report_goal(
+        "Llama-style 40M decoder 30% heads+FFN: decode speed-up",
+        "-",
+        f"{speedup:.2f} ({low:.2f}-{high:.2f})",
+        None,
+    )
 
 
 def main() -> None:
