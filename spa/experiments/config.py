@@ -154,7 +154,8 @@ class PruningConfig:
         scoring_batches: batches used to compute data-driven scores.
         min_channels: never prune a layer below this many channels.
         round_to: keep channel counts multiples of this (e.g. 8); omitted for no rounding.
-        units: transformer units to prune, "heads" and/or "ffn" (`spa.families`); default both.
+        units: transformer units to prune, "heads", "ffn" and/or "hidden" (`spa.families`);
+            default heads and FFN.
         target: what the densities measure: "params" (prunable weights kept, the paper's) or
             "flops" (fraction of the whole model's MACs kept, on the example batch).
     """
@@ -168,7 +169,7 @@ class PruningConfig:
     scoring_batches: int = 8
     min_channels: int = 1
     round_to: int | None = None
-    units: tuple[Literal["heads", "ffn"], ...] | None = None
+    units: tuple[Literal["heads", "ffn", "hidden"], ...] | None = None
     target: Literal["params", "flops"] = "params"
 
     def __post_init__(self) -> None:

@@ -17,12 +17,14 @@ from spa.families.description import (
     BlockLayout,
     Family,
     FeedForwardDescription,
+    StreamDescription,
     block_layouts,
     config_of,
     describe,
     per_head_axes,
 )
 from spa.families.pretrained import config_values
+from spa.families.stream import StreamLayout, sliced_tensor_axes, stream_layout, stream_tensors
 from spa.families.sync import head_counts, sync_attributes
 
 __all__ = [
@@ -31,11 +33,16 @@ __all__ = [
     "BlockLayout",
     "Family",
     "FeedForwardDescription",
+    "StreamDescription",
+    "StreamLayout",
     "block_layouts",
     "config_of",
     "config_values",
     "describe",
     "head_counts",
     "per_head_axes",
+    "sliced_tensor_axes",
+    "stream_layout",
+    "stream_tensors",
     "sync_attributes",
 ]

@@ -5,6 +5,7 @@ from spa.families.description import (
     AttentionDescription,
     Family,
     FeedForwardDescription,
+    StreamDescription,
 )
 
 BERT = FAMILIES.register("bert")(
@@ -29,5 +30,11 @@ BERT = FAMILIES.register("bert")(
         ),
         # BertSelfAttention derives the head size as hidden_size / num_attention_heads.
         config_head_dim=None,
+        stream=StreamDescription(
+            block_norms=("attention.output.LayerNorm", "output.LayerNorm"),
+            norms=(r"(^|\.)embeddings\.LayerNorm$",),
+            tensors={r"(^|\.)embeddings\.\w+_embeddings\.weight$": 1},
+            pooler=r"(^|\.)pooler\.dense$",
+        ),
     )
 )

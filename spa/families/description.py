@@ -96,6 +96,33 @@ class FeedForwardDescription:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StreamDescription:
+    """Where a family's residual stream is read and written besides the block projections.
+
+    Regular expressions are searched in full dotted paths, so they match whatever wraps the
+    `transformers` model.
+
+    Args:
+        block_norms: norms inside each block that normalise the stream (paths relative to it).
+        norms: model-level norms of the stream (the embeddings' norm, the final norm).
+        tensors: bare parameters with one stream axis (regex -> axis): token, position and type
+            embeddings, class and mask tokens.
+        writers: model-level layers whose output rows are the stream (a patch projection).
+        pooler: a projection that reads the stream for the task head (BERT's pooler); in a
+            model without one, the task head itself reads the stream.
+    """
+
+    block_norms: tuple[str, ...]
+    norms: tuple[str, ...] = ()
+    tensors: Mapping[str, int] = field(default_factory=dict)
+    writers: tuple[str, ...] = ()
+    pooler: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Family:
     """A model family: which configs it covers and where its blocks' units live.
 
@@ -111,6 +138,9 @@ class Family:
         config_head_dim: config attribute the modelling code reads the head dimension from;
             None where it derives it as hidden size / heads, so a config of the family cannot
             express removed heads (see `spa.families.pretrained`).
+        config_hidden: config attribute with the hidden size.
+        stream: where the residual stream is read and written besides the block projections;
+            None where the hidden size cannot be pruned.
     """
 
     name: str
@@ -122,6 +152,8 @@ class Family:
     config_kv_heads: str | None = None
     config_intermediate: str | None = "intermediate_size"
     config_head_dim: str | None = None
+    config_hidden: str = "hidden_size"
+    stream: StreamDescription | None = None
 
 
 @dataclass(frozen=True)
@@ -183,7 +215,7 @@ def describe(model: nn.Module) -> Family | None:
     return None
 
 
-def _join(block: str, relative: str | None) -> str | None:
+def join_path(block: str, relative: str | None) -> str | None:
     return None if relative is None else f"{block}.{relative}" if relative else block
 
 
@@ -213,17 +245,17 @@ def block_layouts(model: nn.Module, family: Family) -> list[BlockLayout]:
     layouts = []
     for block in blocks:
         paths = {
-            "attention": _join(block, attention.module),
-            "query": _join(block, attention.query),
-            "key": _join(block, attention.key),
-            "value": _join(block, attention.value),
-            "qkv": _join(block, attention.qkv),
-            "output": _join(block, attention.output),
-            "ffn": _join(block, ffn.module),
-            "ffn_output": _join(block, ffn.output),
-            "ffn_activation": _join(block, ffn.activation),
+            "attention": join_path(block, attention.module),
+            "query": join_path(block, attention.query),
+            "key": join_path(block, attention.key),
+            "value": join_path(block, attention.value),
+            "qkv": join_path(block, attention.qkv),
+            "output": join_path(block, attention.output),
+            "ffn": join_path(block, ffn.module),
+            "ffn_output": join_path(block, ffn.output),
+            "ffn_activation": join_path(block, ffn.activation),
         }
-        inputs = tuple(_join(block, p) for p in ffn.inputs)
+        inputs = tuple(join_path(block, p) for p in ffn.inputs)
         for path in [p for p in paths.values() if p is not None] + list(inputs):
             if path not in modules:
                 raise ConfigError(
@@ -261,7 +293,7 @@ def tensor_at(model: nn.Module, path: str) -> torch.Tensor | None:
 
 def _per_head_tensor(model: nn.Module, family: Family, block: str, relative: str, axis: int) -> str:
     """The full path of a described per-head tensor, checked to exist and to have `axis`."""
-    path = _join(block, relative)
+    path = join_path(block, relative)
     tensor = tensor_at(model, path)
     if tensor is None or axis >= tensor.dim():
         found = "missing" if tensor is None else f"of shape {tuple(tensor.shape)}"

@@ -9,6 +9,7 @@ from spa.families.description import (
     AttentionDescription,
     Family,
     FeedForwardDescription,
+    StreamDescription,
 )
 
 GPT2 = FAMILIES.register("gpt2")(
@@ -30,5 +31,11 @@ GPT2 = FAMILIES.register("gpt2")(
         config_heads="n_head",
         config_intermediate="n_inner",
         config_head_dim=None,  # GPT2Attention derives it as n_embd / n_head
+        config_hidden="n_embd",
+        stream=StreamDescription(
+            block_norms=("ln_1", "ln_2"),
+            norms=(r"(^|\.)ln_f$",),
+            tensors={r"(^|\.)(wte|wpe)\.weight$": 1},
+        ),
     )
 )

@@ -5,6 +5,7 @@ from spa.families.description import (
     AttentionDescription,
     Family,
     FeedForwardDescription,
+    StreamDescription,
 )
 
 LLAMA = FAMILIES.register("llama")(
@@ -30,5 +31,10 @@ LLAMA = FAMILIES.register("llama")(
         ),
         config_kv_heads="num_key_value_heads",
         config_head_dim="head_dim",  # Llama, Mistral and Qwen2 read `config.head_dim`
+        stream=StreamDescription(
+            block_norms=("input_layernorm", "post_attention_layernorm"),
+            norms=(r"(^|\.)norm$",),
+            tensors={r"(^|\.)embed_tokens\.weight$": 1},
+        ),
     )
 )

@@ -5,6 +5,7 @@ from spa.families.description import (
     AttentionDescription,
     Family,
     FeedForwardDescription,
+    StreamDescription,
 )
 
 VIT = FAMILIES.register("vit")(
@@ -25,5 +26,12 @@ VIT = FAMILIES.register("vit")(
             module="mlp", inputs=("mlp.fc1",), output="mlp.fc2", activation="mlp.activation_fn"
         ),
         config_head_dim="head_dim",  # ViTSelfAttention reads `config.head_dim` when present
+        stream=StreamDescription(
+            block_norms=("layernorm_before", "layernorm_after"),
+            norms=(r"(^|\.)layernorm$",),
+            tensors={r"(^|\.)embeddings\.(cls_token|mask_token|position_embeddings)$": 2},
+            writers=(r"(^|\.)patch_embeddings\.projection$",),
+            pooler=r"(^|\.)pooler\.dense$",
+        ),
     )
 )

@@ -23,7 +23,7 @@ from spa.pruning.schedules import (
     paper_optimizer,
     paper_scheduler,
 )
-from spa.pruning.units import UNITS, unit_groups
+from spa.pruning.units import DEFAULT_UNITS, UNITS, unit_groups
 
 __all__ = [
     "CRITERIA",
@@ -55,6 +55,7 @@ __all__ = [
     "score",
     "unit_groups",
     "without_empty_units",
+    "DEFAULT_UNITS",
     "UNITS",
     "UnitRemoval",
 ]

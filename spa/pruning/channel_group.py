@@ -20,6 +20,7 @@ from spa.adapters._conv import groups_of, overridden_method
 from spa.adapters.protocols import ChannelMasked, channel_layers
 from spa.errors import SpaWarning
 from spa.pruning.module_masks import layer_norm_dim, module_mask, parameter_dim
+from spa.pruning.norms import is_last_axis_norm
 
 Role = Literal["out", "in", "norm", "param"]
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -124,6 +125,8 @@ def unsupported(module: nn.Module | nn.Parameter) -> str | None:
                 "data_format ('channels_last' or 'channels_first'), so its channel axis is unknown"
             )
         return None
+    if is_last_axis_norm(module):
+        return None  # masked over its kept channels only (spa.pruning.norms)
     if isinstance(module, LAYER_TYPES):
         method = overridden_method(module)
         if method is not None:
@@ -158,6 +161,8 @@ def mask_size(module: nn.Module, role: Role) -> int:
         return module.weight.shape[1] * groups_of(module)
     if isinstance(module, nn.LayerNorm):
         return module.normalized_shape[-1]
+    if is_last_axis_norm(module):
+        return module.weight.shape[-1]
     if isinstance(module, LAYER_TYPES):
         return module.weight.shape[0]
     return module.num_features

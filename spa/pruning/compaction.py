@@ -41,13 +41,37 @@ def _slice_parameter(module: nn.Module, name: str, mask: torch.Tensor) -> None:
         module._buffers[name] = sliced
     else:
         setattr(module, name, nn.Parameter(sliced, requires_grad=tensor.requires_grad))
+    if isinstance(module, nn.Embedding) and name == "weight":
+        module.embedding_dim = sliced.shape[1]  # a hidden-size slice (spa.families.stream)
+
+
+def _tied_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """The owners of every parameter held by more than one module (tied embeddings)."""
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, parameter in module._parameters.items():
+            if parameter is not None:
+                owners.setdefault(id(parameter), []).append((module, name))
+    return [found for found in owners.values() if len(found) > 1]
+
+
+def _retie(tied: list[list[tuple[nn.Module, str]]]) -> None:
+    """Share again what compaction sliced apart (each owner sliced its own copy), where the
+    slices are equal, as a tied LM head and token embedding are after hidden-size pruning."""
+    for owners in tied:
+        first = owners[0][0]._parameters[owners[0][1]]
+        rest = [module._parameters[name] for module, name in owners[1:]]
+        if all(p.shape == first.shape and torch.equal(p, first) for p in rest):
+            for module, name in owners[1:]:
+                module._parameters[name] = first
 
 
 def compact(model: nn.Module, example_inputs=None) -> nn.Module:
     """Remove masked channels physically, in place; the outputs stay those of the masked model.
 
     After compaction every mask is all-ones, norm layers have updated `num_features` /
-    `normalized_shape`, modules of described transformer families hold their new head and
+    `normalized_shape` (embeddings their `embedding_dim`), parameters tied before (an LM head
+    and its token embedding) are tied again, modules of described transformer families hold their new head and
     neuron counts (`spa.families.sync_attributes`), and every channel-masked layer's
     `out_indices` / `in_indices` still name the channels of the original base layer each kept
     row/column comes from, so a task can be rebuilt from the shared base weights. `spa.fuse` then
@@ -63,6 +87,7 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
     Raises:
         SpaError: if the compacted model fails on `example_inputs` (inconsistent masks).
     """
+    tied = _tied_parameters(model)
     for module in list(model.modules()):
         if isinstance(module, ChannelMasked):
             out_removed, in_removed = _removed(module.out_mask), _removed(module.in_mask)
@@ -75,6 +100,7 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
         if out_removed or in_removed:
             remove_channels(module, out_removed, in_removed)
     sync_attributes(model)  # head / neuron counts of described transformer families
+    _retie(tied)
     if example_inputs is not None:
         _check_runs(model, example_inputs)
     return model

@@ -26,8 +26,8 @@ class ChannelPruningConfig:
         lrp_rule: "epsilon" or "zplus".
         lrp_epsilon: the LRP stabiliser.
         schedule: the iterative schedule.
-        units: for transformers of a described family, the units to prune ("heads", "ffn");
-            None prunes both (see `spa.pruning.units`).
+        units: for transformers of a described family, the units to prune ("heads", "ffn",
+            "hidden"); None prunes heads and FFN neurons (see `spa.pruning.units`).
         target: what the scheduled densities measure: "params" (fraction of the prunable base
             weights kept, the paper's density) or "flops" (fraction of the whole model's
             MACs/FLOPs kept, measured on the example inputs).

@@ -35,7 +35,8 @@ from spa.pruning.channel_group import (
     refresh_groups,
 )
 from spa.pruning.module_masks import parameter_dim, resume_hooks, suspend_hooks
-from spa.pruning.units import UNITS, unit_groups
+from spa.pruning.norms import is_last_axis_norm, slice_norm
+from spa.pruning.units import DEFAULT_UNITS, unit_groups
 
 __all__ = ["ChannelGroup", "channel_groups", "refresh_groups", "remove_channels"]
 
@@ -81,7 +82,8 @@ def remove_channels(
     """Physically remove output and input channels of one module with Torch-Pruning's functions.
 
     Args:
-        module: a channel-masked adapter layer, Linear/ConvNd, BatchNorm/InstanceNorm or LayerNorm.
+        module: a channel-masked adapter layer, Linear/ConvNd, BatchNorm/InstanceNorm, LayerNorm
+            or another norm over the last axis (RMSNorm, see `spa.pruning.norms`).
         out_positions: output channels to remove (a norm layer's channels); for adapter layers
             positions in `out_mask`.
         in_positions: input channels to remove; for adapter layers positions in `in_mask`.
@@ -89,6 +91,9 @@ def remove_channels(
     Raises:
         ConfigError: if Torch-Pruning has no pruning function for the module type.
     """
+    if is_last_axis_norm(module) and not isinstance(module, nn.LayerNorm):
+        slice_norm(module, [int(i) for i in out_positions])  # RMSNorm: no Torch-Pruning pruner
+        return
     if isinstance(module, ChannelMasked):
         pruner = _CHANNEL_PRUNER
     elif isinstance(module, nn.LayerNorm):
@@ -273,7 +278,8 @@ def channel_groups(
         model: a model adapted with `spa.adapt` (SPLoRA or fine-pruning).
         example_inputs: a batch the model accepts (tensor, tuple of tensors or dict); not
             used for described families.
-        units: for described families, which units to prune ("heads", "ffn"); None = both.
+        units: for described families, which units to prune ("heads", "ffn", "hidden");
+            None = heads and FFN neurons.
 
     Returns:
         The channel groups, in the order Torch-Pruning finds their roots (for described
@@ -291,7 +297,7 @@ def channel_groups(
         )
     family = describe(model)
     if family is not None:
-        return unit_groups(model, family, UNITS if units is None else units)
+        return unit_groups(model, family, DEFAULT_UNITS if units is None else units)
     if units is not None:
         raise ConfigError(
             f"channel_groups: units={tuple(units)!r} needs a model of a described family "

@@ -20,7 +20,7 @@ from torch import nn
 
 from spa.adapters.protocols import IN_MASK, OUT_MASK, ChannelMasked
 from spa.errors import ConfigError
-from spa.families import per_head_axes
+from spa.families import sliced_tensor_axes
 from spa.pruning.budget import MacsProfile
 from spa.pruning.groups import ChannelGroup
 from spa.pruning.module_masks import parameter_dim, set_module_mask, set_parameter_mask
@@ -310,12 +310,12 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]
     Raises:
         ConfigError: if a module or parameter path is unknown or a mask has the wrong length.
     """
-    axes = None  # the family's per-head tensors, looked up once a bare tensor is masked
+    axes = None  # the family's sliced tensors, looked up once a bare tensor is masked
     for name, entry in masks.items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            axes = per_head_axes(model) if axes is None else axes
+            axes = sliced_tensor_axes(model) if axes is None else axes
             _apply_parameter_mask(model, name, entry, axes.get(name))
             continue
         for key, mask in entry.items():

@@ -7,7 +7,8 @@ non-persistent boolean buffer and a hook:
 
 - `spa_out_mask` (output channels; a norm layer's channels) with a forward hook that zeroes the
   removed output channels. A `LayerNorm` is recomputed over the kept features only, so its
-  statistics match the compacted layer exactly.
+  statistics match the compacted layer exactly; so are RMSNorm and any other norm over the last
+  axis (`spa.pruning.norms`).
 - `spa_in_mask` (input channels) with a forward pre-hook that zeroes the removed inputs.
 - `spa_parameter_mask__<name>` for a bare per-channel parameter of a module (e.g. ConvNeXt's
   `layer_scale_parameter`, or a per-head tensor such as Swin's relative position bias table):
@@ -26,8 +27,9 @@ working. `spa.compact` removes both after slicing the module.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from spa.pruning.norms import is_last_axis_norm, normalise_kept
 
 OUT_MASK = "spa_out_mask"
 IN_MASK = "spa_in_mask"
@@ -57,7 +59,7 @@ def channel_dim(module: nn.Module) -> int:
     if isinstance(module, nn.LayerNorm):
         dim = layer_norm_dim(module)
         return -1 if dim is None else dim
-    return -1 if isinstance(module, nn.Linear) else 1
+    return -1 if isinstance(module, nn.Linear) or is_last_axis_norm(module) else 1
 
 
 def _view(mask: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
@@ -69,13 +71,10 @@ def _view(mask: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
 def _mask_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
     mask = getattr(module, OUT_MASK)
     dim = channel_dim(module)
-    if isinstance(module, nn.LayerNorm):
+    if isinstance(module, nn.LayerNorm) or is_last_axis_norm(module):
         # Normalise over the kept channels only, as the compacted norm does.
-        x = args[0].movedim(dim, -1)  # channels last
         kept = mask.nonzero().flatten()
-        weight = None if module.weight is None else module.weight[kept]
-        bias = None if module.bias is None else module.bias[kept]
-        normed = F.layer_norm(x[..., kept], (kept.numel(),), weight, bias, module.eps)
+        normed = normalise_kept(module, args[0].movedim(dim, -1), kept)  # channels last
         return torch.zeros_like(output).index_copy(dim, kept, normed.movedim(-1, dim))
     return output * _view(mask, output, dim)
 

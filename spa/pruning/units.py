@@ -1,7 +1,7 @@
-"""Transformer pruning units (attention heads, FFN neurons) as channel groups, from descriptions.
+"""Transformer pruning units (attention heads, FFN neurons, the hidden size) as channel groups.
 
 For a model of a described family (`spa.families`) the groups are built directly from the
-description, without tracing: one group per block and unit.
+description, without tracing: one group per block and unit, and one for the hidden size.
 
 - "heads": group channel `j` is key/value head `j` with its query heads (with grouped-query
   attention, the `num_key_value_groups` query heads that read it), so removing it keeps the
@@ -11,6 +11,13 @@ description, without tracing: one group per block and unit.
   tensor (role "param", e.g. Swin's relative position bias table, sliced on its head axis).
 - "ffn": group channel `i` is neuron `i`: row `i` of every input projection (up, gate) and
   column `i` of the output projection (down).
+- "hidden": group channel `c` is channel `c` of the residual stream (`spa.families.stream`):
+  column `c` of every projection reading it (q, k, v, FFN inputs, the pooler or the task
+  head), row `c` of every projection writing it (attention and FFN outputs, a patch
+  projection), channel `c` of every norm on it and of every embedding and class token. Masked
+  norms normalise over the kept channels only (`spa.pruning.norms`), so the masked model
+  computes what the compacted one does; a removed channel may keep stale values in the
+  stream between blocks, which no kept computation reads.
 
 The groups are ordinary `ChannelGroup`s, so criteria, ranking, masks, compaction, bundles and
 accounting use them unchanged (a criterion averages its per-row statistics over a channel's
@@ -23,14 +30,17 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from spa.adapters.inject import task_head
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import ConfigError, UnsupportedLayerError
-from spa.families import BlockLayout, Family, block_layouts, head_counts
+from spa.families import BlockLayout, Family, block_layouts, head_counts, stream_layout
 from spa.families.description import tensor_at
 from spa.pruning.channel_group import ChannelGroup, GroupMember, layer_table, mask_size
 from spa.pruning.module_masks import module_mask
+from spa.pruning.norms import is_last_axis_norm
 
-UNITS = ("heads", "ffn")
+UNITS = ("heads", "ffn", "hidden")
+DEFAULT_UNITS = ("heads", "ffn")  # the hidden size is pruned only when asked for
 # (module path, role, positions, channels) before the mask state is read.
 _Slice = tuple[str, str, list[int], list[int]]
 
@@ -84,10 +94,19 @@ def _member(
         size = tensor_at(model, path).shape[axes[path]]  # checked by `block_layouts`
         return _checked(path, role, positions, channels, size, is_adapter=False)
     module = model.get_submodule(path)
-    if not (isinstance(module, ChannelMasked) or isinstance(module, nn.Linear)):
+    if role == "norm":
+        if not (isinstance(module, nn.LayerNorm) or is_last_axis_norm(module)):
+            raise UnsupportedLayerError(
+                f"{path}: a {type(module).__name__} on the residual stream is not a norm over "
+                "its last axis (LayerNorm, RMSNorm), so spa cannot mask it exactly"
+            )
+        return _checked(path, role, positions, channels, mask_size(module, role), False)
+    layer_types = nn.Linear if role == "in" else (nn.Linear, nn.modules.conv._ConvNd)
+    if not (isinstance(module, ChannelMasked) or isinstance(module, layer_types)):
         raise UnsupportedLayerError(
-            f"{path}: a {type(module).__name__} cannot be a member of a head/FFN group (SPLoRA, "
-            "fine-pruning and plain nn.Linear layers can); adapt it with SPLoRA or fine-pruning"
+            f"{path}: a {type(module).__name__} cannot be a member of a transformer unit group "
+            "(SPLoRA, fine-pruning and plain nn.Linear layers can); adapt it with SPLoRA or "
+            "fine-pruning"
         )
     size = mask_size(module, role)
     return _checked(path, role, positions, channels, size, isinstance(module, ChannelMasked))
@@ -95,7 +114,7 @@ def _member(
 
 def _checked(path: str, role: str, positions, channels, size: int, is_adapter: bool):
     if len(positions) and max(positions) >= size:
-        raise ConfigError(f"{path}: head/FFN rows exceed its {size} {role} channels")
+        raise ConfigError(f"{path}: unit positions exceed its {size} {role} channels")
     return GroupMember(
         name=path,
         role=role,
@@ -117,47 +136,65 @@ def _kept_positions(model: nn.Module, member: GroupMember) -> list[bool] | None:
     return None if mask is None else mask.tolist()
 
 
+def _hidden_slices(model: nn.Module, family: Family) -> tuple[int, list[_Slice], dict[str, int]]:
+    """The residual stream's members (`spa.families.stream_layout`), the task head among them
+    where no pooler reads the stream for it, and the stream axis of each bare tensor."""
+    layout = stream_layout(model, family)
+    every = list(range(layout.width))
+    members = list(layout.members)
+    if layout.pooler is None:
+        members += [(path, "in", None) for path in task_head(model)]
+    slices = [(path, role, every, every) for path, role, _ in members]
+    axes = {path: axis for path, role, axis in members if role == "param"}
+    return layout.width, slices, axes
+
+
+def _group(model: nn.Module, size: int, slices: list[_Slice], axes: dict[str, int], layers):
+    members = tuple(_member(model, axes, *piece) for piece in slices)
+    kept = [True] * size
+    for member in members:
+        mask = _kept_positions(model, member)
+        if mask is None:
+            continue
+        for position, channel in zip(member.positions, member.channels):
+            if not mask[position]:
+                kept[channel] = False
+    root = next((path for path, role, *_ in slices if role == "out"), slices[0][0])
+    return ChannelGroup(root=root, size=size, kept=tuple(kept), members=members, layers=layers)
+
+
 def unit_groups(
-    model: nn.Module, family: Family, units: Sequence[str] = UNITS
+    model: nn.Module, family: Family, units: Sequence[str] = DEFAULT_UNITS
 ) -> list[ChannelGroup]:
-    """Channel groups of the chosen transformer units, one per block and unit.
+    """Channel groups of the chosen transformer units: heads and FFN neurons per block, and
+    the hidden size once for the whole model.
 
     Args:
         model: an adapted model of `family` (masked or not; compacted models are read from
             their current shapes).
         family: its description (see `spa.families.describe`).
-        units: which units to prune: any of "heads" and "ffn".
+        units: which units to prune: any of "heads", "ffn" and "hidden".
 
     Returns:
-        The groups, block by block, heads before FFN.
+        The groups, block by block, heads before FFN, then the hidden-size group.
 
     Raises:
-        ConfigError: for an unknown unit or a model that does not match the description.
+        ConfigError: for an unknown unit, a model that does not match the description, or
+            "hidden" for a family that does not describe its residual stream.
         UnsupportedLayerError: if a described projection is neither an adapter layer nor a
-            plain `nn.Linear`.
+            plain `nn.Linear` (or, writing the stream, a convolution).
     """
-    unknown = [unit for unit in units if unit not in _BUILDERS]
+    unknown = [unit for unit in units if unit not in UNITS]
     if unknown or not units:
         raise ConfigError(f"units must be a non-empty selection of {list(UNITS)}, got {units!r}")
     layers = layer_table(model)
     groups = []
     for layout in block_layouts(model, family):
-        for unit in UNITS:
-            if unit not in units:
-                continue
-            size, slices = _BUILDERS[unit](model, layout)
-            axes = dict(layout.per_head)
-            members = tuple(_member(model, axes, *piece) for piece in slices)
-            kept = [True] * size
-            for member in members:
-                mask = _kept_positions(model, member)
-                if mask is None:
-                    continue
-                for position, channel in zip(member.positions, member.channels):
-                    if not mask[position]:
-                        kept[channel] = False
-            root = slices[0][0]
-            groups.append(
-                ChannelGroup(root=root, size=size, kept=tuple(kept), members=members, layers=layers)
-            )
+        for unit in ("heads", "ffn"):
+            if unit in units:
+                size, slices = _BUILDERS[unit](model, layout)
+                groups.append(_group(model, size, slices, dict(layout.per_head), layers))
+    if "hidden" in units:
+        size, slices, axes = _hidden_slices(model, family)
+        groups.append(_group(model, size, slices, axes, layers))
     return groups

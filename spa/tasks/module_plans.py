@@ -48,11 +48,12 @@ def plan_module(
     bundle: Bundle,
     entry: dict[str, Any],
     base_modules: dict[str, nn.Module],
-    head_axes: dict[str, int],
+    axes: dict[str, int],
 ) -> dict[str, torch.Tensor]:
     """The validated tensors of module entry `entry` (a `BundleError` names what is wrong).
 
-    `head_axes` maps the dotted path of each declared per-head tensor to its head axis.
+    `axes` maps the dotted path of each described tensor pruning may narrow (per-head tensors,
+    embeddings and class tokens, see `spa.families.sliced_tensor_axes`) to its narrowed axis.
     """
     path = entry.get("path")
     check_fields(bundle, entry, f"module {path!r}", MODULE_FIELDS, ("path",))
@@ -93,7 +94,7 @@ def plan_module(
         channels = attributes.get("num_features", module.num_features)
         tensors["folded"] = expect(bundle, f"modules.{path}.folded", (2, channels))
         final.update(dict.fromkeys(_FOLDED_KEYS, (channels,)))
-    axes = {key: head_axes[f"{path}.{key}"] for key in final if f"{path}.{key}" in head_axes}
+    axes = {key: axes[f"{path}.{key}"] for key in final if f"{path}.{key}" in axes}
     _check_module_shapes(bundle, path, module, attributes, final, axes)
     return tensors
 

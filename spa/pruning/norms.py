@@ -1,0 +1,93 @@
+"""Norms over the last axis: computed over kept channels while masked, sliced when compacted.
+
+A LayerNorm or RMSNorm averages over all its channels, so zeroing a removed channel would still
+count it in the mean: the masked norm must normalise the kept channels only, exactly as the
+compacted (smaller) norm does. `normalise_kept` does that for `nn.LayerNorm`, `nn.RMSNorm` and
+any other norm class over the last axis whose tensors are per-channel vectors (LlamaRMSNorm,
+T5LayerNorm, ...): the module's own `forward` runs on the kept channels with its per-channel
+tensors narrowed. `slice_norm` removes channels of such a norm that Torch-Pruning has no
+pruning function for.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spa.adapters.modules import NORM_TYPES, is_norm
+
+
+def is_last_axis_norm(module: nn.Module) -> bool:
+    """True for a norm over the last axis that is not one of torch's channel-first norms.
+
+    `nn.LayerNorm` counts only in its plain channels-last form (see `layer_norm_dim`); any other
+    class `is_norm` accepts that is not a batch, instance or group norm counts (RMSNorm
+    variants).
+    """
+    if isinstance(module, nn.LayerNorm):
+        return getattr(module, "data_format", "channels_last") == "channels_last"
+    return is_norm(module) and not isinstance(module, NORM_TYPES)
+
+
+def _vectors(module: nn.Module, size: int) -> dict[str, torch.Tensor]:
+    """The module's own parameters and buffers that are per-channel vectors of `size`."""
+    tensors = {**module._buffers, **module._parameters}
+    return {
+        name: tensor
+        for name, tensor in tensors.items()
+        if tensor is not None and tensor.dim() == 1 and tensor.shape[0] == size
+    }
+
+
+def normalise_kept(module: nn.Module, x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The norm of `x` (channels last) restricted to the `kept` channel indices.
+
+    Args:
+        module: a last-axis norm (`is_last_axis_norm`).
+        x: its input, channels on the last axis.
+        kept: indices of the kept channels.
+
+    Returns:
+        What the compacted norm computes on `x[..., kept]` (a tensor of `len(kept)` channels).
+    """
+    size, count = x.shape[-1], kept.numel()
+    x = x.index_select(-1, kept)
+    weight, bias = (getattr(module, name, None) for name in ("weight", "bias"))
+    weight = None if weight is None else weight.index_select(0, kept)
+    if isinstance(module, nn.LayerNorm):
+        bias = None if bias is None else bias.index_select(0, kept)
+        return F.layer_norm(x, (count,), weight, bias, module.eps)
+    if isinstance(module, nn.RMSNorm):
+        return F.rms_norm(x, (count,), weight, module.eps)
+    # Any other class: its own forward, bypassing hooks, with its vectors narrowed.
+    originals = _vectors(module, size)
+    try:
+        for name, tensor in originals.items():
+            table = module._parameters if name in module._parameters else module._buffers
+            table[name] = tensor.index_select(0, kept)
+        return module.forward(x)
+    finally:
+        for name, tensor in originals.items():
+            table = module._parameters if name in module._parameters else module._buffers
+            table[name] = tensor
+
+
+def slice_norm(module: nn.Module, removed: list[int]) -> None:
+    """Remove channels of a last-axis norm in place: every per-channel vector and its size.
+
+    Args:
+        module: a last-axis norm Torch-Pruning has no pruning function for (an RMSNorm).
+        removed: channel indices to remove.
+    """
+    size = module.weight.shape[-1]
+    kept = torch.tensor(sorted(set(range(size)) - set(removed)), dtype=torch.long)
+    for name, tensor in _vectors(module, size).items():
+        sliced = tensor.detach().index_select(0, kept.to(tensor.device)).clone()
+        if name in module._parameters:
+            module._parameters[name] = nn.Parameter(sliced, requires_grad=tensor.requires_grad)
+        else:
+            module._buffers[name] = sliced
+    if isinstance(getattr(module, "normalized_shape", None), tuple):
+        module.normalized_shape = (kept.numel(),)
+
