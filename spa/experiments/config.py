@@ -154,8 +154,7 @@ class PruningConfig:
         scoring_batches: batches used to compute data-driven scores.
         min_channels: never prune a layer below this many channels.
         round_to: keep channel counts multiples of this (e.g. 8); omitted for no rounding.
-        units: transformer units to prune, "heads", "ffn" and/or "hidden" (`spa.families`);
-            default heads and FFN.
+        units: transformer units, "heads", "ffn" and/or "hidden"; default heads and FFN.
         target: what the densities measure: "params" (prunable weights kept, the paper's) or
             "flops" (fraction of the whole model's MACs kept, on the example batch).
     """

@@ -17,6 +17,7 @@ from spa.families.description import (
     BlockLayout,
     Family,
     FeedForwardDescription,
+    MergeDescription,
     StreamDescription,
     block_layouts,
     config_of,
@@ -24,7 +25,7 @@ from spa.families.description import (
     per_head_axes,
 )
 from spa.families.pretrained import config_values
-from spa.families.stream import StreamLayout, sliced_tensor_axes, stream_layout, stream_tensors
+from spa.families.stream import StreamLayout, sliced_tensor_axes, stream_layouts, stream_tensors
 from spa.families.sync import head_counts, sync_attributes
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "BlockLayout",
     "Family",
     "FeedForwardDescription",
+    "MergeDescription",
     "StreamDescription",
     "StreamLayout",
     "block_layouts",
@@ -42,7 +44,7 @@ __all__ = [
     "head_counts",
     "per_head_axes",
     "sliced_tensor_axes",
-    "stream_layout",
+    "stream_layouts",
     "stream_tensors",
     "sync_attributes",
 ]

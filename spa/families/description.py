@@ -96,6 +96,22 @@ class FeedForwardDescription:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MergeDescription:
+    """A patch merge between two stages: `parts` neighbouring tokens concatenated (each the
+    stage's width), normalised, and reduced to the next stage's width.
+
+    Args:
+        norm: regex of the merges' norms (one per stage boundary, in stage order).
+        reduction: regex of their reduction projections.
+        parts: tokens concatenated (4 for 2 x 2 patch merging).
+    """
+
+    norm: str
+    reduction: str
+    parts: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class StreamDescription:
     """Where a family's residual stream is read and written besides the block projections.
 
@@ -110,6 +126,9 @@ class StreamDescription:
         writers: model-level layers whose output rows are the stream (a patch projection).
         pooler: a projection that reads the stream for the task head (BERT's pooler); in a
             model without one, the task head itself reads the stream.
+        stages: for models whose width changes between stages, a regex whose first group,
+            searched in a block's path, names the block's stage (one stream per stage).
+        merging: the patch merges between stages (Swin).
     """
 
     block_norms: tuple[str, ...]
@@ -117,6 +136,8 @@ class StreamDescription:
     tensors: Mapping[str, int] = field(default_factory=dict)
     writers: tuple[str, ...] = ()
     pooler: str | None = None
+    stages: str | None = None
+    merging: MergeDescription | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))

@@ -17,6 +17,7 @@ from torch import nn
 
 from spa.errors import ConfigError
 from spa.families.description import Family, block_layouts
+from spa.families.stream import stream_layouts
 from spa.families.sync import head_counts
 
 # (quantity of `head_counts`, the Family field naming its config attribute, words for messages)
@@ -75,14 +76,20 @@ def config_values(model: nn.Module, family: Family, config: Any) -> dict[str, in
                 )
         if key is not None:
             values[key] = first
-    heads, original = counts[0]["heads"], getattr(config, family.config_heads, None)
+    kept = {"attention heads": (counts[0]["heads"], getattr(config, family.config_heads, None))}
+    if family.stream is not None:
+        hidden = stream_layouts(model, family)[0].width
+        values[family.config_hidden] = hidden
+        kept["hidden channels"] = (hidden, getattr(config, family.config_hidden, None))
     if family.config_head_dim is not None:
         values[family.config_head_dim] = layouts[0].head_dim
-    elif heads != original:
-        raise ConfigError(
-            f"{layouts[0].path} keeps {heads} of {original} attention heads, but transformers' "
-            f"{config_class} derives the head size from the hidden size / {family.config_heads}, "
-            f"so it cannot describe removed heads: prune FFN neurons only (units=('ffn',)) to "
-            f"export a {family.name} model"
-        )
+        return values
+    for words, (count, before) in kept.items():
+        if count != before:
+            raise ConfigError(
+                f"the model keeps {count} of {before} {words}, but transformers' {config_class} "
+                f"derives the head size from {family.config_hidden} / {family.config_heads}, so "
+                f"it cannot describe that: prune FFN neurons only (units=('ffn',)) to export a "
+                f"{family.name} model"
+            )
     return values

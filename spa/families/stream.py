@@ -5,12 +5,13 @@ attention and FFN input projections read it (input columns), their output projec
 it (output rows), every norm on it normalises over it, and the token, position and type
 embeddings, class tokens and patch projection put it together. Pruning a hidden channel removes
 it from all of them at once. Block projections come from the family's attention and FFN
-descriptions; a `StreamDescription` names the rest. `stream_layout` resolves it on a model.
+descriptions; a `StreamDescription` names the rest. `stream_layouts` resolves it on a model.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -26,9 +27,11 @@ from spa.families.description import (
     tensor_at,
 )
 
-# Member roles: "in" input columns of a reader, "out" output rows of a writer, "norm" the
-# channels of a norm, "param" one axis of a bare parameter.
-StreamMember = tuple[str, str, int | None]
+# (path, role, axis, parts). Roles: "in" input columns of a reader, "out" output rows of a
+# writer, "norm" the channels of a norm, "param" one axis (`axis`) of a bare parameter. A
+# member with `parts` > 1 holds the stream that many times side by side (a patch merge's
+# concatenation of neighbouring tokens): its position `k * width + c` is channel `c`.
+StreamMember = tuple[str, str, int | None, int]
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,8 @@ class StreamLayout:
 
     Args:
         width: the hidden size (channels of the stream).
-        members: `(path, role, axis)` of everything on the stream; `axis` only for "param"
-            members (the tensor's stream axis).
+        members: `(path, role, axis, parts)` of everything on the stream (see
+            `StreamMember`).
         pooler: the pooler projection's path, or None (then the task head reads the stream).
     """
 
@@ -63,22 +66,30 @@ def stream_tensors(model: nn.Module, family: Family) -> dict[str, int]:
         for key, tensor in module._parameters.items()
         if tensor is not None
     ]
-    return {path: axis for pattern, axis in stream.tensors.items() for path in _search(paths, pattern)}
+    tensors = stream.tensors.items()
+    return {path: axis for pattern, axis in tensors for path in _search(paths, pattern)}
 
 
-def stream_layout(model: nn.Module, family: Family) -> StreamLayout:
-    """Resolve `family.stream` on `model`: every module and tensor on the residual stream.
+def stream_layouts(
+    model: nn.Module, family: Family, head: Sequence[str] = ()
+) -> list[StreamLayout]:
+    """Resolve `family.stream` on `model`: every module and tensor on each residual stream.
+
+    A model has one stream, or one per stage where patch merging changes the width (Swin).
+    Model-level members (embeddings, their norm, the final norm, the head) join the stage of
+    their width.
 
     Args:
         model: a model of `family` (adapted or not, masked or compacted).
         family: its description.
+        head: the task head's modules; they read the stream where no pooler does.
 
     Returns:
-        The layout; its width is read from the first block norm.
+        One layout per stage, in module order; each width is its first block's input width.
 
     Raises:
         ConfigError: if the family describes no stream, a described path is missing, or a
-            member's size on the stream axis differs from the width (the message names it).
+            member's size does not fit its stream (the message names it).
     """
     stream = family.stream
     if stream is None:
@@ -87,11 +98,13 @@ def stream_layout(model: nn.Module, family: Family) -> StreamLayout:
             "size cannot be pruned; prune units=('heads', 'ffn') instead"
         )
     modules = dict(model.named_modules())
-    members: list[StreamMember] = []
+    stages: dict[str, list[StreamMember]] = {}
     for layout in block_layouts(model, family):
+        found = re.search(stream.stages, layout.path) if stream.stages else None
+        members = stages.setdefault(found.group(1) if found else "", [])
         readers = [layout.qkv] if layout.qkv else [layout.query, layout.key, layout.value]
-        members += [(path, "in", None) for path in [*readers, *layout.ffn_inputs]]
-        members += [(layout.output, "out", None), (layout.ffn_output, "out", None)]
+        members += [(path, "in", None, 1) for path in [*readers, *layout.ffn_inputs]]
+        members += [(layout.output, "out", None, 1), (layout.ffn_output, "out", None, 1)]
         for relative in stream.block_norms:
             path = join_path(layout.path, relative)
             if path not in modules:
@@ -99,26 +112,55 @@ def stream_layout(model: nn.Module, family: Family) -> StreamLayout:
                     f"model family {family.name!r}: block {layout.path!r} has no norm {path!r}; "
                     "the model does not match its family description"
                 )
-            members.append((path, "norm", None))
-    for pattern in stream.norms:
-        members += [(path, "norm", None) for path in _search(modules, pattern)]
-    for pattern in stream.writers:
-        members += [(path, "out", None) for path in _search(modules, pattern)]
-    members += [(path, "param", axis) for path, axis in stream_tensors(model, family).items()]
+            members.append((path, "norm", None, 1))
+    per_stage = list(stages.values())
+    _add_merges(family, modules, per_stage)
+    widths = [_size(model, *members[0]) for members in per_stage]
     poolers = _search(modules, stream.pooler) if stream.pooler else []
-    members += [(path, "in", None) for path in poolers]
-    width = _size(model, *members[0])
-    for member in members:
-        if _size(model, *member) != width:
+    loose = [(path, "norm", None, 1) for p in stream.norms for path in _search(modules, p)]
+    loose += [(path, "out", None, 1) for p in stream.writers for path in _search(modules, p)]
+    loose += [(path, "param", axis, 1) for path, axis in stream_tensors(model, family).items()]
+    loose += [(path, "in", None, 1) for path in (poolers or head)]
+    for member in loose:
+        stage = [i for i, width in enumerate(widths) if width == _size(model, *member)]
+        if len(stage) != 1:
             raise ConfigError(
-                f"model family {family.name!r}: {member[0]} has {_size(model, *member)} channels "
-                f"on the residual stream, the first block's projection has {width}; the model "
-                "does not match its family description"
+                f"model family {family.name!r}: {member[0]} has {_size(model, *member)} "
+                f"channels, which is not the width of exactly one residual stream {widths}; "
+                "the model does not match its family description"
             )
-    return StreamLayout(width=width, members=tuple(members), pooler=poolers[0] if poolers else None)
+        per_stage[stage[0]].append(member)
+    for width, members in zip(widths, per_stage):
+        for member in members:
+            if _size(model, *member) != width * member[3]:
+                raise ConfigError(
+                    f"model family {family.name!r}: {member[0]} has {_size(model, *member)} "
+                    f"channels, its residual stream has {width} (x {member[3]}); the model does "
+                    "not match its family description"
+                )
+    pooler = poolers[0] if poolers else None
+    return [StreamLayout(w, tuple(m), pooler) for w, m in zip(widths, per_stage)]
 
 
-def _size(model: nn.Module, path: str, role: str, axis: int | None) -> int:
+def _add_merges(family: Family, modules: dict, stages: list[list[StreamMember]]) -> None:
+    """Merge `i` reads stage `i` (its norm and reduction inputs, `parts` x the width) and
+    writes stage `i + 1` (the reduction's output rows)."""
+    merge = family.stream.merging
+    if merge is None:
+        return
+    norms, reductions = _search(modules, merge.norm), _search(modules, merge.reduction)
+    if not len(norms) == len(reductions) == len(stages) - 1:
+        raise ConfigError(
+            f"model family {family.name!r}: {len(stages)} stages need {len(stages) - 1} patch "
+            f"merges, found norms {norms} and reductions {reductions}; the model does not "
+            "match its family description"
+        )
+    for index, (norm, reduction) in enumerate(zip(norms, reductions)):
+        stages[index] += [(norm, "norm", None, merge.parts), (reduction, "in", None, merge.parts)]
+        stages[index + 1].append((reduction, "out", None, 1))
+
+
+def _size(model: nn.Module, path: str, role: str, axis: int | None, parts: int = 1) -> int:
     """A member's number of stream channels."""
     if role == "param":
         return tensor_at(model, path).shape[axis]

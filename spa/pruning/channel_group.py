@@ -6,6 +6,7 @@ turns them into `ChannelGroup`s (no Torch-Pruning object) and re-reads mask stat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections import defaultdict
@@ -82,6 +83,8 @@ class ChannelGroup:
         members: the modules and positions of every channel.
         layers: mask state of all adapter layers of the model (shared by all groups of one
             `channel_groups` call), for density bookkeeping.
+        unit: the transformer unit ("heads", "ffn", "hidden") of a described family's group;
+            None for traced groups.
     """
 
     root: str
@@ -89,6 +92,7 @@ class ChannelGroup:
     kept: tuple[bool, ...]
     members: tuple[GroupMember, ...]
     layers: MappingProxyType
+    unit: str | None = None
 
     def producers(self) -> list[GroupMember]:
         """Members whose output channels carry the group's channels (Linear/Conv, role "out")."""
@@ -284,13 +288,5 @@ def refresh_groups(model: nn.Module, groups: Sequence[ChannelGroup]) -> list[Cha
             for position, channel in zip(member.positions, member.channels):
                 if not is_kept(module, member.role, position):
                     kept[channel] = False
-        result.append(
-            ChannelGroup(
-                root=group.root,
-                size=group.size,
-                kept=tuple(kept),
-                members=group.members,
-                layers=layers,
-            )
-        )
+        result.append(dataclasses.replace(group, kept=tuple(kept), layers=layers))
     return result

@@ -71,11 +71,11 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
 
     After compaction every mask is all-ones, norm layers have updated `num_features` /
     `normalized_shape` (embeddings their `embedding_dim`), parameters tied before (an LM head
-    and its token embedding) are tied again, modules of described transformer families hold their new head and
-    neuron counts (`spa.families.sync_attributes`), and every channel-masked layer's
-    `out_indices` / `in_indices` still name the channels of the original base layer each kept
-    row/column comes from, so a task can be rebuilt from the shared base weights. `spa.fuse` then
-    gives an ordinary PyTorch model with fewer parameters and FLOPs.
+    and its token embedding) are tied again, modules of described transformer families hold
+    their new head and neuron counts (`spa.families.sync_attributes`), and every channel-masked
+    layer's `out_indices` / `in_indices` still name the channels of the original base layer each
+    kept row/column comes from, so a task can be rebuilt from the shared base weights.
+    `spa.fuse` then gives an ordinary PyTorch model with fewer parameters and FLOPs.
 
     Args:
         model: a masked adapted model (see `apply_masks`).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,7 +21,8 @@ class ChannelPruningConfig:
             of FFN neurons in every layer, as `spa.save_pretrained` needs).
         min_channels: never keep fewer channels than this in a group (>= 1).
         min_fraction: never keep fewer than this fraction of a group's channels, in [0, 1].
-        round_to: keep channel counts multiples of this (e.g. 8); None for no rounding.
+        round_to: keep channel counts multiples of this (e.g. 8); None for no rounding; a
+            mapping rounds only the transformer units it names (e.g. `{"hidden": 4}`).
         num_batches: batches the data-based criteria accumulate over (None = all).
         norm_p: the `p` of the Weight criterion's L_p norm.
         lrp_rule: "epsilon" or "zplus".
@@ -37,7 +39,7 @@ class ChannelPruningConfig:
     ranking: Literal["global", "local"] = "global"
     min_channels: int = 1
     min_fraction: float = 0.0
-    round_to: int | None = None
+    round_to: int | Mapping[str, int] | None = None
     num_batches: int | None = 1
     norm_p: float = 2.0
     lrp_rule: Literal["epsilon", "zplus"] = "epsilon"
@@ -56,8 +58,19 @@ class ChannelPruningConfig:
             raise ConfigError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
         if not 0.0 <= self.min_fraction <= 1.0:
             raise ConfigError(f"min_fraction must be in [0, 1], got {self.min_fraction!r}")
-        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
-            raise ConfigError(f"round_to must be an integer >= 1 or None, got {self.round_to!r}")
+        from spa.pruning.units import UNITS
+
+        steps = self.round_to if isinstance(self.round_to, Mapping) else {"": self.round_to}
+        if any(
+            (unit and unit not in UNITS)
+            or (step is not None and (not isinstance(step, int) or isinstance(step, bool)))
+            or (step is not None and step < 1)
+            for unit, step in steps.items()
+        ):
+            raise ConfigError(
+                f"round_to must be an integer >= 1, None, or a mapping of units {UNITS} to "
+                f"integers >= 1; got {self.round_to!r}"
+            )
         if self.num_batches is not None and self.num_batches < 1:
             raise ConfigError(f"num_batches must be >= 1 or None, got {self.num_batches!r}")
         if not self.norm_p > 0:
@@ -68,7 +81,6 @@ class ChannelPruningConfig:
             raise ConfigError(f"target must be 'params' or 'flops', got {self.target!r}")
         if self.lrp_epsilon < 0:
             raise ConfigError(f"lrp_epsilon must be >= 0, got {self.lrp_epsilon!r}")
-        from spa.pruning.units import UNITS
 
         if self.units is not None and (
             not isinstance(self.units, tuple) or not self.units or set(self.units) - set(UNITS)

@@ -98,6 +98,17 @@ def _layer_costs(layers: Mapping, macs: MacsProfile | None) -> dict[str, int]:
     return {name: macs.positions[name] for name in layers}
 
 
+RoundTo = int | Mapping[str, int] | None
+
+
+def _steps(groups: Sequence[ChannelGroup], round_to: RoundTo) -> list[int | None]:
+    """Each group's channel-count multiple: `round_to` itself, or its entry for the group's
+    transformer unit (groups of other units, and traced groups, are not rounded)."""
+    if not isinstance(round_to, Mapping):
+        return [round_to] * len(groups)
+    return [round_to.get(group.unit) if group.unit else None for group in groups]
+
+
 def _floor(size: int, min_channels: int, min_fraction: float, round_to: int | None) -> int:
     floor = max(min_channels, math.ceil(min_fraction * size), 1)
     if round_to:
@@ -126,6 +137,10 @@ def _chunks(
     return chunks
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _check(groups, scores, density, ranking, min_channels, min_fraction, round_to) -> None:
     if not groups:
         raise ConfigError("compute_masks: no channel groups; nothing can be pruned")
@@ -137,8 +152,12 @@ def _check(groups, scores, density, ranking, min_channels, min_fraction, round_t
         raise ConfigError(f"compute_masks: min_channels must be >= 1, got {min_channels!r}")
     if not 0.0 <= min_fraction <= 1.0:
         raise ConfigError(f"compute_masks: min_fraction must be in [0, 1], got {min_fraction!r}")
-    if round_to is not None and round_to < 1:
-        raise ConfigError(f"compute_masks: round_to must be >= 1 or None, got {round_to!r}")
+    steps = round_to.values() if isinstance(round_to, Mapping) else [round_to]
+    if any(step is not None and not _is_count(step) for step in steps):
+        raise ConfigError(
+            "compute_masks: round_to must be >= 1, a mapping of transformer units to such "
+            f"numbers, or None; got {round_to!r}"
+        )
     for index, group in enumerate(groups):
         if index not in scores or scores[index].shape != (group.size,):
             got = None if index not in scores else tuple(scores[index].shape)
@@ -155,7 +174,7 @@ def compute_masks(
     ranking: Ranking = "global",
     min_channels: int = 1,
     min_fraction: float = 0.0,
-    round_to: int | None = None,
+    round_to: RoundTo = None,
     macs: MacsProfile | None = None,
 ) -> ChannelMasks:
     """Choose the channels to remove so that the retained weight density reaches `density`.
@@ -178,6 +197,8 @@ def compute_masks(
         min_channels: never keep fewer channels than this in a group (never zero).
         min_fraction: never keep fewer than this fraction of a group's channels.
         round_to: keep channel counts multiples of this (hardware-friendly widths); None = 1.
+            A mapping rounds the groups of the transformer units it names only, e.g.
+            `{"hidden": 4}` keeps a hidden size a `transformers` config with 4 heads accepts.
         macs: a `MacsProfile` (from `spa.pruning.macs_profile`) to prune to a compute budget:
             `density` is then the fraction of the whole model's MACs (and FLOPs) to keep.
 
@@ -188,11 +209,12 @@ def compute_masks(
         ConfigError: for invalid arguments or scores of the wrong shape.
     """
     _check(groups, scores, density, ranking, min_channels, min_fraction, round_to)
-    floors = [_floor(g.size, min_channels, min_fraction, round_to) for g in groups]
+    steps = _steps(groups, round_to)
+    floors = [_floor(g.size, min_channels, min_fraction, s) for g, s in zip(groups, steps)]
     if ranking == "global":
-        removed = _global(groups, scores, density, floors, round_to, macs)
+        removed = _global(groups, scores, density, floors, steps, macs)
     else:
-        removed = _local(groups, scores, density, floors, round_to, macs)
+        removed = _local(groups, scores, density, floors, steps, macs)
     reached = _density_of(groups, removed, _Retained(groups, macs))
     if reached > density + 1e-9:
         logger.warning(
@@ -213,9 +235,9 @@ def _initial(
     return state, removed
 
 
-def _global(groups, scores, density, floors, round_to, macs) -> list[set[int]]:
+def _global(groups, scores, density, floors, steps, macs) -> list[set[int]]:
     state, removed = _initial(groups, macs)
-    queues = [_chunks(g, scores[i], floors[i], round_to) for i, g in enumerate(groups)]
+    queues = [_chunks(g, scores[i], floors[i], steps[i]) for i, g in enumerate(groups)]
     heap = [(queue[0][0], index, 0) for index, queue in enumerate(queues) if queue]
     heapq.heapify(heap)
     while heap and state.density > density:
@@ -228,10 +250,11 @@ def _global(groups, scores, density, floors, round_to, macs) -> list[set[int]]:
     return removed
 
 
-def _local_removal(groups, scores, fraction, floors, round_to) -> list[set[int]]:
+def _local_removal(groups, scores, fraction, floors, steps) -> list[set[int]]:
     removed = []
     for index, group in enumerate(groups):
         target = max(floors[index], group.size - math.floor(fraction * group.size + 1e-9))
+        round_to = steps[index]
         if round_to:
             target = min(group.size, math.ceil(target / round_to) * round_to)
         dead = {c for c in range(group.size) if not group.kept[c]}
@@ -254,16 +277,16 @@ def _density_of(groups, removed, start: _Retained) -> float:
     return (start.fixed + total) / (start.fixed + start.base) if start.base else 1.0
 
 
-def _local(groups, scores, density, floors, round_to, macs) -> list[set[int]]:
+def _local(groups, scores, density, floors, steps, macs) -> list[set[int]]:
     low, high = 0.0, 1.0
-    best = _local_removal(groups, scores, high, floors, round_to)
+    best = _local_removal(groups, scores, high, floors, steps)
     start = _Retained(groups, macs)  # built once: cheaper than rebuilding per candidate
-    lowest = _local_removal(groups, scores, low, floors, round_to)
+    lowest = _local_removal(groups, scores, low, floors, steps)
     if _density_of(groups, lowest, start) <= density:
         return lowest
     for _ in range(30):  # bisection on the shared fraction
         middle = (low + high) / 2
-        candidate = _local_removal(groups, scores, middle, floors, round_to)
+        candidate = _local_removal(groups, scores, middle, floors, steps)
         if _density_of(groups, candidate, start) <= density:
             high, best = middle, candidate
         else:

@@ -90,4 +90,3 @@ def slice_norm(module: nn.Module, removed: list[int]) -> None:
             module._buffers[name] = sliced
     if isinstance(getattr(module, "normalized_shape", None), tuple):
         module.normalized_shape = (kept.numel(),)
-

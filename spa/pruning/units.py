@@ -33,7 +33,7 @@ from torch import nn
 from spa.adapters.inject import task_head
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import ConfigError, UnsupportedLayerError
-from spa.families import BlockLayout, Family, block_layouts, head_counts, stream_layout
+from spa.families import BlockLayout, Family, block_layouts, head_counts, stream_layouts
 from spa.families.description import tensor_at
 from spa.pruning.channel_group import ChannelGroup, GroupMember, layer_table, mask_size
 from spa.pruning.module_masks import module_mask
@@ -136,20 +136,22 @@ def _kept_positions(model: nn.Module, member: GroupMember) -> list[bool] | None:
     return None if mask is None else mask.tolist()
 
 
-def _hidden_slices(model: nn.Module, family: Family) -> tuple[int, list[_Slice], dict[str, int]]:
-    """The residual stream's members (`spa.families.stream_layout`), the task head among them
-    where no pooler reads the stream for it, and the stream axis of each bare tensor."""
-    layout = stream_layout(model, family)
-    every = list(range(layout.width))
-    members = list(layout.members)
-    if layout.pooler is None:
-        members += [(path, "in", None) for path in task_head(model)]
-    slices = [(path, role, every, every) for path, role, _ in members]
-    axes = {path: axis for path, role, axis in members if role == "param"}
-    return layout.width, slices, axes
+def _hidden_slices(model: nn.Module, family: Family) -> list[tuple[int, list[_Slice], dict]]:
+    """Per residual stream (`spa.families.stream_layouts`; the task head reads the last one
+    where no pooler does): its width, its members' slices and the stream axis of each bare
+    tensor."""
+    result = []
+    for layout in stream_layouts(model, family, head=task_head(model)):
+        slices = []
+        for path, role, _, parts in layout.members:
+            positions = list(range(parts * layout.width))
+            slices.append((path, role, positions, [p % layout.width for p in positions]))
+        axes = {path: axis for path, role, axis, _ in layout.members if role == "param"}
+        result.append((layout.width, slices, axes))
+    return result
 
 
-def _group(model: nn.Module, size: int, slices: list[_Slice], axes: dict[str, int], layers):
+def _group(model: nn.Module, unit: str, size: int, slices: list[_Slice], axes, layers):
     members = tuple(_member(model, axes, *piece) for piece in slices)
     kept = [True] * size
     for member in members:
@@ -160,7 +162,9 @@ def _group(model: nn.Module, size: int, slices: list[_Slice], axes: dict[str, in
             if not mask[position]:
                 kept[channel] = False
     root = next((path for path, role, *_ in slices if role == "out"), slices[0][0])
-    return ChannelGroup(root=root, size=size, kept=tuple(kept), members=members, layers=layers)
+    return ChannelGroup(
+        root=root, size=size, kept=tuple(kept), members=members, layers=layers, unit=unit
+    )
 
 
 def unit_groups(
@@ -193,8 +197,8 @@ def unit_groups(
         for unit in ("heads", "ffn"):
             if unit in units:
                 size, slices = _BUILDERS[unit](model, layout)
-                groups.append(_group(model, size, slices, dict(layout.per_head), layers))
+                groups.append(_group(model, unit, size, slices, dict(layout.per_head), layers))
     if "hidden" in units:
-        size, slices, axes = _hidden_slices(model, family)
-        groups.append(_group(model, size, slices, axes, layers))
+        for size, slices, axes in _hidden_slices(model, family):
+            groups.append(_group(model, "hidden", size, slices, axes, layers))
     return groups

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 from spa._batch import call_model
@@ -163,8 +164,18 @@ def _exported_config(plain: nn.Module):
     config = copy.deepcopy(plain.config)
     family = describe(plain)
     if family is not None:
-        for key, value in config_values(plain, family, config).items():
-            setattr(config, key, value)
+        values = config_values(plain, family, config)
+        try:
+            for key, value in values.items():
+                setattr(config, key, value)
+            config.validate()  # transformers' own checks of the new combination
+        except (ValueError, TypeError, StrictDataclassError) as error:
+            cause = str(getattr(error, "__cause__", None) or error).strip().splitlines()[-1]
+            raise ConfigError(
+                f"save_pretrained: transformers' {type(config).__name__} refuses the pruned "
+                f"shape {values} ({cause.strip()}); where the hidden size was pruned, keep it a "
+                "multiple of the heads: compute_masks(..., round_to={'hidden': heads})"
+            ) from None
     outputs = plain.get_output_embeddings()
     if getattr(config, "tie_word_embeddings", False) and outputs is not None:
         tied = plain.get_input_embeddings().weight

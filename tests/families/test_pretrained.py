@@ -12,17 +12,18 @@ from spa.errors import ConfigError
 from spa.families import config_values, describe
 from spa.models.tiny_lm import tiny_llama
 from spa.pruning import apply_masks, channel_groups, compute_masks, score
-from tests._transformers import FFN, HEADS, bert, gpt2
+from tests._transformers import FFN, HEADS, HIDDEN, bert, gpt2
 
 
-def pruned(base, units=None, density=0.5, ranking="local", scores=None):
-    """`base` adapted with SPLoRA (non-zero adapters) and masked by heads / FFN units."""
+def pruned(base, units=None, density=0.5, ranking="local", scores=None, round_to=None):
+    """`base` adapted with SPLoRA (non-zero adapters) and masked by transformer units."""
     model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=4))
     for _, layer in spa.adapter_layers(model):
         torch.nn.init.normal_(layer.up, std=0.02)
     groups = channel_groups(model, None, units=units)
     scores = scores or score(model, "weight", groups)
-    apply_masks(model, compute_masks(groups, scores, density=density, ranking=ranking))
+    masks = compute_masks(groups, scores, density=density, ranking=ranking, round_to=round_to)
+    apply_masks(model, masks)
     return model.eval()
 
 
@@ -40,6 +41,7 @@ def test_llama_values_are_the_kept_heads_key_value_heads_and_neurons():
         "num_key_value_heads": 1,
         "intermediate_size": 64,
         "head_dim": 16,
+        "hidden_size": 64,
     }
 
 
@@ -47,7 +49,7 @@ def test_gpt2_values_use_its_config_names():
     model = pruned(gpt2().model, units=("ffn",), density=0.75)
     kept = model.transformer.h[0].mlp.c_fc.out_mask.sum().item()
     assert 0 < kept < FFN
-    assert _values(model) == {"n_head": HEADS, "n_inner": kept}
+    assert _values(model) == {"n_head": HEADS, "n_inner": kept, "n_embd": HIDDEN}
 
 
 def test_layers_with_different_head_counts_are_refused_naming_the_option():

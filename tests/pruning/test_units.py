@@ -80,8 +80,8 @@ def test_channel_groups_units_choose_what_is_pruned(units, roots):
 
 def test_channel_groups_rejects_unknown_units():
     model = spa.adapt(bert(), spa.SPLoRAConfig(rank=2))
-    with pytest.raises(ConfigError, match="hidden"):
-        channel_groups(model, None, units=("hidden",))
+    with pytest.raises(ConfigError, match="residual"):
+        channel_groups(model, None, units=("residual",))
 
 
 def test_channel_groups_units_need_a_described_family():
@@ -212,7 +212,8 @@ def test_channel_pruning_config_rejects_unknown_units():
     from spa.pruning import ChannelPruningConfig
 
     with pytest.raises(ConfigError, match="units"):
-        ChannelPruningConfig(units=("hidden",))
+        ChannelPruningConfig(units=("residual",))
+    assert ChannelPruningConfig(units=("hidden",)).units == ("hidden",)
 
 
 @pytest.mark.parametrize("density", [0.5, 0.7])

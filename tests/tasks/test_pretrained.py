@@ -129,12 +129,17 @@ def test_an_lm_head_that_left_its_tied_embedding_is_saved_untied(tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Llama (heads + FFN), GPT-2 and BERT (FFN: their configs derive the head size) exported
-    by spa and loaded back by a Python process that never imports spa."""
+    """Llama (heads + FFN, and heads + FFN + hidden size), GPT-2 and BERT (FFN: their configs
+    derive the head size) exported by spa and loaded back by a Python process that never
+    imports spa."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("pretrained")
     models = {
         "llama": (pruned(tiny_llama()), "AutoModelForCausalLM"),
+        "llama-hidden": (
+            pruned(tiny_llama(), units=("heads", "ffn", "hidden"), round_to={"hidden": 4}),
+            "AutoModelForCausalLM",
+        ),
         "gpt2": (pruned(gpt2().model, units=("ffn",), density=0.75), "AutoModelForCausalLM"),
         "bert": (
             pruned(bert().model, units=("ffn",), density=0.75),
@@ -148,10 +153,11 @@ def exported(tmp_path_factory):
         cases[name] = {"auto": auto, "directory": str(root / name), "input_ids": ids}
         expected[name] = {"logits": _logits(model, ids), "model": model}
     prompt = torch.randint(1, 256, (1, 4))
-    cases["llama"].update(prompt=prompt, generate=GENERATE)
-    compacted = spa.fuse(spa.compact(copy.deepcopy(models["llama"][0])))
-    with torch.no_grad():
-        expected["llama"]["generated"] = compacted.generate(prompt, **GENERATE)
+    for name in ("llama", "llama-hidden"):
+        cases[name].update(prompt=prompt, generate=GENERATE)
+        compacted = spa.fuse(spa.compact(copy.deepcopy(models[name][0])))
+        with torch.no_grad():
+            expected[name]["generated"] = compacted.generate(prompt, **GENERATE)
     torch.save(cases, root / "cases.pt")
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run(
@@ -166,7 +172,7 @@ def exported(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("name", ["llama", "llama-hidden", "gpt2", "bert"])
 def test_transformers_alone_loads_the_export_with_spa_outputs(exported, name):
     root, expected, results = exported
     assert results["spa_imported"] is False
@@ -180,7 +186,13 @@ def test_exported_configs_hold_the_kept_counts(exported):
     root, expected, _ = exported
     llama = _config(root / "llama")
     assert (llama["num_attention_heads"], llama["num_key_value_heads"]) == (2, 1)
-    assert (llama["intermediate_size"], llama["head_dim"]) == (64, 16)
+    assert (llama["intermediate_size"], llama["head_dim"], llama["hidden_size"]) == (64, 16, 64)
+    hidden = expected["llama-hidden"]["model"]
+    kept = int(hidden.model.norm.spa_out_mask.sum())  # the final RMSNorm's hidden channels
+    assert 0 < kept < 64 and kept % 4 == 0  # round_to={"hidden": 4}: whole heads' worth
+    assert _config(root / "llama-hidden")["hidden_size"] == kept
+    readers = [layer for name, layer in spa.adapter_layers(hidden) if "q_proj" in name]
+    assert {int(layer.in_mask.sum()) for layer in readers} == {kept}
     for name, key, path in (
         ("gpt2", "n_inner", "transformer.h.{}.mlp.c_fc"),
         ("bert", "intermediate_size", "bert.encoder.layer.{}.intermediate.dense"),
@@ -192,7 +204,24 @@ def test_exported_configs_hold_the_kept_counts(exported):
 
 
 @pytest.mark.slow
-def test_exported_llama_generates_the_compacted_models_tokens(exported):
+@pytest.mark.parametrize("name", ["llama", "llama-hidden"])
+def test_exported_llama_generates_the_compacted_models_tokens(exported, name):
     _, expected, results = exported
-    assert torch.equal(results["llama"]["generated"], expected["llama"]["generated"])
-    assert results["llama"]["generated"].shape == (1, 4 + 8)
+    assert torch.equal(results[name]["generated"], expected[name]["generated"])
+    assert results[name]["generated"].shape == (1, 4 + 8)
+
+
+def test_a_hidden_size_the_config_refuses_is_refused_naming_round_to(tmp_path):
+    model = pruned(tiny_llama(), units=("hidden",), density=0.65)
+    kept = int(model.model.norm.spa_out_mask.sum())
+    assert kept % 4  # not a multiple of the 4 heads: LlamaConfig refuses it
+    with pytest.raises(ConfigError, match=r"LlamaConfig refuses.*round_to=\{'hidden': heads\}"):
+        spa.save_pretrained(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bert_with_a_pruned_hidden_size_is_refused_naming_the_option(tmp_path):
+    model = pruned(bert().model, units=("hidden",), density=0.75)
+    with pytest.raises(ConfigError, match=r"keeps \d+ of 32 hidden channels.*units=\('ffn',\)"):
+        spa.save_pretrained(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,176 @@
+"""The hidden size (residual stream) as a pruning unit, over every family that describes it:
+adapt -> train -> score -> mask hidden channels (alone and with heads and FFN) -> masked ==
+compacted == fused -> bundle -> load -> TaskHost; decoders generate the same tokens."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import spa
+from spa.adapters.modules import is_norm
+from spa.errors import ConfigError
+from spa.families import describe
+from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups, score
+from spa.pruning.units import unit_groups
+from tests._transformers import CASES, HIDDEN, VOCAB
+
+STREAM = CASES  # every described family, Swin with one stream per stage
+IDS = [case.family for case in STREAM]
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    scale = expected.abs().max().clamp_min(1e-6)
+    torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=1e-4)
+
+
+def _inputs(case) -> torch.Tensor:
+    """Token ids for text models (embeddings as inputs would fix the hidden size), else pixels."""
+    if len(case.input_shape) == 2:  # (tokens, hidden): a text model
+        return torch.randint(1, VOCAB, (2, case.input_shape[0]))
+    return case.inputs()
+
+
+def _trained(case):
+    """(base copy, adapted model after one SGD step, inputs, targets)."""
+    torch.manual_seed(0)
+    model = case.build().eval()
+    base = copy.deepcopy(model)
+    spa.adapt(model, spa.SPLoRAConfig(rank=2))
+    x, y = _inputs(case), torch.tensor([0, 2])
+    F.cross_entropy(model(x), y).backward()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter.add_(parameter.grad, alpha=-0.5)
+                parameter.grad = None
+    return base, model, x, y
+
+
+def _stream_tensors(model: nn.Module) -> dict[str, int]:
+    """Every embedding table, norm weight and class/position token of the model with its last
+    axis's size, found by type and shape (independently of the family descriptions): all of
+    them carry a residual stream (Swin's patch-merge norms four times side by side)."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) or is_norm(module):
+            found[f"{name}.weight"] = module.weight.shape[-1]
+        for key, tensor in module._parameters.items():
+            if tensor is not None and tensor.dim() == 3 and tensor.shape[0] == 1:
+                found[f"{name}.{key}"] = tensor.shape[-1]  # ViT's cls and position tokens
+    return found
+
+
+def _kept_width(width: int, kept: dict[int, int]) -> int:
+    """What a stream tensor of `width` keeps, given kept channels per stream width."""
+    return kept[width] if width in kept else 4 * kept[width // 4]
+
+
+def _prune(model, x, y, units, criterion="taylor", density=0.6, ranking="local"):
+    groups = channel_groups(model, x, units=units)
+    scores = score(model, criterion, groups, data=[(x, y)])
+    apply_masks(model, compute_masks(groups, scores, density, ranking=ranking))
+    return refresh_groups(model, groups)
+
+
+@pytest.mark.parametrize("case", STREAM, ids=IDS)
+def test_hidden_group_holds_every_stream_tensor_and_every_criterion_scores_it(case):
+    _, model, x, y = _trained(case)
+    groups = channel_groups(model, x, units=("hidden",))
+    widths = sorted({width for _, _, width, _ in case.stages})  # one stream per stage width
+    assert sorted(group.size for group in groups) == widths
+    assert {group.unit for group in groups} == {"hidden"}
+    members = {member.name for group in groups for member in group.members}
+    for path in _stream_tensors(model):
+        assert path in members or path.rpartition(".")[0] in members, path
+    assert len(_stream_tensors(model)) >= 4  # embeddings and norms exist in every family
+    for criterion in ("weight", "gradient", "taylor", "lrp"):
+        scores = score(model, criterion, groups, data=[(x, y)])
+        for index, group in enumerate(groups):
+            assert scores[index].shape == (group.size,)
+            assert bool(torch.isfinite(scores[index]).all()), criterion
+            assert bool((scores[index] != 0).any()), criterion
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("units", [("hidden",), ("heads", "ffn", "hidden")], ids=["hidden", "all"])
+@pytest.mark.parametrize("case", STREAM, ids=IDS)
+def test_hidden_masked_equals_compacted_equals_fused_and_bundle(case, units, tmp_path):
+    base, model, x, y = _trained(case)
+    with torch.no_grad():
+        dense = model(x)
+    before = _stream_tensors(model)
+    groups = _prune(model, x, y, units)
+    kept = {group.size: sum(group.kept) for group in groups if group.unit == "hidden"}
+    assert all(0 < count < width for width, count in kept.items()), kept
+    with torch.no_grad():
+        masked = model(x)
+    assert not torch.allclose(masked, dense, atol=1e-5)
+    compacted = compact(copy.deepcopy(model), x)
+    # Every stream tensor (found by type, not by the description) lost the removed channels.
+    assert _stream_tensors(compacted) == {p: _kept_width(w, kept) for p, w in before.items()}
+    fused = spa.fuse(copy.deepcopy(compacted))
+    with torch.no_grad():
+        _close(compacted(x), masked)
+        _close(fused(x), masked)
+    path = tmp_path / "task.safetensors"
+    spa.save_task(model, path, base_model=base)
+    host = spa.TaskHost(base)
+    host.add_task("task", path)
+    with torch.no_grad():
+        _close(spa.load_task(base, path)(x), masked)
+        _close(host.model("task")(x), masked)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in STREAM if c.decoder], ids=lambda c: c.family)
+def test_decoder_with_pruned_hidden_size_generates_the_same_tokens(case, tmp_path):
+    base, model, x, y = _trained(case)
+    groups = _prune(model, x, y, ("heads", "ffn", "hidden"), criterion="weight", density=0.5)
+    assert sum(groups[-1].kept) < HIDDEN
+    compacted = compact(copy.deepcopy(model))
+    embeddings = compacted.model.get_input_embeddings()
+    assert compacted.model.lm_head.weight is embeddings.weight  # tied again after slicing
+    assert embeddings.embedding_dim == sum(groups[-1].kept)
+    prompt = torch.randint(1, VOCAB, (1, 4))
+    options = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "use_cache": True}
+    with torch.no_grad():
+        expected = model.model.generate(prompt, **options)
+        assert torch.equal(compacted.model.generate(prompt, **options), expected)
+        path = tmp_path / "task.safetensors"
+        spa.save_task(model, path, base_model=base)
+        assert torch.equal(spa.load_task(base, path).model.generate(prompt, **options), expected)
+
+
+def test_hidden_round_to_mapping_rounds_only_the_hidden_group():
+    case = next(c for c in STREAM if c.family == "llama")
+    _, model, x, y = _trained(case)
+    groups = channel_groups(model, x, units=("heads", "ffn", "hidden"))
+    scores = score(model, "weight", groups)
+    masks = compute_masks(groups, scores, 0.55, ranking="local", round_to={"hidden": 8})
+    apply_masks(model, masks)
+    kept = [sum(g.kept) for g in refresh_groups(model, groups)]
+    assert kept[-1] % 8 == 0 and kept[-1] < HIDDEN
+    assert any(count % 8 for count in kept[:-1])  # FFN and head counts are not rounded
+    with pytest.raises(ConfigError, match="round_to"):
+        compute_masks(groups, scores, 0.5, round_to={"hidden": 0})
+
+
+def test_a_family_without_a_stream_description_is_refused_naming_the_units():
+    model = spa.adapt(next(c for c in CASES if c.family == "bert").build(), spa.SPLoRAConfig())
+    family = dataclasses.replace(describe(model), stream=None)
+    with pytest.raises(ConfigError, match=r"'bert' does not describe its residual stream.*heads"):
+        unit_groups(model, family, ("hidden",))
+
+
+def test_a_model_that_does_not_match_its_stream_description_is_refused_naming_the_path():
+    model = spa.adapt(next(c for c in CASES if c.family == "llama").build(), spa.SPLoRAConfig())
+    stream = dataclasses.replace(describe(model).stream, block_norms=("pre_norm",))
+    family = dataclasses.replace(describe(model), stream=stream)
+    with pytest.raises(ConfigError, match=r"block 'model.model.layers.0' has no norm .*pre_norm"):
+        unit_groups(model, family, ("hidden",))

@@ -1,0 +1,86 @@
+"""Norms over the last axis: masked == the explicit formula on the kept channels == compacted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from spa.pruning.groups import remove_channels
+from spa.pruning.module_masks import remove_module_masks, set_module_mask
+from spa.pruning.norms import is_last_axis_norm
+
+WIDTH, EPS = 12, 1e-5
+KEPT = torch.tensor([0, 2, 3, 7, 8, 11])
+
+
+class ScaledRMSNorm(nn.Module):
+    """A norm class spa has never seen: Gemma-style `(1 + weight)` scale and a buffer shift."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(width))
+        self.register_buffer("shift", torch.zeros(width))
+        self.eps = EPS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return x * (1 + self.weight) + self.shift
+
+
+def _rms(x, weight):  # the explicit formula on the kept channels
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * weight
+
+
+def _layer(x, weight, bias):
+    mean = x.mean(-1, keepdim=True)
+    variance = (x - mean).pow(2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(variance + EPS) * weight + bias
+
+
+def _norms():
+    llama = LlamaRMSNorm(WIDTH, eps=EPS)
+    torch_rms = nn.RMSNorm(WIDTH, eps=EPS)
+    layer = nn.LayerNorm(WIDTH, eps=EPS)
+    scaled = ScaledRMSNorm(WIDTH)
+    with torch.no_grad():
+        for norm in (llama, torch_rms, layer, scaled):
+            norm.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-0.5, 0.5)
+        scaled.shift.uniform_(-0.5, 0.5)
+    return {
+        "llama": (llama, lambda x: _rms(x, llama.weight[KEPT])),
+        "torch-rms": (torch_rms, lambda x: _rms(x, torch_rms.weight[KEPT])),
+        "layer": (layer, lambda x: _layer(x, layer.weight[KEPT], layer.bias[KEPT])),
+        "scaled": (
+            scaled,
+            lambda x: _rms(x, 1 + scaled.weight[KEPT]) + scaled.shift[KEPT],
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["llama", "torch-rms", "layer", "scaled"])
+def test_masked_norm_is_the_formula_on_kept_channels_and_equals_the_compacted_norm(name):
+    norm, formula = _norms()[name]
+    assert is_last_axis_norm(norm)
+    x = torch.randn(3, 5, WIDTH)
+    mask = torch.zeros(WIDTH, dtype=torch.bool)
+    mask[KEPT] = True
+    set_module_mask(norm, "out", mask)
+    with torch.no_grad():
+        masked = norm(x)
+        expected = formula(x[..., KEPT])
+    torch.testing.assert_close(masked[..., KEPT], expected)
+    assert bool((masked[..., ~mask] == 0).all())
+    removed = (~mask).nonzero().flatten().tolist()
+    remove_module_masks(norm)
+    remove_channels(norm, out_positions=removed)
+    with torch.no_grad():
+        torch.testing.assert_close(norm(x[..., KEPT]), expected)
+    assert norm.weight.shape == (len(KEPT),)
+
+
+def test_channel_first_norms_are_not_last_axis_norms():
+    for norm in (nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4, affine=True)):
+        assert not is_last_axis_norm(norm)
