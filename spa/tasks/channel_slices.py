@@ -59,7 +59,11 @@ def check_per_head(
     family = describe(base_model)
     attributes = {layer.entry["path"]: layer.entry.get("attributes", {}) for layer in layers}
     attributes.update({entry["path"]: entry.get("attributes", {}) for entry, _ in modules})
-    tensors = {f"{entry['path']}.{key}": t for entry, found in modules for key, t in found.items()}
+    shapes = {
+        f"{entry['path']}.{key}": _planned_shape(base_model, entry, key, tensor)
+        for entry, found in modules
+        for key, tensor in found.items()
+    }
     for layout in block_layouts(base_model, family):
         projection = layout.query or layout.qkv
         rows = attributes.get(projection, {}).get(
@@ -67,11 +71,21 @@ def check_per_head(
         )
         heads = rows // (layout.head_dim * (1 if layout.query else 3))
         for path, axis in layout.per_head:
-            tensor = tensors[path] if path in tensors else tensor_at(base_model, path)
-            shape = tuple(tensor.shape)
+            shape = shapes[path] if path in shapes else tuple(tensor_at(base_model, path).shape)
             if shape[axis] != heads:
                 raise bundle_error(
                     bundle,
                     f"{path} would keep {shape[axis]} heads on axis {axis}, but {projection} "
                     f"keeps {heads}; the bundle was altered",
                 )
+
+
+def _planned_shape(base_model: nn.Module, entry: dict, key: str, tensor: torch.Tensor):
+    """The shape a planned module tensor will have: its own, or for a narrowed base tensor
+    (stored as kept indices) the base's with the narrowed axis shortened."""
+    record = entry.get("narrowed", {}).get(key)
+    if record is None:
+        return tuple(tensor.shape)
+    shape = list(tensor_at(base_model, f"{entry['path']}.{key}").shape)
+    shape[record[1]] = tensor.numel()
+    return tuple(shape)

@@ -211,6 +211,9 @@ def module_tensors(
     installs: dict[str, tuple[str, torch.Tensor | None]] = {}
     for key, (kind, dtype) in entry.get("tensors", {}).items():
         installs[key] = (kind, tensors[key].to(device, getattr(torch, dtype)).clone())
+    for key, (kind, axis) in entry.get("narrowed", {}).items():  # kept indices of the base's
+        base = existing[key][1]
+        installs[key] = (kind, base.detach().index_select(axis, tensors[key].to(base.device)))
     for key in entry.get("none", []):
         installs[key] = ("parameter", None)
     if entry.get("folded_norm"):  # eval-mode batch norm x * scale + shift, see save_task

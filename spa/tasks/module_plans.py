@@ -44,6 +44,42 @@ def _plan_tensor(
     return expect(bundle, f"modules.{path}.{key}", tuple(stored.shape), stored_dtype)
 
 
+def _plan_narrowed(
+    bundle: Bundle, path: str, key: str, record: Any, module: nn.Module
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Check a base tensor narrowed to kept indices (see `spa.tasks.modules.narrowing`);
+    return the indices and the narrowed shape."""
+    tensors = direct_tensors(module)
+    if not (
+        isinstance(record, list)
+        and len(record) == 2
+        and record[0] in ("parameter", "buffer")
+        and isinstance(record[1], int)
+        and not isinstance(record[1], bool)
+        and key in tensors
+        and tensors[key][0] == record[0]
+        and 0 <= record[1] < tensors[key][1].dim()
+    ):
+        raise bundle_error(bundle, f"module {path!r}: bad narrowed tensor record {key}={record!r}")
+    axis, shape = record[1], list(tensors[key][1].shape)
+    name = f"modules.{path}.{key}"
+    stored = bundle.tensors.get(name)
+    count = stored.numel() if stored is not None and stored.dim() == 1 else -1
+    indices = expect(bundle, name, (max(count, 0),), torch.int64)
+    if not 1 <= count <= shape[axis] or not (
+        int(indices[0]) >= 0
+        and int(indices[-1]) < shape[axis]
+        and bool((indices[1:] > indices[:-1]).all())
+    ):
+        raise bundle_error(
+            bundle,
+            f"{name}: kept indices must increase strictly within the base's {shape[axis]} "
+            f"slices on axis {axis}; the bundle was altered",
+        )
+    shape[axis] = count
+    return indices, tuple(shape)
+
+
 def plan_module(
     bundle: Bundle,
     entry: dict[str, Any],
@@ -69,8 +105,9 @@ def plan_module(
     if problem:
         raise bundle_error(bundle, f"module {path!r}: {problem}")
     records, removed = entry.get("tensors", {}), entry.get("none", [])
+    narrowed = entry.get("narrowed", {})
     folded = entry.get("folded_norm", False)
-    overlap = set(records) & set(removed)
+    overlap = (set(records) & set(removed)) | (set(narrowed) & (set(records) | set(removed)))
     if folded:
         overlap |= (set(records) | set(removed)) & _FOLDED_KEYS
     if overlap:
@@ -80,6 +117,8 @@ def plan_module(
     for key, record in records.items():
         tensors[key] = _plan_tensor(bundle, path, key, record, module)
         final[key] = tuple(tensors[key].shape)
+    for key, record in narrowed.items():
+        tensors[key], final[key] = _plan_narrowed(bundle, path, key, record, module)
     for key in removed:
         if module._parameters.get(key) is None:
             raise bundle_error(bundle, f"module {path!r} has no parameter {key!r} to remove")

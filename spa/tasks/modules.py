@@ -260,3 +260,27 @@ def same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.detach(), b.detach())
+
+
+def narrowing(tensor: torch.Tensor, base: torch.Tensor | None) -> tuple[int, torch.Tensor] | None:
+    """`(axis, kept indices)` if `tensor` is `base` with slices removed on one axis, else None.
+
+    Pruning the hidden size narrows frozen base tensors (token and position embeddings, a tied
+    LM head) without changing their values; a bundle then stores the kept indices instead of
+    the tensor. Only tensors of two or more axes are considered (for a vector the indices
+    would be no smaller).
+    """
+    if base is None or tensor.dtype != base.dtype or tensor.dim() != base.dim() or tensor.dim() < 2:
+        return None
+    axes = [d for d in range(base.dim()) if tensor.shape[d] != base.shape[d]]
+    if len(axes) != 1 or tensor.shape[axes[0]] > base.shape[axes[0]]:
+        return None
+    axis = axes[0]
+    wanted, source = tensor.detach().movedim(axis, 0), base.detach().movedim(axis, 0)
+    kept: list[int] = []
+    for index in range(source.shape[0]):  # the kept slices are an ordered subsequence
+        if len(kept) < wanted.shape[0] and torch.equal(source[index], wanted[len(kept)]):
+            kept.append(index)
+    if len(kept) != wanted.shape[0]:
+        return None
+    return axis, torch.tensor(kept, dtype=torch.int64)

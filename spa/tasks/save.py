@@ -29,7 +29,7 @@ from spa.tasks.format import (
     pack_masks,
     write_bundle,
 )
-from spa.tasks.modules import attribute_changes, direct_tensors, same_tensor
+from spa.tasks.modules import attribute_changes, direct_tensors, narrowing, same_tensor
 from spa.tasks.schema import needed_modules, trained_groups
 from spa.tasks.signing import PrivateKeySource, signer
 
@@ -90,13 +90,21 @@ def _save_module(
         writer.add(f"modules.{name}.folded", torch.stack(_fold_batch_norm(module)))  # (2, C)
         entry["folded_norm"] = True
         return entry
-    changed = {}
+    changed, narrowed = {}, {}
     for key, (kind, tensor) in tensors.items():
-        if not same_tensor(tensor, base_tensors.get(key, (None, None))[1]):
-            writer.add(f"modules.{name}.{key}", tensor)
-            changed[key] = [kind, str(tensor.dtype).removeprefix("torch.")]
+        base_tensor = base_tensors.get(key, (None, None))[1]
+        if same_tensor(tensor, base_tensor):
+            continue
+        if (found := narrowing(tensor, base_tensor)) is not None:
+            writer.tensors[f"modules.{name}.{key}"] = found[1]  # kept base indices only
+            narrowed[key] = [kind, found[0]]
+            continue
+        writer.add(f"modules.{name}.{key}", tensor)
+        changed[key] = [kind, str(tensor.dtype).removeprefix("torch.")]
     if changed:
         entry["tensors"] = changed
+    if narrowed:
+        entry["narrowed"] = narrowed
     return entry if len(entry) > 1 else None
 
 
@@ -179,7 +187,9 @@ def save_task(
     The bundle holds SPLoRA factors (or fine-pruned retained weights) of the kept channels,
     SPLoPA block weights of the kept blocks and each prototype bank once, bit-packed masks and
     kept base channels, and every other tensor whose name, shape or value differs from the base
-    (trained norms, the head, trained biases); the rest references the base. Metadata records
+    (trained norms, the head, trained biases); a base tensor only narrowed by pruning (an
+    embedding table of a pruned hidden size) is stored as its kept indices; the rest
+    references the base. Metadata records
     the format version, spa version, adapter config, architecture, adapted layers, density,
     dParams and the base fingerprint. The file is written atomically.
 

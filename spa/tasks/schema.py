@@ -124,6 +124,7 @@ MODULE_FIELDS: dict[str, Check] = {
     "tensors": is_object,
     "none": is_text_list,
     "folded_norm": is_flag,
+    "narrowed": is_object,
 }
 
 BANK_FIELDS: dict[str, Check] = {

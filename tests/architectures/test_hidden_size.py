@@ -119,7 +119,10 @@ def test_hidden_masked_equals_compacted_equals_fused_and_bundle(case, units, tmp
         _close(compacted(x), masked)
         _close(fused(x), masked)
     path = tmp_path / "task.safetensors"
-    spa.save_task(model, path, base_model=base)
+    bundle = spa.save_task(model, path, base_model=base)
+    for entry in bundle.metadata["modules"]:  # frozen tables: kept indices, not the values
+        if isinstance(base.get_submodule(entry["path"]), nn.Embedding):
+            assert "weight" in entry["narrowed"] and "tensors" not in entry, entry
     host = spa.TaskHost(base)
     host.add_task("task", path)
     with torch.no_grad():
