@@ -120,9 +120,15 @@ def test_hidden_masked_equals_compacted_equals_fused_and_bundle(case, units, tmp
         _close(fused(x), masked)
     path = tmp_path / "task.safetensors"
     bundle = spa.save_task(model, path, base_model=base)
-    for entry in bundle.metadata["modules"]:  # frozen tables: kept indices, not the values
-        if isinstance(base.get_submodule(entry["path"]), nn.Embedding):
-            assert "weight" in entry["narrowed"] and "tensors" not in entry, entry
+    # Frozen tables and tokens are stored as kept indices, not values (decoders train their
+    # head, which is tied to the token embedding).
+    entries = {entry["path"]: entry for entry in bundle.metadata["modules"]}
+    for path in before:
+        owner, _, key = path.rpartition(".")
+        tensor = getattr(model.get_submodule(owner), key)
+        if tensor.dim() >= 2 and not tensor.requires_grad:
+            assert key in entries[owner]["narrowed"], path
+            assert key not in entries[owner].get("tensors", {}), path
     host = spa.TaskHost(base)
     host.add_task("task", path)
     with torch.no_grad():
