@@ -123,12 +123,12 @@ def test_hidden_masked_equals_compacted_equals_fused_and_bundle(case, units, tmp
     # Frozen tables and tokens are stored as kept indices, not values (decoders train their
     # head, which is tied to the token embedding).
     entries = {entry["path"]: entry for entry in bundle.metadata["modules"]}
-    for path in before:
-        owner, _, key = path.rpartition(".")
+    for name in before:
+        owner, _, key = name.rpartition(".")
         tensor = getattr(model.get_submodule(owner), key)
         if tensor.dim() >= 2 and not tensor.requires_grad:
-            assert key in entries[owner]["narrowed"], path
-            assert key not in entries[owner].get("tensors", {}), path
+            assert key in entries[owner]["narrowed"], name
+            assert key not in entries[owner].get("tensors", {}), name
     host = spa.TaskHost(base)
     host.add_task("task", path)
     with torch.no_grad():
