@@ -174,7 +174,7 @@ class SpaPruningCallback(TrainerCallback):
         block criterion."""
         self._check_steps(args)
         if isinstance(self.schedule, ChannelSchedule):
-            self._groups = channel_groups(model, self.example_inputs)
+            self._groups = self._channel_groups(model)
             if self.schedule.initial_steps == 0 and state.global_step == 0:
                 self._prune(model, self.schedule.densities[0], train_dataloader)
                 if self.schedule.compact:
@@ -259,6 +259,9 @@ class SpaPruningCallback(TrainerCallback):
         model.train(training)
         logger.info("pruned to density %.3f (reached %.3f)", density, channel_density(model))
 
+    def _channel_groups(self, model: nn.Module):
+        return channel_groups(model, self.example_inputs, units=self.schedule.pruning.units)
+
     def _compact(self, model: nn.Module, optimizer: Any, args) -> None:
         if getattr(args, "world_size", 1) > 1:
             raise ConfigError(
@@ -266,7 +269,7 @@ class SpaPruningCallback(TrainerCallback):
                 "training cannot follow; pass compact=False for multi-process training"
             )
         compact_with_optimizer(model, optimizer)
-        self._groups = channel_groups(model, self.example_inputs)  # the new, smaller channels
+        self._groups = self._channel_groups(model)  # the new, smaller channels
         logger.info("compacted: %d parameters", sum(p.numel() for p in model.parameters()))
 
     def _save(self, model: nn.Module, step: int, target: float, reached: float | None = None):

@@ -185,6 +185,18 @@ def test_causal_lm_methods_run_and_bundles_reproduce_perplexity(files, tmp_path,
     assert all(math.isfinite(loss) and loss > 0 for loss in losses)
 
 
+@pytest.mark.slow
+def test_causal_lm_run_prunes_the_hidden_size_and_bundles_reproduce_perplexity(files, tmp_path):
+    pruning = {"densities": [0.5], "units": ["heads", "ffn", "hidden"], "ranking": "local"}
+    result = run(from_dict(_config(files, tmp_path, pruning=pruning)), tmp_path)
+    base, ids = _base(files), _held_out_ids(files)
+    record = result.records[-1]
+    task = load_task(base, tmp_path / "seed-0" / record["bundle"]).eval()
+    assert task.model.embed_tokens.embedding_dim < OPTIONS["hidden_size"]  # hidden channels gone
+    assert task.model.norm.weight.numel() == task.model.embed_tokens.embedding_dim
+    assert _perplexity(task, ids) == pytest.approx(record["perplexity"], rel=1e-5)
+
+
 def test_causal_lm_without_tokenizer_or_fallback_names_the_key(files, tmp_path):
     data = _config(files, tmp_path)
     data["data"]["options"]["byte_fallback"] = False
@@ -260,8 +272,11 @@ def test_causal_lm_bad_options_name_their_key(files, tmp_path, options, key):
         run(from_dict(data), tmp_path)
 
 
-@pytest.mark.parametrize(("units", "sizes"), [(None, [2, 64]), (("ffn",), [64]), (("heads",), [2])])
-def test_pruning_units_choose_heads_and_or_ffn_neurons(units, sizes):
+@pytest.mark.parametrize(
+    ("units", "sizes"),
+    [(None, [2, 64]), (("ffn",), [64]), (("heads",), [2]), (("ffn", "hidden"), [64, 32])],
+)
+def test_pruning_units_choose_heads_ffn_neurons_and_the_hidden_size(units, sizes):
     import spa
     from spa.experiments.config import PruningConfig
     from spa.experiments.pruning_steps import ChannelPruner
@@ -270,5 +285,6 @@ def test_pruning_units_choose_heads_and_or_ffn_neurons(units, sizes):
     spa.adapt(model, spa.SPLoRAConfig(rank=2, head_modules=["lm_head"]))
     ids = torch.zeros(1, 8, dtype=torch.long)
     pruner = ChannelPruner(model, ids, PruningConfig(units=units))
-    # One layer: its key/value heads (2, each with 2 query heads) and its 64 FFN neurons.
+    # One layer: its key/value heads (2, each with 2 query heads) and its 64 FFN neurons, and
+    # the model's 32 hidden channels.
     assert [group.size for group in pruner.groups] == sizes

@@ -244,3 +244,64 @@ def test_channel_schedule_compacts_the_trained_model_at_every_density(tmp_path):
     loaded = spa.load_task(base, callback.history[-1].bundle)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_compact_with_optimizer_carries_norm_and_tied_embedding_state_over_the_hidden_size():
+    from spa.integrations import compact_with_optimizer
+    from spa.models.tiny_lm import tiny_llama
+    from spa.pruning import apply_masks, channel_groups, compute_masks, score
+
+    torch.manual_seed(0)
+    model = spa.adapt(tiny_llama(), spa.SPLoRAConfig(rank=2, trainable=("norm", "head")))
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, trained as the head
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    ids = torch.randint(0, 256, (2, 6))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    groups = channel_groups(model, None, units=("hidden",))
+    apply_masks(model, compute_masks(groups, score(model, "weight", groups), 0.6))
+    kept = model.model.norm.spa_out_mask.nonzero().flatten()  # by the explicit mask
+    norm, table = model.model.norm.weight, model.model.embed_tokens.weight
+    norm_before = optimizer.state[norm]["exp_avg"].clone()
+    table_before = optimizer.state[table]["exp_avg_sq"].clone()
+    compact_with_optimizer(model, optimizer)
+    assert 0 < len(kept) < 64 and model.model.norm.weight.shape == (len(kept),)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied again
+    state = optimizer.state
+    torch.testing.assert_close(state[model.model.norm.weight]["exp_avg"], norm_before[kept])
+    torch.testing.assert_close(
+        state[model.model.embed_tokens.weight]["exp_avg_sq"], table_before[:, kept]
+    )
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in held} == {id(p) for p in model.parameters() if p.requires_grad}
+    model(input_ids=ids, labels=ids).loss.backward()  # training continues, smaller
+    optimizer.step()
+
+
+@pytest.mark.slow
+def test_channel_schedule_prunes_a_decoders_hidden_size_and_bundles_equal_the_model(tmp_path):
+    from spa.models.tiny_lm import tiny_llama
+
+    torch.manual_seed(0)
+    base = tiny_llama().eval()
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2, trainable=("norm",)))
+    ids = torch.randint(0, 256, (32, 8))
+    pruning = ChannelPruningConfig(units=("heads", "ffn", "hidden"), ranking="local")
+    schedule = ChannelSchedule(densities=(0.7,), steps_per_density=2, pruning=pruning)
+    callback = SpaPruningCallback(
+        schedule, base_model=base, output_dir=tmp_path / "bundles", example_inputs=ids[:2]
+    )
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, schedule.total_steps()),
+        train_dataset=Rows({"input_ids": ids, "labels": ids}),
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert model.model.embed_tokens.embedding_dim < 64  # the hidden size was removed
+    model.eval()
+    loaded = spa.load_task(base, callback.history[-1].bundle)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(input_ids=ids[:4]).logits, model(input_ids=ids[:4]).logits, rtol=1e-5, atol=1e-5
+        )
