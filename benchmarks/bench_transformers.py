@@ -1,12 +1,14 @@
-"""Transformer head/FFN pruning on CPU: structure-building time, encoder latency, decoder speed.
+"""Transformer unit pruning on CPU: structure-building time, encoder latency, decoder speed.
 
 1. BERT-base (random init, hidden 768, 12 layers, 12 heads, FFN 3072): seconds to adapt with
-   SPLoRA and to build the head + FFN channel groups from the family description (no tracing),
-   then to score, mask and compact.
-2. The same model with ~30% of heads and FFN neurons kept (local ranking) vs dense: CPU latency
-   at batch 8, sequence 128, FLOPs, realised speed-up and speed-up / FLOPs reduction.
+   SPLoRA and to build the head + FFN (+ hidden size) channel groups from the family
+   description (no tracing), then to score, mask and compact.
+2. The same model at 30% density (local ranking), pruned by heads and FFN neurons, and by
+   heads, FFN neurons and the hidden size, vs dense: CPU latency at batch 8, sequence 128,
+   FLOPs, realised speed-up and speed-up / FLOPs reduction.
 3. A Llama-style decoder (hidden 512, 8 layers, 8 heads, 4 key/value heads, SwiGLU 1408): greedy
-   decode tokens/s with a KV cache, dense vs the same 30% pruning.
+   decode tokens/s with a KV cache, dense vs the same two prunings (the hidden size also
+   narrows the embedding and the tied LM head, which dominates decoding at this size).
 
 Run: `python benchmarks/bench_transformers.py` (2 threads; numbers are for this machine only).
 """
@@ -27,20 +29,27 @@ from spa.pruning import apply_masks, channel_groups, compact, compute_masks, sco
 THREADS, BATCH, SEQUENCE, ROUNDS, NEW_TOKENS = 2, 8, 128, 9, 32
 
 
-def _pruned(model: torch.nn.Module, fraction_kept: float, example) -> tuple[torch.nn.Module, dict]:
-    """Adapt, group, score, mask (heads and FFN, same fraction per group), compact and fuse."""
+UNITS = {"heads+FFN": ("heads", "ffn"), "+hidden": ("heads", "ffn", "hidden")}
+
+
+def _pruned(
+    model: torch.nn.Module, fraction_kept: float, example, units: tuple[str, ...]
+) -> tuple[torch.nn.Module, dict]:
+    """Adapt, group, score, mask (same fraction per group), compact and fuse."""
     timings = {}
     start = time.perf_counter()
     spa.adapt(model, spa.SPLoRAConfig(rank=8))
     timings["adapt"] = time.perf_counter() - start
     start = time.perf_counter()
-    groups = channel_groups(model, example)
+    groups = channel_groups(model, example, units=units)
     timings["channel_groups"] = time.perf_counter() - start
     start = time.perf_counter()
     scores = score(model, "weight", groups)
     timings["score"] = time.perf_counter() - start
     start = time.perf_counter()
-    masks = compute_masks(groups, scores, density=fraction_kept, ranking="local")
+    masks = compute_masks(
+        groups, scores, density=fraction_kept, ranking="local", round_to={"hidden": 8}
+    )
     apply_masks(model, masks)
     timings["masks"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -49,40 +58,49 @@ def _pruned(model: torch.nn.Module, fraction_kept: float, example) -> tuple[torc
     return spa.fuse(model).eval(), timings
 
 
+def _parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def bench_bert() -> None:
     config = transformers.BertConfig()  # bert-base sizes, random init
     dense = transformers.BertModel(config, add_pooling_layer=False).eval()
     ids = torch.randint(0, config.vocab_size, (BATCH, SEQUENCE))
-    pruned, timings = _pruned(copy.deepcopy(dense), 0.3, ids)
-    print("BERT-base: time to build the pruning structure and prune (s)")
-    for name, seconds in timings.items():
-        print(f"  {name:<15} {seconds:8.2f}")
+    models = {"dense": dense}
+    for name, units in UNITS.items():
+        models[name], timings = _pruned(copy.deepcopy(dense), 0.3, ids, units)
+        print(f"BERT-base, {name}: time to build the pruning structure and prune (s)")
+        for step, seconds in timings.items():
+            print(f"  {step:<15} {seconds:8.2f}")
     with torch.inference_mode():
         timed = interleaved_ratios(
-            {"dense": lambda: dense(ids), "pruned": lambda: pruned(ids)},
-            "pruned",
+            {name: (lambda m=m: m(ids)) for name, m in models.items()},
+            "dense",
             rounds=ROUNDS,
             repeats=1,
         )
-    dense_time, speedup, low, high = timed["dense"]  # per round: dense seconds / pruned seconds
-    pruned_time = timed["pruned"][0]
-    dense_flops, pruned_flops = count_flops(dense, ids), count_flops(pruned, ids)
-    params = sum(p.numel() for p in pruned.parameters()), sum(p.numel() for p in dense.parameters())
-    reduction = dense_flops / pruned_flops
-    print(f"BERT-base batch {BATCH} x {SEQUENCE}, 30% of heads and FFN neurons kept")
-    print(f"  {'':<8}{'params':>12}{'GFLOPs':>10}{'latency s':>12}")
-    print(f"  {'dense':<8}{params[1]:>12,}{dense_flops / 1e9:>10.1f}{dense_time:>12.3f}")
-    print(f"  {'pruned':<8}{params[0]:>12,}{pruned_flops / 1e9:>10.1f}{pruned_time:>12.3f}")
-    print(
-        f"  speed-up {speedup:.2f}x ({low:.2f}-{high:.2f}, {ROUNDS} interleaved rounds), "
-        f"FLOPs reduction {reduction:.2f}x, speed-up / FLOPs reduction {speedup / reduction:.2f}"
-    )
-    report_goal(
-        f"BERT-base 30% heads+FFN: speed-up (FLOPs reduction {reduction:.2f}x)",
-        "-",
-        f"{speedup:.2f} ({low:.2f}-{high:.2f})",
-        None,
-    )
+    dense_flops = count_flops(dense, ids)
+    print(f"BERT-base batch {BATCH} x {SEQUENCE}, density 30% (local ranking)")
+    print(f"  {'':<10}{'params':>12}{'GFLOPs':>10}{'latency s':>12}{'speed-up':>22}")
+    for name, model in models.items():
+        seconds, ratio, low, high = timed[name]  # per round: this model's seconds / dense's
+        flops = count_flops(model, ids)
+        speed = f"{1 / ratio:.2f} ({1 / high:.2f}-{1 / low:.2f})"
+        print(
+            f"  {name:<10}{_parameters(model):>12,}{flops / 1e9:>10.1f}{seconds:>12.3f}{speed:>22}"
+        )
+        if name != "dense":
+            reduction = dense_flops / flops
+            print(
+                f"  {'':<10}FLOPs reduction {reduction:.2f}x, speed-up / reduction "
+                f"{1 / ratio / reduction:.2f}"
+            )
+            report_goal(
+                f"BERT-base 30% {name}: speed-up (FLOPs reduction {reduction:.2f}x)",
+                "-",
+                speed,
+                None,
+            )
 
 
 def bench_llama() -> None:
@@ -100,32 +118,30 @@ def bench_llama() -> None:
     )
     dense = transformers.LlamaForCausalLM(config).eval()
     prompt = torch.randint(1, config.vocab_size, (1, 16))
-    pruned, timings = _pruned(copy.deepcopy(dense), 0.3, prompt)
+    models, timings = {"dense": dense}, {}
+    for name, units in UNITS.items():
+        models[name], timings[name] = _pruned(copy.deepcopy(dense), 0.3, prompt, units)
     options = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
     with torch.inference_mode():
         timed = interleaved_ratios(
-            {
-                "dense": lambda: dense.generate(prompt, **options),
-                "pruned": lambda: pruned.generate(prompt, **options),
-            },
-            "pruned",
+            {name: (lambda m=m: m.generate(prompt, **options)) for name, m in models.items()},
+            "dense",
             rounds=ROUNDS,
             repeats=1,
         )
-    dense_time, speedup, low, high = timed["dense"]
-    pruned_time = timed["pruned"][0]
-    params = sum(p.numel() for p in pruned.parameters()), sum(p.numel() for p in dense.parameters())
-    print(f"Llama-style decoder ({params[1] / 1e6:.0f}M params), greedy decode with KV cache")
-    print(f"  channel_groups {timings['channel_groups']:.2f} s")
-    print(f"  dense   {params[1]:>12,} params {NEW_TOKENS / dense_time:8.1f} tokens/s")
-    print(f"  pruned  {params[0]:>12,} params {NEW_TOKENS / pruned_time:8.1f} tokens/s")
-    print(f"  decode speed-up {speedup:.2f}x ({low:.2f}-{high:.2f}, {ROUNDS} interleaved rounds)")
-    report_goal(
-        "Llama-style 40M decoder 30% heads+FFN: decode speed-up",
-        "-",
-        f"{speedup:.2f} ({low:.2f}-{high:.2f})",
-        None,
-    )
+    print(f"Llama-style decoder ({_parameters(dense) / 1e6:.0f}M params), greedy decode, KV cache")
+    for name, model in models.items():
+        seconds, ratio, low, high = timed[name]
+        speed = f"{1 / ratio:.2f} ({1 / high:.2f}-{1 / low:.2f})"
+        groups = (
+            f"channel_groups {timings[name]['channel_groups']:.2f} s" if name in timings else ""
+        )
+        print(
+            f"  {name:<10}{_parameters(model):>12,} params {NEW_TOKENS / seconds:8.1f} tokens/s"
+            f"  speed-up {speed}  {groups}"
+        )
+        if name != "dense":
+            report_goal(f"Llama-style 40M decoder 30% {name}: decode speed-up", "-", speed, None)
 
 
 def main() -> None:

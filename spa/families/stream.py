@@ -82,7 +82,8 @@ def stream_layouts(
     Args:
         model: a model of `family` (adapted or not, masked or compacted).
         family: its description.
-        head: the task head's modules; they read the stream where no pooler does.
+        head: the task head's modules; they read the stream where no pooler does (modules
+            inside a block are described there already and skipped).
 
     Returns:
         One layout per stage, in module order; each width is its first block's input width.
@@ -99,7 +100,10 @@ def stream_layouts(
         )
     modules = dict(model.named_modules())
     stages: dict[str, list[StreamMember]] = {}
-    for layout in block_layouts(model, family):
+    layouts = block_layouts(model, family)
+    # A "head" inside a block (a bare encoder's last projection) is one of its projections.
+    head = [h for h in head if not any(h.startswith(f"{b.path}.") for b in layouts)]
+    for layout in layouts:
         found = re.search(stream.stages, layout.path) if stream.stages else None
         members = stages.setdefault(found.group(1) if found else "", [])
         readers = [layout.qkv] if layout.qkv else [layout.query, layout.key, layout.value]
