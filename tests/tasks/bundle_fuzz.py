@@ -97,10 +97,29 @@ def _compact_mlp(model: nn.Module, kept: list[int]) -> None:
     model.get_submodule("2").select_channels(in_positions=positions)
 
 
+def _hidden_pruned_decoder() -> tuple[nn.Module, nn.Module, torch.Tensor, dict]:
+    """A tiny Llama-style decoder whose hidden size, heads and FFN neurons were pruned: its
+    bundle holds RMSNorm slices and the token embedding as kept indices (narrowed)."""
+    import spa
+    from spa.pruning import apply_masks, channel_groups, compute_masks, score
+
+    from .._transformers import llama
+
+    base = llama().eval()
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
+    for _, layer in spa.adapter_layers(model):
+        nn.init.normal_(layer.up, std=0.1)
+    groups = channel_groups(model, None, units=("heads", "ffn", "hidden"))
+    masks = compute_masks(groups, score(model, "weight", groups), 0.5, ranking="local")
+    apply_masks(model, masks)
+    return base, model.eval(), torch.randint(1, 40, (2, 5)), {}
+
+
 def subjects(work: Path) -> list[tuple[nn.Module, bytes, torch.Tensor]]:
     """Tiny task bundles covering every entry kind: SPLoRA with masks and exact norms,
     fine-pruning with folded norms, a compacted MLP with unsorted kept indices, shared-bank
-    SPLoPA with block masks, and a residual net compacted through its pruning groups."""
+    SPLoPA with block masks, a residual net compacted through its pruning groups, and a
+    decoder with a pruned hidden size (narrowed embedding)."""
     import spa
     from spa.pruning import apply_masks, channel_groups, compute_masks
     from spa.tasks import save_task
@@ -133,6 +152,7 @@ def subjects(work: Path) -> list[tuple[nn.Module, bytes, torch.Tensor]]:
     for _, layer in spa.adapter_layers(model):
         nn.init.normal_(layer.up)
     made.append((residual_base, model, x, {"example_inputs": (x,)}))
+    made.append(_hidden_pruned_decoder())
     result = []
     for index, (base, model, example, options) in enumerate(made):
         path = work / f"subject{index}.safetensors"

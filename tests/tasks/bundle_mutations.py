@@ -225,6 +225,23 @@ def _tensor_record(rng: random.Random, document: dict[str, Any], base: nn.Module
     return True
 
 
+def _narrowed_record(rng: random.Random, document: dict[str, Any], base: nn.Module) -> bool:
+    """Point a narrowed base tensor at another axis or kind, or record it also as a tensor."""
+    records = [m for m in document.get("modules", []) if m.get("narrowed")]
+    if not records:
+        return False
+    entry = rng.choice(records)
+    key = rng.choice(sorted(entry["narrowed"]))
+    choice = rng.randrange(3)
+    if choice == 0:
+        entry["narrowed"][key][1] = rng.choice([0, 2, -1, "1", None])
+    elif choice == 1:
+        entry["narrowed"][key][0] = "buffer"
+    else:
+        entry.setdefault("tensors", {})[key] = ["parameter", "float32"]
+    return True
+
+
 def _flag(rng: random.Random, document: dict[str, Any], base: nn.Module) -> bool:
     keys = ("weight", "out_mask", "in_mask", "block_mask", "folded_norm", "bias")
     keys += ("out_selection", "in_selection")
@@ -332,13 +349,17 @@ def duplicate_header_key(rng: random.Random, data: bytes, base: nn.Module) -> by
 
 
 def _int_tensor(rng: random.Random, data: bytes, base: nn.Module) -> bytes | None:
-    """Rewrite stored int32 indices to repeat or leave the base's range, resealed."""
+    """Rewrite stored int32 or int64 indices (kept channels, kept slices of a narrowed base
+    tensor) to repeat or leave the base's range, resealed."""
     header, document, body = _document(data)
-    entry = header.get("int32")
-    if entry is None:
+    packed = [name for name in ("int32", "int64") if name in header]
+    if not packed:
         return None
+    name = rng.choice(packed)
+    entry = header[name]
     start, end = entry["data_offsets"]
-    values = torch.frombuffer(bytearray(body[start:end]), dtype=torch.int32).clone()
+    dtype = torch.int32 if name == "int32" else torch.int64
+    values = torch.frombuffer(bytearray(body[start:end]), dtype=dtype).clone()
     if not values.numel():
         return None
     position = rng.randrange(values.numel())
@@ -366,6 +387,7 @@ MUTATIONS: dict[str, Mutation] = {
     "change_path": _metadata_edit(_change_path),
     "swap_paths": _metadata_edit(_swap_paths),
     "tensor_record": _metadata_edit(_tensor_record),
+    "narrowed_record": _metadata_edit(_narrowed_record),
     "flag": _metadata_edit(_flag),
     "attribute": _metadata_edit(_attribute),
     "masks_record": _metadata_edit(_masks_record),
