@@ -19,24 +19,11 @@ from typing import Any, Literal
 from spa.errors import ConfigError
 from spa.experiments._typecheck import build_dataclass
 from spa.experiments._typecheck import config_key_error as _fail
+from spa.experiments.criteria_names import block_criteria, channel_criteria
 from spa.experiments.toml_writer import dumps_toml
 
 Method = Literal["fine-pruning", "lora", "splora", "splopa"]
 Schedule = Literal["iterative", "gradual", "none"]
-
-
-def channel_criteria() -> tuple[str, ...]:
-    """Names of the registered channel criteria (`spa.pruning.CRITERIA`)."""
-    from spa.pruning.criteria import CRITERIA
-
-    return tuple(CRITERIA.names())
-
-
-def block_criteria() -> tuple[str, ...]:
-    """Names of the registered block criteria (`spa.pruning.block_criteria.BLOCK_CRITERIA`)."""
-    from spa.pruning.block_criteria import BLOCK_CRITERIA
-
-    return tuple(BLOCK_CRITERIA.names())
 
 
 def _check_range(path: str, value: float, low: float, high: float, *, low_open: bool) -> None:
@@ -153,7 +140,7 @@ class PruningConfig:
         ranking: "global" (all layers compete) or "local" (same fraction per layer).
         scoring_batches: batches used to compute data-driven scores.
         min_channels: never prune a layer below this many channels.
-        round_to: keep channel counts multiples of this (e.g. 8); omitted for no rounding.
+        round_to: keep channel counts multiples of this (e.g. 8), or per unit ({hidden = 4}).
         units: transformer units, "heads", "ffn" and/or "hidden"; default heads and FFN.
         target: what the densities measure: "params" (prunable weights kept, the paper's) or
             "flops" (fraction of the whole model's MACs kept, on the example batch).
@@ -167,7 +154,7 @@ class PruningConfig:
     ranking: Literal["global", "local"] = "global"
     scoring_batches: int = 8
     min_channels: int = 1
-    round_to: int | None = None
+    round_to: int | dict[str, int] | None = None
     units: tuple[Literal["heads", "ffn", "hidden"], ...] | None = None
     target: Literal["params", "flops"] = "params"
 
@@ -192,8 +179,10 @@ class PruningConfig:
         for key in ("scoring_batches", "min_channels"):
             if getattr(self, key) < 1:
                 raise _fail(f"pruning.{key}", f"must be >= 1, got {getattr(self, key)}")
-        if self.round_to is not None and self.round_to < 1:
-            raise _fail("pruning.round_to", f"must be >= 1, got {self.round_to}")
+        from spa.pruning.config import round_to_problem
+
+        if problem := round_to_problem(self.round_to):
+            raise _fail("pruning.round_to", problem)
 
     def density_steps(self) -> list[float]:
         """The densities visited after the unpruned step, in order (empty for "none")."""

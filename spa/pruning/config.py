@@ -10,6 +10,23 @@ from spa.errors import ConfigError
 from spa.pruning.schedules import IterativeSchedule
 
 
+def round_to_problem(round_to: object) -> str | None:
+    """Why `round_to` is not an integer >= 1, None, or a mapping of transformer units to such
+    integers (None if it is one of those)."""
+    from spa.pruning.units import UNITS
+
+    steps = round_to if isinstance(round_to, Mapping) else {"": round_to}
+    for unit, step in steps.items():
+        if (unit and unit not in UNITS) or not (
+            step is None or (isinstance(step, int) and not isinstance(step, bool) and step >= 1)
+        ):
+            return (
+                f"must be an integer >= 1, None, or a mapping of units {UNITS} to integers "
+                f">= 1; got {round_to!r}"
+            )
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class ChannelPruningConfig:
     """How channels are scored, ranked and removed.
@@ -58,19 +75,8 @@ class ChannelPruningConfig:
             raise ConfigError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
         if not 0.0 <= self.min_fraction <= 1.0:
             raise ConfigError(f"min_fraction must be in [0, 1], got {self.min_fraction!r}")
-        from spa.pruning.units import UNITS
-
-        steps = self.round_to if isinstance(self.round_to, Mapping) else {"": self.round_to}
-        if any(
-            (unit and unit not in UNITS)
-            or (step is not None and (not isinstance(step, int) or isinstance(step, bool)))
-            or (step is not None and step < 1)
-            for unit, step in steps.items()
-        ):
-            raise ConfigError(
-                f"round_to must be an integer >= 1, None, or a mapping of units {UNITS} to "
-                f"integers >= 1; got {self.round_to!r}"
-            )
+        if problem := round_to_problem(self.round_to):
+            raise ConfigError(f"round_to {problem}")
         if self.num_batches is not None and self.num_batches < 1:
             raise ConfigError(f"num_batches must be >= 1 or None, got {self.num_batches!r}")
         if not self.norm_p > 0:
@@ -81,6 +87,8 @@ class ChannelPruningConfig:
             raise ConfigError(f"target must be 'params' or 'flops', got {self.target!r}")
         if self.lrp_epsilon < 0:
             raise ConfigError(f"lrp_epsilon must be >= 0, got {self.lrp_epsilon!r}")
+
+        from spa.pruning.units import UNITS
 
         if self.units is not None and (
             not isinstance(self.units, tuple) or not self.units or set(self.units) - set(UNITS)

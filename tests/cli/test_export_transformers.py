@@ -39,3 +39,28 @@ def test_export_transformers_writes_a_directory_and_refuses_to_overwrite_it(tmp_
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         ["config.json", "generation_config.json", "model.safetensors"]
     )
+
+
+def test_export_transformers_of_a_pruned_hidden_size(tmp_path):
+    base = tiny_llama().eval()
+    base.save_pretrained(tmp_path / "base")
+    odd = pruned(base, units=("hidden",), density=0.65)  # 41 of 64: not a multiple of 4 heads
+    save_task(odd, tmp_path / "odd.safetensors", base_model=base)
+    arguments = ["export", tmp_path / "odd.safetensors", "--base", tmp_path / "base"]
+    refused = spa_command(*arguments, "--format", "transformers", "-o", tmp_path / "odd")
+    assert_one_line_error(refused, "LlamaConfig refuses", "round_to={'hidden': heads}")
+    assert not (tmp_path / "odd").exists()
+
+    model = pruned(base, units=("heads", "ffn", "hidden"), round_to={"hidden": 4})
+    kept = int(model.model.norm.spa_out_mask.sum())
+    save_task(model, tmp_path / "task.safetensors", base_model=base)
+    arguments = ["export", tmp_path / "task.safetensors", "--base", tmp_path / "base"]
+    result = spa_command(*arguments, "--format", "transformers", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["hidden_size"] == kept < 64
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, 256, (2, 6))
+    with torch.no_grad():
+        expected = load_task(base, tmp_path / "task.safetensors")(ids).logits
+        torch.testing.assert_close(exported(ids).logits, expected, rtol=1e-5, atol=1e-5)

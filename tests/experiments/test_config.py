@@ -252,3 +252,13 @@ def test_pruning_units_are_checked_and_name_the_key() -> None:
     assert PruningConfig(units=("ffn",)).units == ("ffn",)
     with pytest.raises(ConfigError, match=r"'pruning\.units'.*'heads', 'ffn'"):
         from_dict({"pruning": {"units": ["neurons"]}})
+
+
+def test_round_to_per_unit_round_trips_and_bad_values_name_the_key() -> None:
+    data = {"pruning": {"units": ["heads", "ffn", "hidden"], "round_to": {"hidden": 4}}}
+    config = from_dict(data)
+    assert config.pruning.round_to == {"hidden": 4}
+    assert from_dict(tomllib.loads(config_to_toml(config))) == config
+    for bad in ({"hidden": 0}, {"residual": 4}, {"hidden": True}, 0):
+        with pytest.raises(ConfigError, match=r"'pruning.round_to'.*integer >= 1"):
+            from_dict({"pruning": {"round_to": bad}})

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from spa.experiments import build, measure
-from spa.experiments.config import ExperimentConfig, block_criteria, channel_criteria
+from spa.experiments.config import ExperimentConfig
+from spa.experiments.criteria_names import block_criteria, channel_criteria
 from spa.experiments.distributed_run import prune_on_all_ranks
 from spa.experiments.pruning_steps import ChannelPruner
 from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step

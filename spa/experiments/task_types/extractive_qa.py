@@ -24,7 +24,8 @@ from torch import nn
 from spa.accounting import count_learned_parameters
 from spa.errors import ConfigError
 from spa.experiments.build import adapt_model
-from spa.experiments.config import ExperimentConfig, block_criteria
+from spa.experiments.config import ExperimentConfig
+from spa.experiments.criteria_names import block_criteria
 from spa.experiments.measure import measure_latency
 from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step
 
