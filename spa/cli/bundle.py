@@ -278,7 +278,12 @@ def _export(args: argparse.Namespace) -> int:
             f"--format transformers needs --base to be a local transformers model directory "
             f"(with config.json), got {args.base}"
         )
-    task = load_task(base, args.bundle)
+    finalize = None
+    if args.remove_empty_units:
+        from spa.deploy import without_empty_units
+
+        finalize = without_empty_units
+    task = load_task(base, args.bundle, finalize=finalize)
     if args.format == "transformers":
         from spa.tasks.pretrained import save_pretrained
 
@@ -344,6 +349,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite",
         action="store_true",
         help="replace a non-empty output directory (--format transformers)",
+    )
+    export.add_argument(
+        "--remove-empty-units",
+        action="store_true",
+        help="remove the attention heads and FFN neurons that block pruning (SPLoPA, block "
+        "fine-pruning) left entirely empty, so the exported model is smaller and faster "
+        "(transformers of a described family)",
     )
     export.add_argument(
         "--input-shape",

@@ -64,3 +64,33 @@ def test_export_transformers_of_a_pruned_hidden_size(tmp_path):
     with torch.no_grad():
         expected = load_task(base, tmp_path / "task.safetensors")(ids).logits
         torch.testing.assert_close(exported(ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_export_remove_empty_units_drops_neurons_block_pruning_emptied(tmp_path):
+    import copy
+
+    import spa
+
+    base = tiny_llama().eval()  # FFN 128 neurons, down_proj 64 x 128
+    base.save_pretrained(tmp_path / "base")
+    model = spa.adapt(copy.deepcopy(base), spa.BlockFinePruningConfig(block_shape=(16, 16)))
+    with torch.no_grad():
+        for layer in model.model.layers:  # the first 16 neurons' down columns, in every layer
+            layer.mlp.down_proj.block_mask[:, 0] = False
+    save_task(model, tmp_path / "task.safetensors", base_model=base)
+    arguments = ["export", tmp_path / "task.safetensors", "--base", tmp_path / "base"]
+    arguments += ["--format", "transformers"]
+    kept = spa_command(*arguments, "-o", tmp_path / "kept")
+    removed = spa_command(*arguments, "--remove-empty-units", "-o", tmp_path / "removed")
+    assert kept.returncode == 0 and removed.returncode == 0, kept.stderr + removed.stderr
+    sizes = [
+        json.loads((tmp_path / name / "config.json").read_text())["intermediate_size"]
+        for name in ("kept", "removed")
+    ]
+    assert sizes == [128, 112]
+    ids = torch.randint(0, 256, (2, 6))
+    with torch.no_grad():
+        expected = load_task(base, tmp_path / "task.safetensors")(ids).logits
+        for name in ("kept", "removed"):
+            exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
+            torch.testing.assert_close(exported(ids).logits, expected, rtol=1e-5, atol=1e-5)
