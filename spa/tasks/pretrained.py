@@ -186,9 +186,14 @@ def _exported_config(plain: nn.Module):
 
 
 def _rebuild(plain: nn.Module, config) -> nn.Module:
-    """A fresh model of `plain`'s class built from `config`, holding `plain`'s weights."""
-    parameter = next(plain.parameters())
-    rebuilt = type(plain)(config).to(device=parameter.device, dtype=parameter.dtype).eval()
+    """A fresh model of `plain`'s class built from `config`, holding `plain`'s weights.
+
+    It is built on the meta device (no random initialisation of weights that are replaced at
+    once) and takes `plain`'s tensors; buffers outside the state dict (rotary frequencies) are
+    taken from `plain` where they have the same shape, else the model is built for real.
+    """
+    with torch.device("meta"):
+        rebuilt = type(plain)(config)
     modules = dict(plain.named_modules())
     state = plain.state_dict()
     for name, module in rebuilt.named_modules():
@@ -215,8 +220,29 @@ def _rebuild(plain: nn.Module, config) -> nn.Module:
             f"save_pretrained: {extra[0]} has no place in a {type(plain).__name__} built from "
             f"transformers' {config_class}"
         )
-    rebuilt.load_state_dict(state, strict=True)
-    return rebuilt
+    rebuilt.load_state_dict(state, strict=True, assign=True)
+    if not _take_buffers(rebuilt, plain):
+        parameter = next(plain.parameters())
+        rebuilt = type(plain)(config).to(device=parameter.device, dtype=parameter.dtype)
+        rebuilt.load_state_dict(state, strict=True)
+    if getattr(config, "tie_word_embeddings", False):
+        rebuilt.tie_weights()  # assigned tensors are separate parameters: share them again
+    return rebuilt.eval()
+
+
+def _take_buffers(rebuilt: nn.Module, plain: nn.Module) -> bool:
+    """Fill `rebuilt`'s buffers left on the meta device from `plain`'s of the same name and
+    shape; False if one has no such counterpart."""
+    found = dict(plain.named_buffers())
+    for name, buffer in list(rebuilt.named_buffers()):
+        if not buffer.is_meta:
+            continue
+        source = found.get(name)
+        if source is None or source.shape != buffer.shape:
+            return False
+        owner, _, key = name.rpartition(".")
+        rebuilt.get_submodule(owner)._buffers[key] = source.clone()
+    return not any(t.is_meta for t in [*rebuilt.parameters(), *rebuilt.buffers()])
 
 
 def _compare(

@@ -225,3 +225,20 @@ def test_bert_with_a_pruned_hidden_size_is_refused_naming_the_option(tmp_path):
     with pytest.raises(ConfigError, match=r"keeps \d+ of 32 hidden channels.*units=\('ffn',\)"):
         spa.save_pretrained(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rebuild_takes_the_models_tensors_without_initialising_new_ones(monkeypatch):
+    from spa.tasks.pretrained import _exported_config, _rebuild
+
+    plain = spa.fuse(spa.compact(pruned(tiny_llama()))).eval()
+    rebuilt = _rebuild(plain, _exported_config(plain))
+    storage = {p.data_ptr() for p in plain.parameters()}
+    assert all(p.data_ptr() in storage for p in rebuilt.parameters())  # no new weights
+    assert rebuilt.lm_head.weight is rebuilt.model.embed_tokens.weight  # tied again
+    assert not any(t.is_meta for t in [*rebuilt.parameters(), *rebuilt.buffers()])
+    ids = torch.randint(0, 256, (2, 5))
+    torch.testing.assert_close(_logits(rebuilt, ids), _logits(plain, ids), rtol=0, atol=0)
+    # A buffer spa cannot take from the model: the model is built for real instead.
+    monkeypatch.setattr(spa.tasks.pretrained, "_take_buffers", lambda rebuilt, plain: False)
+    fallback = _rebuild(plain, _exported_config(plain))
+    torch.testing.assert_close(_logits(fallback, ids), _logits(plain, ids), rtol=0, atol=0)
