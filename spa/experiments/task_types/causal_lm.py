@@ -11,9 +11,11 @@ Methods: fine-pruning (every weight trains), LoRA (SPLoRA never pruned) and SPLo
 is never adapted and, for LoRA and SPLoRA, stays frozen with the embeddings it is usually tied
 to, so a task bundle holds the adapters and norms only. Pruning follows the iterative schedule:
 before each step after the first, attention heads (with grouped-query attention a key/value
-head with its query heads) and FFN neurons (`pruning.units`) are scored on training blocks and
-masked to the step's density. The deployable model is the compacted, fused copy; FLOPs and
-latency are per sequence of `sequence_length` tokens.
+head with its query heads), FFN neurons and, if asked for, the hidden size (`pruning.units`)
+are scored on training blocks and masked to the step's density. Runs may be distributed
+(`torchrun`): DDP training on sharded global batches, identical masks on every rank. The
+deployable model is the compacted, fused copy; FLOPs and latency are per sequence of
+`sequence_length` tokens.
 """
 
 from __future__ import annotations
@@ -32,12 +34,8 @@ from spa.adapters import adapt
 from spa.errors import ConfigError
 from spa.experiments import measure
 from spa.experiments.build import adapter_config
-from spa.experiments.config import (
-    ExperimentConfig,
-    ModelConfig,
-    block_criteria,
-    channel_criteria,
-)
+from spa.experiments.config import ExperimentConfig, ModelConfig
+from spa.experiments.criteria_names import block_criteria, channel_criteria
 from spa.experiments.distributed_run import prune_on_all_ranks
 from spa.experiments.lm_data import (
     DATA_NAMES,
@@ -60,6 +58,7 @@ from spa.experiments.train import (
     make_loader,
     make_optimizer,
     set_learning_rate,
+    wrap_model,
 )
 
 # Trainable parameter groups besides the adapters, per method: LoRA and SPLoRA keep the LM head
@@ -99,9 +98,11 @@ class CausalLMSession(ChannelSessionSteps):
     pruner: ChannelPruner | None
     model_name: str | None = None
     model_options: dict[str, Any] | None = field(default=None)
+    training: nn.Module | None = field(default=None, repr=False)  # DDP wrapper or `model`
 
     def prune(self, step: Step) -> None:
-        """Score heads and FFN neurons on training blocks and mask down to the step's density."""
+        """Score the units (`pruning.units`) on training blocks and mask down to the step's
+        density (in a distributed run every rank scores the same blocks)."""
         if step.index == 0 or self.pruner is None:
             return
         count = self.config.pruning.scoring_batches
@@ -111,7 +112,11 @@ class CausalLMSession(ChannelSessionSteps):
         prune_on_all_ranks(self.model, self.pruner, step.target_density, batches)
 
     def train_epoch(self, step: Step, epoch: int) -> dict[str, Any]:
-        """One epoch of next-token training; returns lr and the mean loss per token."""
+        """One epoch of next-token training (in a distributed run each rank trains on its share
+        of every global batch, gradients averaged by DDP); returns lr and the mean loss per
+        token of this rank's share."""
+        if self.training is None:  # wrapped once: pruning only changes masks
+            self.training = wrap_model(self.model, self.example)
         train = self.config.train
         lr = block_learning_rate(train.lr, epoch, step.epochs, train.lr_schedule)
         set_learning_rate(self.optimizer, lr)
@@ -121,9 +126,10 @@ class CausalLMSession(ChannelSessionSteps):
             shuffle=True,
             seed=self.seed,
             epoch=step.first_epoch + epoch,
+            shard=True,
         )
         loss = train_lm_epoch(
-            self.model,
+            self.training,
             loader,
             self.optimizer,
             device=train.device,
@@ -145,11 +151,11 @@ class CausalLMSession(ChannelSessionSteps):
 
 
 class CausalLMTask:
-    """Causal language modelling with head/FFN pruning (see `TaskType`)."""
+    """Causal language modelling with head/FFN/hidden-size pruning (see `TaskType`)."""
 
     name = "causal-lm"
     metric_name = "perplexity"
-    supports_distributed = False
+    supports_distributed = True
 
     def data_names(self) -> tuple[str, ...]:
         """Local text files ("text") and the embedded Python documentation ("embedded")."""
