@@ -62,6 +62,21 @@ def vit() -> nn.Module:
     return Net(transformers.ViTForImageClassification(config), "image")
 
 
+def deit() -> nn.Module:
+    """DeiT: ViT's modules plus a distillation token next to the class token."""
+    config = transformers.DeiTConfig(
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        num_labels=3,
+    )
+    return Net(transformers.DeiTForImageClassification(config), "image")
+
+
 def gpt2() -> nn.Module:
     config = transformers.GPT2Config(
         n_embd=HIDDEN,

@@ -1,4 +1,4 @@
-"""ViT family: q/k/v/o projections in one attention module, fc1/fc2 MLP."""
+"""ViT family (also DeiT): q/k/v/o projections in one attention module, fc1/fc2 MLP."""
 
 from spa.families.description import (
     FAMILIES,
@@ -11,7 +11,7 @@ from spa.families.description import (
 VIT = FAMILIES.register("vit")(
     Family(
         name="vit",
-        model_types=("vit",),
+        model_types=("vit", "deit"),
         blocks=r"(^|\.)layers\.\d+$",
         attention=AttentionDescription(
             module="attention",
@@ -29,7 +29,8 @@ VIT = FAMILIES.register("vit")(
         stream=StreamDescription(
             block_norms=("layernorm_before", "layernorm_after"),
             norms=(r"(^|\.)layernorm$",),
-            tensors={r"(^|\.)embeddings\.(cls_token|mask_token|position_embeddings)$": 2},
+            # The class token, DeiT's distillation token, the mask token, position embeddings.
+            tensors={r"(^|\.)embeddings\.(\w+_token|position_embeddings)$": 2},
             writers=(r"(^|\.)patch_embeddings\.projection$",),
             pooler=r"(^|\.)pooler\.dense$",
         ),

@@ -18,9 +18,11 @@ from spa.errors import ConfigError
 from spa.families import describe
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups, score
 from spa.pruning.units import unit_groups
-from tests._transformers import CASES, HIDDEN, VOCAB
+from tests._transformers import CASES, HIDDEN, VOCAB, Case, deit
 
-STREAM = CASES  # every described family, Swin with one stream per stage
+# Every described family (Swin with one stream per stage), and DeiT: the ViT family's modules
+# with a distillation token beside the class token.
+STREAM = [*CASES, Case("deit", deit, False, input_shape=(3, 8, 8))]
 IDS = [case.family for case in STREAM]
 
 
