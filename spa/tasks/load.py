@@ -198,22 +198,30 @@ def _unit_variance(like: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def module_tensors(
-    module: nn.Module, entry: dict[str, Any], tensors: dict[str, torch.Tensor]
+    module: nn.Module,
+    entry: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    narrowed: dict[tuple, torch.Tensor] | None = None,
 ) -> dict[str, tuple[str, torch.Tensor | None]]:
     """The tensors a validated module entry installs on base module `module`, in order.
 
     Returns `{key: (kind, tensor)}` with kind "parameter" or "buffer"; every tensor is new (on
     the module's device, in its declared dtype), None for a removed parameter. `module` is read,
-    never changed.
+    never changed. `narrowed` caches narrowed base tensors across the entries of one task, so a
+    base tensor shared by two modules (a tied LM head and token embedding) stays one tensor.
     """
     existing = direct_tensors(module)
     device = next((t.device for _, t in existing.values()), torch.device("cpu"))
     installs: dict[str, tuple[str, torch.Tensor | None]] = {}
     for key, (kind, dtype) in entry.get("tensors", {}).items():
         installs[key] = (kind, tensors[key].to(device, getattr(torch, dtype)).clone())
+    narrowed = {} if narrowed is None else narrowed
     for key, (kind, axis) in entry.get("narrowed", {}).items():  # kept indices of the base's
-        base = existing[key][1]
-        installs[key] = (kind, base.detach().index_select(axis, tensors[key].to(base.device)))
+        base, indices = existing[key][1], tensors[key]
+        cache_key = (id(base), axis, tuple(indices.tolist()))
+        if cache_key not in narrowed:
+            narrowed[cache_key] = base.detach().index_select(axis, indices.to(base.device))
+        installs[key] = (kind, narrowed[cache_key])
     for key in entry.get("none", []):
         installs[key] = ("parameter", None)
     if entry.get("folded_norm"):  # eval-mode batch norm x * scale + shift, see save_task
@@ -227,9 +235,11 @@ def module_tensors(
     return installs
 
 
-def _apply_module(model: nn.Module, entry: dict[str, Any], tensors: dict[str, torch.Tensor]):
+def _apply_module(
+    model: nn.Module, entry: dict[str, Any], tensors: dict[str, torch.Tensor], narrowed: dict
+) -> None:
     module = model.get_submodule(entry["path"])
-    installs = module_tensors(module, entry, tensors)
+    installs = module_tensors(module, entry, tensors, narrowed)
     apply_attribute_changes(module, entry.get("attributes", {}))
     for key, (kind, tensor) in installs.items():
         set_tensor(module, key, kind, tensor)
@@ -274,8 +284,9 @@ def build_task(
             set_tensor(module, "weight", "parameter", weight)
             set_tensor(module, "bias", "parameter", bias)
             apply_attribute_changes(module, layer_plan.entry.get("attributes", {}))
+        narrowed: dict[tuple, torch.Tensor] = {}
         for entry, tensors in plan.modules:
-            _apply_module(model, entry, tensors)
+            _apply_module(model, entry, tensors, narrowed)
     if finalize is not None:
         model = finalize(model)
     return model.eval()

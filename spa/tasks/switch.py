@@ -66,10 +66,11 @@ class SwitchPlan:
                 change = _Change(attributes, {}, _layer_builder(layer_plan))
                 self.gathered += not isinstance(change.layer, _PlannedLayer)
                 self._changes.append((id(module), change))
+            narrowed: dict[tuple, torch.Tensor] = {}  # one tensor per narrowed base tensor
             for entry, tensors in plan.modules:
                 module = modules[entry["path"]]
                 attributes = converted_attributes(module, entry.get("attributes", {}))
-                change = _Change(attributes, module_tensors(module, entry, tensors))
+                change = _Change(attributes, module_tensors(module, entry, tensors, narrowed))
                 self._changes.append((id(module), change))
 
     def build(
@@ -88,6 +89,7 @@ class SwitchPlan:
             return build_task(self.base_model, self._plan, finalize=finalize)
         evaluate = finalize is None and self._plain_eval
         copies = self._copy_tree(evaluate)
+        clones: dict[int, torch.Tensor] = {}  # a tensor two modules share is cloned once
         with torch.no_grad():
             for module_id, change in self._changes:
                 module = copies[module_id]
@@ -98,7 +100,9 @@ class SwitchPlan:
                 # Size attributes are plain instance values (checked by plan_task).
                 module.__dict__.update(change.attributes)
                 for key, (kind, tensor) in change.tensors.items():
-                    set_tensor(module, key, kind, None if tensor is None else tensor.clone())
+                    if tensor is not None and id(tensor) not in clones:
+                        clones[id(tensor)] = tensor.clone()
+                    set_tensor(module, key, kind, None if tensor is None else clones[id(tensor)])
         model = copies[id(self.base_model)]
         if evaluate:
             return model

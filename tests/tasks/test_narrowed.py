@@ -3,6 +3,8 @@ bundle whose indices were altered is refused naming the tensor."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -121,3 +123,24 @@ def test_host_switches_to_the_narrowed_task(saved):
     host.add_task("task", path)
     with torch.no_grad():
         torch.testing.assert_close(host.model("task")(ids).logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tied_head_and_embedding_stay_one_tensor_when_loaded(tmp_path):
+    from spa.pruning import apply_masks, channel_groups, compute_masks, score
+
+    torch.manual_seed(0)
+    base = tiny_llama().eval()
+    assert base.lm_head.weight is base.model.embed_tokens.weight
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2, trainable=("norm",)))
+    groups = channel_groups(model, None, units=("hidden",))
+    apply_masks(model, compute_masks(groups, score(model, "weight", groups), 0.6))
+    path = tmp_path / "task.safetensors"
+    bundle = save_task(model, path, base_model=base)
+    narrowed = {e["path"] for e in bundle.metadata["modules"] if "narrowed" in e}
+    assert {"lm_head", EMBEDDING} <= narrowed  # frozen and tied: both are kept indices
+    host = spa.TaskHost(base)
+    host.add_task("task", path)
+    for loaded in (load_task(base, path), host.model("task")):
+        head, table = loaded.lm_head.weight, loaded.model.embed_tokens.weight
+        assert head.shape == table.shape and head.shape[1] < 64
+        assert head.data_ptr() == table.data_ptr()  # one tensor in memory, as in the base
