@@ -9,9 +9,12 @@ built architecture (`in_features`, `num_features`, `groups`, ...). `load_exporte
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -174,10 +177,36 @@ def load_exported(path: str | os.PathLike) -> nn.Module:
     return model.eval()
 
 
+class _TensorOutput(nn.Module):
+    """A model whose forward returns one tensor: `transformers` models run without a KV cache
+    (which the exporter cannot trace) and give their `logits` (else their first output)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.options = (
+            {"use_cache": False}
+            if "use_cache" in inspect.signature(model.forward).parameters
+            else {}
+        )
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        output = self.model(*inputs, **self.options)
+        if isinstance(output, torch.Tensor):
+            return output
+        if isinstance(output, Mapping) and "logits" in output:
+            return output["logits"]
+        return output[0]
+
+
 def export_onnx(
     model: nn.Module, path: str | os.PathLike, example_inputs: tuple, *, dynamic_batch: bool = True
 ) -> None:
     """Write `model` as ONNX (TorchScript-based exporter, opset default), atomically.
+
+    A `transformers` model is exported with `torch.export` (its attention-mask code does not
+    trace with the TorchScript exporter), without its KV cache and with its logits as the one
+    output; the batch and, for token ids, the sequence length are dynamic.
 
     Args:
         model: the fused, compacted task model.
@@ -186,7 +215,7 @@ def export_onnx(
         dynamic_batch: make the first dimension of every input and output dynamic.
     """
     names = [f"input_{i}" if i else "input" for i in range(len(example_inputs))]
-    axes = {name: {0: "batch"} for name in names + ["output"]} if dynamic_batch else None
+    wrapped = _TensorOutput(model.eval())
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
@@ -194,13 +223,48 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: offline, fast
             warnings.simplefilter("ignore", UserWarning)
-            torch.onnx.export(
-                model.eval(),
-                tuple(example_inputs),
-                str(temporary),
-                dynamo=False,
-                input_names=names,
-                output_names=["output"],
-                dynamic_axes=axes,
-            )
+            if getattr(getattr(model, "config", None), "model_type", None):
+                _export_transformers(wrapped, tuple(example_inputs), temporary, names)
+            else:
+                axes = {name: {0: "batch"} for name in names + ["output"]}
+                torch.onnx.export(
+                    wrapped,
+                    tuple(example_inputs),
+                    str(temporary),
+                    dynamo=False,
+                    input_names=names,
+                    output_names=["output"],
+                    dynamic_axes=axes if dynamic_batch else None,
+                )
         os.replace(temporary, target)
+
+
+def _export_transformers(wrapped: nn.Module, inputs: tuple, path: Path, names: list[str]):
+    """`torch.onnx.export(dynamo=True)` with dynamic batch and token-sequence axes; its
+    exporter's and optimiser's progress logs are kept to errors."""
+    dynamic = torch.export.Dim.DYNAMIC
+    # torch.export fixes axes of size 1: trace a batch of two.
+    inputs = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in inputs)
+    shapes = tuple(
+        {0: dynamic, **({1: dynamic} if x.dim() == 2 and not x.is_floating_point() else {})}
+        for x in inputs
+    )
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            wrapped,
+            inputs,
+            str(path),
+            dynamo=True,
+            input_names=names,
+            output_names=["output"],
+            dynamic_shapes=(shapes,),
+            verbose=False,
+        )
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -94,3 +94,25 @@ def test_export_remove_empty_units_drops_neurons_block_pruning_emptied(tmp_path)
         for name in ("kept", "removed"):
             exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
             torch.testing.assert_close(exported(ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_export_onnx_of_a_pruned_decoder_runs_in_onnxruntime_at_any_batch_and_length(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    base = tiny_llama().eval()
+    base.save_pretrained(tmp_path / "base")
+    model = pruned(base, units=("heads", "ffn", "hidden"))
+    save_task(model, tmp_path / "task.safetensors", base_model=base)
+    arguments = ["export", tmp_path / "task.safetensors", "--base", tmp_path / "base"]
+    result = spa_command(*arguments, "--format", "onnx", "-o", tmp_path / "task.onnx")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("wrote") and "INFO" not in result.stderr
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / "task.onnx"), providers=["CPUExecutionProvider"]
+    )
+    task = load_task(base, tmp_path / "task.safetensors")
+    for shape in ((3, 7), (1, 20)):  # neither the traced batch nor the traced length
+        ids = torch.randint(0, 256, shape)
+        (logits,) = session.run(None, {"input": ids.numpy()})
+        with torch.no_grad():
+            expected = task(ids).logits
+        torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=1e-4, atol=1e-5)
