@@ -206,7 +206,8 @@ def export_onnx(
 
     A `transformers` model is exported with `torch.export` (its attention-mask code does not
     trace with the TorchScript exporter), without its KV cache and with its logits as the one
-    output; the batch and, for token ids, the sequence length are dynamic.
+    output; the batch and, for token ids, the sequence length are dynamic. Models of 2 GB or more
+    keep their weights in `<path>.data` beside the file (ONNX's protobuf limit).
 
     Args:
         model: the fused, compacted task model.
@@ -236,7 +237,8 @@ def export_onnx(
                     output_names=["output"],
                     dynamic_axes=axes if dynamic_batch else None,
                 )
-        os.replace(temporary, target)
+        for written in Path(scratch).iterdir():  # the model, and any external weights file
+            os.replace(written, target.parent / written.name)
 
 
 def _export_transformers(wrapped: nn.Module, inputs: tuple, path: Path, names: list[str]):
@@ -264,6 +266,8 @@ def _export_transformers(wrapped: nn.Module, inputs: tuple, path: Path, names: l
             output_names=["output"],
             dynamic_shapes=(shapes,),
             verbose=False,
+            # One self-contained file below ONNX's 2 GB limit, else weights in `<path>.data`.
+            external_data=sum(p.numel() * p.element_size() for p in wrapped.parameters()) > 2**31,
         )
     finally:
         for logger, level in zip(loggers, levels):
