@@ -119,7 +119,9 @@ def _check_runs(model: nn.Module, example_inputs) -> None:
             "by spa.pruning.apply_masks(model, compute_masks(channel_groups(model, ...), ...)), "
             "or a tensor spa does not see (a buffer, or a parameter used through an op the "
             "dependency graph cannot trace); exclude the layers around it via "
-            "`exclude_modules=`"
+            "`exclude_modules=`. With the hidden size pruned: a module reading it that the "
+            "family does not describe, such as a second task head (name every head in the "
+            "adapter config's head_modules)"
         ) from error
     finally:
         model.train(training)

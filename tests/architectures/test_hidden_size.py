@@ -185,3 +185,32 @@ def test_a_model_that_does_not_match_its_stream_description_is_refused_naming_th
     family = dataclasses.replace(describe(model), stream=stream)
     with pytest.raises(ConfigError, match=r"block 'model.model.layers.0' has no norm .*pre_norm"):
         unit_groups(model, family, ("hidden",))
+
+
+def test_a_second_head_reading_the_stream_must_be_named_else_compaction_says_so():
+    import transformers
+
+    from spa.errors import SpaError
+
+    config = transformers.DeiTConfig(
+        hidden_size=HIDDEN,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=8,
+        patch_size=4,
+        num_labels=3,
+    )
+    base = transformers.DeiTForImageClassificationWithTeacher(config).eval()
+    x = {"pixel_values": torch.randn(2, 3, 8, 8)}
+    heads = ["cls_classifier", "distillation_classifier"]
+    for head_modules in (None, heads):  # adapt records only the last Linear as the head
+        model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2, head_modules=head_modules))
+        groups = channel_groups(model, x, units=("hidden",))
+        apply_masks(model, compute_masks(groups, score(model, "weight", groups), 0.5))
+        if head_modules is None:
+            with pytest.raises(SpaError, match="second task head.*head_modules"):
+                compact(copy.deepcopy(model), x)
+            continue
+        with torch.no_grad():
+            _close(compact(copy.deepcopy(model), x)(**x).logits, model(**x).logits)
