@@ -3,17 +3,19 @@
 A prunable layer's MACs are its retained weight entries times the output positions each entry
 is applied at (batch x spatial positions for a conv, tokens for a Linear), so the FLOPs target
 reuses the same exact per-removal bookkeeping as the parameter density, with each layer weighted
-by its positions. Everything else the model computes (the head, norms, attention matmuls,
-pooling) is counted as fixed, measured once with `torch.utils.flop_counter`: the fraction is of
-the whole model's MACs, and since those other operations can only shrink when channels go, the
-compacted model's measured MACs are at or below the target.
+by its positions. Plain (not adapted) Linear layers that a channel group also narrows, such as
+an LM head reading the pruned hidden size, are counted the same way. Everything else the model
+computes (norms, attention matmuls, pooling, layers no group touches) is counted as fixed,
+measured once with `torch.utils.flop_counter`: the fraction is of the whole model's MACs, and
+since those other operations can only shrink when channels go, the compacted model's measured
+MACs are at or below the target.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
@@ -32,25 +34,36 @@ class MacsProfile:
         positions: per prunable layer path, the output positions each weight entry is applied
             at for the example batch.
         total: MACs of the whole model for the example batch, as measured.
-        fixed: MACs outside the prunable layers' weight products (head, attention, ...).
+        fixed: MACs outside the counted layers' weight products (attention, norms, ...).
+        plain: per plain Linear layer a channel group narrows (an LM head reading the hidden
+            size), its full `(rows, columns, positions)`; its MACs are counted, not fixed.
     """
 
     positions: Mapping[str, int]
     total: int
     fixed: int
+    plain: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
-def macs_profile(model: nn.Module, layers: Mapping[str, nn.Module], example_inputs) -> MacsProfile:
+def macs_profile(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    example_inputs,
+    plain: Mapping[str, nn.Linear] | None = None,
+) -> MacsProfile:
     """Measure the output positions of every layer in `layers` and the model's total MACs.
 
     Args:
         model: the adapted (masked, not compacted) model.
         layers: prunable layers by dotted path (e.g. the adapter layers of the channel groups).
         example_inputs: a batch (tensor, tuple or dict of keyword arguments).
+        plain: plain Linear layers that channel groups narrow, counted like `layers`.
 
     Returns:
         The profile; pass it to `spa.pruning.compute_masks(..., macs=profile)`.
     """
+    plain = plain or {}
+    layers = {**layers, **plain}
     positions: dict[str, int] = {}
 
     def hook(name: str):
@@ -82,8 +95,16 @@ def macs_profile(model: nn.Module, layers: Mapping[str, nn.Module], example_inpu
         for parameter, flag in flags.items():
             parameter.requires_grad_(flag)
     layer_macs = sum(_weight_entries(layers[name]) * count for name, count in positions.items())
+    shapes = {
+        name: (*layer.weight.shape, positions[name])
+        for name, layer in plain.items()
+        if name in positions
+    }
     return MacsProfile(
-        positions=MappingProxyType(positions), total=total, fixed=max(0, total - layer_macs)
+        positions=MappingProxyType({k: v for k, v in positions.items() if k not in plain}),
+        total=total,
+        fixed=max(0, total - layer_macs),
+        plain=MappingProxyType(shapes),
     )
 
 
@@ -107,4 +128,12 @@ def flops_profile(model: nn.Module, groups: Sequence[ChannelGroup], example_inpu
         The profile for `compute_masks(..., macs=...)`.
     """
     names = groups[0].layers if groups else {}
-    return macs_profile(model, {name: model.get_submodule(name) for name in names}, example_inputs)
+    plain = {
+        member.name: model.get_submodule(member.name)
+        for group in groups
+        for member in group.members
+        if not member.is_adapter and member.role in ("in", "out")
+    }
+    plain = {name: layer for name, layer in plain.items() if type(layer) is nn.Linear}
+    layers = {name: model.get_submodule(name) for name in names}
+    return macs_profile(model, layers, example_inputs, plain)

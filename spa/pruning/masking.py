@@ -52,13 +52,24 @@ class _Retained:
         self.cols = {name: sum(info.in_mask) for name, info in layers.items()}
         self.fixed = macs.fixed if macs is not None else 0
         self.base = sum(info.base_weights * cost[name] for name, info in layers.items())
-        self.total = sum(self._layer(name) for name in layers)
+        plain = dict(macs.plain) if macs is not None else {}
+        for name, (rows, columns, positions) in plain.items():  # e.g. an LM head
+            self.kernel[name] = positions
+            self.out[name], self.cols[name] = rows, columns
+            self.base += rows * columns * positions
+        for group in groups:  # channels already removed from plain layers
+            for member in group.members:
+                if member.name in plain and member.role in ("in", "out"):
+                    side = self.out if member.role == "out" else self.cols
+                    side[member.name] -= sum(not group.kept[c] for c in member.channels)
+        self.total = sum(self._layer(name) for name in self.out)
         # Per (group, channel): [(layer, role, number of positions)] over adapter members.
         self.effects: dict[tuple[int, int], list[tuple[str, str, int]]] = {}
         for index, group in enumerate(groups):
             counts: dict[tuple[int, str, str], int] = {}
             for member in group.members:
-                if not member.is_adapter or member.role == "norm":
+                counted = member.is_adapter or member.name in plain
+                if not counted or member.role not in ("in", "out"):
                     continue
                 for channel in member.channels:
                     key = (channel, member.name, member.role)

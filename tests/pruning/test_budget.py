@@ -109,3 +109,22 @@ def test_iterative_prune_flops_target_visits_scheduled_fractions():
     assert [t for t, _ in reached] == pytest.approx([0.8, 0.6])
     for target, fraction in reached:
         assert fraction <= target + 1e-3
+
+
+@pytest.mark.parametrize("units", [("hidden",), ("heads", "ffn", "hidden")], ids=["hidden", "all"])
+@pytest.mark.parametrize("ranking", ["global", "local"])
+def test_flops_target_with_the_hidden_size_counts_the_lm_head(units, ranking):
+    from tests._transformers import VOCAB, llama
+
+    torch.manual_seed(0)
+    model = spa.adapt(llama().eval(), spa.SPLoRAConfig(rank=2))
+    ids = torch.randint(1, VOCAB, (2, 24))
+    dense = count_macs(spa.fuse(deepcopy(model)), ids)
+    groups = channel_groups(model, ids, units=units)
+    profile = flops_profile(model, groups, ids)
+    assert list(profile.plain) == ["model.lm_head"]  # the head reads the hidden size
+    scores = {i: torch.rand(g.size) for i, g in enumerate(groups)}
+    apply_masks(model, compute_masks(groups, scores, 0.5, ranking=ranking, macs=profile))
+    pruned = count_macs(spa.fuse(compact(model)), ids)
+    # Met, and not overshot: counted as fixed, the head made the ranking prune to its floors.
+    assert 0.6 * 0.5 * dense <= pruned <= 0.5 * dense * 1.001
