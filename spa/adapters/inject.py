@@ -126,7 +126,7 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     if is_adapted(model):
         raise ConfigError("model is already adapted; adapt a fresh copy of the base model")
     head = find_head(model, config.head_modules)
-    if config.head_modules is not None and not head:
+    if config.head_modules and not head:  # an empty list: a model without a task head
         raise ConfigError(f"head_modules={config.head_modules!r} matches no module")
     report = AdaptReport(config=config, head=head)
     explicit = config.target_modules is not None

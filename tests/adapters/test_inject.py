@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -139,3 +140,18 @@ def test_adapt_transformers_bert_and_vit():
     # the 4x4 patchify conv has no centre tap: skipped with the reason, not silently adapted
     assert "kernel_size=(4, 4)" in vit.spa_report.skipped["embeddings.patch_embeddings.projection"]
     assert vit(pixel_values=torch.randn(1, 3, 16, 16)).last_hidden_state.shape == (1, 17, 32)
+
+
+def test_an_empty_head_selection_adapts_a_bare_encoders_last_projection_too():
+    import transformers
+
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
+    )
+    encoder = transformers.BertModel(config, add_pooling_layer=False)
+    last = "encoder.layer.0.output.dense"
+    guessed = spa.adapt(copy.deepcopy(encoder), spa.SPLoRAConfig(rank=2))
+    assert guessed.spa_report.head == [last]  # the last nn.Linear is taken as the head
+    bare = spa.adapt(copy.deepcopy(encoder), spa.SPLoRAConfig(rank=2, head_modules=[]))
+    assert bare.spa_report.head == []
+    assert last in dict(spa.adapter_layers(bare))

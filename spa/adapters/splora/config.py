@@ -24,7 +24,8 @@ class SPLoRAConfig:
         exclude_modules: same forms; matching layers are left untouched.
         trainable: other parameter groups that stay trainable: "norm" (normalisation affine
             parameters), "head" (the task head), "bias" (every bias), "all".
-        head_modules: the task head (regex or suffixes); None means the last `nn.Linear`.
+        head_modules: the task head (regex or suffixes); None means the last `nn.Linear`, an
+            empty list a model without a head (a bare encoder: every layer is adapted).
     """
 
     rank: int = 8
