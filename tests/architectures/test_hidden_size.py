@@ -214,3 +214,23 @@ def test_a_second_head_reading_the_stream_must_be_named_else_compaction_says_so(
             continue
         with torch.no_grad():
             _close(compact(copy.deepcopy(model), x)(**x).logits, model(**x).logits)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", STREAM, ids=IDS)
+def test_hidden_with_fine_pruning_masked_equals_compacted_and_bundle(case, tmp_path):
+    torch.manual_seed(0)
+    base = case.build().eval()
+    model = spa.adapt(copy.deepcopy(base), spa.FinePruningConfig())
+    with torch.no_grad():  # fine-tuned weights, different from the base
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    x, y = _inputs(case), torch.tensor([0, 2])
+    groups = _prune(model, x, y, ("heads", "ffn", "hidden"), density=0.5)
+    assert all(sum(g.kept) < g.size for g in groups if g.unit == "hidden")
+    with torch.no_grad():
+        masked = model(x)
+        _close(spa.fuse(compact(copy.deepcopy(model), x))(x), masked)
+        spa.save_task(model, tmp_path / "task.safetensors", base_model=base)
+        _close(spa.load_task(base, tmp_path / "task.safetensors")(x), masked)
