@@ -34,7 +34,8 @@ BERT = FAMILIES.register("bert")(
             block_norms=("attention.output.LayerNorm", "output.LayerNorm"),
             norms=(r"(^|\.)embeddings\.LayerNorm$",),
             tensors={r"(^|\.)embeddings\.\w+_embeddings\.weight$": 1},
-            pooler=r"(^|\.)pooler\.dense$",
+            # BERT's pooler; RoBERTa's and ELECTRA's classification heads pool with a `dense`.
+            pooler=r"(^|\.)(pooler|classifier)\.dense$",
         ),
     )
 )

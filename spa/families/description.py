@@ -124,8 +124,9 @@ class StreamDescription:
         tensors: bare parameters with one stream axis (regex -> axis): token, position and type
             embeddings, class and mask tokens.
         writers: model-level layers whose output rows are the stream (a patch projection).
-        pooler: a projection that reads the stream for the task head (BERT's pooler); in a
-            model without one, the task head itself reads the stream.
+        pooler: the projection that reads the stream for the task head (BERT's pooler,
+            RoBERTa's and ELECTRA's classification-head `dense`); in a model without one, the
+            task head itself reads the stream.
         stages: for models whose width changes between stages, a regex whose first group,
             searched in a block's path, names the block's stage (one stream per stage).
         merging: the patch merges between stages (Swin).

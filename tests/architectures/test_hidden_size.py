@@ -234,3 +234,52 @@ def test_hidden_with_fine_pruning_masked_equals_compacted_and_bundle(case, tmp_p
         _close(spa.fuse(compact(copy.deepcopy(model), x))(x), masked)
         spa.save_task(model, tmp_path / "task.safetensors", base_model=base)
         _close(spa.load_task(base, tmp_path / "task.safetensors")(x), masked)
+
+
+def _encoder(model_class, config_class, **options):
+    """A tiny encoder of the BERT family with another head (logits out, `Net` wrapper)."""
+    import transformers
+
+    from tests._transformers import FFN, HEADS, LAYERS, Net
+
+    config = getattr(transformers, config_class)(
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        vocab_size=VOCAB,
+        max_position_embeddings=20,
+        num_labels=3,
+        **options,
+    )
+    return lambda: Net(getattr(transformers, model_class)(config), "encoder")
+
+
+# Where the BERT family's heads read the stream: RoBERTa's and ELECTRA's classification heads
+# through their own `dense` (no pooler), token classification directly from the final norm.
+HEADS_TABLE = {
+    "roberta-sequence": _encoder("RobertaForSequenceClassification", "RobertaConfig"),
+    "electra-sequence": _encoder(
+        "ElectraForSequenceClassification", "ElectraConfig", embedding_size=HIDDEN
+    ),
+    "bert-token": _encoder("BertForTokenClassification", "BertConfig"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(HEADS_TABLE))
+def test_hidden_size_under_every_bert_family_head(name, tmp_path):
+    torch.manual_seed(0)
+    base = HEADS_TABLE[name]().eval()
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
+    for _, layer in spa.adapter_layers(model):
+        nn.init.normal_(layer.up, std=0.1)
+    x = torch.randint(3, VOCAB, (2, 6))
+    groups = channel_groups(model, x, units=("heads", "ffn", "hidden"))
+    apply_masks(model, compute_masks(groups, score(model, "weight", groups), 0.5, ranking="local"))
+    assert sum(refresh_groups(model, groups)[-1].kept) < HIDDEN
+    with torch.no_grad():
+        masked = model(x)
+        _close(spa.fuse(compact(copy.deepcopy(model), x))(x), masked)
+        spa.save_task(model, tmp_path / "task.safetensors", base_model=base)
+        _close(spa.load_task(base, tmp_path / "task.safetensors")(x), masked)
