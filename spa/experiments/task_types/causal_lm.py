@@ -54,11 +54,7 @@ from spa.experiments.pruning_steps import ChannelPruner
 from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step
 from spa.experiments.task_types.channel_session import ChannelSessionSteps
 from spa.experiments.train import (
-    block_learning_rate,
-    make_loader,
     make_optimizer,
-    set_learning_rate,
-    wrap_model,
 )
 
 # Trainable parameter groups besides the adapters, per method: LoRA and SPLoRA keep the LM head
@@ -115,31 +111,16 @@ class CausalLMSession(ChannelSessionSteps):
         """One epoch of next-token training (in a distributed run each rank trains on its share
         of every global batch, gradients averaged by DDP); returns lr and the mean loss per
         token of this rank's share."""
-        if self.training is None:  # wrapped once: pruning only changes masks
-            self.training = wrap_model(self.model, self.example)
-        train = self.config.train
-        lr = block_learning_rate(train.lr, epoch, step.epochs, train.lr_schedule)
-        set_learning_rate(self.optimizer, lr)
-        loader = make_loader(
-            self.data.train,
-            self.config.data.batch_size,
-            shuffle=True,
-            seed=self.seed,
-            epoch=step.first_epoch + epoch,
-            shard=True,
-        )
+        run = self.start_epoch(step, epoch, self.data.train)
         loss = train_lm_epoch(
-            self.training,
-            loader,
+            run.training,
+            run.loader,
             self.optimizer,
-            device=train.device,
-            max_batches=train.max_batches_per_epoch,
-            description=(
-                f"seed {self.seed} density {step.target_density:.0%} "
-                f"epoch {epoch + 1}/{step.epochs}"
-            ),
+            device=self.config.train.device,
+            max_batches=self.config.train.max_batches_per_epoch,
+            description=run.description,
         )
-        return {"lr": lr, "loss": loss}
+        return {"lr": run.lr, "loss": loss}
 
     def evaluate(self) -> Evaluation:
         """Perplexity on the evaluation blocks; the loss is its logarithm (nats per token)."""

@@ -3,17 +3,65 @@ deployable model and bundle, and checkpoints that carry the channel masks."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from spa.experiments import measure
 from spa.experiments.task_types.base import Step
+from spa.experiments.train import (
+    block_learning_rate,
+    make_loader,
+    set_learning_rate,
+    wrap_model,
+)
+
+
+@dataclass
+class Epoch:
+    """What one training epoch of a channel session runs with.
+
+    Args:
+        training: the module to train (DDP-wrapped in a distributed run).
+        loader: this epoch's seeded, shuffled loader (each rank's share of every global batch).
+        lr: the learning rate set on the optimiser for this epoch.
+        description: the progress label.
+    """
+
+    training: nn.Module
+    loader: Any
+    lr: float
+    description: str
 
 
 class ChannelSessionSteps:
-    """Mixin for a `SeedSession` dataclass with the fields `config`, `model`, `base`,
-    `example`, `optimizer`, `pruner` (a `ChannelPruner` or None), `model_name` and
-    `model_options` (the base's `spa.models` name and builder arguments, for bundles)."""
+    """Mixin for a `SeedSession` dataclass with the fields `config`, `seed`, `model`, `base`,
+    `example`, `optimizer`, `pruner` (a `ChannelPruner` or None), `model_name`,
+    `model_options` (the base's `spa.models` name and builder arguments, for bundles) and
+    `training` (None until the first epoch wraps the model)."""
+
+    def start_epoch(self, step: Step, epoch: int, train_set: Any) -> Epoch:
+        """Wrap the model once (pruning only changes masks), set the epoch's learning rate on
+        the paper's per-block schedule and make its sharded loader over `train_set`."""
+        if self.training is None:
+            self.training = wrap_model(self.model, self.example)
+        train = self.config.train
+        lr = block_learning_rate(train.lr, epoch, step.epochs, train.lr_schedule)
+        set_learning_rate(self.optimizer, lr)
+        loader = make_loader(
+            train_set,
+            self.config.data.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            epoch=step.first_epoch + epoch,
+            shard=True,
+        )
+        description = (
+            f"seed {self.seed} density {step.target_density:.0%} epoch {epoch + 1}/{step.epochs}"
+        )
+        return Epoch(self.training, loader, lr, description)
 
     def finish_training(self, step: Step) -> None:
         """Nothing to do: iterative masks are final when set."""

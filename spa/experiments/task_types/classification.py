@@ -21,15 +21,7 @@ from spa.experiments.distributed_run import prune_on_all_ranks
 from spa.experiments.pruning_steps import ChannelPruner
 from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step
 from spa.experiments.task_types.channel_session import ChannelSessionSteps
-from spa.experiments.train import (
-    block_learning_rate,
-    evaluate,
-    make_loader,
-    make_optimizer,
-    set_learning_rate,
-    train_epoch,
-    wrap_model,
-)
+from spa.experiments.train import evaluate, make_loader, make_optimizer, train_epoch
 
 
 @dataclass
@@ -61,31 +53,16 @@ class ClassificationSession(ChannelSessionSteps):
     def train_epoch(self, step: Step, epoch: int) -> dict[str, Any]:
         """One epoch with the paper's per-block learning-rate schedule; returns lr, loss,
         accuracy (on the training batches)."""
-        if self.training is None:  # wrapped once: pruning only changes masks
-            self.training = wrap_model(self.model, self.example)
-        train = self.config.train
-        lr = block_learning_rate(train.lr, epoch, step.epochs, train.lr_schedule)
-        set_learning_rate(self.optimizer, lr)
-        loader = make_loader(
-            self.train_set,
-            self.config.data.batch_size,
-            shuffle=True,
-            seed=self.seed,
-            epoch=step.first_epoch + epoch,
-            shard=True,
-        )
+        run = self.start_epoch(step, epoch, self.train_set)
         stats = train_epoch(
-            self.training,
-            loader,
+            run.training,
+            run.loader,
             self.optimizer,
-            device=train.device,
-            max_batches=train.max_batches_per_epoch,
-            description=(
-                f"seed {self.seed} density {step.target_density:.0%} "
-                f"epoch {epoch + 1}/{step.epochs}"
-            ),
+            device=self.config.train.device,
+            max_batches=self.config.train.max_batches_per_epoch,
+            description=run.description,
         )
-        return {"lr": lr, "loss": stats.loss, "accuracy": stats.accuracy}
+        return {"lr": run.lr, "loss": stats.loss, "accuracy": stats.accuracy}
 
     def evaluate(self) -> Evaluation:
         """Accuracy and cross-entropy on the evaluation set."""
