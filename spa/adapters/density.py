@@ -52,3 +52,20 @@ def density(model: nn.Module) -> float:
             "SPLoRAConfig()), FinePruningConfig(), SPLoPAConfig() or BlockFinePruningConfig()"
         )
     return layers_density(layers)
+
+
+def trained_base_counts(layer: nn.Module, bias_entries: int | None = None) -> dict[str, int]:
+    """The base terms of `AdapterLayer.learned_parameter_counts`: the retained weights when the
+    base weight trains ("fine-pruned") and the bias when it trains ("bias").
+
+    Args:
+        layer: an adapter layer with `base` and `retained_weights()`.
+        bias_entries: bias values it keeps (SPLoRA: the kept rows); None counts the whole bias.
+    """
+    counts: dict[str, int] = {}
+    if layer.base.weight.requires_grad:
+        counts["fine-pruned"] = layer.retained_weights()
+    bias = layer.base.bias
+    if bias is not None and bias.requires_grad:
+        counts["bias"] = bias.numel() if bias_entries is None else bias_entries
+    return counts

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from spa.adapters import _conv
+from spa.adapters.density import trained_base_counts
 from spa.adapters.masks import expand_block_mask
 from spa.adapters.protocols import BLOCK_MASK, GateHook
 from spa.adapters.splopa.layer import check_block_shape
@@ -73,13 +74,7 @@ class BlockMaskedLinear(nn.Module):
 
     def learned_parameter_counts(self, counted: set[int]) -> dict[str, int]:
         """`p q ||M_b||_0` retained weights when the weight trains, plus a trained bias."""
-        counts: dict[str, int] = {}
-        if self.base.weight.requires_grad:
-            counts["fine-pruned"] = self.retained_weights()
-        bias = self.base.bias
-        if bias is not None and bias.requires_grad:
-            counts["bias"] = bias.numel()
-        return counts
+        return trained_base_counts(self)
 
     def fused_bias(self) -> torch.Tensor | None:
         """The base bias, unmasked (as in `SPLoPALinear`)."""

@@ -9,6 +9,7 @@ from torch import nn
 
 from spa.adapters import _conv
 from spa.adapters._conv import check_supported
+from spa.adapters.density import trained_base_counts
 from spa.adapters.masks import DerivedTensorCache, expand_block_mask
 from spa.adapters.protocols import BLOCK_MASK, GateHook
 from spa.adapters.splopa.equation import block_delta, prototype_matrices
@@ -186,12 +187,7 @@ class SPLoPALinear(nn.Module):
             adapter += bank.row_factors.numel() + bank.col_factors.numel()
         if adapter:
             counts["adapter"] = adapter
-        if self.base.weight.requires_grad:
-            counts["fine-pruned"] = self.retained_weights()
-        bias = self.base.bias
-        if bias is not None and bias.requires_grad:
-            counts["bias"] = bias.numel()
-        return counts
+        return {**counts, **trained_base_counts(self)}
 
     def fused_bias(self) -> torch.Tensor | None:
         """The base bias, unmasked (Eq. 6 masks weights only)."""

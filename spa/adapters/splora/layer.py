@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from spa.adapters import _conv
+from spa.adapters.density import trained_base_counts
 from spa.adapters.masks import DerivedTensorCache, ones_mask, outer_mask
 from spa.adapters.protocols import IN_MASK, OUT_MASK
 from spa.adapters.splora._autograd import FusedLowRank, supports_fused_training
@@ -119,12 +120,7 @@ class SPLoRALayer(nn.Module):
         counts: dict[str, int] = {}
         if self.rank > 0 and self.down.requires_grad:
             counts["adapter"] = self.rank * (rows + cols)
-        if self.base.weight.requires_grad:
-            counts["fine-pruned"] = self.retained_weights()
-        bias = self.base.bias
-        if bias is not None and bias.requires_grad:
-            counts["bias"] = rows
-        return counts
+        return {**counts, **trained_base_counts(self, bias_entries=rows)}
 
     def fused_bias(self) -> torch.Tensor | None:
         """The masked bias (see `masked_bias`)."""
