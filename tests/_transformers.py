@@ -35,46 +35,40 @@ class Net(nn.Module):
         return out.logits[:, -1] if self.kind == "decoder" else out.logits
 
 
+# The sizes every tiny model shares, under the names most `transformers` configs use.
+SIZES = {
+    "hidden_size": HIDDEN,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "intermediate_size": FFN,
+}
+IMAGE = {"image_size": 8, "patch_size": 4, "num_channels": 3, "num_labels": 3}
+
+
+def tiny(model_class: str, config_class: str, kind: str, **options) -> Net:
+    """`transformers.<model_class>` built from `<config_class>(**SIZES, **options)`, in `Net`."""
+    config = getattr(transformers, config_class)(**SIZES, **options)
+    return Net(getattr(transformers, model_class)(config), kind)
+
+
 def bert() -> nn.Module:
-    config = transformers.BertConfig(
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
+    return tiny(
+        "BertForSequenceClassification",
+        "BertConfig",
+        "encoder",
         vocab_size=VOCAB,
         max_position_embeddings=16,
         num_labels=3,
     )
-    return Net(transformers.BertForSequenceClassification(config), "encoder")
 
 
 def vit() -> nn.Module:
-    config = transformers.ViTConfig(
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
-        image_size=8,
-        patch_size=4,
-        num_channels=3,
-        num_labels=3,
-    )
-    return Net(transformers.ViTForImageClassification(config), "image")
+    return tiny("ViTForImageClassification", "ViTConfig", "image", **IMAGE)
 
 
 def deit() -> nn.Module:
     """DeiT: ViT's modules plus a distillation token next to the class token."""
-    config = transformers.DeiTConfig(
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
-        image_size=8,
-        patch_size=4,
-        num_channels=3,
-        num_labels=3,
-    )
-    return Net(transformers.DeiTForImageClassification(config), "image")
+    return tiny("DeiTForImageClassification", "DeiTConfig", "image", **IMAGE)
 
 
 def gpt2() -> nn.Module:
@@ -93,12 +87,11 @@ def gpt2() -> nn.Module:
 
 def llama() -> nn.Module:
     """Llama-style decoder: 4 query heads, 2 key/value heads, SwiGLU, RMSNorm, tied embeddings."""
-    config = transformers.LlamaConfig(
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
+    return tiny(
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        "decoder",
         num_key_value_heads=2,
-        intermediate_size=FFN,
         vocab_size=VOCAB,
         max_position_embeddings=32,
         tie_word_embeddings=True,
@@ -106,7 +99,6 @@ def llama() -> nn.Module:
         eos_token_id=0,
         pad_token_id=0,
     )
-    return Net(transformers.LlamaForCausalLM(config), "decoder")
 
 
 def swin() -> nn.Module:

@@ -18,7 +18,7 @@ from spa.errors import ConfigError
 from spa.families import describe
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups, score
 from spa.pruning.units import unit_groups
-from tests._transformers import CASES, HIDDEN, VOCAB, Case, deit
+from tests._transformers import CASES, HIDDEN, IMAGE, VOCAB, Case, deit, tiny
 
 # Every described family (Swin with one stream per stage), and DeiT: the ViT family's modules
 # with a distillation token beside the class token.
@@ -188,20 +188,10 @@ def test_a_model_that_does_not_match_its_stream_description_is_refused_naming_th
 
 
 def test_a_second_head_reading_the_stream_must_be_named_else_compaction_says_so():
-    import transformers
-
     from spa.errors import SpaError
 
-    config = transformers.DeiTConfig(
-        hidden_size=HIDDEN,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        image_size=8,
-        patch_size=4,
-        num_labels=3,
-    )
-    base = transformers.DeiTForImageClassificationWithTeacher(config).eval()
+    teacher = tiny("DeiTForImageClassificationWithTeacher", "DeiTConfig", "image", **IMAGE)
+    base = teacher.model.eval()  # the transformers model itself: two heads, keyword inputs
     x = {"pixel_values": torch.randn(2, 3, 8, 8)}
     heads = ["cls_classifier", "distillation_classifier"]
     for head_modules in (None, heads):  # adapt records only the last Linear as the head
@@ -238,21 +228,8 @@ def test_hidden_with_fine_pruning_masked_equals_compacted_and_bundle(case, tmp_p
 
 def _encoder(model_class, config_class, **options):
     """A tiny encoder of the BERT family with another head (logits out, `Net` wrapper)."""
-    import transformers
-
-    from tests._transformers import FFN, HEADS, LAYERS, Net
-
-    config = getattr(transformers, config_class)(
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
-        vocab_size=VOCAB,
-        max_position_embeddings=20,
-        num_labels=3,
-        **options,
-    )
-    return lambda: Net(getattr(transformers, model_class)(config), "encoder")
+    options = {"vocab_size": VOCAB, "max_position_embeddings": 20, "num_labels": 3, **options}
+    return lambda: tiny(model_class, config_class, "encoder", **options)
 
 
 # Where the BERT family's heads read the stream: RoBERTa's and ELECTRA's classification heads
