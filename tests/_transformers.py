@@ -159,3 +159,18 @@ CASES = [
     Case("llama", llama, True),
     Case("swin", swin, False, input_shape=(3, 32, 32), stages=((2, 2, 16, 64), (2, 4, 32, 128))),
 ]
+
+
+def assert_same_generation(model: nn.Module, compacted: nn.Module, base: nn.Module, path) -> None:
+    """Greedy decoding of 8 tokens with the KV cache gives the same tokens from the masked
+    `Net` `model`, its `compacted` copy and its bundle (saved to `path`) loaded onto `base`."""
+    import spa
+
+    prompt = torch.randint(1, VOCAB, (1, 4))
+    options = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "use_cache": True}
+    with torch.no_grad():
+        expected = model.model.generate(prompt, **options)
+        assert torch.equal(compacted.model.generate(prompt, **options), expected)
+        spa.save_task(model, path, base_model=base)
+        assert torch.equal(spa.load_task(base, path).model.generate(prompt, **options), expected)
+    assert expected.shape == (1, 12)

@@ -18,7 +18,16 @@ from spa.errors import ConfigError
 from spa.families import describe
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups, score
 from spa.pruning.units import unit_groups
-from tests._transformers import CASES, HIDDEN, IMAGE, VOCAB, Case, deit, tiny
+from tests._transformers import (
+    CASES,
+    HIDDEN,
+    IMAGE,
+    VOCAB,
+    Case,
+    assert_same_generation,
+    deit,
+    tiny,
+)
 
 # Every described family (Swin with one stream per stage), and DeiT: the ViT family's modules
 # with a distillation token beside the class token.
@@ -148,14 +157,7 @@ def test_decoder_with_pruned_hidden_size_generates_the_same_tokens(case, tmp_pat
     embeddings = compacted.model.get_input_embeddings()
     assert compacted.model.lm_head.weight is embeddings.weight  # tied again after slicing
     assert embeddings.embedding_dim == sum(groups[-1].kept)
-    prompt = torch.randint(1, VOCAB, (1, 4))
-    options = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "use_cache": True}
-    with torch.no_grad():
-        expected = model.model.generate(prompt, **options)
-        assert torch.equal(compacted.model.generate(prompt, **options), expected)
-        path = tmp_path / "task.safetensors"
-        spa.save_task(model, path, base_model=base)
-        assert torch.equal(spa.load_task(base, path).model.generate(prompt, **options), expected)
+    assert_same_generation(model, compacted, base, tmp_path / "task.safetensors")
 
 
 def test_hidden_round_to_mapping_rounds_only_the_hidden_group():

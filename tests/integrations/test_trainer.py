@@ -62,6 +62,21 @@ def _args(tmp_path, steps: int) -> TrainingArguments:
     )
 
 
+def _trainer(model, base, schedule, data, example, tmp_path, steps=None, callbacks=()):
+    """A `Trainer` of `model` whose `SpaPruningCallback` runs `schedule` (bundles under
+    tmp_path/bundles); `steps` defaults to the schedule's. Returns (trainer, callback)."""
+    callback = SpaPruningCallback(
+        schedule, base_model=base, output_dir=tmp_path / "bundles", example_inputs=example
+    )
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, steps or schedule.total_steps()),
+        train_dataset=data,
+        callbacks=[callback, *callbacks],
+    )
+    return trainer, callback
+
+
 def _prunable_weights(model: nn.Module, names: list[str]) -> int:
     return sum(model.get_submodule(name).weight.numel() for name in names)
 
@@ -79,15 +94,7 @@ def test_channel_schedule_visits_densities_and_bundles_equal_model(tmp_path):
         initial_steps=2,
         pruning=ChannelPruningConfig(criterion="taylor"),
     )
-    callback = SpaPruningCallback(
-        schedule, base_model=base, output_dir=tmp_path / "bundles", example_inputs=x[:4]
-    )
-    trainer = Trainer(
-        model=model,
-        args=_args(tmp_path, schedule.total_steps()),
-        train_dataset=data,
-        callbacks=[callback],
-    )
+    trainer, callback = _trainer(model, base, schedule, data, x[:4], tmp_path)
     trainer.train()
 
     assert [r.target for r in callback.history] == [0.7, 0.4]
@@ -127,15 +134,8 @@ def test_block_schedule_reaches_final_density_and_bundle_equals_model(tmp_path):
     ids = torch.randint(0, 50, (32, 12))
     data = Rows({"input_ids": ids, "labels": (ids[:, 0] % 2).long()})
     gradual = GradualPruningConfig(final_density=0.5, pruning_steps=4, update_every=1)
-    callback = SpaPruningCallback(
-        BlockSchedule(criterion="magnitude", gradual=gradual),
-        base_model=base,
-        output_dir=tmp_path / "bundles",
-        example_inputs={"input_ids": ids[:2]},
-    )
-    trainer = Trainer(
-        model=model, args=_args(tmp_path, 5), train_dataset=data, callbacks=[callback]
-    )
+    schedule = BlockSchedule(criterion="magnitude", gradual=gradual)
+    trainer, callback = _trainer(model, base, schedule, data, {"input_ids": ids[:2]}, tmp_path, 5)
     trainer.train()
 
     (record,) = callback.history
@@ -159,15 +159,8 @@ def test_schedule_longer_than_max_steps_is_refused(tmp_path):
     model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
     x = torch.randn(16, 8)
     schedule = ChannelSchedule(densities=(0.5,), steps_per_density=10)
-    callback = SpaPruningCallback(
-        schedule, base_model=base, output_dir=tmp_path, example_inputs=x[:2]
-    )
-    trainer = Trainer(
-        model=model,
-        args=_args(tmp_path, 3),
-        train_dataset=Rows({"x": x, "labels": torch.zeros(16, dtype=torch.long)}),
-        callbacks=[callback],
-    )
+    data = Rows({"x": x, "labels": torch.zeros(16, dtype=torch.long)})
+    trainer, _ = _trainer(model, base, schedule, data, x[:2], tmp_path, steps=3)
     with pytest.raises(ConfigError, match="needs 10 optimizer steps"):
         trainer.train()
 
@@ -226,15 +219,7 @@ def test_channel_schedule_compacts_the_trained_model_at_every_density(tmp_path):
             sizes.append(sum(p.numel() for p in model.parameters()))
 
     schedule = ChannelSchedule(densities=(0.7, 0.4), steps_per_density=2, initial_steps=1)
-    callback = SpaPruningCallback(
-        schedule, base_model=base, output_dir=tmp_path / "bundles", example_inputs=x[:4]
-    )
-    trainer = Trainer(
-        model=model,
-        args=_args(tmp_path, schedule.total_steps()),
-        train_dataset=data,
-        callbacks=[callback, Sizes()],
-    )
+    trainer, callback = _trainer(model, base, schedule, data, x[:4], tmp_path, callbacks=[Sizes()])
     unpruned = sum(p.numel() for p in model.parameters())
     trainer.train()
     # Compacted at steps 1 (density 0.7) and 3 (0.4), the sizes seen after each step's events.
@@ -288,15 +273,8 @@ def test_channel_schedule_prunes_a_decoders_hidden_size_and_bundles_equal_the_mo
     ids = torch.randint(0, 256, (32, 8))
     pruning = ChannelPruningConfig(units=("heads", "ffn", "hidden"), ranking="local")
     schedule = ChannelSchedule(densities=(0.7,), steps_per_density=2, pruning=pruning)
-    callback = SpaPruningCallback(
-        schedule, base_model=base, output_dir=tmp_path / "bundles", example_inputs=ids[:2]
-    )
-    trainer = Trainer(
-        model=model,
-        args=_args(tmp_path, schedule.total_steps()),
-        train_dataset=Rows({"input_ids": ids, "labels": ids}),
-        callbacks=[callback],
-    )
+    data = Rows({"input_ids": ids, "labels": ids})
+    trainer, callback = _trainer(model, base, schedule, data, ids[:2], tmp_path)
     trainer.train()
     assert model.model.embed_tokens.embedding_dim < 64  # the hidden size was removed
     model.eval()
