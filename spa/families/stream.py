@@ -41,13 +41,11 @@ class StreamLayout:
     Args:
         width: the hidden size (channels of the stream).
         members: `(path, role, axis, parts)` of everything on the stream (see
-            `StreamMember`).
-        pooler: the pooler projection's path, or None (then the task head reads the stream).
+            `StreamMember`): its pooler, or else the task head, among the readers.
     """
 
     width: int
     members: tuple[StreamMember, ...]
-    pooler: str | None
 
 
 def _search(names, pattern: str) -> list[str]:
@@ -126,24 +124,25 @@ def stream_layouts(
     loose += [(path, "param", axis, 1) for path, axis in stream_tensors(model, family).items()]
     loose += [(path, "in", None, 1) for path in (poolers or head)]
     for member in loose:
-        stage = [i for i, width in enumerate(widths) if width == _size(model, *member)]
+        size = _size(model, *member)
+        stage = [i for i, width in enumerate(widths) if width == size]
         if len(stage) != 1:
             raise ConfigError(
-                f"model family {family.name!r}: {member[0]} has {_size(model, *member)} "
-                f"channels, which is not the width of exactly one residual stream {widths}; "
-                "the model does not match its family description"
+                f"model family {family.name!r}: {member[0]} has {size} channels, which is not "
+                f"the width of exactly one residual stream {widths}; the model does not match "
+                "its family description"
             )
         per_stage[stage[0]].append(member)
     for width, members in zip(widths, per_stage):
         for member in members:
-            if _size(model, *member) != width * member[3]:
+            size = _size(model, *member)
+            if size != width * member[3]:
                 raise ConfigError(
-                    f"model family {family.name!r}: {member[0]} has {_size(model, *member)} "
-                    f"channels, its residual stream has {width} (x {member[3]}); the model does "
-                    "not match its family description"
+                    f"model family {family.name!r}: {member[0]} has {size} channels, its "
+                    f"residual stream has {width} (x {member[3]}); the model does not match "
+                    "its family description"
                 )
-    pooler = poolers[0] if poolers else None
-    return [StreamLayout(w, tuple(m), pooler) for w, m in zip(widths, per_stage)]
+    return [StreamLayout(width, tuple(members)) for width, members in zip(widths, per_stage)]
 
 
 def _add_merges(family: Family, modules: dict, stages: list[list[StreamMember]]) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from spa.adapters.protocols import is_adapted
 from spa.adapters.transposed import as_linear, is_transposed_linear, linear_view
 from spa.errors import BundleError, ConfigError, SpaWarning
-from spa.families import per_head_axes, sliced_tensor_axes
+from spa.families import describe, sliced_tensor_axes
 from spa.tasks._entries import bundle_error
 from spa.tasks.channel_slices import check_per_head
 from spa.tasks.codecs import codec_for, entry_kind
@@ -180,7 +180,8 @@ def plan_task(
     axes = sliced_tensor_axes(base_model)
     for entry in bundle.metadata["modules"]:
         plan.modules.append((entry, plan_module(bundle, entry, base_modules, axes)))
-    if per_head_axes(base_model):
+    family = describe(base_model)
+    if family is not None and family.attention.per_head:  # without resolving the blocks again
         check_per_head(bundle, base_model, plan.layers, plan.modules)
     _check_needed(bundle, base_model, plan)
     return plan
