@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
 from spa.adapters.config import ModuleSelection
@@ -61,3 +62,16 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
+
+
+def narrow_tensor(module: nn.Module, name: str, kept: torch.Tensor, dim: int) -> None:
+    """Keep only the `kept` indices on axis `dim` of the module's own parameter or buffer
+    `name`, in place (a new tensor; a parameter keeps its `requires_grad`)."""
+    is_buffer = name in module._buffers
+    tensor = module._buffers[name] if is_buffer else module._parameters[name]
+    with torch.no_grad():
+        narrowed = tensor.index_select(dim, kept.to(tensor.device)).clone()
+    if is_buffer:
+        module._buffers[name] = narrowed
+    else:
+        module._parameters[name] = nn.Parameter(narrowed, requires_grad=tensor.requires_grad)

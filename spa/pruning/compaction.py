@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from spa._batch import call_model
+from spa.adapters.modules import narrow_tensor
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import SpaError
 from spa.families import sync_attributes
@@ -32,17 +33,12 @@ def _removed(mask: torch.Tensor | None) -> list[int]:
 
 def _slice_parameter(module: nn.Module, name: str, mask: torch.Tensor) -> None:
     """Keep only the masked-in channels of the bare per-channel parameter/buffer `name`."""
-    is_buffer = name in module._buffers
-    tensor = module._buffers[name] if is_buffer else module._parameters[name]
-    kept = mask.flatten().nonzero().flatten().to(tensor.device)
-    with torch.no_grad():
-        sliced = tensor.index_select(parameter_mask_dim(mask, tensor), kept).clone()
-    if is_buffer:
-        module._buffers[name] = sliced
-    else:
-        setattr(module, name, nn.Parameter(sliced, requires_grad=tensor.requires_grad))
+    tensor = {**module._buffers, **module._parameters}[name]
+    narrow_tensor(
+        module, name, mask.flatten().nonzero().flatten(), parameter_mask_dim(mask, tensor)
+    )
     if isinstance(module, nn.Embedding) and name == "weight":
-        module.embedding_dim = sliced.shape[1]  # a hidden-size slice (spa.families.stream)
+        module.embedding_dim = module.weight.shape[1]  # a hidden-size slice (spa.families.stream)
 
 
 def _tied_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:

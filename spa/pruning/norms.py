@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spa.adapters.modules import NORM_TYPES, is_norm
+from spa.adapters.modules import NORM_TYPES, is_norm, narrow_tensor
 
 
 def is_last_axis_norm(module: nn.Module) -> bool:
@@ -53,13 +53,13 @@ def normalise_kept(module: nn.Module, x: torch.Tensor, kept: torch.Tensor) -> to
     """
     size, count = x.shape[-1], kept.numel()
     x = x.index_select(-1, kept)
-    weight, bias = (getattr(module, name, None) for name in ("weight", "bias"))
-    weight = None if weight is None else weight.index_select(0, kept)
-    if isinstance(module, nn.LayerNorm):
+    if isinstance(module, nn.LayerNorm | nn.RMSNorm):
+        weight, bias = (getattr(module, name, None) for name in ("weight", "bias"))
+        weight = None if weight is None else weight.index_select(0, kept)
+        if isinstance(module, nn.RMSNorm):
+            return F.rms_norm(x, (count,), weight, module.eps)
         bias = None if bias is None else bias.index_select(0, kept)
         return F.layer_norm(x, (count,), weight, bias, module.eps)
-    if isinstance(module, nn.RMSNorm):
-        return F.rms_norm(x, (count,), weight, module.eps)
     # Any other class: its own forward, bypassing hooks, with its vectors narrowed.
     originals = _vectors(module, size)
     try:
@@ -82,11 +82,7 @@ def slice_norm(module: nn.Module, removed: list[int]) -> None:
     """
     size = module.weight.shape[-1]
     kept = torch.tensor(sorted(set(range(size)) - set(removed)), dtype=torch.long)
-    for name, tensor in _vectors(module, size).items():
-        sliced = tensor.detach().index_select(0, kept.to(tensor.device)).clone()
-        if name in module._parameters:
-            module._parameters[name] = nn.Parameter(sliced, requires_grad=tensor.requires_grad)
-        else:
-            module._buffers[name] = sliced
+    for name in _vectors(module, size):
+        narrow_tensor(module, name, kept, 0)
     if isinstance(getattr(module, "normalized_shape", None), tuple):
         module.normalized_shape = (kept.numel(),)
