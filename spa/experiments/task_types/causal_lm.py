@@ -159,7 +159,8 @@ class CausalLMTask:
         if pruning.schedule != "none" and pruning.criterion in block_criteria():
             return (
                 f"config key 'pruning.criterion' = {pruning.criterion!r}: language models are "
-                f"pruned by heads and FFN neurons; use one of {channel_criteria()}"
+                f"pruned by heads, FFN neurons and the hidden size; use one of "
+                f"{channel_criteria()}"
             )
         return tokenizer_problem(config)
 
