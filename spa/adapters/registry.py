@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 from torch import nn
 
@@ -13,6 +13,9 @@ from spa.errors import ConfigError
 
 # (module, config, dotted name, context shared by one `adapt` call) -> adapter layer.
 LayerFactory = Callable[[nn.Module, Any, str, dict], nn.Module]
+# What masks a kind's layers carry, hence which criteria can prune them.
+PruningKind = Literal["channel", "block", "none"]
+PRUNING_KINDS = ("channel", "block", "none")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,10 @@ class AdapterKind:
             the kind has its own bundle codec.
         from_bundle: `(base, options, name) -> layer` rebuilding an (untrained) layer of the
             kind from `layer_options`; the generic bundle codec then loads its tensors.
+        pruning: what its layers are pruned by: "channel" (channel criteria, `ChannelMasked`
+            layers), "block" (block criteria, `BlockMasked` layers) or "none".
+        label: table label of a run, a `str.format` template over the config's fields (e.g.
+            "SPLoRA r{rank}"); the kind's name if omitted.
     """
 
     name: str
@@ -38,6 +45,22 @@ class AdapterKind:
     make_layer: LayerFactory
     layer_options: Callable[[nn.Module], dict[str, Any]] | None = None
     from_bundle: Callable[[nn.Module, dict[str, Any], str], nn.Module] | None = None
+    pruning: PruningKind = "channel"
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pruning not in PRUNING_KINDS:
+            raise ConfigError(
+                f"adapter kind {self.name!r}: pruning must be one of {PRUNING_KINDS}, "
+                f"got {self.pruning!r}"
+            )
+
+    def table_label(self, config: object) -> str:
+        """The run's label in tables, e.g. "SPLoRA r8" (the `label` template filled from
+        `config`'s fields)."""
+        if self.label is None:
+            return self.name
+        return self.label.format(**{f.name: getattr(config, f.name) for f in fields(config)})
 
 
 ADAPTER_KINDS: Registry[AdapterKind] = Registry("adapter kind")

@@ -40,6 +40,8 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             except ConfigError:
                 continue
         raise _fail(path, f"got {value!r} of type {type(value).__name__}, expected {hint}")
+    if isinstance(hint, type) and hasattr(hint, "from_table"):  # a table with its own parser
+        return hint.from_table(value, path)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise _fail(path, f"must be a table, got {value!r}")
@@ -53,6 +55,11 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
         if len(value) != len(args):
             raise _fail(path, f"must have {len(args)} elements, got {list(value)!r}")
         return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise _fail(path, f"must be a list, got {value!r}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
             raise _fail(path, f"must be a table, got {value!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from spa.adapters import FinePruningConfig, SPLoPAConfig, SPLoRAConfig, adapt
+from spa.adapters import adapt
 from spa.errors import ConfigError
 from spa.experiments.config import (
     AdapterSection,
@@ -168,57 +169,27 @@ def _transformers_model(config: ModelConfig, num_classes: int) -> nn.Module:
     return LogitsOnly(model)
 
 
-def adapter_config(
-    section: AdapterSection, head: str
-) -> SPLoRAConfig | SPLoPAConfig | FinePruningConfig:
-    """The `spa.adapt` config of a learning method.
+def adapter_config(section: AdapterSection, head: str) -> Any:
+    """The `spa.adapt` config of the section's kind, with `head` as its task head.
 
     Args:
-        section: the adapter section.
+        section: the adapter section (a kind's config, or a preset's).
         head: module path (suffix) of the task head, which trains fully and is never adapted.
 
     Returns:
-        SPLoRA for "splora" and "lora" (LoRA is SPLoRA that is never pruned), SPLoPA for
-        "splopa", fine-pruning otherwise.
+        The kind's config with `head_modules = [head]`.
     """
-    selection = {
-        "target_modules": _selection(section.target_modules),
-        "exclude_modules": _selection(section.exclude_modules),
-        "head_modules": [head],
-    }
-    if section.method in ("splora", "lora"):
-        return SPLoRAConfig(rank=section.rank, init_range=section.init_range, **selection)
-    if section.method == "splopa":
-        return SPLoPAConfig(
-            block_shape=section.block_shape,
-            num_prototypes=section.num_prototypes,
-            prototype_rank=section.prototype_rank,
-            shared_prototypes=section.shared_prototypes,
-            init_range=section.init_range,
-            **selection,
-        )
-    return FinePruningConfig(**selection)
-
-
-def _selection(value: str | tuple[str, ...] | None) -> str | list[str] | None:
-    return list(value) if isinstance(value, tuple) else value
+    return dataclasses.replace(section.config, head_modules=[head])
 
 
 def adapt_model(model: nn.Module, config: ExperimentConfig) -> nn.Module:
-    """Adapt `model` in place for the config's learning method and return it."""
+    """Adapt `model` in place for the config's adapter kind and return it."""
     return adapt(model, adapter_config(config.adapter, config.model.head))
 
 
 def method_label(section: AdapterSection) -> str:
-    """Table label of a learning method, e.g. "SPLoRA r8" or "Fine-pruning"."""
-    if section.method == "splora":
-        return f"SPLoRA r{section.rank}"
-    if section.method == "lora":
-        return f"LoRA r{section.rank}"
-    if section.method == "splopa":
-        p, q = section.block_shape
-        return f"SPLoPA R{section.num_prototypes} {p}x{q}"
-    return "Fine-pruning"
+    """Table label of the learning method, e.g. "SPLoRA r8" (from the kind's `label`)."""
+    return section.label()
 
 
 def task_label(config: DataConfig) -> str:

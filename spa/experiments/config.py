@@ -3,7 +3,9 @@
 A config file has top-level keys `name`, `seeds`, `output_dir` and the tables `[model]`,
 `[data]`, `[adapter]`, `[pruning]` and `[train]`. `from_dict` rejects unknown keys with their
 full dotted path and checks every value's type and range; the resolved config is written back
-into each run directory stamped with `spa_version`.
+into each run directory stamped with `spa_version`. `[adapter]` holds `kind` and that kind's own
+config fields (`adapter_section`); an old `method = ...` table is mapped once, by
+`presets.upgrade_method`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any, Literal
 from spa.errors import ConfigError
 from spa.experiments._typecheck import build_dataclass
 from spa.experiments._typecheck import config_key_error as _fail
-from spa.experiments.criteria_names import block_criteria, channel_criteria
+from spa.experiments.adapter_section import AdapterSection
+from spa.experiments.criteria_names import block_criteria, channel_criteria, criteria_for
+from spa.experiments.presets import upgrade_method
 from spa.experiments.toml_writer import dumps_toml
 
-Method = Literal["fine-pruning", "lora", "splora", "splopa"]
 Schedule = Literal["iterative", "gradual", "none"]
 
 
@@ -88,51 +91,15 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AdapterSection:
-    """The learning method and its adapter hyper-parameters.
-
-    Args:
-        method: "fine-pruning" (all weights train), "lora" (SPLoRA without pruning),
-            "splora" (channel SPA, Eq. 4) or "splopa" (block SPA, Eq. 6).
-        rank: SPLoRA / LoRA rank `r`.
-        init_range: adapter init `U(-init_range, init_range)`.
-        block_shape: SPLoPA block `(p, q)`.
-        num_prototypes: SPLoPA `R`.
-        prototype_rank: SPLoPA prototype rank.
-        shared_prototypes: share SPLoPA prototypes across layers.
-        target_modules: layers to adapt (regex or list of suffixes); all eligible if omitted.
-        exclude_modules: layers never adapted.
-    """
-
-    method: Method = "splora"
-    rank: int = 8
-    init_range: float = 1e-4
-    block_shape: tuple[int, int] = (32, 32)
-    num_prototypes: int = 64
-    prototype_rank: int = 1
-    shared_prototypes: bool = False
-    target_modules: str | tuple[str, ...] | None = None
-    exclude_modules: str | tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        for key in ("rank", "num_prototypes", "prototype_rank"):
-            if getattr(self, key) < 1:
-                raise _fail(f"adapter.{key}", f"must be >= 1, got {getattr(self, key)}")
-        if not (self.init_range > 0 and math.isfinite(self.init_range)):
-            raise _fail("adapter.init_range", f"must be a finite number > 0, got {self.init_range}")
-        if len(self.block_shape) != 2 or min(self.block_shape) < 1:
-            raise _fail("adapter.block_shape", f"must be two integers >= 1, got {self.block_shape}")
-
-
-@dataclass(frozen=True, kw_only=True)
 class PruningConfig:
     """What to prune, by which criterion, down to which densities.
 
     Args:
-        criterion: channel criterion ("weight", "gradient", "taylor", "lrp") or, for SPLoPA,
-            block criterion ("magnitude", "movement", "soft_movement", "l0").
+        criterion: a channel criterion (`spa.pruning.CRITERIA`) for kinds that prune channels,
+            a block criterion (`spa.pruning.block_criteria.BLOCK_CRITERIA`) for kinds that
+            prune blocks.
         schedule: "iterative" (prune, train, repeat), "gradual" (cubic, block pruning) or "none"
-            (no pruning, e.g. LoRA or plain fine-tuning).
+            (no pruning, e.g. the "lora" preset or plain fine-tuning).
         densities: explicit densities (fraction of prunable weights kept) visited in order;
             if omitted they step down from 1 by `step` until `target_density`.
         step: fraction of the original weights removed per iterative step.
@@ -251,7 +218,7 @@ class ExperimentConfig:
         name: experiment name used in tables.
         model: the base network.
         data: the data set.
-        adapter: the learning method.
+        adapter: the adapter kind and its own fields (`[adapter] kind = ...`).
         pruning: criterion and densities.
         train: optimiser and epochs.
         seeds: one run per seed; tables aggregate them as mean ± std.
@@ -270,23 +237,18 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise _fail("seeds", f"must be a non-empty list of distinct integers, got {self.seeds}")
-        if self.adapter.method == "lora" and self.pruning.schedule != "none":
+        kind, pruning = self.adapter.kind, self.adapter.pruning
+        if pruning == "none" and self.pruning.schedule != "none":
             raise _fail(
                 "pruning.schedule",
-                "adapter.method = 'lora' does not prune; set pruning.schedule = 'none' "
-                "(or use method 'splora')",
+                f"adapter.kind = {kind!r} does not prune; set pruning.schedule = 'none'",
             )
-        allowed = {
-            "splopa": block_criteria(),
-            "splora": channel_criteria(),
-            "lora": channel_criteria(),
-            "fine-pruning": channel_criteria() + block_criteria(),  # channel or block fine-pruning
-        }[self.adapter.method]
+        allowed = criteria_for(pruning)
         if self.pruning.schedule != "none" and self.pruning.criterion not in allowed:
             raise _fail(
                 "pruning.criterion",
-                f"{self.pruning.criterion!r} does not fit adapter.method = "
-                f"{self.adapter.method!r}; allowed: {allowed}",
+                f"{self.pruning.criterion!r} does not fit adapter.kind = {kind!r} "
+                f"({pruning} pruning); allowed: {allowed}",
             )
 
 
@@ -307,7 +269,7 @@ def from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
         ConfigError: for an unknown key (named with its full dotted path), a value of the wrong
             type or out of range (naming the key and the allowed values).
     """
-    return build_dataclass(ExperimentConfig, data, allowed_extra=_STAMP_KEYS)
+    return build_dataclass(ExperimentConfig, upgrade_method(data), allowed_extra=_STAMP_KEYS)
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
@@ -320,7 +282,9 @@ def to_dict(config: ExperimentConfig) -> dict[str, Any]:
             return [clean(v) for v in value]
         return value
 
-    return clean(dataclasses.asdict(config))
+    data = dataclasses.asdict(config)
+    data["adapter"] = config.adapter.to_table()
+    return clean(data)
 
 
 def set_override(data: dict[str, Any], assignment: str) -> None:

@@ -15,3 +15,13 @@ def block_criteria() -> tuple[str, ...]:
     from spa.pruning.block_criteria import BLOCK_CRITERIA
 
     return tuple(BLOCK_CRITERIA.names())
+
+
+def criteria_for(pruning: str) -> tuple[str, ...]:
+    """The criteria that prune what an adapter kind prunes ("channel", "block"; none for
+    "none")."""
+    if pruning == "channel":
+        return channel_criteria()
+    if pruning == "block":
+        return block_criteria()
+    return ()

@@ -267,11 +267,11 @@ def experiment_configs(settings: DemoSettings, source: Path) -> list[ExperimentC
     """One experiment config per (target task, method): fine-pruning and SPLoRA."""
     configs = []
     for task in settings.tasks:
-        for method, lr in (
-            ("fine-pruning", settings.fine_pruning_lr),
-            ("splora", settings.splora_lr),
+        for method, table, lr in (  # the demo's presets: run name, [adapter] table, lr
+            ("fine-pruning", {"kind": "fine_pruning"}, settings.fine_pruning_lr),
+            ("splora", {"kind": "splora", "rank": settings.rank}, settings.splora_lr),
         ):
-            adapter = AdapterSection(method=method, rank=settings.rank)
+            adapter = AdapterSection.from_table(table)
             configs.append(
                 ExperimentConfig(
                     name=f"{task}-{method}",

@@ -244,8 +244,11 @@ def train_source(settings: LMDemoSettings, folder: Path) -> tuple[Path, float, f
 def experiment_configs(settings: LMDemoSettings, source: Path) -> list[ExperimentConfig]:
     """One causal-LM experiment per method: SPLoRA and fine-pruning of heads and FFN neurons."""
     configs = []
-    for method, lr in (("splora", settings.splora_lr), ("fine-pruning", settings.fine_pruning_lr)):
-        adapter = AdapterSection(method=method, rank=settings.rank)
+    for method, table, lr in (  # the demo's presets: run name, [adapter] table, lr
+        ("splora", {"kind": "splora", "rank": settings.rank}, settings.splora_lr),
+        ("fine-pruning", {"kind": "fine_pruning"}, settings.fine_pruning_lr),
+    ):
+        adapter = AdapterSection.from_table(table)
         configs.append(
             ExperimentConfig(
                 name=f"lm-{method}",

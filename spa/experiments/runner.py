@@ -55,7 +55,14 @@ from spa.experiments.config import ExperimentConfig, config_to_toml, from_dict, 
 from spa.experiments.distributed_run import check_distributed
 from spa.experiments.files import append_jsonl, atomic_write_text, read_jsonl
 from spa.experiments.report import ReportFiles, write_report
-from spa.experiments.task_types import SeedSession, Step, TaskType, plan_steps, task_type_for
+from spa.experiments.task_types import (
+    SeedSession,
+    Step,
+    TaskType,
+    plan_steps,
+    task_type_for,
+    unsupported_reason,
+)
 from spa.experiments.train import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -104,7 +111,7 @@ def run(
             (naming the first differing key).
     """
     task_type = task_type_for(config)
-    reason = task_type.unsupported_reason(config)
+    reason = unsupported_reason(task_type, config)
     if reason is not None:
         raise ConfigError(reason)
     run_dir = Path(run_dir if run_dir is not None else config.output_dir)

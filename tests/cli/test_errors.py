@@ -39,7 +39,7 @@ options = {task = "mod3", size = 8}
 batch_size = 16
 
 [adapter]
-method = "splora"
+kind = "splora"
 rank = 2
 
 [pruning]
@@ -272,7 +272,7 @@ name = "text"
 options = {train_file = "train.txt", sequence_length = 8, byte_fallback = true}
 
 [adapter]
-method = "splora"
+kind = "splora"
 
 [pruning]
 densities = [0.5]

@@ -30,7 +30,7 @@ options = {task = "mod3", size = 8}
 batch_size = 16
 
 [adapter]
-method = "splora"
+kind = "splora"
 rank = 2
 
 [pruning]

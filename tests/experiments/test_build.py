@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+import spa
+from spa.adapters import ADAPTER_KINDS
 from spa.errors import ConfigError
 from spa.experiments.build import adapter_config, build_datasets, build_models, method_label
 from spa.experiments.config import AdapterSection, DataConfig, ModelConfig
@@ -120,12 +123,22 @@ def test_build_models_transformers_from_local_directory(tmp_path: Path) -> None:
     assert logits.shape == (2, 3)
 
 
-def test_adapter_config_per_method() -> None:
-    lora = adapter_config(AdapterSection(method="lora", rank=4), "fc")
-    assert type(lora).__name__ == "SPLoRAConfig" and lora.rank == 4
-    assert lora.head_modules == ["fc"]
-    fine = adapter_config(AdapterSection(method="fine-pruning"), "fc")
-    assert type(fine).__name__ == "FinePruningConfig"
-    splopa = adapter_config(AdapterSection(method="splopa", block_shape=(4, 8)), "fc")
-    assert splopa.block_shape == (4, 8)
-    assert method_label(AdapterSection(method="splora", rank=32)) == "SPLoRA r32"
+@pytest.mark.parametrize("name", ADAPTER_KINDS.names())
+def test_adapter_config_is_the_kinds_config_with_the_task_head(name: str) -> None:
+    kind = ADAPTER_KINDS.get(name)
+    config = adapter_config(AdapterSection.from_table({"kind": name}), "fc")
+    assert config == dataclasses.replace(kind.config_type(), head_modules=["fc"])
+
+
+def test_lora_preset_is_splora_with_its_own_label() -> None:
+    lora = AdapterSection.from_table({"kind": "lora", "rank": 4})
+    assert adapter_config(lora, "fc") == spa.SPLoRAConfig(rank=4, head_modules=["fc"])
+    assert (lora.pruning, method_label(lora)) == ("none", "LoRA r4")
+
+
+def test_method_label_fills_the_kinds_template() -> None:
+    splora = AdapterSection.from_table({"kind": "splora", "rank": 32})
+    splopa = AdapterSection.from_table(
+        {"kind": "splopa", "num_prototypes": 4, "block_shape": [2, 8]}
+    )
+    assert (method_label(splora), method_label(splopa)) == ("SPLoRA r32", "SPLoPA R4 2x8")

@@ -43,7 +43,7 @@ batch_size = 8
 eval_batch_size = 16
 
 [adapter]
-method = "splora"
+kind = "splora"
 rank = 2
 
 [pruning]

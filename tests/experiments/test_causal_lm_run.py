@@ -73,7 +73,7 @@ def _config(files: dict[str, Path], output: Path, **sections) -> dict:
                 "byte_fallback": True,
             },
         },
-        "adapter": {"method": "splora", "rank": 2},
+        "adapter": {"kind": "splora", "rank": 2},
         "pruning": {"criterion": "taylor", "densities": [0.6, 0.3], "scoring_batches": 1},
         "train": {
             "optimizer": "adamw",
@@ -84,7 +84,8 @@ def _config(files: dict[str, Path], output: Path, **sections) -> dict:
         },
     }
     for section, values in sections.items():
-        data[section] = {**data[section], **values} if isinstance(values, dict) else values
+        merge = isinstance(values, dict) and section != "adapter"  # a kind's table is whole
+        data[section] = {**data[section], **values} if merge else values
     return data
 
 
@@ -165,15 +166,16 @@ def test_causal_lm_run_records_perplexity_bundles_reproduce_it_and_resume(files,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "fine-pruning"])
-def test_causal_lm_methods_run_and_bundles_reproduce_perplexity(files, tmp_path, method):
-    pruning = {"schedule": "none"} if method == "lora" else {"densities": [0.5]}
-    config = from_dict(
-        _config(files, tmp_path, adapter={"method": method, "rank": 2}, pruning=pruning)
-    )
+@pytest.mark.parametrize(
+    "adapter", [{"kind": "lora", "rank": 2}, {"kind": "fine_pruning"}], ids=lambda a: a["kind"]
+)
+def test_causal_lm_methods_run_and_bundles_reproduce_perplexity(files, tmp_path, adapter):
+    prunes = adapter["kind"] != "lora"
+    pruning = {"densities": [0.5]} if prunes else {"schedule": "none"}
+    config = from_dict(_config(files, tmp_path, adapter=adapter, pruning=pruning))
     result = run(config, tmp_path)
     base, ids = _base(files), _held_out_ids(files)
-    assert len(result.records) == (1 if method == "lora" else 2)
+    assert len(result.records) == (2 if prunes else 1)
     for record in result.records:
         task = load_task(base, tmp_path / "seed-0" / record["bundle"]).eval()
         assert _perplexity(task, ids) == pytest.approx(record["perplexity"], rel=1e-5)
@@ -251,8 +253,8 @@ def test_causal_lm_refuses_a_model_that_takes_no_token_ids(files, tmp_path):
 
 
 def test_causal_lm_refuses_block_pruning(files, tmp_path):
-    data = _config(files, tmp_path, adapter={"method": "splopa"}, pruning={"criterion": "l0"})
-    with pytest.raises(ConfigError, match=r"'adapter\.method' = 'splopa'"):
+    data = _config(files, tmp_path, adapter={"kind": "splopa"}, pruning={"criterion": "l0"})
+    with pytest.raises(ConfigError, match=r"'adapter\.kind' = 'splopa': not supported for lang"):
         run(from_dict(data), tmp_path)
 
 

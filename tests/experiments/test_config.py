@@ -32,14 +32,14 @@ def test_from_dict_builds_nested_sections() -> None:
             "name": "x",
             "seeds": [1, 2],
             "model": {"name": "tiny_convnet", "options": {"width": 4}},
-            "adapter": {"method": "splora", "rank": 16},
+            "adapter": {"kind": "splora", "rank": 16},
             "pruning": {"densities": [0.5, 0.1]},
             "train": {"lr": 1},
         }
     )
     assert config.seeds == (1, 2)
     assert config.model.options == {"width": 4}
-    assert config.adapter.rank == 16
+    assert config.adapter.config.rank == 16
     assert config.pruning.densities == (0.5, 0.1)
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
 
@@ -55,7 +55,9 @@ def test_from_dict_rejects_unknown_top_level_key() -> None:
 
 
 def test_from_dict_names_allowed_values_of_a_choice() -> None:
-    with pytest.raises(ConfigError, match=r"'adapter\.method'.*'fine-pruning', 'lora', 'splora'"):
+    with pytest.raises(ConfigError, match=r"'adapter\.kind': unknown 'prune'; kinds: .*splora"):
+        from_dict({"adapter": {"kind": "prune"}})
+    with pytest.raises(ConfigError, match=r"'adapter\.method'.*'fine-pruning', 'splora', 'lora'"):
         from_dict({"adapter": {"method": "prune"}})
 
 
@@ -94,18 +96,18 @@ def test_criterion_names_come_from_the_registries(monkeypatch) -> None:
         assert repr(name) in str(error.value)
     monkeypatch.setitem(CRITERIA._items, "l1", CRITERIA.get("weight"))  # a new criterion
     assert from_dict({"pruning": {"criterion": "l1"}}).pruning.criterion == "l1"
-    with pytest.raises(ConfigError, match=r"'l1' does not fit adapter\.method = 'splopa'"):
-        from_dict({"adapter": {"method": "splopa"}, "pruning": {"criterion": "l1"}})
+    with pytest.raises(ConfigError, match=r"'l1' does not fit adapter\.kind = 'splopa'"):
+        from_dict({"adapter": {"kind": "splopa"}, "pruning": {"criterion": "l1"}})
 
 
-def test_from_dict_rejects_block_criterion_for_channel_method() -> None:
+def test_from_dict_rejects_block_criterion_for_channel_kind() -> None:
     with pytest.raises(ConfigError, match=r"'pruning\.criterion'.*'movement'.*'splora'"):
-        from_dict({"adapter": {"method": "splora"}, "pruning": {"criterion": "movement"}})
+        from_dict({"adapter": {"kind": "splora"}, "pruning": {"criterion": "movement"}})
 
 
 def test_from_dict_rejects_lora_with_pruning() -> None:
     with pytest.raises(ConfigError, match=r"'pruning\.schedule'.*lora"):
-        from_dict({"adapter": {"method": "lora"}})
+        from_dict({"adapter": {"kind": "lora"}})
 
 
 def test_from_dict_requires_path_for_transformers() -> None:

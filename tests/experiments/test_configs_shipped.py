@@ -33,7 +33,7 @@ def test_shipped_config_is_valid(path: Path) -> None:
 
 def test_resnet_paper_config_uses_paper_schedule() -> None:
     config = load_config(CONFIGS / "paper" / "resnet50_cifar10_splora_r32_lrp.toml")
-    assert config.adapter.rank == 32 and config.pruning.criterion == "lrp"
+    assert config.adapter.config.rank == 32 and config.pruning.criterion == "lrp"
     assert config.pruning.density_steps()[0] == pytest.approx(0.95)
     assert config.pruning.density_steps()[-1] == pytest.approx(0.05)
     assert (config.train.momentum, config.train.weight_decay) == (0.9, 5e-4)
@@ -55,7 +55,7 @@ def test_causal_lm_config_is_a_llama_splora_run_that_names_the_missing_model(
 ) -> None:
     path = CONFIGS / "causal_lm_llama.toml"
     config = load_config(path)
-    assert (config.model.name, config.data.name, config.adapter.method) == (
+    assert (config.model.name, config.data.name, config.adapter.kind) == (
         "transformers",
         "text",
         "splora",

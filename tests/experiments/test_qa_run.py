@@ -72,7 +72,10 @@ def qa_files(tmp_path: Path) -> tuple[Path, Path]:
     return model_dir, data_dir
 
 
-def _config(model_dir: Path, data_dir: Path, method: str, criterion: str = "magnitude") -> dict:
+def _config(model_dir: Path, data_dir: Path, kind: str, criterion: str = "magnitude") -> dict:
+    adapter = {"kind": kind, "block_shape": [16, 16]}
+    if kind == "splopa":
+        adapter["num_prototypes"] = 2
     return {
         "name": "qa",
         "model": {"name": "transformers", "path": str(model_dir), "head": "qa_outputs"},
@@ -84,7 +87,7 @@ def _config(model_dir: Path, data_dir: Path, method: str, criterion: str = "magn
             "eval_split": "val",
             "batch_size": 2,
         },
-        "adapter": {"method": method, "block_shape": [16, 16], "num_prototypes": 2},
+        "adapter": adapter,
         "pruning": {"criterion": criterion, "schedule": "gradual", "target_density": 0.5},
         "train": {"initial_epochs": 1, "epochs_per_step": 1, "optimizer": "adamw", "lr": 0.01},
     }
@@ -115,7 +118,7 @@ def test_qa_run_splopa_prunes_evaluates_and_bundles(qa_files, tmp_path: Path) ->
 def test_qa_run_block_fine_pruning(qa_files, tmp_path: Path) -> None:
     model_dir, data_dir = qa_files
     torch.manual_seed(0)
-    config = from_dict(_config(model_dir, data_dir, "fine-pruning", criterion="movement"))
+    config = from_dict(_config(model_dir, data_dir, "block_fine_pruning", criterion="movement"))
     (record,) = run(config, tmp_path / "run").records
     assert record["method"] == "Fine-pruning"
     assert record["density"] == pytest.approx(0.5)
@@ -124,9 +127,10 @@ def test_qa_run_block_fine_pruning(qa_files, tmp_path: Path) -> None:
 
 def test_qa_run_rejects_channel_method(qa_files, tmp_path: Path) -> None:
     model_dir, data_dir = qa_files
-    data = _config(model_dir, data_dir, "splora", criterion="taylor")
+    data = _config(model_dir, data_dir, "splopa", criterion="taylor")
+    data["adapter"] = {"kind": "splora"}
     data["pruning"]["schedule"] = "iterative"
-    with pytest.raises(ConfigError, match=r"'adapter\.method' = 'splora': question answering"):
+    with pytest.raises(ConfigError, match=r"'adapter\.kind' = 'splora': not supported for quest"):
         run(from_dict(data), tmp_path / "run")
 
 

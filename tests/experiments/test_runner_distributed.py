@@ -43,7 +43,7 @@ options = {task = "parity", size = 8}
 batch_size = 16
 
 [adapter]
-method = "splora"
+kind = "splora"
 rank = 2
 
 [pruning]

@@ -31,6 +31,8 @@ BLOCK_FINE_PRUNING = register_kind(
     AdapterKind(
         name="block_fine_pruning",
         config_type=BlockFinePruningConfig,
+        pruning="block",
+        label="Fine-pruning",
         layer_types=(nn.Linear,),
         make_layer=_make_layer,
         layer_options=_layer_options,

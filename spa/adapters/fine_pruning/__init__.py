@@ -18,6 +18,8 @@ FINE_PRUNING = register_kind(
     AdapterKind(
         name="fine_pruning",
         config_type=FinePruningConfig,
+        pruning="channel",
+        label="Fine-pruning",
         layer_types=SUPPORTED_LAYERS,
         make_layer=_make_layer,
     )

@@ -40,6 +40,8 @@ SPLOPA = register_kind(
     AdapterKind(
         name="splopa",
         config_type=SPLoPAConfig,
+        pruning="block",
+        label="SPLoPA R{num_prototypes} {block_shape[0]}x{block_shape[1]}",
         layer_types=(nn.Linear,),
         make_layer=_make_layer,
     )

@@ -22,6 +22,8 @@ SPLORA = register_kind(
     AdapterKind(
         name="splora",
         config_type=SPLoRAConfig,
+        pruning="channel",
+        label="SPLoRA r{rank}",
         layer_types=SUPPORTED_LAYERS,
         make_layer=_make_layer,
     )

@@ -95,6 +95,22 @@ class SeedSession(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a task type runs, as data; `unsupported_reason` words every mismatch.
+
+    Args:
+        models: what the task type runs, as messages name it (e.g. "image models").
+        pruning: what its adapter kinds may prune (`AdapterKind.pruning`: "channel",
+            "block", "none").
+        schedules: the `pruning.schedule` values it runs.
+    """
+
+    models: str
+    pruning: tuple[str, ...]
+    schedules: tuple[str, ...]
+
+
 class TaskType(Protocol):
     """A kind of task the runner can run (classification, extractive QA, causal LM, ...).
 
@@ -103,18 +119,21 @@ class TaskType(Protocol):
         metric_name: name of the headline metric stored in records, e.g. "accuracy", "f1" or
             "perplexity".
         supports_distributed: whether runs may be launched with `torchrun`.
+        capabilities: the adapter kinds (by what they prune) and schedules it runs.
     """
 
     name: str
     metric_name: str
     supports_distributed: bool
+    capabilities: Capabilities
 
     def data_names(self) -> tuple[str, ...]:
         """The `data.name` values this task type runs."""
         ...
 
-    def unsupported_reason(self, config: ExperimentConfig) -> str | None:
-        """Why this task type cannot run `config` (naming the key), or None if it can."""
+    def config_problem(self, config: ExperimentConfig) -> str | None:
+        """What else in `config` this task type cannot run (naming the key), or None; the
+        adapter kind and schedule are checked against `capabilities` first."""
         ...
 
     def start(self, config: ExperimentConfig, seed: int) -> SeedSession:
@@ -168,3 +187,31 @@ def plan_steps(config: ExperimentConfig) -> list[Step]:
         first = train.initial_epochs + (index - 1) * train.epochs_per_step
         steps.append(Step(index, target, train.epochs_per_step, first))
     return steps
+
+
+def not_supported(
+    key: str, value: object, models: str, allowed: list[str] | tuple[str, ...]
+) -> str:
+    """The one wording of "`spa run` does not run this": the key, its value, what the task
+    type runs and the values it accepts instead."""
+    return (
+        f"config key {key!r} = {value!r}: not supported for {models} by `spa run`; "
+        f"use one of {', '.join(map(repr, allowed))}"
+    )
+
+
+def unsupported_reason(task_type: TaskType, config: ExperimentConfig) -> str | None:
+    """Why `task_type` cannot run `config` (naming the key), or None if it can: its
+    `capabilities` first, then its own `config_problem`."""
+    from spa.experiments.presets import kinds_pruning
+
+    capabilities = task_type.capabilities
+    if config.adapter.pruning not in capabilities.pruning:
+        allowed = kinds_pruning(capabilities.pruning)
+        return not_supported("adapter.kind", config.adapter.kind, capabilities.models, allowed)
+    if config.pruning.schedule not in capabilities.schedules:
+        schedule = config.pruning.schedule
+        return not_supported(
+            "pruning.schedule", schedule, capabilities.models, capabilities.schedules
+        )
+    return task_type.config_problem(config)

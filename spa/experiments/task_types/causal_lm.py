@@ -7,9 +7,10 @@ into blocks of `data.options.sequence_length` tokens (see `spa.experiments.lm_da
 mean next-token cross-entropy; metric: perplexity on the evaluation text, recorded as it is
 (`metric_name = "perplexity"`, lower is better; the report shows it unscaled, not as a percent).
 
-Methods: fine-pruning (every weight trains), LoRA (SPLoRA never pruned) and SPLoRA; the LM head
-is never adapted and, for LoRA and SPLoRA, stays frozen with the embeddings it is usually tied
-to, so a task bundle holds the adapters and norms only. Pruning follows the iterative schedule:
+Adapter kinds: every kind that prunes channels, or none (`capabilities`); the LM head is never
+adapted and stays frozen with the embeddings it is usually tied to unless the kind trains every
+weight (`trainable = ["all"]`, as fine-pruning does), so an adapter's bundle holds the adapters
+and norms only. Pruning follows the iterative schedule:
 before each step after the first, attention heads (with grouped-query attention a key/value
 head with its query heads), FFN neurons and, if asked for, the hidden size (`pruning.units`)
 are scored on training blocks and masked to the step's density. Runs may be distributed
@@ -35,7 +36,6 @@ from spa.errors import ConfigError
 from spa.experiments import measure
 from spa.experiments.build import adapter_config
 from spa.experiments.config import ExperimentConfig, ModelConfig
-from spa.experiments.criteria_names import block_criteria, channel_criteria
 from spa.experiments.distributed_run import prune_on_all_ranks
 from spa.experiments.lm_data import (
     DATA_NAMES,
@@ -51,15 +51,18 @@ from spa.experiments.lm_model import (
     train_lm_epoch,
 )
 from spa.experiments.pruning_steps import ChannelPruner
-from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step
+from spa.experiments.task_types.base import TASK_TYPES, Capabilities, Evaluation, Step
 from spa.experiments.task_types.channel_session import ChannelSessionSteps
 from spa.experiments.train import (
     make_optimizer,
 )
 
-# Trainable parameter groups besides the adapters, per method: LoRA and SPLoRA keep the LM head
-# (tied to the input embeddings in most LMs) frozen; fine-pruning trains every weight.
-_TRAINABLE = {"lora": ("norm",), "splora": ("norm",), "fine-pruning": ("all",)}
+
+def _without_head(adapter: Any) -> Any:
+    """The kind's config with its "head" group dropped from `trainable`: the LM head is tied to
+    the input embeddings in most LMs, so it trains only where every weight does ("all")."""
+    trainable = tuple(group for group in adapter.trainable if group != "head")
+    return dataclasses.replace(adapter, trainable=trainable)
 
 
 def _head(model: nn.Module, config: ExperimentConfig) -> str:
@@ -137,31 +140,16 @@ class CausalLMTask:
     name = "causal-lm"
     metric_name = "perplexity"
     supports_distributed = True
+    capabilities = Capabilities(
+        models="language models", pruning=("channel", "none"), schedules=("iterative", "none")
+    )
 
     def data_names(self) -> tuple[str, ...]:
         """Local text files ("text") and the embedded Python documentation ("embedded")."""
         return DATA_NAMES
 
-    def unsupported_reason(self, config: ExperimentConfig) -> str | None:
-        """Channel methods (fine-pruning, LoRA, SPLoRA), the iterative schedule or none, and a
-        tokenizer (a directory or the byte fallback)."""
-        pruning = config.pruning
-        if config.adapter.method == "splopa":
-            return (
-                "config key 'adapter.method' = 'splopa': block pruning of language models is "
-                "not yet supported by `spa run`; use 'fine-pruning', 'lora' or 'splora'"
-            )
-        if pruning.schedule == "gradual":
-            return (
-                "config key 'pruning.schedule' = 'gradual': language models are pruned with the "
-                "'iterative' schedule (or 'none')"
-            )
-        if pruning.schedule != "none" and pruning.criterion in block_criteria():
-            return (
-                f"config key 'pruning.criterion' = {pruning.criterion!r}: language models are "
-                f"pruned by heads, FFN neurons and the hidden size; use one of "
-                f"{channel_criteria()}"
-            )
+    def config_problem(self, config: ExperimentConfig) -> str | None:
+        """A tokenizer (a directory or the byte fallback)."""
         return tokenizer_problem(config)
 
     def start(self, config: ExperimentConfig, seed: int) -> CausalLMSession:
@@ -176,9 +164,7 @@ class CausalLMTask:
         device = config.train.device
         base = measure.freeze(copy.deepcopy(built.model))
         model = built.model
-        adapter = adapter_config(config.adapter, _head(model, config))
-        adapter = dataclasses.replace(adapter, trainable=_TRAINABLE[config.adapter.method])
-        adapt(model, adapter)
+        adapt(model, _without_head(adapter_config(config.adapter, _head(model, config))))
         model.to(device)
         train = config.train
         optimizer = make_optimizer(

@@ -16,10 +16,9 @@ from torch import nn
 
 from spa.experiments import build, measure
 from spa.experiments.config import ExperimentConfig
-from spa.experiments.criteria_names import block_criteria, channel_criteria
 from spa.experiments.distributed_run import prune_on_all_ranks
 from spa.experiments.pruning_steps import ChannelPruner
-from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step
+from spa.experiments.task_types.base import TASK_TYPES, Capabilities, Evaluation, Step
 from spa.experiments.task_types.channel_session import ChannelSessionSteps
 from spa.experiments.train import evaluate, make_loader, make_optimizer, train_epoch
 
@@ -79,6 +78,9 @@ class ClassificationTask:
     name = "classification"
     metric_name = "accuracy"
     supports_distributed = True
+    capabilities = Capabilities(
+        models="image models", pruning=("channel", "none"), schedules=("iterative", "none")
+    )
 
     def data_names(self) -> tuple[str, ...]:
         """Every data set of the `spa.data` registry."""
@@ -86,25 +88,8 @@ class ClassificationTask:
 
         return tuple(DATASETS.names())
 
-    def unsupported_reason(self, config: ExperimentConfig) -> str | None:
-        """Channel methods (fine-pruning, LoRA, SPLoRA) with the iterative schedule or none."""
-        pruning = config.pruning
-        if config.adapter.method == "splopa":
-            return (
-                "config key 'adapter.method' = 'splopa': block pruning of image models is not "
-                "yet supported by `spa run` (it runs for data.name = 'squad'); use "
-                "'fine-pruning', 'lora' or 'splora'"
-            )
-        if pruning.schedule == "gradual":
-            return (
-                "config key 'pruning.schedule' = 'gradual': the gradual (cubic) schedule is not "
-                "yet supported for image models by `spa run`; use 'iterative' or 'none'"
-            )
-        if pruning.schedule != "none" and pruning.criterion in block_criteria():
-            return (
-                f"config key 'pruning.criterion' = {pruning.criterion!r}: block fine-pruning of "
-                f"image models is not yet supported by `spa run`; use one of {channel_criteria()}"
-            )
+    def config_problem(self, config: ExperimentConfig) -> str | None:
+        """Nothing beyond `capabilities`."""
         return None
 
     def start(self, config: ExperimentConfig, seed: int) -> ClassificationSession:

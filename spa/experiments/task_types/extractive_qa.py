@@ -4,9 +4,9 @@ Data: SQuAD v1.1 JSON files under `data.root` and the tokenizer of the local `tr
 model directory `model.path`; loss: the model's span cross-entropy (plus the block pruner's
 penalty); metric: the official F1 (recorded as a fraction, with exact match and F1 in percent);
 deployable model: `spa.compact_blocks` of the block-pruned model for measurements, and a bundle
-of the adapted model (every block kind has a bundle codec). SPLoPA or block fine-pruning follow the
-automated gradual (cubic) schedule from density 1 to `pruning.target_density` over one step of
-`train.initial_epochs` warm-up plus `train.epochs_per_step` pruning epochs.
+of the adapted model. Every adapter kind that prunes blocks (`AdapterKind.pruning = "block"`)
+runs, with the automated gradual (cubic) schedule from density 1 to `pruning.target_density`
+over one step of `train.initial_epochs` warm-up plus `train.epochs_per_step` pruning epochs.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from spa.accounting import count_learned_parameters
 from spa.errors import ConfigError
 from spa.experiments.build import adapt_model
 from spa.experiments.config import ExperimentConfig
-from spa.experiments.criteria_names import block_criteria
 from spa.experiments.measure import measure_latency
-from spa.experiments.task_types.base import TASK_TYPES, Evaluation, Step
+from spa.experiments.task_types.base import TASK_TYPES, Capabilities, Evaluation, Step
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +38,6 @@ AUTO_CLASS = "AutoModelForQuestionAnswering"
 
 def _options(config: ExperimentConfig) -> dict[str, Any]:
     return {"max_length": 384, "doc_stride": 128, **config.data.options}
-
-
-def _prepare(model: nn.Module, config: ExperimentConfig) -> nn.Module:
-    if config.adapter.method == "splopa":
-        return adapt_model(model, config)
-    from spa.adapters import BlockFinePruningConfig, adapt
-
-    adapter = config.adapter
-    block_config = BlockFinePruningConfig(
-        block_shape=tuple(adapter.block_shape),
-        target_modules=adapter.target_modules or r"encoder",
-        exclude_modules=adapter.exclude_modules,
-        head_modules=[config.model.head],
-    )
-    return adapt(model, block_config)
 
 
 @dataclass
@@ -133,26 +117,16 @@ class ExtractiveQATask:
     name = "extractive-qa"
     metric_name = "f1"
     supports_distributed = False
+    capabilities = Capabilities(
+        models="question answering", pruning=("block",), schedules=("gradual",)
+    )
 
     def data_names(self) -> tuple[str, ...]:
         """SQuAD v1.1 files (`data.name = "squad"`)."""
         return ("squad",)
 
-    def unsupported_reason(self, config: ExperimentConfig) -> str | None:
-        """SPLoPA or block fine-pruning with the gradual schedule on a `transformers` model."""
-        pruning = config.pruning
-        if config.adapter.method not in ("splopa", "fine-pruning"):
-            return (
-                f"config key 'adapter.method' = {config.adapter.method!r}: question answering "
-                "runs support 'splopa' and 'fine-pruning' (block pruning)"
-            )
-        if pruning.schedule != "gradual" or pruning.criterion not in block_criteria():
-            key = "pruning.schedule" if pruning.schedule != "gradual" else "pruning.criterion"
-            value = pruning.schedule if key == "pruning.schedule" else pruning.criterion
-            return (
-                f"config key {key!r} = {value!r}: question answering runs use the 'gradual' "
-                f"schedule with a block criterion, one of {block_criteria()}"
-            )
+    def config_problem(self, config: ExperimentConfig) -> str | None:
+        """Known `data.options`, a `transformers` model and a data folder."""
         unknown = sorted(set(config.data.options) - set(QA_OPTIONS))
         if unknown:
             return (
@@ -189,7 +163,7 @@ class ExtractiveQATask:
         tokenizer = load_tokenizer(config.model.path)
         train_examples, eval_examples = read_squad(train_file), read_squad(eval_file)
         base = copy.deepcopy(model).eval()
-        model = _prepare(model, config)
+        model = adapt_model(model, config)
         train = config.train
         training = QATrainingConfig(
             epochs=train.initial_epochs + train.epochs_per_step,

@@ -6,7 +6,14 @@ import pytest
 
 from spa.errors import ConfigError
 from spa.experiments.config import from_dict
-from spa.experiments.task_types import TASK_TYPES, plan_steps, task_type_for
+from spa.adapters import ADAPTER_KINDS
+from spa.experiments.task_types import (
+    TASK_TYPES,
+    not_supported,
+    plan_steps,
+    task_type_for,
+    unsupported_reason,
+)
 
 
 def _config(**sections):
@@ -49,14 +56,14 @@ def test_iterative_plan_has_an_unpruned_step_then_one_per_density() -> None:
 
 
 def test_no_pruning_plan_is_one_unpruned_step() -> None:
-    config = _config(adapter={"method": "lora"}, pruning={"schedule": "none"})
+    config = _config(adapter={"kind": "lora"}, pruning={"schedule": "none"})
     steps = plan_steps(config)
     assert [(s.index, s.target_density) for s in steps] == [(0, 1.0)]
 
 
 def test_gradual_plan_is_one_step_over_all_epochs() -> None:
     config = _config(
-        adapter={"method": "splopa"},
+        adapter={"kind": "splopa"},
         pruning={"schedule": "gradual", "criterion": "movement", "target_density": 0.4},
         train={"initial_epochs": 1, "epochs_per_step": 4},
     )
@@ -64,10 +71,32 @@ def test_gradual_plan_is_one_step_over_all_epochs() -> None:
     assert steps == [(1, 0.4, 5, 0)]
 
 
-def test_classification_refuses_block_methods_naming_the_key() -> None:
+def test_classification_refuses_block_kinds_naming_the_key_and_the_channel_kinds() -> None:
     classification = TASK_TYPES.get("classification")
-    reason = classification.unsupported_reason(
-        _config(adapter={"method": "splopa"}, pruning={"criterion": "magnitude"})
+    reason = unsupported_reason(
+        classification, _config(adapter={"kind": "splopa"}, pruning={"criterion": "magnitude"})
     )
-    assert reason.startswith("config key 'adapter.method' = 'splopa'")
-    assert classification.unsupported_reason(_config()) is None
+    channel = [n for n in ADAPTER_KINDS.names() if ADAPTER_KINDS.get(n).pruning == "channel"]
+    assert reason.startswith("config key 'adapter.kind' = 'splopa': not supported for image models")
+    assert all(repr(name) in reason for name in [*channel, "lora"])
+    assert unsupported_reason(classification, _config()) is None
+
+
+@pytest.mark.parametrize("name", TASK_TYPES.names())
+def test_every_refused_schedule_is_worded_by_not_supported(name: str) -> None:
+    task_type = TASK_TYPES.get(name)
+    capabilities = task_type.capabilities
+    schedule = next(s for s in ("iterative", "gradual", "none") if s not in capabilities.schedules)
+    kind = next(
+        n for n in ADAPTER_KINDS.names() if ADAPTER_KINDS.get(n).pruning in capabilities.pruning
+    )
+    criterion = {"channel": "weight", "block": "magnitude"}[ADAPTER_KINDS.get(kind).pruning]
+    config = _config(
+        data={"name": task_type.data_names()[0]},
+        adapter={"kind": kind},
+        pruning={"schedule": schedule, "criterion": criterion},
+    )
+    expected = not_supported(
+        "pruning.schedule", schedule, capabilities.models, capabilities.schedules
+    )
+    assert unsupported_reason(task_type, config) == expected

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import BertConfig, BertForQuestionAnswering
 
+from spa.adapters import ADAPTER_KINDS
 from spa.adapters.protocols import block_prunable_layers
+from spa.experiments.build import adapt_model
 from spa.experiments.config import from_dict
-from spa.experiments.task_types import TASK_TYPES
-from spa.experiments.task_types.extractive_qa import _prepare
+from spa.experiments.task_types import TASK_TYPES, unsupported_reason
 from spa.tasks import load_task, save_task
 
 QA = TASK_TYPES.get("extractive-qa")
@@ -19,11 +22,11 @@ def _config(**sections):
     data = {
         "model": {"name": "transformers", "path": "bert", "head": "qa_outputs"},
         "data": {"name": "squad", "root": "squad"},
-        "adapter": {"method": "splopa", "block_shape": [8, 8]},
+        "adapter": {"kind": "splopa", "block_shape": [8, 8]},
         "pruning": {"criterion": "magnitude", "schedule": "gradual"},
     }
     for key, values in sections.items():
-        data[key] = {**data[key], **values}
+        data[key] = values if key == "adapter" else {**data[key], **values}
     return from_dict(data)
 
 
@@ -40,13 +43,16 @@ def _bert() -> BertForQuestionAnswering:
 
 
 def test_accepts_a_block_pruning_config() -> None:
-    assert QA.unsupported_reason(_config()) is None
+    assert unsupported_reason(QA, _config()) is None
 
 
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
-        ({"adapter": {"method": "splora"}, "pruning": {"criterion": "taylor"}}, "adapter.method"),
+        (
+            {"adapter": {"kind": "splora"}, "pruning": {"criterion": "taylor"}},
+            "'adapter.kind' = 'splora': not supported for question answering",
+        ),
         ({"pruning": {"schedule": "iterative"}}, "'pruning.schedule' = 'iterative'"),
         ({"data": {"options": {"stride": 2}}}, "'data.options.stride': unknown"),
         ({"model": {"name": "resnet18"}}, "'model.name': data.name = 'squad' needs"),
@@ -55,13 +61,18 @@ def test_accepts_a_block_pruning_config() -> None:
 )
 def test_refuses_what_it_cannot_run_naming_the_key(sections: dict, message: str) -> None:
     config = _config(**sections)
-    assert message in QA.unsupported_reason(config)
+    assert message in unsupported_reason(QA, config)
 
 
-@pytest.mark.parametrize("method", ["splopa", "fine-pruning"])
-def test_prepared_block_pruned_model_round_trips_through_a_bundle(method: str, tmp_path) -> None:
+BLOCK_KINDS = [n for n in ADAPTER_KINDS.names() if ADAPTER_KINDS.get(n).pruning == "block"]
+
+
+@pytest.mark.parametrize("kind", BLOCK_KINDS)
+def test_prepared_block_pruned_model_round_trips_through_a_bundle(kind: str, tmp_path) -> None:
     base = _bert()
-    model = _prepare(_bert(), _config(adapter={"method": method, "target_modules": "encoder"}))
+    fields = {f.name for f in dataclasses.fields(ADAPTER_KINDS.get(kind).config_type)}
+    adapter = {"kind": kind, **({"block_shape": [8, 8]} if "block_shape" in fields else {})}
+    model = adapt_model(_bert(), _config(adapter=adapter))
     model.load_state_dict(base.state_dict(), strict=False)  # same base weights
     layers = list(block_prunable_layers(model))
     assert len(layers) == 6  # q, k, v, attention output, intermediate, output

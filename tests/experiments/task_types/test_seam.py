@@ -17,7 +17,13 @@ from torch import nn
 from spa.experiments.config import ExperimentConfig, from_dict
 from spa.experiments.measure import measure_latency
 from spa.experiments.runner import run
-from spa.experiments.task_types import TASK_TYPES, Evaluation, Step, task_type_for
+from spa.experiments.task_types import (
+    TASK_TYPES,
+    Capabilities,
+    Evaluation,
+    Step,
+    task_type_for,
+)
 
 FEATURES = 4
 
@@ -102,12 +108,13 @@ class ToyRegression:
     name = "toy-regression"
     metric_name = "r2"
     supports_distributed = False
+    capabilities = Capabilities(models="toy lines", pruning=("channel",), schedules=("iterative",))
 
     def data_names(self) -> tuple[str, ...]:
         return ("toy_lines",)
 
-    def unsupported_reason(self, config: ExperimentConfig) -> str | None:
-        return None if config.pruning.schedule == "iterative" else "toy: iterative only"
+    def config_problem(self, config: ExperimentConfig) -> str | None:
+        return None
 
     def start(self, config: ExperimentConfig, seed: int) -> ToySession:
         model = nn.Linear(FEATURES, 1)
@@ -125,7 +132,7 @@ def _config(output: Path) -> ExperimentConfig:
             "name": "toy",
             "output_dir": str(output),
             "data": {"name": "toy_lines"},
-            "adapter": {"method": "fine-pruning"},
+            "adapter": {"kind": "fine_pruning"},
             "pruning": {"criterion": "weight", "densities": [0.5, 0.25]},
             "train": {"initial_epochs": 3, "epochs_per_step": 2, "lr": 0.1},
         }
