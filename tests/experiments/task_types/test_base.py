@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from spa.adapters import ADAPTER_KINDS
 from spa.errors import ConfigError
 from spa.experiments.config import from_dict
-from spa.adapters import ADAPTER_KINDS
 from spa.experiments.task_types import (
     TASK_TYPES,
     not_supported,
