@@ -113,6 +113,7 @@ SCALED_LOWRANK = register_kind(
     AdapterKind(
         name="scaled_lowrank",
         config_type=ScaledLowRankConfig,
+        label="Scaled r{rank}",
         layer_types=(nn.Linear,),
         make_layer=lambda module, config, name, context: ScaledLowRankLinear(
             module, config.rank, config.init_range
