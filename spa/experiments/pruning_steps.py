@@ -26,7 +26,7 @@ class ChannelPruner:
     on norms and the head are non-persistent hooks that `state_dict` does not hold.
 
     Args:
-        model: the adapted model (SPLoRA or fine-pruning layers).
+        model: the adapted model (layers of a kind that prunes channels).
         example_inputs: a batch for tracing the channel groups.
         config: the experiment's pruning section.
     """

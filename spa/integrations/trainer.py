@@ -91,7 +91,7 @@ class BlockSchedule:
     """Automated gradual block pruning (SPLoPA or block fine-pruning layers).
 
     Args:
-        criterion: a block criterion name ("magnitude", "movement", "soft_movement", "l0").
+        criterion: a name in `spa.pruning.block_criteria.BLOCK_CRITERIA`.
         gradual: the cubic schedule in optimizer steps.
         criterion_options: keyword arguments of the criterion.
     """

@@ -32,7 +32,7 @@ class ChannelPruningConfig:
     """How channels are scored, ranked and removed.
 
     Args:
-        criterion: a name in `spa.pruning.CRITERIA` ("weight", "gradient", "taylor", "lrp").
+        criterion: a name in `spa.pruning.CRITERIA` (the registered channel criteria).
         ranking: "global" (all groups compete on per-layer-normalised scores) or "local" (the
             same fraction of every group: for transformer units, the same number of heads and
             of FFN neurons in every layer, as `spa.save_pretrained` needs).

@@ -232,7 +232,7 @@ def score(
 
     Args:
         model: the adapted model the groups were built for.
-        criterion: a name in `CRITERIA` ("weight", "gradient", "taylor", "lrp").
+        criterion: a name in `CRITERIA` (the registered channel criteria).
         groups: from `channel_groups`.
         data: iterable of `(inputs, targets)` batches, or dicts of keyword inputs with a
             "labels" entry (not needed for "weight"); inputs may be a tensor, tuple or dict.

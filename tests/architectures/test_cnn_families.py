@@ -21,10 +21,11 @@ from torch import nn
 import spa
 from spa.errors import SpaWarning
 from spa.pruning import apply_masks, channel_groups, compute_masks, score
+from spa.pruning.criteria import CRITERIA as CRITERION_REGISTRY
 
 from ._families import FAMILIES, IMAGE_SIZE, build, logits
 
-CRITERIA = ("weight", "gradient", "taylor", "lrp")
+CRITERIA = tuple(CRITERION_REGISTRY.names())  # every registered channel criterion
 
 
 @dataclass

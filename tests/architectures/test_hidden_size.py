@@ -17,6 +17,7 @@ from spa.adapters.modules import is_norm
 from spa.errors import ConfigError
 from spa.families import describe
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups, score
+from spa.pruning.criteria import CRITERIA
 from spa.pruning.units import unit_groups
 from tests._transformers import (
     CASES,
@@ -100,7 +101,7 @@ def test_hidden_group_holds_every_stream_tensor_and_every_criterion_scores_it(ca
     for path in _stream_tensors(model):
         assert path in members or path.rpartition(".")[0] in members, path
     assert len(_stream_tensors(model)) >= 4  # embeddings and norms exist in every family
-    for criterion in ("weight", "gradient", "taylor", "lrp"):
+    for criterion in CRITERIA.names():
         scores = score(model, criterion, groups, data=[(x, y)])
         for index, group in enumerate(groups):
             assert scores[index].shape == (group.size,)

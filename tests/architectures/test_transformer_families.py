@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import spa
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, score
+from spa.pruning.criteria import CRITERIA
 from tests._transformers import CASES, Case, assert_same_generation
 
 UNITS = [("heads",), ("ffn",), ("heads", "ffn")]
@@ -59,7 +60,7 @@ def test_family_every_criterion_scores_every_group_channel(case):
     _, model, x, y = _trained(case)
     groups = channel_groups(model, x)
     assert len(groups) == 2 * case.blocks  # one heads group and one FFN group per block
-    for criterion in ("weight", "gradient", "taylor", "lrp"):
+    for criterion in CRITERIA.names():
         scores = score(model, criterion, groups, data=[(x, y)])
         for index, group in enumerate(groups):
             assert scores[index].shape == (group.size,)

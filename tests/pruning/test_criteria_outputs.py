@@ -54,7 +54,7 @@ def _hand_loss(logits, labels):
     return F.cross_entropy(logits.reshape(-1, 3), labels.reshape(-1), ignore_index=-100)
 
 
-@pytest.mark.parametrize("criterion", ["gradient", "taylor", "lrp"])
+@pytest.mark.parametrize("criterion", CRITERIA.names())
 def test_dict_inputs_model_output_and_per_token_targets(tagger, criterion):
     """Defaults (logits, flattened cross-entropy) == a plain model with a hand-written loss."""
     features, labels = _data()
