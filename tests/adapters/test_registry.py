@@ -10,18 +10,36 @@ from torch import nn
 
 import spa
 from spa.adapters import ADAPTER_KINDS, AdapterKind, kind_for_config, register_kind
+from spa.adapters.registry import PRUNING_KINDS
 from spa.errors import ConfigError, NoTargetsError
 
 
-def test_builtin_kinds_are_registered_by_their_config_types():
-    pairs = {
-        "splora": spa.SPLoRAConfig(),
-        "fine_pruning": spa.FinePruningConfig(),
-        "splopa": spa.SPLoPAConfig(),
-        "block_fine_pruning": spa.BlockFinePruningConfig(),
-    }
-    for name, config in pairs.items():
-        assert kind_for_config(config) is ADAPTER_KINDS.get(name)
+@pytest.mark.parametrize("name", ADAPTER_KINDS.names())
+def test_every_kind_is_found_by_its_config_type(name: str):
+    kind = ADAPTER_KINDS.get(name)
+    assert kind_for_config(kind.config_type()) is kind
+
+
+@pytest.mark.parametrize("name", ADAPTER_KINDS.names())
+def test_every_kind_says_what_it_prunes_and_labels_a_default_config(name: str):
+    kind = ADAPTER_KINDS.get(name)
+    assert kind.pruning in PRUNING_KINDS
+    label = kind.table_label(kind.config_type())
+    assert label and "{" not in label
+
+
+def test_a_label_template_is_filled_from_the_config():
+    kind = ADAPTER_KINDS.get("splopa")
+    config = spa.SPLoPAConfig(num_prototypes=3, block_shape=(2, 4))
+    assert kind.table_label(config) == "SPLoPA R3 2x4"
+
+
+def test_a_kind_without_a_label_is_named_by_its_name_and_bad_pruning_is_refused():
+    existing = ADAPTER_KINDS.get("splora")
+    kind = AdapterKind("mine", spa.SPLoRAConfig, (nn.Linear,), existing.make_layer)
+    assert kind.table_label(spa.SPLoRAConfig()) == "mine"
+    with pytest.raises(ConfigError, match=r"'mine': pruning must be one of .* got 'rows'"):
+        AdapterKind("mine", spa.SPLoRAConfig, (nn.Linear,), existing.make_layer, pruning="rows")
 
 
 def test_adapt_refuses_an_object_no_kind_accepts():
