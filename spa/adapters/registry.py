@@ -22,6 +22,9 @@ PRUNING_KINDS = ("channel", "block", "none")
 class AdapterKind:
     """What spa needs to know about one adapter kind.
 
+    Which parameters train besides the adapter is the config's own `trainable` field (its
+    default is the kind's rule: "norm" and "head" for adapters, "all" for fine-pruning).
+
     Attributes:
         name: registry name; adapter layers of the kind carry it as `layer.kind` and bundle
             entries record it.

@@ -122,7 +122,9 @@ def make_optimizer(
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
-        raise ConfigError("the model has no trainable parameters; check adapter.method")
+        raise ConfigError(
+            "the model has no trainable parameters; check adapter.kind and adapter.trainable"
+        )
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
