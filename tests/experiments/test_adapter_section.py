@@ -11,7 +11,7 @@ import spa
 from spa.adapters import ADAPTER_KINDS
 from spa.errors import ConfigError
 from spa.experiments.adapter_section import AdapterSection
-from spa.experiments.config import config_to_toml, from_dict
+from spa.experiments.config import config_to_toml, from_dict, to_dict
 
 
 def _table_fields(name: str) -> list[str]:
@@ -93,3 +93,17 @@ def test_a_whole_table_override_switches_kind(tmp_path) -> None:
     path.write_text('[adapter]\nkind = "splora"\nrank = 4\n', encoding="utf-8")
     config = load_config(path, ['adapter={kind = "fine_pruning"}'])
     assert config.adapter == AdapterSection(kind="fine_pruning")
+
+
+def test_a_run_directory_written_by_an_older_spa_reads_as_the_same_config() -> None:
+    # The flat [adapter] table older versions wrote into config.toml, every field present.
+    old = {
+        "method": "splora",
+        "rank": 8,
+        "init_range": 1e-4,
+        "block_shape": [32, 32],
+        "num_prototypes": 64,
+        "prototype_rank": 1,
+        "shared_prototypes": False,
+    }
+    assert to_dict(from_dict({"adapter": old})) == to_dict(from_dict({"adapter": {"rank": 8}}))
