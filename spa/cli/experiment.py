@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -63,6 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--output", type=Path, default=None, help="run directory (default: output_dir)"
     )
+    run.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module that registers adapter kinds, criteria or task types before the "
+        "config is read, e.g. --import my_package.kinds (repeatable)",
+    )
     run.set_defaults(func=_run)
 
     report = subparsers.add_parser(
@@ -102,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     from spa.experiments.config import load_config
     from spa.experiments.runner import run
 
+    _import_extensions(args.imports)
     config = load_config(args.config, args.overrides)
     try:
         result = run(config, args.output)
@@ -118,6 +129,16 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  table: {result.report.markdown}, {result.report.csv}")
     print(f"  plots: {', '.join(str(p) for p in result.report.plots)}")
     return 0
+
+
+def _import_extensions(names: list[str]) -> None:
+    from spa.errors import ConfigError
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ConfigError(f"--import {name}: cannot import it ({error})") from None
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -153,3 +153,43 @@ def test_cli_run_ctrl_c_tells_how_to_resume(config_path: Path, monkeypatch, caps
     monkeypatch.setattr(spa.experiments.runner, "run", interrupted)
     assert main(["run", str(config_path)]) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
+
+
+PLUGIN = '''
+import dataclasses
+
+from spa.adapters import register_kind
+from tests.contract.scaled_lowrank import SCALED_LOWRANK, ScaledLowRankConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PluginConfig(ScaledLowRankConfig):
+    """The scaled low-rank adapter under another kind name."""
+
+
+register_kind(dataclasses.replace(SCALED_LOWRANK, name="plugin_lowrank", config_type=PluginConfig))
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch) -> str:
+    from spa.adapters import ADAPTER_KINDS
+
+    (tmp_path / "spa_test_plugin.py").write_text(PLUGIN, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "spa_test_plugin"
+    ADAPTER_KINDS._items.pop("plugin_lowrank", None)
+    sys.modules.pop("spa_test_plugin", None)
+
+
+def test_cli_run_import_registers_a_kind_before_the_config_is_read(
+    tmp_path: Path, plugin: str, capsys
+) -> None:
+    path = tmp_path / "plugin.toml"
+    path.write_text('[data]\nname = "nope"\n[adapter]\nkind = "plugin_lowrank"\n', "utf-8")
+    assert main(["run", str(path)]) == 1
+    assert "'adapter.kind': unknown 'plugin_lowrank'" in capsys.readouterr().err
+    assert main(["run", str(path), "--import", plugin]) == 1
+    assert "'data.name': unknown dataset 'nope'" in capsys.readouterr().err  # the kind was known
+    assert main(["run", str(path), "--import", "no_such_module_here"]) == 1
+    assert "--import no_such_module_here: cannot import it" in capsys.readouterr().err
