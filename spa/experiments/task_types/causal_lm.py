@@ -10,13 +10,12 @@ mean next-token cross-entropy; metric: perplexity on the evaluation text, record
 Adapter kinds: every kind that prunes channels, or none (`capabilities`); the LM head is never
 adapted and stays frozen with the embeddings it is usually tied to unless the kind trains every
 weight (`trainable = ["all"]`, as fine-pruning does), so an adapter's bundle holds the adapters
-and norms only. Pruning follows the iterative schedule:
-before each step after the first, attention heads (with grouped-query attention a key/value
-head with its query heads), FFN neurons and, if asked for, the hidden size (`pruning.units`)
-are scored on training blocks and masked to the step's density. Runs may be distributed
-(`torchrun`): DDP training on sharded global batches, identical masks on every rank. The
-deployable model is the compacted, fused copy; FLOPs and latency are per sequence of
-`sequence_length` tokens.
+and norms only. Pruning follows the iterative schedule: before each step after the first,
+attention heads (with grouped-query attention a key/value head with its query heads), FFN
+neurons and, if asked for, the hidden size (`pruning.units`) are scored on training blocks and
+masked to the step's density. Runs may be distributed (`torchrun`): DDP training on sharded
+global batches, identical masks on every rank. The deployable model is the compacted, fused
+copy; FLOPs and latency are per sequence of `sequence_length` tokens.
 """
 
 from __future__ import annotations
