@@ -18,7 +18,7 @@ from spa.errors import SpaError
 
 # Sub-command modules, each with `register(subparsers)`; a module that does not exist yet is
 # skipped so partial installs still run the rest.
-_COMMAND_MODULES = ("spa.cli.bundle", "spa.cli.experiment")
+_COMMAND_MODULES = ("spa.cli.bundle", "spa.cli.experiment", "spa.serve.cli")
 
 # Longest error message printed (third-party messages can hold whole graphs or tracebacks).
 _MAX_MESSAGE = 400
