@@ -21,8 +21,10 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import torch
 from fastapi import FastAPI, Request, Response
@@ -36,6 +38,9 @@ from spa.serve.metrics import CONTENT_TYPE, UNKNOWN_TASK, ServerMetrics
 from spa.serve.settings import ServeSettings
 from spa.tasks import TaskHost
 from spa.tasks.host import check_task_name
+
+T = TypeVar("T")
+_OFF_LOOP_BYTES = 256 * 1024  # bodies this large are decoded and encoded off the event loop
 
 
 def _one_line(error: BaseException) -> str:
@@ -144,9 +149,11 @@ def create_app(host: TaskHost, settings: ServeSettings | None = None) -> FastAPI
             if label == UNKNOWN_TASK:
                 raise _unknown(host, name)
             kind = media_type(request.headers.get("content-type"))
-            inputs = decode_inputs(await read_body(request, settings.max_body_bytes), kind, spec)
+            body = await read_body(request, settings.max_body_bytes)
+            inputs = await _off_loop(len(body), decode_inputs, body, kind, spec)
             outputs = await _run(request.app.state.batcher, host, name, inputs, settings)
-            content, media = encode_outputs(name, outputs, kind)
+            size = outputs.numel() * outputs.element_size()
+            content, media = await _off_loop(size, encode_outputs, name, outputs, kind)
             return Response(content, media_type=media)
         except RequestError as error:
             status = error.status
@@ -177,6 +184,14 @@ def create_app(host: TaskHost, settings: ServeSettings | None = None) -> FastAPI
         return Response(status_code=204)
 
     return app
+
+
+async def _off_loop(size: int, function: Callable[..., T], *arguments: Any) -> T:
+    """`function(*arguments)`, in a thread when `size` bytes make it slow enough to hold up
+    the event loop (parsing a large JSON body), else directly (a thread hop costs more)."""
+    if size < _OFF_LOOP_BYTES:
+        return function(*arguments)
+    return await asyncio.get_running_loop().run_in_executor(None, function, *arguments)
 
 
 def _check_changes_allowed(settings: ServeSettings) -> None:

@@ -14,6 +14,7 @@ from spa.tasks.fingerprint import describe_architecture, fingerprint
 from spa.tasks.format import FORMAT_VERSION, Bundle, read_bundle
 from spa.tasks.host import TaskHost, TaskReport
 from spa.tasks.load import build_task, load_task, plan_task
+from spa.tasks.model_cache import TaskStats
 from spa.tasks.pretrained import save_pretrained
 from spa.tasks.save import save_task
 
@@ -22,6 +23,7 @@ __all__ = [
     "Bundle",
     "TaskHost",
     "TaskReport",
+    "TaskStats",
     "build_task",
     "describe_architecture",
     "export_model",

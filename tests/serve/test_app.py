@@ -186,3 +186,14 @@ def test_read_only_server_refuses_task_changes(tasks):
     with running(tasks.host(["a"]), ServeSettings(allow_task_changes=False)) as url:
         assert httpx.delete(f"{url}/v1/tasks/a").status_code == 403
         assert httpx.post(f"{url}/v1/tasks/b", content=b"x").status_code == 403
+
+
+def test_large_request_is_answered_and_others_are_not_held_up(tasks):
+    big = torch.randn(4_000, *SAMPLE)  # over 256 KiB of JSON: parsed off the event loop
+    with running(tasks.host(), ServeSettings(input_shape=SAMPLE)) as url:
+        with ThreadPoolExecutor(2) as pool:
+            large = pool.submit(predict_json, httpx.Client(timeout=60), url, "a", big)
+            assert _client_loop(tasks, url, 1, 4) == []
+            response = large.result()
+    assert response.status_code == 200
+    assert _close(tasks, "a", big, outputs_of(response))

@@ -8,7 +8,7 @@ import torch
 
 import spa
 from spa.errors import BundleError, ConfigError
-from spa.tasks import TaskHost, read_bundle, save_task
+from spa.tasks import TaskHost, TaskStats, read_bundle, save_task
 from spa.tasks.format import write_bundle
 from spa.tasks.signing import generate_private_key, signer
 
@@ -45,7 +45,7 @@ def test_task_host_stats_count_hits_builds_and_bytes(setup):
     base, x, paths, _ = setup
     host = TaskHost(base)
     host.add_task("a", paths["a"])
-    assert host.stats("a") == spa.tasks.model_cache.TaskStats()
+    assert host.stats("a") == TaskStats()
     for _ in range(3):
         host("a", x)
     stats = host.stats("a")
