@@ -37,7 +37,7 @@ from spa.serve.codec import InputSpec, RequestError, decode_inputs, encode_outpu
 from spa.serve.metrics import CONTENT_TYPE, UNKNOWN_TASK, ServerMetrics
 from spa.serve.settings import ServeSettings
 from spa.tasks import TaskHost
-from spa.tasks.host import check_task_name
+from spa.tasks.task_names import check_task_name
 
 T = TypeVar("T")
 _OFF_LOOP_BYTES = 256 * 1024  # bodies this large are decoded and encoded off the event loop

@@ -23,12 +23,9 @@ from spa.tasks.model_cache import ModelCache, TaskStats, own_bytes
 from spa.tasks.scratch import ScratchPool
 from spa.tasks.signing import KeySource, trusted_key_set, verify_bundle
 from spa.tasks.switch import SwitchPlan, compile_switch
+from spa.tasks.task_names import check_task_name, recorded_task_name
 
 logger = logging.getLogger(__name__)
-
-# Metadata keys a bundle may record its task name under (the signed payload binds it, issue 24).
-_TASK_NAME_KEYS = ("task_name", "task")
-_MAX_NAME = 200
 
 
 @dataclass(frozen=True)
@@ -63,36 +60,6 @@ class _Task:
     plan: SwitchPlan
     build_lock: threading.Lock = field(default_factory=threading.Lock)
     flops: int | None = None
-
-
-def check_task_name(name: Any) -> str:
-    """Return `name` if it can name a task: a printable string of 1-200 characters, no `/`, no
-    leading or trailing white space (it appears in URLs and logs).
-
-    Raises:
-        ConfigError: naming the value.
-    """
-    if (
-        not isinstance(name, str)
-        or not 0 < len(name) <= _MAX_NAME
-        or not name.isprintable()
-        or name != name.strip()
-        or "/" in name
-    ):
-        raise ConfigError(
-            f"TaskHost: a task name must be a printable string of 1-{_MAX_NAME} characters "
-            f"without '/' or surrounding spaces, got {name!r}"
-        )
-    return name
-
-
-def recorded_task_name(bundle: Bundle) -> str | None:
-    """The task name a bundle's metadata records (None for bundles that record none)."""
-    for key in _TASK_NAME_KEYS:
-        value = bundle.metadata.get(key)
-        if isinstance(value, str):
-            return value
-    return None
 
 
 class TaskHost:
