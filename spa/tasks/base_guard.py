@@ -4,10 +4,10 @@ Every task of a `TaskHost` was validated against the base weights' fingerprint, 
 model shares the base's tensors; a base changed afterwards would serve silently wrong outputs
 (issue 24). The guard takes the fingerprint once and a cheap snapshot of every base tensor (the
 tensor object in its module's table and its version counter, which every in-place write through
-a tensor bumps: `copy_`, `load_state_dict`, optimizer steps). `check` compares the snapshot
-(microseconds); when it differs the fingerprint is recomputed, and if the weights really changed
-the host refuses to serve from then on. Writes through `tensor.data` bypass version counters:
-`verify` recomputes the fingerprint in any case.
+a tensor bumps: `copy_`, `load_state_dict`, optimizer steps). `check` compares the snapshot (a
+fraction of a millisecond for ResNet-50's 320 tensors); when it differs the fingerprint is
+recomputed, and if the weights really changed the host refuses to serve from then on. Writes
+through `tensor.data` bypass version counters: `verify` recomputes the fingerprint in any case.
 """
 
 from __future__ import annotations

@@ -197,3 +197,15 @@ def test_large_request_is_answered_and_others_are_not_held_up(tasks):
             response = large.result()
     assert response.status_code == 200
     assert _close(tasks, "a", big, outputs_of(response))
+
+
+def test_a_changed_base_is_refused_with_503(tmp_path):
+    tasks = make_tasks(tmp_path, names=("a",))
+    inputs = torch.randn(1, *SAMPLE)
+    with running(tasks.host(), ServeSettings(input_shape=SAMPLE)) as url:
+        assert predict_json(httpx, url, "a", inputs).status_code == 200
+        with torch.no_grad():
+            tasks.base.fc.bias.add_(1.0)
+        refused = predict_json(httpx, url, "a", inputs)
+    assert refused.status_code == 503
+    assert "base model changed after the host was created" in refused.json()["detail"]
