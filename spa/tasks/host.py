@@ -233,7 +233,7 @@ class TaskHost:
         with self._lock:
             task = self._tasks.get(name)
             if task is None:
-                known = ", ".join(map(repr, self._tasks)) or "(none)"
+                known = ", ".join(self._tasks) or "(none)"
                 raise ConfigError(f"TaskHost: unknown task {name!r}; registered tasks: {known}")
         return name, task
 
