@@ -74,7 +74,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _unknown(host: TaskHost, name: str) -> RequestError:
-    known = ", ".join(host.tasks) or "(none)"
+    names = host.tasks
+    known = ", ".join(names[:20]) + (f" (+{len(names) - 20} more)" if len(names) > 20 else "")
+    known = known or "(none)"
     return RequestError(404, f"unknown task {name!r}; registered tasks: {known}")
 
 
