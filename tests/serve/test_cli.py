@@ -93,3 +93,16 @@ def test_serve_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as shown:
         main(["serve", "--help"])
     assert shown.value.code == 0 and "/v1/tasks/NAME/predict" in capsys.readouterr().out
+
+
+def test_registering_serve_imports_no_web_stack():
+    probe = (
+        "import sys; from spa.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=_ENV, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

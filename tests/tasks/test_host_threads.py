@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,7 +15,7 @@ from torch import nn
 import spa
 from spa.pruning import apply_masks, channel_groups, compute_masks
 from spa.tasks import TaskHost, load_task, save_task
-from spa.tasks.scratch import ScratchPool
+from spa.tasks.scratch import Scratch, ScratchPool
 
 from ..conftest import ResidualNet
 
@@ -92,9 +93,17 @@ def test_task_host_many_threads_small_cache_no_wrong_output(tasks):
     assert sum(s.hits + s.builds for s in stats) >= THREADS * 30
 
 
-def test_task_host_concurrent_builds_match_references(tasks):
+def test_task_host_concurrent_builds_match_references(tasks, monkeypatch):
     """Every call builds (zero-byte budget): concurrent builds of different tasks used to share
-    one scratch buffer and return models with each other's weights."""
+    one scratch buffer and return models with each other's weights. Each work buffer handed out
+    yields the processor first, so builds interleave at exactly the points that used to clash."""
+    handout = Scratch.get
+
+    def get_slowly(self, *arguments):
+        time.sleep(0.0002)
+        return handout(self, *arguments)
+
+    monkeypatch.setattr(Scratch, "get", get_slowly)
     host = _host(tasks, cache_bytes=0)
     assert _hammer(host, tasks, calls=12) == []
     assert host.cached_tasks() == []
