@@ -95,6 +95,7 @@ def test_serve_cli_errors_are_one_line(tmp_path, capsys):
     assert shown.value.code == 0 and "/v1/tasks/NAME/predict" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a fresh interpreter importing spa's CLI
 def test_registering_serve_imports_no_web_stack():
     probe = (
         "import sys; from spa.cli import build_parser; build_parser(); "
