@@ -7,7 +7,8 @@ from typing import Any
 from spa.errors import ConfigError
 from spa.tasks.format import Bundle
 
-# Metadata keys a bundle may record its task name under (the signed payload binds it, issue 24).
+# Keys a signature record or the metadata may hold the task name under (issue 24: the signed
+# payload binds it).
 _TASK_NAME_KEYS = ("task_name", "task")
 _MAX_NAME = 200
 
@@ -34,9 +35,11 @@ def check_task_name(name: Any) -> str:
 
 
 def recorded_task_name(bundle: Bundle) -> str | None:
-    """The task name a bundle's metadata records (None for bundles that record none)."""
-    for key in _TASK_NAME_KEYS:
-        value = bundle.metadata.get(key)
+    """The task name a bundle records: its signature record's `task` (signed with the content),
+    else a name in its metadata; None for bundles that record none."""
+    records = [bundle.signature or {}, bundle.metadata]
+    for record, key in ((r, k) for r in records for k in _TASK_NAME_KEYS):
+        value = record.get(key)
         if isinstance(value, str):
             return value
     return None

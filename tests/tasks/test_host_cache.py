@@ -143,18 +143,22 @@ def test_task_host_detects_a_replaced_base_tensor_and_data_writes(setup):
         other.verify_base()
 
 
-def _signed_for(path, task_name, key, target):
-    """The bundle at `path`, its metadata recording `task_name`, signed by `key`."""
+def _signed_for(path, task_name, key, folder):
+    """The bundle at `path` signed by `key` as task `task_name` (file `task_name.safetensors`,
+    the name also in its metadata), then copied over another task's file name `t1`."""
     bundle = read_bundle(path)
     bundle.metadata = {**bundle.metadata, "task_name": task_name}
-    write_bundle(target, bundle, sign=signer(key))
-    return target
+    signed = folder / f"{task_name}.safetensors"
+    write_bundle(signed, bundle, sign=signer(key))
+    copied = folder / "t1.safetensors"
+    copied.write_bytes(signed.read_bytes())
+    return copied
 
 
 def test_task_host_refuses_a_signed_bundle_recorded_for_another_task(setup, tmp_path):
     base, _, paths, _ = setup
     key = generate_private_key()
-    copied = _signed_for(paths["b"], "t2", key, tmp_path / "t1.safetensors")
+    copied = _signed_for(paths["b"], "t2", key, tmp_path)
     host = TaskHost(base, trusted_keys=[key.public_key()])
     with pytest.raises(BundleError, match="recorded for task 't2', not 't1'; pass rename=True"):
         host.add_task("t1", copied)
