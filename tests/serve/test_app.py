@@ -209,3 +209,15 @@ def test_a_changed_base_is_refused_with_503(tmp_path):
         refused = predict_json(httpx, url, "a", inputs)
     assert refused.status_code == 503
     assert "base model changed after the host was created" in refused.json()["detail"]
+
+
+def test_without_an_input_shape_a_sample_the_model_cannot_take_fails_alone(tasks):
+    inputs = torch.randn(2, *SAMPLE)
+    with running(tasks.host(["a"]), ServeSettings(max_wait_ms=50)) as url:
+        with ThreadPoolExecutor(2) as pool:
+            bad = pool.submit(predict_json, httpx.Client(), url, "a", torch.randn(1, 7))
+            good = predict_json(httpx, url, "a", inputs)
+            refused = bad.result()
+    assert good.status_code == 200 and _close(tasks, "a", inputs, outputs_of(good))
+    assert refused.status_code == 422
+    assert "cannot run on inputs of shape [1, 7]" in refused.json()["detail"]
