@@ -160,6 +160,9 @@ def create_app(host: TaskHost, settings: ServeSettings | None = None) -> FastAPI
         except RequestError as error:
             status = error.status
             raise
+        except Exception:
+            status = 500
+            raise
         finally:
             metrics.observe_request(label, status, time.perf_counter() - start)
 

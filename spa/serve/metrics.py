@@ -55,7 +55,10 @@ class _HostCollector(Collector):
 
 
 class ServerMetrics:
-    """The metrics of one server over `host`; `render` gives the Prometheus text."""
+    """The metrics of one server over `host`; `render` gives the Prometheus text.
+
+    Safe to update from several threads (prometheus_client's metrics are).
+    """
 
     def __init__(self, host: TaskHost) -> None:
         self.registry = CollectorRegistry()
