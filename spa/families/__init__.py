@@ -2,29 +2,42 @@
 
 A `Family` names, for one architecture family, the block pattern and the projections of its
 attention and feed-forward sub-layers (paths relative to a block), the attribute that holds the
-head dimension and the module attributes that depend on the head / neuron counts. Generic code
-(`spa.pruning.units`, `sync_attributes`) reads a description and never names a family's paths.
-Families register in `FAMILIES` (one small module each) and `describe(model)` finds the family of
-a model by its `transformers` config (`config.model_type`).
+head dimension, how fused projections order their rows and the module attributes that depend
+on the head / neuron counts. Generic code (`spa.pruning.units`, `sync_attributes`) reads a
+description and never names a family's paths. Families register in `FAMILIES` (one small module
+each) and `describe(model)` finds the family whose structure a model has (`spa.families.match`),
+whatever its `model_type`. `spa.families.rows` is the one resolver of row layouts.
 """
 
 from __future__ import annotations
 
-from spa.families import bert, gpt2, llama, swin, vit  # noqa: E402,F401  (registrations)
+from spa.families import (  # noqa: E402,F401  (registrations)
+    bert,
+    bloom,
+    gemma,
+    gpt2,
+    gpt_neox,
+    llama,
+    modernbert,
+    phi3,
+    swin,
+    vit,
+)
 from spa.families.description import (
     FAMILIES,
     AttentionDescription,
     BlockLayout,
+    Example,
     Family,
     FeedForwardDescription,
     MergeDescription,
     StreamDescription,
     block_layouts,
     config_of,
-    describe,
-    per_head_axes,
 )
+from spa.families.match import describe, explain, mismatches, per_head_axes
 from spa.families.pretrained import config_values
+from spa.families.rows import HeadRows, ffn_neurons, head_rows, module_rows, neuron_rows
 from spa.families.stream import StreamLayout, sliced_tensor_axes, stream_layouts, stream_tensors
 from spa.families.sync import head_counts, sync_attributes
 
@@ -32,8 +45,10 @@ __all__ = [
     "FAMILIES",
     "AttentionDescription",
     "BlockLayout",
+    "Example",
     "Family",
     "FeedForwardDescription",
+    "HeadRows",
     "MergeDescription",
     "StreamDescription",
     "StreamLayout",
@@ -41,7 +56,13 @@ __all__ = [
     "config_of",
     "config_values",
     "describe",
+    "explain",
+    "ffn_neurons",
     "head_counts",
+    "head_rows",
+    "mismatches",
+    "module_rows",
+    "neuron_rows",
     "per_head_axes",
     "sliced_tensor_axes",
     "stream_layouts",

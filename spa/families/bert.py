@@ -11,7 +11,6 @@ from spa.families.description import (
 BERT = FAMILIES.register("bert")(
     Family(
         name="bert",
-        model_types=("bert", "roberta", "electra", "camembert", "xlm-roberta"),
         blocks=r"(^|\.)layer\.\d+$",
         attention=AttentionDescription(
             module="attention.self",

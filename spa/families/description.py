@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -42,6 +42,18 @@ class AttentionDescription:
         per_head: other tensors with one slice per query head (path of a parameter or buffer
             -> its head axis), sliced with their heads, e.g. Swin's relative position bias
             table `{"attention.relative_position_bias.relative_position_bias_table": 1}`.
+        qkv_layout: how `qkv` orders its rows (see `spa.families.rows`): "blocked" is
+            `[all queries | all keys | all values]` (GPT-2, Phi-3, ModernBERT); "grouped" is,
+            per key/value head, `[its query heads | key | value]` (GPT-NeoX and BLOOM with
+            one query head each, Falcon).
+        kv_groups: attribute of `module` with the query heads per key/value head, needed for a
+            fused `qkv` with grouped-query attention (Phi-3); None: one.
+        head_norms: norms over one head's `head_dim` channels, shared by all heads (Qwen3's and
+            Gemma3's `q_norm` / `k_norm`): part of the structure, untouched by head pruning.
+        config_attributes: attributes of `module.config` the module reads at forward time
+            (Phi-3 reads `config.num_attention_heads`); compaction gives the module its own
+            copy of the config holding its block's counts.
+        fixed_heads: why heads cannot be removed in this family (None: they can).
     """
 
     module: str
@@ -53,8 +65,18 @@ class AttentionDescription:
     qkv: str | None = None
     attributes: Mapping[str, Quantity] = field(default_factory=dict)
     per_head: Mapping[str, int] = field(default_factory=dict)
+    qkv_layout: Literal["blocked", "grouped"] = "blocked"
+    kv_groups: str | None = None
+    head_norms: tuple[str, ...] = ()
+    config_attributes: Mapping[str, Quantity] = field(default_factory=dict)
+    fixed_heads: str | None = None
 
     def __post_init__(self) -> None:
+        if self.qkv_layout not in ("blocked", "grouped"):
+            raise ConfigError(
+                f"AttentionDescription: qkv_layout must be 'blocked' or 'grouped', got "
+                f"{self.qkv_layout!r}"
+            )
         separate = (self.query, self.key, self.value)
         if (self.qkv is None) == (None in separate) or (self.qkv and any(separate)):
             raise ConfigError(
@@ -68,6 +90,7 @@ class AttentionDescription:
                     f"got {axis!r}"
                 )
         object.__setattr__(self, "attributes", _frozen(self.attributes))
+        object.__setattr__(self, "config_attributes", _frozen(self.config_attributes))
         object.__setattr__(self, "per_head", MappingProxyType(dict(self.per_head)))
 
 
@@ -81,6 +104,8 @@ class FeedForwardDescription:
         output: projection whose input columns are the neurons (down).
         activation: the activation module (used to fold constant neurons into a bias).
         attributes: attributes of `module` to update when neurons are removed.
+        chunks: equal parts each input's rows hold side by side, one row per neuron in each
+            (2 for a fused `[gate | up]` projection: Phi-3's `gate_up_proj`, ModernBERT's `Wi`).
     """
 
     module: str
@@ -88,10 +113,13 @@ class FeedForwardDescription:
     output: str
     activation: str | None = None
     attributes: Mapping[str, Quantity] = field(default_factory=dict)
+    chunks: int = 1
 
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ConfigError("FeedForwardDescription: inputs must name at least one projection")
+        if not isinstance(self.chunks, int) or self.chunks < 1:
+            raise ConfigError(f"FeedForwardDescription: chunks must be >= 1, got {self.chunks!r}")
         object.__setattr__(self, "attributes", _frozen(self.attributes))
 
 
@@ -146,11 +174,15 @@ class StreamDescription:
 
 @dataclass(frozen=True, kw_only=True)
 class Family:
-    """A model family: which configs it covers and where its blocks' units live.
+    """A model family: the structure it recognises and where its blocks' units live.
+
+    A model is of a family when its structure fits the description (`spa.families.describe`):
+    every described module and config field exists, every module with parameters inside a
+    block is described, and the head counts follow from the shapes; its `model_type` is not
+    read.
 
     Args:
         name: registry name.
-        model_types: `config.model_type` values of the `transformers` models it describes.
         blocks: regular expression matching the full dotted path of every transformer block.
         attention: the attention projections of a block.
         ffn: the feed-forward projections of a block.
@@ -163,10 +195,11 @@ class Family:
         config_hidden: config attribute with the hidden size.
         stream: where the residual stream is read and written besides the block projections;
             None where the hidden size cannot be pruned.
+        variant_of: the family this one refines (a model that fits both is of the variant).
+        examples: tiny models of the family that the tests build and run end to end.
     """
 
     name: str
-    model_types: tuple[str, ...]
     blocks: str
     attention: AttentionDescription
     ffn: FeedForwardDescription
@@ -176,6 +209,30 @@ class Family:
     config_head_dim: str | None = None
     config_hidden: str = "hidden_size"
     stream: StreamDescription | None = None
+    variant_of: str | None = None
+    examples: tuple[Example, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Example:
+    """A tiny random-init `transformers` model of a family (no download): what tests build.
+
+    Args:
+        model: `transformers` model class name (e.g. "LlamaForCausalLM").
+        config: its config class name.
+        kind: "decoder" (causal LM, generates), "encoder" (text classification) or "image".
+        options: config keyword arguments besides the shared tiny sizes.
+        name: the example's name in test ids and tables (default: the config's model type).
+    """
+
+    model: str
+    config: str
+    kind: Literal["decoder", "encoder", "image"]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
 
 @dataclass(frozen=True)
@@ -192,6 +249,10 @@ class BlockLayout:
         ffn_output: its column-side projection (down).
         ffn_activation: its activation module, if described.
         per_head: per-head tensors (full dotted path of a parameter or buffer, head axis).
+        qkv_layout: the fused projection's row order (`AttentionDescription.qkv_layout`).
+        kv_groups: query heads per key/value head, read where a fused `qkv` needs it, else 1.
+        ffn_chunks: equal parts of each FFN input's rows (`FeedForwardDescription.chunks`).
+        head_norms: norms over one head's channels (full dotted paths).
     """
 
     path: str
@@ -207,6 +268,10 @@ class BlockLayout:
     ffn_output: str
     ffn_activation: str | None = None
     per_head: tuple[tuple[str, int], ...] = ()
+    qkv_layout: str = "blocked"
+    kv_groups: int = 1
+    ffn_chunks: int = 1
+    head_norms: tuple[str, ...] = ()
 
 
 def config_of(model: nn.Module):
@@ -215,25 +280,6 @@ def config_of(model: nn.Module):
         config = getattr(module, "config", None)
         if getattr(config, "model_type", None):
             return config
-    return None
-
-
-def describe(model: nn.Module) -> Family | None:
-    """The registered family of `model` (matched by its `transformers` config), or None.
-
-    Args:
-        model: a `transformers` model, possibly wrapped or adapted.
-
-    Returns:
-        The family, or None if the model has no config or its `model_type` is not described.
-    """
-    config = config_of(model)
-    if config is None:
-        return None
-    for name in FAMILIES:
-        family = FAMILIES.get(name)
-        if config.model_type in family.model_types:
-            return family
     return None
 
 
@@ -278,7 +324,8 @@ def block_layouts(model: nn.Module, family: Family) -> list[BlockLayout]:
             "ffn_activation": join_path(block, ffn.activation),
         }
         inputs = tuple(join_path(block, p) for p in ffn.inputs)
-        for path in [p for p in paths.values() if p is not None] + list(inputs):
+        head_norms = tuple(join_path(block, p) for p in attention.head_norms)
+        for path in [p for p in paths.values() if p is not None] + [*inputs, *head_norms]:
             if path not in modules:
                 raise ConfigError(
                     f"model family {family.name!r}: block {block!r} has no module {path!r}; "
@@ -297,10 +344,32 @@ def block_layouts(model: nn.Module, family: Family) -> list[BlockLayout]:
         )
         layouts.append(
             BlockLayout(
-                path=block, head_dim=head_dim, ffn_inputs=inputs, per_head=per_head, **paths
+                path=block,
+                head_dim=head_dim,
+                ffn_inputs=inputs,
+                per_head=per_head,
+                qkv_layout=attention.qkv_layout,
+                kv_groups=_kv_groups(family, paths["attention"], holder),
+                ffn_chunks=ffn.chunks,
+                head_norms=head_norms,
+                **paths,
             )
         )
     return layouts
+
+
+def _kv_groups(family: Family, path: str, holder: nn.Module) -> int:
+    """Query heads per key/value head where the description names the attribute, else 1."""
+    name = family.attention.kv_groups
+    if name is None:
+        return 1
+    groups = getattr(holder, name, None)
+    if not isinstance(groups, int) or groups < 1:
+        raise ConfigError(
+            f"model family {family.name!r}: {path}.{name} should hold the query heads per "
+            f"key/value head (a positive int), got {groups!r}"
+        )
+    return groups
 
 
 def tensor_at(model: nn.Module, path: str) -> torch.Tensor | None:
@@ -324,14 +393,3 @@ def _per_head_tensor(model: nn.Module, family: Family, block: str, relative: str
             f"axis {axis} (it is {found}); the model does not match its family description"
         )
     return path
-
-
-def per_head_axes(model: nn.Module) -> dict[str, int]:
-    """Every described per-head tensor of `model` (full dotted path -> head axis).
-
-    Empty for a model of no described family or a family without per-head tensors.
-    """
-    family = describe(model)
-    if family is None or not family.attention.per_head:
-        return {}
-    return {path: axis for layout in block_layouts(model, family) for path, axis in layout.per_head}

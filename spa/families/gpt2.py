@@ -15,7 +15,6 @@ from spa.families.description import (
 GPT2 = FAMILIES.register("gpt2")(
     Family(
         name="gpt2",
-        model_types=("gpt2",),
         blocks=r"(^|\.)h\.\d+$",
         attention=AttentionDescription(
             module="attn",

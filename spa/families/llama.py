@@ -1,17 +1,38 @@
-"""Llama family (Llama, Mistral, Qwen2): GQA q/k/v/o projections, SwiGLU gate/up/down, RMSNorm."""
+"""Llama-like decoders: GQA q/k/v/o projections, SwiGLU gate/up/down, two norms per block.
+
+Matched by structure, so every decoder with this layout is of the family whatever its
+`model_type`: Llama, Mistral, Qwen2, Gemma, Granite, OLMo, StableLM (without per-head norm
+layers), Helium, SmolLM3, ... `head_dim` is read from the attention module, so it may differ
+from hidden size / heads (Gemma). Variants: `qwen3` (per-head q/k norms), `gemma2` (four norms
+per block), `gemma3` (both).
+"""
 
 from spa.families.description import (
     FAMILIES,
     AttentionDescription,
+    Example,
     Family,
     FeedForwardDescription,
     StreamDescription,
 )
 
+# Tiny decoder sizes shared by the examples of the Llama-like families.
+DECODER = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 40,
+    "max_position_embeddings": 32,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "pad_token_id": 0,
+}
+
 LLAMA = FAMILIES.register("llama")(
     Family(
         name="llama",
-        model_types=("llama", "mistral", "qwen2"),
         blocks=r"(^|\.)layers\.\d+$",
         attention=AttentionDescription(
             module="self_attn",
@@ -20,7 +41,12 @@ LLAMA = FAMILIES.register("llama")(
             key="self_attn.k_proj",
             value="self_attn.v_proj",
             output="self_attn.o_proj",
-            attributes={"num_key_value_groups": "kv_groups"},
+            # StableLM's attention reads its own head counts; the others only the groups.
+            attributes={
+                "num_key_value_groups": "kv_groups",
+                "num_heads": "heads",
+                "num_key_value_heads": "kv_heads",
+            },
         ),
         ffn=FeedForwardDescription(
             module="mlp",
@@ -30,11 +56,19 @@ LLAMA = FAMILIES.register("llama")(
             attributes={"intermediate_size": "neurons"},
         ),
         config_kv_heads="num_key_value_heads",
-        config_head_dim="head_dim",  # Llama, Mistral and Qwen2 read `config.head_dim`
+        config_head_dim="head_dim",  # the Llama-like attentions read `config.head_dim`
         stream=StreamDescription(
             block_norms=("input_layernorm", "post_attention_layernorm"),
             norms=(r"(^|\.)norm$",),
             tensors={r"(^|\.)embed_tokens\.weight$": 1},
+        ),
+        examples=(
+            Example(
+                model="LlamaForCausalLM",
+                config="LlamaConfig",
+                kind="decoder",
+                options={**DECODER, "tie_word_embeddings": True},
+            ),
         ),
     )
 )

@@ -18,14 +18,8 @@ from torch import nn
 
 from spa.adapters.transposed import is_transposed_linear, out_features
 from spa.errors import ConfigError
-from spa.families.description import (
-    Family,
-    block_layouts,
-    describe,
-    join_path,
-    per_head_axes,
-    tensor_at,
-)
+from spa.families.description import Family, block_layouts, join_path, tensor_at
+from spa.families.match import describe, per_head_axes
 
 # (path, role, axis, parts). Roles: "in" input columns of a reader, "out" output rows of a
 # writer, "norm" the channels of a norm, "param" one axis (`axis`) of a bare parameter. A
@@ -114,7 +108,8 @@ def stream_layouts(
                     f"model family {family.name!r}: block {layout.path!r} has no norm {path!r}; "
                     "the model does not match its family description"
                 )
-            members.append((path, "norm", None, 1))
+            if not isinstance(modules[path], nn.Identity):  # ModernBERT's first attention norm
+                members.append((path, "norm", None, 1))
     per_stage = list(stages.values())
     _add_merges(family, modules, per_stage)
     widths = [_size(model, *members[0]) for members in per_stage]

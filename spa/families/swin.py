@@ -20,7 +20,6 @@ from spa.families.description import (
 SWIN = FAMILIES.register("swin")(
     Family(
         name="swin",
-        model_types=("swin",),
         blocks=r"(^|\.)blocks\.\d+$",
         attention=AttentionDescription(
             module="attention",

@@ -3,21 +3,20 @@
 After `spa.pruning.compact` removes heads or FFN neurons, modules still hold the counts they
 were built with (e.g. BERT's `num_attention_heads` / `all_head_size`, GPT-2's `split_size`).
 `sync_attributes` rewrites the attributes a family description names from the current weight
-shapes, so the compacted model runs and generates (per-layer counts may differ).
+shapes, so the compacted model runs and generates (per-layer counts may differ). Where a
+module reads a count from the shared `transformers` config (Phi-3), it gets its own copy of
+the config holding its block's counts, so the layers (and the base model) stay independent.
 """
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
-from spa.adapters.transposed import out_features
-from spa.errors import ConfigError
-from spa.families.description import BlockLayout, Family, block_layouts, describe
-
-
-def rows(module: nn.Module) -> int:
-    """Output rows of a Linear (or Conv1D) or of an adapter layer's (possibly compacted) base."""
-    return out_features(getattr(module, "base", module))
+from spa.families.description import BlockLayout, Family, block_layouts
+from spa.families.match import describe
+from spa.families.rows import ffn_neurons, head_rows, module_rows
 
 
 def head_counts(model: nn.Module, layout: BlockLayout) -> dict[str, int]:
@@ -31,42 +30,32 @@ def head_counts(model: nn.Module, layout: BlockLayout) -> dict[str, int]:
         `heads`, `kv_heads`, `width` (heads x head_dim), `kv_groups` and `neurons`.
 
     Raises:
-        ConfigError: if a projection's rows are not a whole number of heads.
+        ConfigError: if a projection's rows are not a whole number of heads or neurons.
     """
-    head_dim = layout.head_dim
-    if layout.qkv is not None:
-        fused = rows(model.get_submodule(layout.qkv))
-        if fused % (3 * head_dim):
-            raise ConfigError(f"{layout.qkv}: {fused} rows are not 3 x heads x {head_dim}")
-        heads = kv_heads = fused // (3 * head_dim)
-    else:
-        query, key = rows(model.get_submodule(layout.query)), rows(model.get_submodule(layout.key))
-        if query % head_dim or key % head_dim or (query // head_dim) % max(key // head_dim, 1):
-            raise ConfigError(
-                f"block {layout.path}: query rows {query} and key rows {key} are not whole "
-                f"heads of {head_dim} with the same number of query heads per key/value head"
-            )
-        heads, kv_heads = query // head_dim, key // head_dim
+    rows = module_rows(model)
+    heads = head_rows(layout, rows)
     return {
-        "heads": heads,
-        "kv_heads": kv_heads,
-        "width": heads * head_dim,
-        "kv_groups": heads // max(kv_heads, 1),
-        "neurons": rows(model.get_submodule(layout.ffn_inputs[0])),
+        "heads": heads.heads,
+        "kv_heads": heads.kv_heads,
+        "width": heads.width,
+        "kv_groups": heads.groups,
+        "neurons": ffn_neurons(layout, rows),
     }
 
 
 def sync_attributes(model: nn.Module, family: Family | None = None) -> list[str]:
     """Set every described count attribute of every block from the current weight shapes.
 
-    A no-op for models of no described family.
+    A no-op for models of no described family. Attributes a module does not have are skipped
+    (a description may name the union of its variants' attributes).
 
     Args:
         model: a (possibly compacted) model.
         family: its description; None finds it with `describe`.
 
     Returns:
-        The `path.attribute` names whose value changed.
+        The `path.attribute` names whose value changed (`path.config.attribute` for config
+        values).
     """
     family = family or describe(model)
     if family is None:
@@ -80,7 +69,13 @@ def sync_attributes(model: nn.Module, family: Family | None = None) -> list[str]
         ):
             module = model.get_submodule(holder)
             for attribute, quantity in attributes.items():
-                if getattr(module, attribute, None) != counts[quantity]:
+                if hasattr(module, attribute) and getattr(module, attribute) != counts[quantity]:
                     setattr(module, attribute, counts[quantity])
                     changed.append(f"{holder}.{attribute}")
+        module = model.get_submodule(layout.attention)
+        for attribute, quantity in family.attention.config_attributes.items():
+            if getattr(module.config, attribute) != counts[quantity]:
+                module.config = copy.copy(module.config)  # never change the shared config
+                setattr(module.config, attribute, counts[quantity])
+                changed.append(f"{layout.attention}.config.{attribute}")
     return changed

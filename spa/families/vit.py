@@ -11,7 +11,6 @@ from spa.families.description import (
 VIT = FAMILIES.register("vit")(
     Family(
         name="vit",
-        model_types=("vit", "deit"),
         blocks=r"(^|\.)layers\.\d+$",
         attention=AttentionDescription(
             module="attention",

@@ -28,10 +28,18 @@ from torch import nn
 
 from spa.adapters.protocols import is_adapted
 from spa.errors import ConfigError, UnsupportedLayerError
-from spa.families import BlockLayout, block_layouts, describe, head_counts
+from spa.families import (
+    BlockLayout,
+    block_layouts,
+    describe,
+    ffn_neurons,
+    head_counts,
+    head_rows,
+    module_rows,
+)
 from spa.pruning.compaction import compact
 from spa.pruning.masking import apply_masks
-from spa.pruning.units import unit_groups
+from spa.pruning.units import DEFAULT_UNITS, unit_groups
 
 
 @dataclass
@@ -77,63 +85,59 @@ def _fold(output: nn.Linear, columns: list[int], values: torch.Tensor) -> None:
         output.bias += output.weight[:, columns] @ values.to(output.weight.dtype)
 
 
-def _span(start: int, length: int) -> list[int]:
-    return list(range(start, start + length))
-
-
 def _dead_heads(model: nn.Module, layout: BlockLayout) -> set[int]:
-    counts = head_counts(model, layout)
-    head_dim, groups, width = layout.head_dim, counts["kv_groups"], counts["width"]
-    output = _linear(model, layout.output)
-    dead_columns = _zero_columns(output)
-    if layout.qkv is not None:
-        value, offset = _linear(model, layout.qkv), 2 * width
-    else:
-        value, offset = _linear(model, layout.value), 0
-    dead_rows = _zero_rows(value)
+    heads = head_rows(layout, module_rows(model))
+    output, value = _linear(model, heads.output), _linear(model, heads.value)
+    dead_columns, dead_rows = _zero_columns(output), _zero_rows(value)
+
+    def columns(j: int) -> list[int]:
+        kept = range(j * heads.groups, (j + 1) * heads.groups)
+        return [c for head in kept for c in heads.output_columns(head)]
+
     dead = set()
-    for j in range(counts["kv_heads"]):
-        rows = _span(offset + j * head_dim, head_dim)
-        columns = _span(j * groups * head_dim, groups * head_dim)
-        if bool(dead_columns[columns].all()):
+    for j in range(heads.kv_heads):
+        if bool(dead_columns[columns(j)].all()) or bool(dead_rows[heads.value_rows(j)].all()):
             dead.add(j)
-        elif bool(dead_rows[rows].all()):
-            dead.add(j)
-    if len(dead) == counts["kv_heads"]:
+    if len(dead) == heads.kv_heads:
         dead.discard(min(dead))  # keep one head channel, unchanged
     for j in dead:
-        rows = _span(offset + j * head_dim, head_dim)
-        columns = _span(j * groups * head_dim, groups * head_dim)
-        if value.bias is not None and not bool(dead_columns[columns].all()):
-            _fold(output, columns, value.bias.detach()[rows].repeat(groups))
+        rows = list(heads.value_rows(j))
+        if value.bias is not None and not bool(dead_columns[columns(j)].all()):
+            _fold(output, columns(j), value.bias.detach()[rows].repeat(heads.groups))
     return dead
 
 
 def _dead_neurons(model: nn.Module, layout: BlockLayout) -> set[int]:
-    inputs = [_linear(model, path) for path in layout.ffn_inputs]
+    neurons = ffn_neurons(layout, module_rows(model))
+    # One (linear, rows of each neuron) per input part: a fused [gate | up] gives two.
+    inputs = [
+        (_linear(model, path), part * neurons)
+        for path in layout.ffn_inputs
+        for part in range(layout.ffn_chunks)
+    ]
     output = _linear(model, layout.ffn_output)
     activation = (
         None if layout.ffn_activation is None else model.get_submodule(layout.ffn_activation)
     )
     dead_columns = _zero_columns(output)
-    rows = [_zero_rows(linear) for linear in inputs]
+    rows = [_zero_rows(linear)[offset : offset + neurons] for linear, offset in inputs]
     dead, folds = set(), {}
     silent = activation is not None and float(activation(torch.zeros(1))) == 0.0
-    for i in range(output.weight.shape[1]):
+    for i in range(neurons):
         if bool(dead_columns[i]):
             dead.add(i)
         elif activation is not None and len(inputs) == 1 and bool(rows[0][i]):
-            bias = inputs[0].bias
+            bias = inputs[0][0].bias
             constant = torch.zeros(1) if bias is None else bias.detach()[i : i + 1]
             dead.add(i)
             folds[i] = activation(constant)
         elif silent and len(inputs) > 1:
-            for linear, zero in zip(inputs, rows):
-                no_bias = linear.bias is None or float(linear.bias[i]) == 0.0
+            for (linear, offset), zero in zip(inputs, rows):
+                no_bias = linear.bias is None or float(linear.bias[offset + i]) == 0.0
                 if bool(zero[i]) and no_bias:
                     dead.add(i)
                     break
-    if len(dead) == output.weight.shape[1]:
+    if len(dead) == neurons:
         dead.discard(min(dead))  # keep one neuron, unchanged
     for i, value in folds.items():
         if i in dead:
@@ -165,12 +169,12 @@ def remove_empty_units(model: nn.Module) -> UnitRemoval:
     if is_adapted(model) or any(hasattr(m, "block_mask") for m in model.modules()):
         raise ConfigError("remove_empty_units: fuse the model first (spa.fuse(model))")
     report = UnitRemoval(parameters_before=sum(p.numel() for p in model.parameters()))
-    groups = unit_groups(model, family)
+    groups = unit_groups(model, family, ("ffn",) if family.attention.fixed_heads else DEFAULT_UNITS)
     layouts = {layout.path: layout for layout in block_layouts(model, family)}
     masks: dict[str, dict[str, torch.Tensor]] = {}
-    for index, group in enumerate(groups):
+    for group in groups:
         layout = layouts[_block_of(group.root, layouts)]
-        heads = index % 2 == 0
+        heads = group.unit == "heads"
         dead = _dead_heads(model, layout) if heads else _dead_neurons(model, layout)
         if not dead:
             continue

@@ -6,11 +6,12 @@ description, without tracing: one group per block and unit, and one for the hidd
 - "heads": group channel `j` is key/value head `j` with its query heads (with grouped-query
   attention, the `num_key_value_groups` query heads that read it), so removing it keeps the
   query heads per key/value head unchanged. Its positions are the head's `head_dim` rows in
-  query, key and value (or in the three thirds of a fused qkv projection), the matching
+  query, key and value (or in a fused qkv projection, wherever `spa.families.rows` places
+  them), the matching
   columns of the output projection and its query heads' slices of every described per-head
   tensor (role "param", e.g. Swin's relative position bias table, sliced on its head axis).
-- "ffn": group channel `i` is neuron `i`: row `i` of every input projection (up, gate) and
-  column `i` of the output projection (down).
+- "ffn": group channel `i` is neuron `i`: row `i` of every input projection (up, gate; both
+  parts of a fused `[gate | up]` projection) and column `i` of the output projection (down).
 - "hidden": group channel `c` is channel `c` of the residual stream (`spa.families.stream`):
   column `c` of every projection reading it (q, k, v, FFN inputs, the pooler or the task
   head), row `c` of every projection writing it (attention and FFN outputs, a patch
@@ -33,7 +34,16 @@ from torch import nn
 from spa.adapters.inject import task_head
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import ConfigError, UnsupportedLayerError
-from spa.families import BlockLayout, Family, block_layouts, head_counts, stream_layouts
+from spa.families import (
+    BlockLayout,
+    Family,
+    block_layouts,
+    ffn_neurons,
+    head_rows,
+    module_rows,
+    neuron_rows,
+    stream_layouts,
+)
 from spa.families.description import tensor_at
 from spa.pruning.channel_group import ChannelGroup, GroupMember, layer_table, mask_size
 from spa.pruning.module_masks import module_mask
@@ -46,40 +56,34 @@ _Slice = tuple[str, str, list[int], list[int]]
 
 
 def _head_slices(model: nn.Module, layout: BlockLayout) -> tuple[int, list[_Slice]]:
-    counts = head_counts(model, layout)
-    head_dim, kv_heads, groups = layout.head_dim, counts["kv_heads"], counts["kv_groups"]
-    width = counts["width"]
-    # Query rows of channel j: its `groups` query heads, head_dim rows each.
-    query = [
-        p for j in range(kv_heads) for r in range(groups) for p in _rows(j * groups + r, head_dim)
-    ]
-    query_channels = [j for j in range(kv_heads) for _ in range(groups * head_dim)]
-    kv = [p for j in range(kv_heads) for p in _rows(j, head_dim)]
-    kv_channels = [j for j in range(kv_heads) for _ in range(head_dim)]
-    if layout.qkv is not None:  # rows [q | k | v], each `width` long
-        fused = query + [width + p for p in kv] + [2 * width + p for p in kv]
-        slices = [(layout.qkv, "out", fused, query_channels + kv_channels + kv_channels)]
-    else:
-        slices = [
-            (layout.query, "out", query, query_channels),
-            (layout.key, "out", kv, kv_channels),
-            (layout.value, "out", kv, kv_channels),
-        ]
-    slices.append((layout.output, "in", query, query_channels))
-    heads = [j * groups + r for j in range(kv_heads) for r in range(groups)]
-    head_channels = [j for j in range(kv_heads) for _ in range(groups)]
-    slices += [(path, "param", heads, head_channels) for path, _ in layout.per_head]
-    return kv_heads, slices
+    heads = head_rows(layout, module_rows(model))
+    per_path: dict[tuple[str, str], list[tuple[int, int]]] = {}
 
+    def add(path: str, role: str, positions: range, channel: int) -> None:
+        per_path.setdefault((path, role), []).extend((p, channel) for p in positions)
 
-def _rows(head: int, head_dim: int) -> range:
-    return range(head * head_dim, (head + 1) * head_dim)
+    for j in range(heads.kv_heads):  # channel j: key/value head j with its query heads
+        for head in range(j * heads.groups, (j + 1) * heads.groups):
+            add(heads.query, "out", heads.query_rows(head), j)
+            add(heads.output, "in", heads.output_columns(head), j)
+        add(heads.key, "out", heads.key_rows(j), j)
+        add(heads.value, "out", heads.value_rows(j), j)
+    slices = []
+    for (path, role), pairs in per_path.items():
+        pairs.sort()
+        slices.append((path, role, [p for p, _ in pairs], [c for _, c in pairs]))
+    order = list(range(heads.heads))
+    channels = [head // heads.groups for head in order]
+    slices += [(path, "param", order, channels) for path, _ in layout.per_head]
+    return heads.kv_heads, slices
 
 
 def _ffn_slices(model: nn.Module, layout: BlockLayout) -> tuple[int, list[_Slice]]:
-    neurons = head_counts(model, layout)["neurons"]
+    neurons = ffn_neurons(layout, module_rows(model))
+    pairs = sorted((row, i) for i in range(neurons) for row in neuron_rows(layout, neurons, i))
+    rows, channels = [row for row, _ in pairs], [i for _, i in pairs]
+    slices = [(path, "out", rows, channels) for path in layout.ffn_inputs]
     every = list(range(neurons))
-    slices = [(path, "out", every, every) for path in layout.ffn_inputs]
     slices.append((layout.ffn_output, "in", every, every))
     return neurons, slices
 
@@ -191,6 +195,11 @@ def unit_groups(
     unknown = [unit for unit in units if unit not in UNITS]
     if unknown or not units:
         raise ConfigError(f"units must be a non-empty selection of {list(UNITS)}, got {units!r}")
+    if "heads" in units and family.attention.fixed_heads:
+        raise ConfigError(
+            f"model family {family.name!r}: attention heads cannot be pruned: "
+            f"{family.attention.fixed_heads}; prune units=('ffn',) or ('ffn', 'hidden')"
+        )
     layers = layer_table(model)
     groups = []
     for layout in block_layouts(model, family):

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from spa.adapters.transposed import out_features
-from spa.families import block_layouts, describe
+from spa.errors import ConfigError
+from spa.families import block_layouts, describe, head_rows
 from spa.families.description import tensor_at
 from spa.tasks._entries import bundle_error
 from spa.tasks.format import Bundle
@@ -64,12 +65,17 @@ def check_per_head(
         for entry, found in modules
         for key, tensor in found.items()
     }
+
+    def rows(path: str) -> int:
+        planned = attributes.get(path, {}).get("out_features")
+        return planned if planned is not None else out_features(base_model.get_submodule(path))
+
     for layout in block_layouts(base_model, family):
-        projection = layout.query or layout.qkv
-        rows = attributes.get(projection, {}).get(
-            "out_features", out_features(base_model.get_submodule(projection))
-        )
-        heads = rows // (layout.head_dim * (1 if layout.query else 3))
+        try:
+            resolved = head_rows(layout, rows)
+        except ConfigError as error:
+            raise bundle_error(bundle, f"{error}; the bundle was altered") from None
+        projection, heads = resolved.query, resolved.heads
         for path, axis in layout.per_head:
             shape = shapes[path] if path in shapes else tuple(tensor_at(base_model, path).shape)
             if shape[axis] != heads:

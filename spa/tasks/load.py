@@ -20,7 +20,7 @@ from torch import nn
 from spa.adapters.protocols import is_adapted
 from spa.adapters.transposed import as_linear, is_transposed_linear, linear_view
 from spa.errors import BundleError, ConfigError, SpaWarning
-from spa.families import describe, sliced_tensor_axes
+from spa.families import describe, sliced_tensor_axes, sync_attributes
 from spa.tasks._entries import bundle_error
 from spa.tasks.channel_slices import check_per_head
 from spa.tasks.codecs import codec_for, entry_kind
@@ -50,6 +50,9 @@ class TaskPlan:
     bundle: Bundle
     layers: list[Any] = field(default_factory=list)  # plans with build() -> (weight, bias)
     modules: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] = field(default_factory=list)
+    # The base's family where its modules read counts from the shared config (Phi-3): the
+    # built model's counts are synchronised from its shapes (`spa.families.sync_attributes`).
+    config_family: Any = None
 
 
 def check_fingerprint(
@@ -181,6 +184,8 @@ def plan_task(
     for entry in bundle.metadata["modules"]:
         plan.modules.append((entry, plan_module(bundle, entry, base_modules, axes)))
     family = describe(base_model)
+    if family is not None and family.attention.config_attributes:
+        plan.config_family = family
     if family is not None and family.attention.per_head:  # without resolving the blocks again
         check_per_head(bundle, base_model, plan.layers, plan.modules)
     _check_needed(bundle, base_model, plan)
@@ -288,6 +293,8 @@ def build_task(
         narrowed: dict[tuple, torch.Tensor] = {}
         for entry, tensors in plan.modules:
             _apply_module(model, entry, tensors, narrowed)
+    if plan.config_family is not None:
+        sync_attributes(model, plan.config_family)
     if finalize is not None:
         model = finalize(model)
     return model.eval()

@@ -52,7 +52,8 @@ class SwitchPlan:
         modules = dict(base_model.named_modules())
         # A transformers Conv1D layer is replaced by a Linear: such tasks use build_task.
         transposed = any(is_transposed_linear(modules[p.entry["path"]]) for p in plan.layers)
-        self._plan = plan if transposed else None
+        # So do tasks whose modules read counts from a config (built with their own copy).
+        self._plan = plan if transposed or plan.config_family is not None else None
         self._modules = list({id(m): m for m in base_model.modules()}.values())
         self._plain_eval = all(type(m).train is nn.Module.train for m in self._modules)
         self._changes: list[tuple[int, _Change]] = []

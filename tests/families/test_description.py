@@ -91,7 +91,6 @@ def test_sync_attributes_sets_llama_groups_and_intermediate_size():
 def test_block_layouts_refuses_a_missing_path_naming_it():
     family = Family(
         name="broken",
-        model_types=("llama",),
         blocks=r"(^|\.)layers\.\d+$",
         attention=AttentionDescription(
             module="self_attn", head_dim="head_dim", qkv="self_attn.qkv", output="self_attn.o_proj"

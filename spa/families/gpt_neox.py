@@ -1,0 +1,54 @@
+"""GPT-NeoX (Pythia): one fused `query_key_value` whose rows are interleaved per head
+(`[q_h | k_h | v_h]` for each head `h`), a dense FFN, LayerNorms."""
+
+from spa.families.description import (
+    FAMILIES,
+    AttentionDescription,
+    Example,
+    Family,
+    FeedForwardDescription,
+    StreamDescription,
+)
+
+GPT_NEOX = FAMILIES.register("gpt_neox")(
+    Family(
+        name="gpt_neox",
+        blocks=r"(^|\.)layers\.\d+$",
+        attention=AttentionDescription(
+            module="attention",
+            head_dim="head_size",
+            qkv="attention.query_key_value",
+            qkv_layout="grouped",
+            output="attention.dense",
+        ),
+        ffn=FeedForwardDescription(
+            module="mlp",
+            inputs=("mlp.dense_h_to_4h",),
+            output="mlp.dense_4h_to_h",
+            activation="mlp.act",
+        ),
+        config_head_dim=None,  # GPTNeoXAttention derives it as hidden_size / heads
+        stream=StreamDescription(
+            block_norms=("input_layernorm", "post_attention_layernorm"),
+            norms=(r"(^|\.)final_layer_norm$",),
+            tensors={r"(^|\.)embed_in\.weight$": 1},
+        ),
+        examples=(
+            Example(
+                model="GPTNeoXForCausalLM",
+                config="GPTNeoXConfig",
+                kind="decoder",
+                options={
+                    "hidden_size": 32,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "intermediate_size": 64,
+                    "vocab_size": 40,
+                    "max_position_embeddings": 32,
+                    "bos_token_id": 0,
+                    "eos_token_id": 0,
+                },
+            ),
+        ),
+    )
+)

@@ -1,0 +1,142 @@
+"""Which family a model is of, found by its structure (issue 21), not by its `model_type`.
+
+A family fits a model when (`mismatches` lists what does not):
+- the model carries a `transformers` config with the family's head-count fields;
+- its block pattern finds blocks, and every described projection, norm and per-head tensor
+  exists in every block, with a head dimension and whole heads and neurons in the shapes;
+- every module with parameters inside a block is described (a projection, an FFN layer, a
+  block norm, a per-head norm or tensor): a block with anything else (a router, per-head norm
+  layers, norms over all heads together) is not of the family, since pruning would not know
+  how to slice it.
+
+`describe` returns the one fitting family; where a family and its variants fit, the most
+specific variant wins; where unrelated families fit, it refuses naming them.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from spa.errors import ConfigError
+from spa.families.description import FAMILIES, Family, block_layouts, config_of
+from spa.families.rows import ffn_neurons, head_rows, module_rows
+
+
+def mismatches(model: nn.Module, family: Family) -> list[str]:
+    """Why `model` is not of `family`: empty when it fits.
+
+    Args:
+        model: a `transformers` model, possibly wrapped, adapted, masked or compacted.
+        family: a description.
+
+    Returns:
+        One line per reason, naming the config field or module paths that do not fit.
+    """
+    config = config_of(model)
+    if config is None:
+        return ["the model has no transformers config"]
+    fields = [family.config_heads, family.config_kv_heads]
+    missing = [name for name in fields if name is not None and not hasattr(config, name)]
+    if missing:
+        return [f"its {type(config).__name__} has no {', '.join(missing)}"]
+    try:
+        layouts = block_layouts(model, family)
+        rows = module_rows(model)
+        for layout in layouts:
+            head_rows(layout, rows)
+            ffn_neurons(layout, rows)
+    except (ConfigError, AttributeError) as error:
+        return [str(error)]
+    norms = family.stream.block_norms if family.stream else ()
+    modules = dict(model.named_modules())
+    absent = [norm for norm in norms if any(f"{b.path}.{norm}" not in modules for b in layouts)]
+    if absent:
+        return [f"its blocks have no norm {', '.join(absent)}"]
+    extra = _undescribed(model, family, [layout.path for layout in layouts])
+    if extra:
+        return [f"modules with parameters in its blocks are not described: {', '.join(extra)}"]
+    return []
+
+
+def _undescribed(model: nn.Module, family: Family, blocks: list[str]) -> list[str]:
+    """Block-relative paths of modules owning parameters that the description does not name."""
+    attention, ffn = family.attention, family.ffn
+    named = [
+        attention.query,
+        attention.key,
+        attention.value,
+        attention.qkv,
+        attention.output,
+        *attention.head_norms,
+        *(path.rpartition(".")[0] for path in attention.per_head),
+        *ffn.inputs,
+        ffn.output,
+        *(family.stream.block_norms if family.stream else ()),
+    ]
+    named = [path for path in named if path is not None]
+    found: list[str] = []
+    for block in blocks:
+        for relative, module in model.get_submodule(block).named_modules():
+            if not any(True for _ in module.parameters(recurse=False)):
+                continue
+            if any(relative == p or relative.startswith(f"{p}.") for p in named):
+                continue
+            if relative not in found:
+                found.append(relative or "(the block's own parameters)")
+    return found
+
+
+def _ancestors(family: Family) -> set[str]:
+    names, parent = set(), family.variant_of
+    while parent is not None and parent not in names:
+        names.add(parent)
+        parent = FAMILIES.get(parent).variant_of
+    return names
+
+
+def describe(model: nn.Module) -> Family | None:
+    """The registered family whose structure `model` has, or None if none fits.
+
+    Args:
+        model: a `transformers` model, possibly wrapped or adapted.
+
+    Returns:
+        The family (the most specific variant where a family and its variants fit), or None.
+
+    Raises:
+        ConfigError: if unrelated families fit (naming them).
+    """
+    if config_of(model) is None:
+        return None
+    fitting = [FAMILIES.get(name) for name in FAMILIES]
+    fitting = [family for family in fitting if not mismatches(model, family)]
+    refined = set().union(*(_ancestors(family) for family in fitting))
+    fitting = [family for family in fitting if family.name not in refined]
+    if len(fitting) > 1:
+        names = ", ".join(repr(family.name) for family in fitting)
+        raise ConfigError(
+            f"the model fits the unrelated families {names}; declare one a variant of the "
+            "other (Family.variant_of) or make their descriptions differ"
+        )
+    return fitting[0] if fitting else None
+
+
+def explain(model: nn.Module) -> str:
+    """Why no registered family fits `model`: per family, what did not fit (one line each)."""
+    lines = [
+        f"{name}: {'; '.join(reasons)}"
+        for name in FAMILIES
+        if (reasons := mismatches(model, FAMILIES.get(name)))
+    ]
+    return "\n".join(lines) or "a registered family fits"
+
+
+def per_head_axes(model: nn.Module) -> dict[str, int]:
+    """Every described per-head tensor of `model` (full dotted path -> head axis).
+
+    Empty for a model of no described family or a family without per-head tensors.
+    """
+    family = describe(model)
+    if family is None or not family.attention.per_head:
+        return {}
+    return {path: axis for layout in block_layouts(model, family) for path, axis in layout.per_head}
