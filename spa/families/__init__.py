@@ -18,6 +18,7 @@ from spa.families import (  # noqa: E402,F401  (registrations)
     gpt2,
     gpt_neox,
     llama,
+    llama_ffn,
     modernbert,
     phi3,
     swin,

@@ -3,6 +3,7 @@
 from spa.families.description import (
     FAMILIES,
     AttentionDescription,
+    Example,
     Family,
     FeedForwardDescription,
     StreamDescription,
@@ -35,6 +36,22 @@ BERT = FAMILIES.register("bert")(
             tensors={r"(^|\.)embeddings\.\w+_embeddings\.weight$": 1},
             # BERT's pooler; RoBERTa's and ELECTRA's classification heads pool with a `dense`.
             pooler=r"(^|\.)(pooler|classifier)\.dense$",
+        ),
+        examples=(
+            Example(
+                model="BertForSequenceClassification",
+                config="BertConfig",
+                kind="encoder",
+                options={
+                    "hidden_size": 32,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "intermediate_size": 64,
+                    "vocab_size": 40,
+                    "max_position_embeddings": 16,
+                    "num_labels": 3,
+                },
+            ),
         ),
     )
 )

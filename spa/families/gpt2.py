@@ -7,6 +7,7 @@ Its projections are `transformers` `Conv1D` layers; `spa.adapt` turns them into 
 from spa.families.description import (
     FAMILIES,
     AttentionDescription,
+    Example,
     Family,
     FeedForwardDescription,
     StreamDescription,
@@ -35,6 +36,23 @@ GPT2 = FAMILIES.register("gpt2")(
             block_norms=("ln_1", "ln_2"),
             norms=(r"(^|\.)ln_f$",),
             tensors={r"(^|\.)(wte|wpe)\.weight$": 1},
+        ),
+        examples=(
+            Example(
+                model="GPT2LMHeadModel",
+                config="GPT2Config",
+                kind="decoder",
+                options={
+                    "n_embd": 32,
+                    "n_layer": 2,
+                    "n_head": 4,
+                    "n_inner": 64,
+                    "vocab_size": 40,
+                    "n_positions": 32,
+                    "bos_token_id": 0,
+                    "eos_token_id": 0,
+                },
+            ),
         ),
     )
 )

@@ -17,7 +17,7 @@ from torch import nn
 
 from spa.errors import ConfigError
 from spa.families.description import Family, block_layouts
-from spa.families.stream import stream_layouts
+from spa.families.rows import module_rows
 from spa.families.sync import head_counts
 
 # (quantity of `head_counts`, the Family field naming its config attribute, words for messages)
@@ -77,8 +77,8 @@ def config_values(model: nn.Module, family: Family, config: Any) -> dict[str, in
         if key is not None:
             values[key] = first
     kept = {"attention heads": (counts[0]["heads"], getattr(config, family.config_heads, None))}
-    if family.stream is not None:
-        hidden = stream_layouts(model, family)[0].width
+    if family.stream is not None:  # the hidden size: what the first block's attention writes
+        hidden = module_rows(model)(layouts[0].output)
         values[family.config_hidden] = hidden
         kept["hidden channels"] = (hidden, getattr(config, family.config_hidden, None))
     if family.config_head_dim is not None:

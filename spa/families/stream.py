@@ -164,6 +164,11 @@ def _size(model: nn.Module, path: str, role: str, axis: int | None, parts: int =
         return tensor_at(model, path).shape[axis]
     module = model.get_submodule(path)
     if role == "norm":
+        if getattr(module, "weight", None) is None:
+            raise ConfigError(
+                f"{path}: a {type(module).__name__} without a weight cannot be marked as a "
+                "member of the hidden size; prune units=('heads', 'ffn') instead"
+            )
         return module.weight.shape[-1]
     base = getattr(module, "base", module)
     if role == "out":

@@ -11,6 +11,7 @@ and is sliced with its head.
 from spa.families.description import (
     FAMILIES,
     AttentionDescription,
+    Example,
     Family,
     FeedForwardDescription,
     MergeDescription,
@@ -45,6 +46,22 @@ SWIN = FAMILIES.register("swin")(
             stages=r"(?:^|\.)layers\.(\d+)\.blocks\.\d+$",
             merging=MergeDescription(
                 norm=r"(^|\.)downsample\.norm$", reduction=r"(^|\.)downsample\.reduction$", parts=4
+            ),
+        ),
+        examples=(
+            Example(
+                model="SwinForImageClassification",
+                config="SwinConfig",
+                kind="image",
+                options={
+                    "image_size": 32,
+                    "patch_size": 4,
+                    "embed_dim": 16,
+                    "depths": [2, 2],
+                    "num_heads": [2, 4],
+                    "window_size": 2,
+                    "num_labels": 3,
+                },
             ),
         ),
     )

@@ -3,6 +3,7 @@
 from spa.families.description import (
     FAMILIES,
     AttentionDescription,
+    Example,
     Family,
     FeedForwardDescription,
     StreamDescription,
@@ -32,6 +33,23 @@ VIT = FAMILIES.register("vit")(
             tensors={r"(^|\.)embeddings\.(\w+_token|position_embeddings)$": 2},
             writers=(r"(^|\.)patch_embeddings\.projection$",),
             pooler=r"(^|\.)pooler\.dense$",
+        ),
+        examples=(
+            Example(
+                model="ViTForImageClassification",
+                config="ViTConfig",
+                kind="image",
+                options={
+                    "hidden_size": 32,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "intermediate_size": 64,
+                    "image_size": 8,
+                    "patch_size": 4,
+                    "num_channels": 3,
+                    "num_labels": 3,
+                },
+            ),
         ),
     )
 )

@@ -53,21 +53,27 @@ def normalise_kept(module: nn.Module, x: torch.Tensor, kept: torch.Tensor) -> to
     """
     size, count = x.shape[-1], kept.numel()
     x = x.index_select(-1, kept)
-    if isinstance(module, nn.LayerNorm | nn.RMSNorm):
+    if type(module) in (nn.LayerNorm, nn.RMSNorm):  # a subclass may compute otherwise (1 + w)
         weight, bias = (getattr(module, name, None) for name in ("weight", "bias"))
         weight = None if weight is None else weight.index_select(0, kept)
-        if isinstance(module, nn.RMSNorm):
+        if type(module) is nn.RMSNorm:
             return F.rms_norm(x, (count,), weight, module.eps)
         bias = None if bias is None else bias.index_select(0, kept)
         return F.layer_norm(x, (count,), weight, bias, module.eps)
-    # Any other class: its own forward, bypassing hooks, with its vectors narrowed.
+    # Any other class: its own forward, bypassing hooks, with its vectors (and a LayerNorm
+    # subclass's normalized_shape, e.g. Nemotron's `LayerNorm1P`) narrowed.
     originals = _vectors(module, size)
+    shape = getattr(module, "normalized_shape", None)
     try:
         for name, tensor in originals.items():
             table = module._parameters if name in module._parameters else module._buffers
             table[name] = tensor.index_select(0, kept)
+        if isinstance(shape, tuple):
+            module.normalized_shape = (count,)
         return module.forward(x)
     finally:
+        if isinstance(shape, tuple):
+            module.normalized_shape = shape
         for name, tensor in originals.items():
             table = module._parameters if name in module._parameters else module._buffers
             table[name] = tensor

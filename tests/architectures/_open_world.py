@@ -1,0 +1,177 @@
+"""The architectures spa's families cover, built from the family registry plus a named table.
+
+Every `Example` a registered family carries is a case (a new family is tested with no edit
+here); `NAMED` adds `transformers` architectures that no family names, which must be matched by
+structure alone. Each case declares what it supports; `test_open_world.py` runs exactly that
+end to end, and `markdown_table` renders the same declarations as the README's table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import transformers
+from torch import nn
+
+from spa.families import FAMILIES, Example
+from spa.families.llama import DECODER
+from tests._transformers import Net
+
+ALL_UNITS = ("heads", "ffn", "hidden")
+IMAGE_SHAPES = {"ViTConfig": (3, 8, 8), "SwinConfig": (3, 32, 32)}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One tiny architecture and what spa supports on it.
+
+    Args:
+        name: test id and table row.
+        example: how to build it.
+        family: the family `describe` must find by structure.
+        units: the units pruned end to end.
+        export: the units after whose pruning `spa.save_pretrained` writes a directory plain
+            `transformers` reloads (empty: none).
+        note: why a unit or export is missing (README).
+    """
+
+    name: str
+    example: Example
+    family: str
+    units: tuple[str, ...] = ALL_UNITS
+    export: tuple[str, ...] = ALL_UNITS
+    note: str = ""
+
+    @property
+    def decoder(self) -> bool:
+        return self.example.kind == "decoder"
+
+    def build(self) -> Net:
+        """The tiny model (random init, seeded by the caller) in `Net`, in eval mode."""
+        config = getattr(transformers, self.example.config)(**self.example.options)
+        model = getattr(transformers, self.example.model)(config)
+        _randomise_per_head_tables(model)
+        return Net(model, self.example.kind).eval()
+
+    def inputs(self, batch: int = 2) -> torch.Tensor:
+        """Pixels for image models, else token ids (embeddings would fix the hidden size)."""
+        if self.example.kind == "image":
+            return torch.randn(batch, *IMAGE_SHAPES[self.example.config])
+        return torch.randint(3, 40, (batch, 6))
+
+
+def _randomise_per_head_tables(model: nn.Module) -> None:
+    """transformers starts per-head bias tables at zero: give each head its own values."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                parameter.normal_()
+
+
+# What a family's examples cannot do, declared per family (README notes).
+_DERIVED = "export: the config derives head_dim as hidden / heads"
+_SCALED = "export: the embeddings are scaled by sqrt(config hidden size)"
+_LIMITS = {
+    "bert": {"export": ("ffn",), "note": _DERIVED},
+    "bloom": {
+        "units": ("ffn", "hidden"),
+        "export": (),
+        "note": "heads: ALiBi slopes follow the head count; export: the config has no FFN width",
+    },
+    "gemma2": {"export": ("heads", "ffn"), "note": _SCALED},
+    "gemma3": {"export": ("heads", "ffn"), "note": _SCALED},
+    "gpt2": {"export": ("ffn",), "note": _DERIVED},
+    "gpt_neox": {"export": ("ffn",), "note": _DERIVED},
+    "modernbert": {"export": ("ffn",), "note": _DERIVED},
+    "swin": {"export": (), "note": "export: per-stage config lists"},
+    "vit": {"export": ("ffn",), "note": _DERIVED},
+}
+
+
+def registry_cases() -> list[Architecture]:
+    """One case per `Example` of every registered family."""
+    cases = []
+    for family in FAMILIES:
+        for example in FAMILIES.get(family).examples:
+            name = example.name or family
+            cases.append(Architecture(name, example, family, **_LIMITS.get(family, {})))
+    return cases
+
+
+def _decoder(config: str, model: str, **options) -> Example:
+    return Example(model=model, config=config, kind="decoder", options={**DECODER, **options})
+
+
+# Architectures no family names: matched by structure alone (two of them no issue names).
+NAMED = [
+    Architecture("qwen2", _decoder("Qwen2Config", "Qwen2ForCausalLM"), "llama"),
+    Architecture("mistral", _decoder("MistralConfig", "MistralForCausalLM"), "llama"),
+    Architecture(
+        "gemma",
+        _decoder("GemmaConfig", "GemmaForCausalLM", head_dim=16),
+        "llama",
+        export=("heads", "ffn"),
+        note=_SCALED,
+    ),
+    Architecture("granite", _decoder("GraniteConfig", "GraniteForCausalLM"), "llama"),
+    Architecture(
+        "olmo",
+        _decoder("OlmoConfig", "OlmoForCausalLM"),
+        "llama",
+        units=("heads", "ffn"),
+        export=("heads", "ffn"),
+        note="hidden: its LayerNorms have no weight",
+    ),
+    Architecture("stablelm", _decoder("StableLmConfig", "StableLmForCausalLM"), "llama"),
+    # HeliumConfig defaults head_dim to 128; its o_proj is hidden x hidden, so keep them equal.
+    Architecture("helium", _decoder("HeliumConfig", "HeliumForCausalLM", head_dim=8), "llama"),
+    Architecture("smollm3", _decoder("SmolLM3Config", "SmolLM3ForCausalLM"), "llama"),
+    Architecture("nemotron", _decoder("NemotronConfig", "NemotronForCausalLM"), "llama-up-down"),
+]
+
+
+# Architectures no family fits (each falls back to Torch-Pruning's traced groups), and why.
+UNMATCHED = {
+    "mixtral": (
+        _decoder("MixtralConfig", "MixtralForCausalLM", num_local_experts=4),
+        "experts are 3-D parameters (`experts.gate_up_proj`), not linear layers",
+    ),
+    "qwen2_moe": (
+        _decoder("Qwen2MoeConfig", "Qwen2MoeForCausalLM", num_experts=4),
+        "experts are 3-D parameters, next to a shared expert",
+    ),
+    "olmo2": (
+        _decoder("Olmo2Config", "Olmo2ForCausalLM"),
+        "q/k norms normalise over all heads together",
+    ),
+    "cohere": (
+        _decoder("CohereConfig", "CohereForCausalLM"),
+        "one norm per block (parallel attention and FFN)",
+    ),
+}
+
+
+def cases() -> list[Architecture]:
+    """The registry's cases, then the named table."""
+    return [*registry_cases(), *NAMED]
+
+
+def markdown_table() -> str:
+    """The README's supported-architecture table, rendered from `cases()`."""
+    rows = [
+        "| architecture | transformers class | family | pruned units | KV-cache generation "
+        "| `save_pretrained` reloads after | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in cases():
+        generation = "same tokens" if case.decoder else "n/a"
+        export = ", ".join(case.export) or "no"
+        units = ", ".join(case.units)
+        rows.append(
+            f"| {case.name} | `{case.example.model}` | {case.family} | {units} | {generation} "
+            f"| {export} | {case.note} |"
+        )
+    for name, (example, reason) in UNMATCHED.items():
+        rows.append(f"| {name} | `{example.model}` | none | traced | | | {reason} |")
+    return "\n".join(rows)

@@ -1,0 +1,135 @@
+"""Every family's registered example and the named architectures, end to end (issue 21):
+structure -> family, adapt -> train -> channel_groups -> masks on every supported unit ->
+masked == compacted == fused == loaded bundle == TaskHost; decoders generate the same tokens
+with the KV cache; `save_pretrained` reloads in plain `transformers`."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+import spa
+from spa.families import FAMILIES, describe, explain
+from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups, score
+from tests._transformers import assert_same_generation
+from tests.architectures._open_world import (
+    NAMED,
+    UNMATCHED,
+    Architecture,
+    cases,
+    markdown_table,
+)
+
+CASES = cases()
+IDS = [case.name for case in CASES]
+README = Path(__file__).resolve().parents[2] / "README.md"
+START, END = "<!-- architectures:start -->", "<!-- architectures:end -->"
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    scale = expected.abs().max().clamp_min(1e-6)
+    torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=1e-4)
+
+
+def _trained(case: Architecture):
+    """(base copy, SPLoRA-adapted model after one large SGD step, inputs, targets)."""
+    torch.manual_seed(0)
+    model = case.build()
+    base = copy.deepcopy(model)
+    spa.adapt(model, spa.SPLoRAConfig(rank=2))
+    x, y = case.inputs(), torch.tensor([0, 2])
+    F.cross_entropy(model(x), y).backward()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter.add_(parameter.grad, alpha=-0.5)
+                parameter.grad = None
+    return base, model, x, y
+
+
+def _prune(model, x, y, units, criterion="taylor"):
+    """Local ranking at density 0.3 (uniform layers), the hidden size a multiple of 4."""
+    groups = channel_groups(model, x, units=units)
+    scores = score(model, criterion, groups, data=[(x, y)])
+    masks = compute_masks(groups, scores, 0.3, ranking="local", round_to={"hidden": 4})
+    apply_masks(model, masks)
+    return refresh_groups(model, groups)
+
+
+def test_every_registered_family_has_an_example():
+    assert {case.family for case in CASES} >= set(FAMILIES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_architecture_is_matched_to_its_family_by_structure(case):
+    torch.manual_seed(0)
+    assert describe(case.build()).name == case.family
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_architecture_masked_equals_compacted_fused_loaded_and_hosted(case, tmp_path):
+    base, model, x, y = _trained(case)
+    with torch.no_grad():
+        dense = model(x)
+    groups = _prune(model, x, y, case.units)
+    for unit in case.units:  # every unit really lost channels somewhere
+        assert any(sum(g.kept) < g.size for g in groups if g.unit == unit), unit
+    with torch.no_grad():
+        masked = model(x)
+        assert not torch.allclose(masked, dense, atol=1e-5)
+        compacted = compact(copy.deepcopy(model), x)
+        _close(compacted(x), masked)
+        _close(spa.fuse(copy.deepcopy(compacted))(x), masked)
+    path = tmp_path / "task.safetensors"
+    spa.save_task(model, path, base_model=base)
+    host = spa.TaskHost(base)
+    host.add_task("task", path)
+    with torch.no_grad():
+        _close(spa.load_task(base, path)(x), masked)
+        _close(host.model("task")(x), masked)
+    if case.decoder:
+        assert_same_generation(model, compacted, base, tmp_path / "generation.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c.export], ids=lambda c: c.name)
+def test_architecture_save_pretrained_reloads_in_plain_transformers(case, tmp_path):
+    _, model, x, y = _trained(case)
+    _prune(model, x, y, case.export, criterion="weight")
+    hf_model = model.model
+    with torch.no_grad():
+        expected = model(x)
+    spa.save_pretrained(hf_model, tmp_path / "export")
+    reloaded = getattr(transformers, case.example.model).from_pretrained(tmp_path / "export")
+    with torch.no_grad():
+        _close(type(model)(reloaded.eval(), model.kind)(x), expected)
+    assert sum(p.numel() for p in reloaded.parameters()) < sum(
+        p.numel() for p in case.build().parameters()
+    )
+
+
+def test_readme_architecture_table_is_generated_from_the_cases():
+    text = README.read_text()
+    assert START in text and END in text, "README lacks the architecture table markers"
+    table = text.split(START, 1)[1].split(END, 1)[0].strip()
+    assert table == markdown_table(), "regenerate it: print(markdown_table())"
+
+
+def test_named_architectures_need_no_family_of_their_own():
+    registered = {example.config for f in FAMILIES for example in FAMILIES.get(f).examples}
+    assert not registered & {case.example.config for case in NAMED}
+
+
+@pytest.mark.parametrize("name", list(UNMATCHED))
+def test_unmatched_architecture_has_no_family_and_explain_names_what_did_not_fit(name):
+    example, _ = UNMATCHED[name]
+    case = Architecture(name, example, family="")
+    model = case.build()
+    assert describe(model) is None
+    assert "llama:" in explain(model) and "layers.0" in explain(model)
