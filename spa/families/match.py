@@ -35,10 +35,6 @@ def mismatches(model: nn.Module, family: Family) -> list[str]:
     config = config_of(model)
     if config is None:
         return ["the model has no transformers config"]
-    fields = [family.config_heads, family.config_kv_heads]
-    missing = [name for name in fields if name is not None and not hasattr(config, name)]
-    if missing:
-        return [f"its {type(config).__name__} has no {', '.join(missing)}"]
     try:
         layouts = block_layouts(model, family)
         rows = module_rows(model)
@@ -52,6 +48,10 @@ def mismatches(model: nn.Module, family: Family) -> list[str]:
     absent = [norm for norm in norms if any(f"{b.path}.{norm}" not in modules for b in layouts)]
     if absent:
         return [f"its blocks have no norm {', '.join(absent)}"]
+    fields = [family.config_heads, family.config_kv_heads]
+    missing = [name for name in fields if name is not None and not hasattr(config, name)]
+    if missing:
+        return [f"its {type(config).__name__} has no {', '.join(missing)}"]
     extra = _undescribed(model, family, [layout.path for layout in layouts])
     if extra:
         return [f"modules with parameters in its blocks are not described: {', '.join(extra)}"]
