@@ -12,6 +12,7 @@ whatever its `model_type`. `spa.families.rows` is the one resolver of row layout
 from __future__ import annotations
 
 from spa.families import (  # noqa: E402,F401  (registrations)
+    beit,
     bert,
     bloom,
     gemma,

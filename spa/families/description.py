@@ -287,12 +287,15 @@ def join_path(block: str, relative: str | None) -> str | None:
     return None if relative is None else f"{block}.{relative}" if relative else block
 
 
-def block_layouts(model: nn.Module, family: Family) -> list[BlockLayout]:
+def block_layouts(
+    model: nn.Module, family: Family, modules: Mapping[str, nn.Module] | None = None
+) -> list[BlockLayout]:
     """Resolve `family` on every block of `model`.
 
     Args:
         model: a model of the family (adapted or not, masked or compacted).
         family: its description.
+        modules: `dict(model.named_modules())`, where the caller has it already.
 
     Returns:
         One layout per block, in module order.
@@ -302,7 +305,7 @@ def block_layouts(model: nn.Module, family: Family) -> list[BlockLayout]:
             message names the family, block and path).
     """
     pattern = re.compile(family.blocks)
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules()) if modules is None else modules
     blocks = [name for name in modules if name and pattern.search(name)]
     if not blocks:
         raise ConfigError(

@@ -15,19 +15,25 @@ specific variant wins; where unrelated families fit, it refuses naming them.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 from torch import nn
 
 from spa.errors import ConfigError
-from spa.families.description import FAMILIES, Family, block_layouts, config_of
+from spa.families.description import FAMILIES, Family, block_layouts, config_of, join_path
 from spa.families.rows import ffn_neurons, head_rows, module_rows
 
 
-def mismatches(model: nn.Module, family: Family) -> list[str]:
+def mismatches(
+    model: nn.Module, family: Family, modules: Mapping[str, nn.Module] | None = None
+) -> list[str]:
     """Why `model` is not of `family`: empty when it fits.
 
     Args:
         model: a `transformers` model, possibly wrapped, adapted, masked or compacted.
         family: a description.
+        modules: `dict(model.named_modules())`, where the caller has it already.
 
     Returns:
         One line per reason, naming the config field or module paths that do not fit.
@@ -35,8 +41,9 @@ def mismatches(model: nn.Module, family: Family) -> list[str]:
     config = config_of(model)
     if config is None:
         return ["the model has no transformers config"]
+    modules = dict(model.named_modules()) if modules is None else modules
     try:
-        layouts = block_layouts(model, family)
+        layouts = block_layouts(model, family, modules)
         rows = module_rows(model)
         for layout in layouts:
             head_rows(layout, rows)
@@ -44,7 +51,6 @@ def mismatches(model: nn.Module, family: Family) -> list[str]:
     except (ConfigError, AttributeError) as error:
         return [str(error)]
     norms = family.stream.block_norms if family.stream else ()
-    modules = dict(model.named_modules())
     absent = [norm for norm in norms if any(f"{b.path}.{norm}" not in modules for b in layouts)]
     if absent:
         return [f"its blocks have no norm {', '.join(absent)}"]
@@ -74,11 +80,16 @@ def _undescribed(model: nn.Module, family: Family, blocks: list[str]) -> list[st
         *(family.stream.block_norms if family.stream else ()),
     ]
     named = [path for path in named if path is not None]
+    stream = family.stream.tensors if family.stream else {}
     found: list[str] = []
     for block in blocks:
         for relative, module in model.get_submodule(block).named_modules():
-            if not any(True for _ in module.parameters(recurse=False)):
-                continue
+            own = [
+                join_path(join_path(block, relative), n)
+                for n, _ in module.named_parameters(recurse=False)
+            ]
+            if all(any(re.search(pattern, path) for pattern in stream) for path in own):
+                continue  # no parameters, or only stream tensors (BEiT's layer scales)
             if any(relative == p or relative.startswith(f"{p}.") for p in named):
                 continue
             if relative not in found:
@@ -108,8 +119,9 @@ def describe(model: nn.Module) -> Family | None:
     """
     if config_of(model) is None:
         return None
+    modules = dict(model.named_modules())
     fitting = [FAMILIES.get(name) for name in FAMILIES]
-    fitting = [family for family in fitting if not mismatches(model, family)]
+    fitting = [family for family in fitting if not mismatches(model, family, modules)]
     refined = set().union(*(_ancestors(family) for family in fitting))
     fitting = [family for family in fitting if family.name not in refined]
     if len(fitting) > 1:

@@ -114,7 +114,12 @@ def stream_layouts(
     _add_merges(family, modules, per_stage)
     widths = [_size(model, *members[0]) for members in per_stage]
     poolers = _search(modules, stream.pooler) if stream.pooler else []
-    loose = [(path, "norm", None, 1) for p in stream.norms for path in _search(modules, p)]
+    loose = [
+        (path, "norm", None, 1)
+        for p in stream.norms
+        for path in _search(modules, p)
+        if not isinstance(modules[path], nn.Identity)  # e.g. a final norm mean pooling skips
+    ]
     loose += [(path, "out", None, 1) for p in stream.writers for path in _search(modules, p)]
     loose += [(path, "param", axis, 1) for path, axis in stream_tensors(model, family).items()]
     loose += [(path, "in", None, 1) for path in (poolers or head)]

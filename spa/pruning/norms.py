@@ -40,6 +40,16 @@ def _vectors(module: nn.Module, size: int) -> dict[str, torch.Tensor]:
     }
 
 
+def _plain_formula(module: nn.Module) -> bool:
+    """True for a LayerNorm / RMSNorm computing torch's formula: the class itself, or a subclass
+    whose forward changes only the layout (ConvNeXt's `data_format`; callers pass channels
+    last). Another subclass may compute otherwise (Nemotron's `LayerNorm1P` scales by 1 + w)."""
+    if not isinstance(module, nn.LayerNorm | nn.RMSNorm):
+        return False
+    plain = type(module).forward in (nn.LayerNorm.forward, nn.RMSNorm.forward)
+    return plain or hasattr(module, "data_format")
+
+
 def normalise_kept(module: nn.Module, x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """The norm of `x` (channels last) restricted to the `kept` channel indices.
 
@@ -53,10 +63,10 @@ def normalise_kept(module: nn.Module, x: torch.Tensor, kept: torch.Tensor) -> to
     """
     size, count = x.shape[-1], kept.numel()
     x = x.index_select(-1, kept)
-    if type(module) in (nn.LayerNorm, nn.RMSNorm):  # a subclass may compute otherwise (1 + w)
+    if _plain_formula(module):
         weight, bias = (getattr(module, name, None) for name in ("weight", "bias"))
         weight = None if weight is None else weight.index_select(0, kept)
-        if type(module) is nn.RMSNorm:
+        if isinstance(module, nn.RMSNorm):
             return F.rms_norm(x, (count,), weight, module.eps)
         bias = None if bias is None else bias.index_select(0, kept)
         return F.layer_norm(x, (count,), weight, bias, module.eps)

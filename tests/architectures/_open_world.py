@@ -19,7 +19,6 @@ from spa.families.llama import DECODER
 from tests._transformers import Net
 
 ALL_UNITS = ("heads", "ffn", "hidden")
-IMAGE_SHAPES = {"ViTConfig": (3, 8, 8), "SwinConfig": (3, 32, 32)}
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,8 @@ class Architecture:
     def inputs(self, batch: int = 2) -> torch.Tensor:
         """Pixels for image models, else token ids (embeddings would fix the hidden size)."""
         if self.example.kind == "image":
-            return torch.randn(batch, *IMAGE_SHAPES[self.example.config])
+            size = self.example.options["image_size"]
+            return torch.randn(batch, self.example.options.get("num_channels", 3), size, size)
         return torch.randint(3, 40, (batch, 6))
 
 
