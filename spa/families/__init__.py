@@ -21,6 +21,7 @@ from spa.families import (  # noqa: E402,F401  (registrations)
     llama,
     llama_ffn,
     modernbert,
+    opt,
     phi3,
     swin,
     vit,

@@ -84,6 +84,7 @@ _LIMITS = {
     "gpt2": {"export": ("ffn",), "note": _DERIVED},
     "gpt_neox": {"export": ("ffn",), "note": _DERIVED},
     "modernbert": {"export": ("ffn",), "note": _DERIVED},
+    "opt": {"export": ("ffn",), "note": _DERIVED},
     "swin": {"export": (), "note": "export: per-stage config lists"},
     "vit": {"export": ("ffn",), "note": _DERIVED},
 }

@@ -1,0 +1,56 @@
+"""OPT: q/k/v/out projections, the FFN (`fc1` -> `fc2`) directly on the block, LayerNorms,
+learned position embeddings."""
+
+from spa.families.description import (
+    FAMILIES,
+    AttentionDescription,
+    Example,
+    Family,
+    FeedForwardDescription,
+    StreamDescription,
+)
+
+OPT = FAMILIES.register("opt")(
+    Family(
+        name="opt",
+        blocks=r"(^|\.)layers\.\d+$",
+        attention=AttentionDescription(
+            module="self_attn",
+            head_dim="head_dim",
+            query="self_attn.q_proj",
+            key="self_attn.k_proj",
+            value="self_attn.v_proj",
+            output="self_attn.out_proj",
+            attributes={"num_heads": "heads"},
+        ),
+        ffn=FeedForwardDescription(
+            module="", inputs=("fc1",), output="fc2", activation="activation_fn"
+        ),
+        config_intermediate="ffn_dim",
+        config_head_dim=None,  # OPTAttention derives it as hidden_size / heads
+        stream=StreamDescription(
+            block_norms=("self_attn_layer_norm", "final_layer_norm"),
+            norms=(r"(^|\.)decoder\.final_layer_norm$",),
+            tensors={r"(^|\.)embed_(tokens|positions)\.weight$": 1},
+        ),
+        examples=(
+            Example(
+                model="OPTForCausalLM",
+                config="OPTConfig",
+                kind="decoder",
+                options={
+                    "hidden_size": 32,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "ffn_dim": 64,
+                    "word_embed_proj_dim": 32,
+                    "vocab_size": 40,
+                    "max_position_embeddings": 32,
+                    "bos_token_id": 0,
+                    "eos_token_id": 0,
+                    "pad_token_id": 1,
+                },
+            ),
+        ),
+    )
+)
