@@ -15,7 +15,6 @@ from spa.families import (  # noqa: E402,F401  (registrations)
     beit,
     bert,
     bloom,
-    gemma,
     gpt2,
     gpt_neox,
     llama,

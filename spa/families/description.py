@@ -49,7 +49,9 @@ class AttentionDescription:
         kv_groups: attribute of `module` with the query heads per key/value head, needed for a
             fused `qkv` with grouped-query attention (Phi-3); None: one.
         head_norms: norms over one head's `head_dim` channels, shared by all heads (Qwen3's and
-            Gemma3's `q_norm` / `k_norm`): part of the structure, untouched by head pruning.
+            Gemma3's `q_norm` / `k_norm`), where a model has them: untouched by head pruning. A
+            norm at such a path over more channels (OLMo2's, over all heads together) does not
+            fit the family.
         config_attributes: attributes of `module.config` the module reads at forward time
             (Phi-3 reads `config.num_attention_heads`); compaction gives the module its own
             copy of the config holding its block's counts.
@@ -148,6 +150,8 @@ class StreamDescription:
 
     Args:
         block_norms: norms inside each block that normalise the stream (paths relative to it).
+        optional_block_norms: further block norms on the stream that some models of the family
+            have (Gemma2's and Gemma3's `pre_feedforward_layernorm`, ...).
         norms: model-level norms of the stream (the embeddings' norm, the final norm).
         tensors: bare parameters with one stream axis (regex -> axis): token, position and type
             embeddings, class and mask tokens.
@@ -161,6 +165,7 @@ class StreamDescription:
     """
 
     block_norms: tuple[str, ...]
+    optional_block_norms: tuple[str, ...] = ()
     norms: tuple[str, ...] = ()
     tensors: Mapping[str, int] = field(default_factory=dict)
     writers: tuple[str, ...] = ()
@@ -327,8 +332,10 @@ def block_layouts(
             "ffn_activation": join_path(block, ffn.activation),
         }
         inputs = tuple(join_path(block, p) for p in ffn.inputs)
-        head_norms = tuple(join_path(block, p) for p in attention.head_norms)
-        for path in [p for p in paths.values() if p is not None] + [*inputs, *head_norms]:
+        head_norms = tuple(
+            path for p in attention.head_norms if (path := join_path(block, p)) in modules
+        )
+        for path in [p for p in paths.values() if p is not None] + list(inputs):
             if path not in modules:
                 raise ConfigError(
                     f"model family {family.name!r}: block {block!r} has no module {path!r}; "
@@ -341,6 +348,8 @@ def block_layouts(
                 f"model family {family.name!r}: {paths['attention']}.{attention.head_dim} "
                 f"should hold the head dimension (a positive int), got {head_dim!r}"
             )
+        for path in head_norms:
+            _check_head_norm(family, path, modules[path], head_dim)
         per_head = tuple(
             (_per_head_tensor(model, family, block, relative, axis), axis)
             for relative, axis in attention.per_head.items()
@@ -359,6 +368,16 @@ def block_layouts(
             )
         )
     return layouts
+
+
+def _check_head_norm(family: Family, path: str, norm: nn.Module, head_dim: int) -> None:
+    """A per-head norm must normalise one head's channels (a weight of `head_dim`, or none)."""
+    weight = getattr(norm, "weight", None)
+    if weight is not None and tuple(weight.shape) != (head_dim,):
+        raise ConfigError(
+            f"model family {family.name!r}: {path} normalises {weight.shape[-1]} channels, not one "
+            f"head's {head_dim}: a norm over several heads together does not fit the family"
+        )
 
 
 def _kv_groups(family: Family, path: str, holder: nn.Module) -> int:

@@ -1,10 +1,11 @@
-"""Llama-like decoders: GQA q/k/v/o projections, SwiGLU gate/up/down, two norms per block.
+"""Llama-like decoders: GQA q/k/v/o projections, SwiGLU gate/up/down, RMS or LayerNorms.
 
 Matched by structure, so every decoder with this layout is of the family whatever its
-`model_type`: Llama, Mistral, Qwen2, Gemma, Granite, OLMo, StableLM (without per-head norm
-layers), Helium, SmolLM3, ... `head_dim` is read from the attention module, so it may differ
-from hidden size / heads (Gemma). Variants: `qwen3` (per-head q/k norms), `gemma2` (four norms
-per block), `gemma3` (both).
+`model_type`: Llama, Mistral, Qwen2, Qwen3 (per-head q/k norms), Gemma, Gemma2 (four norms per
+block), Gemma3 (both), Granite, OLMo, StableLM (without per-head norm layers), Helium,
+SmolLM3, ... `head_dim` is read from the attention module, so it may differ from hidden size /
+heads (Gemma). A q/k norm normalises each head's `head_dim` channels with one weight shared by
+all heads, so removing a head leaves it unchanged.
 """
 
 from spa.families.description import (
@@ -30,6 +31,8 @@ DECODER = {
     "pad_token_id": 0,
 }
 
+_GEMMA = {"head_dim": 16, "query_pre_attn_scalar": 16}  # head_dim != hidden / heads
+
 LLAMA = FAMILIES.register("llama")(
     Family(
         name="llama",
@@ -47,6 +50,7 @@ LLAMA = FAMILIES.register("llama")(
                 "num_heads": "heads",
                 "num_key_value_heads": "kv_heads",
             },
+            head_norms=("self_attn.q_norm", "self_attn.k_norm"),
         ),
         ffn=FeedForwardDescription(
             module="mlp",
@@ -59,6 +63,7 @@ LLAMA = FAMILIES.register("llama")(
         config_head_dim="head_dim",  # the Llama-like attentions read `config.head_dim`
         stream=StreamDescription(
             block_norms=("input_layernorm", "post_attention_layernorm"),
+            optional_block_norms=("pre_feedforward_layernorm", "post_feedforward_layernorm"),
             norms=(r"(^|\.)norm$",),
             tensors={r"(^|\.)embed_tokens\.weight$": 1},
         ),
@@ -68,6 +73,27 @@ LLAMA = FAMILIES.register("llama")(
                 config="LlamaConfig",
                 kind="decoder",
                 options={**DECODER, "tie_word_embeddings": True},
+            ),
+            Example(
+                model="Qwen3ForCausalLM",
+                config="Qwen3Config",
+                kind="decoder",
+                options=DECODER,
+                name="qwen3",
+            ),
+            Example(
+                model="Gemma2ForCausalLM",
+                config="Gemma2Config",
+                kind="decoder",
+                options={**DECODER, **_GEMMA},
+                name="gemma2",
+            ),
+            Example(
+                model="Gemma3ForCausalLM",
+                config="Gemma3TextConfig",
+                kind="decoder",
+                options={**DECODER, **_GEMMA},
+                name="gemma3",
             ),
         ),
     )

@@ -78,6 +78,7 @@ def _undescribed(model: nn.Module, family: Family, blocks: list[str]) -> list[st
         *ffn.inputs,
         ffn.output,
         *(family.stream.block_norms if family.stream else ()),
+        *(family.stream.optional_block_norms if family.stream else ()),
     ]
     named = [path for path in named if path is not None]
     stream = family.stream.tensors if family.stream else {}

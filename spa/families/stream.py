@@ -101,7 +101,12 @@ def stream_layouts(
         readers = [layout.qkv] if layout.qkv else [layout.query, layout.key, layout.value]
         members += [(path, "in", None, 1) for path in [*readers, *layout.ffn_inputs]]
         members += [(layout.output, "out", None, 1), (layout.ffn_output, "out", None, 1)]
-        for relative in stream.block_norms:
+        optional = [
+            relative
+            for relative in stream.optional_block_norms
+            if join_path(layout.path, relative) in modules
+        ]
+        for relative in (*stream.block_norms, *optional):
             path = join_path(layout.path, relative)
             if path not in modules:
                 raise ConfigError(

@@ -69,7 +69,7 @@ def _randomise_per_head_tables(model: nn.Module) -> None:
                 parameter.normal_()
 
 
-# What a family's examples cannot do, declared per family (README notes).
+# What an example cannot do, declared per example name (README notes).
 _DERIVED = "export: the config derives head_dim as hidden / heads"
 _SCALED = "export: the embeddings are scaled by sqrt(config hidden size)"
 _LIMITS = {
@@ -96,7 +96,7 @@ def registry_cases() -> list[Architecture]:
     for family in FAMILIES:
         for example in FAMILIES.get(family).examples:
             name = example.name or family
-            cases.append(Architecture(name, example, family, **_LIMITS.get(family, {})))
+            cases.append(Architecture(name, example, family, **_LIMITS.get(name, {})))
     return cases
 
 

@@ -10,22 +10,46 @@ import torch
 
 import spa
 from spa.errors import ConfigError
-from spa.families import FAMILIES, describe, explain, mismatches
+from spa.families import FAMILIES, Example, describe, explain, mismatches
+from spa.families.llama import DECODER
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks
-from tests.architectures._open_world import registry_cases
+from tests.architectures._open_world import Architecture, registry_cases
 
 
-def _build(family: str):
+def _build(name: str):
     torch.manual_seed(0)
-    return next(case for case in registry_cases() if case.family == family).build()
+    return next(case for case in registry_cases() if case.name == name).build()
 
 
-def test_a_variant_wins_over_the_family_it_refines_and_the_parent_names_what_it_lacks():
+def test_qwen3_and_gemma3_are_llama_like_with_no_family_of_their_own():
+    for name in ("qwen3", "gemma2", "gemma3"):
+        assert describe(_build(name)).name == "llama"
+
+
+def test_a_variant_wins_over_the_family_it_refines(monkeypatch):
+    llama = FAMILIES.get("llama")
+    variant = dataclasses.replace(llama, name="llama-variant", variant_of="llama")
+    monkeypatch.setitem(FAMILIES._items, "llama-variant", variant)
+    assert describe(_build("llama")).name == "llama-variant"
+
+
+def test_a_block_module_the_family_does_not_describe_is_named():
     model = _build("qwen3")
-    assert describe(model).name == "qwen3"
-    assert FAMILIES.get("qwen3").variant_of == "llama"
+    ungated = FAMILIES.get("llama-up-down")  # up -> down: Qwen3's gate_proj is left over
+    (reason,) = mismatches(model, ungated)
+    assert "not described: mlp.gate_proj" in reason
+
+
+def test_a_norm_over_all_heads_together_does_not_fit_and_is_named():
+    example = Example(
+        model="Olmo2ForCausalLM", config="Olmo2Config", kind="decoder", options=DECODER
+    )
+    model = Architecture("olmo2", example, family="").build()
+    # OLMo2's q_norm spans all heads; pretend it has Llama's pre-norm to reach that check.
+    for layer in model.model.model.layers:
+        layer.input_layernorm = copy.deepcopy(layer.post_attention_layernorm)
     (reason,) = mismatches(model, FAMILIES.get("llama"))
-    assert "not described" in reason and "self_attn.q_norm" in reason
+    assert "q_norm normalises 32 channels, not one head's 8" in reason
 
 
 def test_a_model_type_does_not_decide_the_family():
