@@ -28,15 +28,13 @@ from spa.families import (  # noqa: E402,F401  (registrations)
 from spa.families.description import (
     FAMILIES,
     AttentionDescription,
-    BlockLayout,
     Example,
     Family,
     FeedForwardDescription,
     MergeDescription,
     StreamDescription,
-    block_layouts,
-    config_of,
 )
+from spa.families.layouts import BlockLayout, block_layouts, config_of
 from spa.families.match import describe, explain, mismatches, per_head_axes
 from spa.families.pretrained import config_values
 from spa.families.rows import HeadRows, ffn_neurons, head_rows, module_rows, neuron_rows

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from torch import nn
 
 from spa.errors import ConfigError
-from spa.families.description import FAMILIES, Family, block_layouts, config_of, join_path
+from spa.families.description import FAMILIES, Family
+from spa.families.layouts import block_layouts, config_of, join_path
 from spa.families.rows import ffn_neurons, head_rows, module_rows
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from torch import nn
 
 from spa.errors import ConfigError
-from spa.families.description import Family, block_layouts
+from spa.families.description import Family
+from spa.families.layouts import block_layouts
 from spa.families.rows import module_rows
 from spa.families.sync import head_counts
 

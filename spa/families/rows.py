@@ -27,7 +27,7 @@ from torch import nn
 
 from spa.adapters.transposed import out_features
 from spa.errors import ConfigError
-from spa.families.description import BlockLayout
+from spa.families.layouts import BlockLayout
 
 Rows = Callable[[str], int]
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from spa.adapters.transposed import is_transposed_linear, out_features
 from spa.errors import ConfigError
-from spa.families.description import Family, block_layouts, join_path, tensor_at
+from spa.families.description import Family
+from spa.families.layouts import block_layouts, join_path, tensor_at
 from spa.families.match import describe, per_head_axes
 
 # (path, role, axis, parts). Roles: "in" input columns of a reader, "out" output rows of a

@@ -14,7 +14,8 @@ import copy
 
 from torch import nn
 
-from spa.families.description import BlockLayout, Family, block_layouts
+from spa.families.description import Family
+from spa.families.layouts import BlockLayout, block_layouts
 from spa.families.match import describe
 from spa.families.rows import ffn_neurons, head_rows, module_rows
 

@@ -44,7 +44,7 @@ from spa.families import (
     neuron_rows,
     stream_layouts,
 )
-from spa.families.description import tensor_at
+from spa.families.layouts import tensor_at
 from spa.pruning.channel_group import ChannelGroup, GroupMember, layer_table, mask_size
 from spa.pruning.module_masks import module_mask
 from spa.pruning.norms import is_last_axis_norm

@@ -17,7 +17,7 @@ from torch import nn
 from spa.adapters.transposed import out_features
 from spa.errors import ConfigError
 from spa.families import block_layouts, describe, head_rows
-from spa.families.description import tensor_at
+from spa.families.layouts import tensor_at
 from spa.tasks._entries import bundle_error
 from spa.tasks.format import Bundle
 

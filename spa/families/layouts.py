@@ -1,0 +1,190 @@
+"""A family description resolved on a model: full dotted paths of every block's units."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from spa.errors import ConfigError
+from spa.families.description import Family
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """A family description resolved on one block of a model: full dotted paths.
+
+    Args:
+        path: the block.
+        attention: the module holding the head attributes.
+        head_dim: the head dimension read from it.
+        query, key, value, qkv, output: attention projections (None where not used).
+        ffn: the feed-forward module.
+        ffn_inputs: its row-side projections (up, gate).
+        ffn_output: its column-side projection (down).
+        ffn_activation: its activation module, if described.
+        per_head: per-head tensors (full dotted path of a parameter or buffer, head axis).
+        qkv_layout: the fused projection's row order (`AttentionDescription.qkv_layout`).
+        kv_groups: query heads per key/value head, read where a fused `qkv` needs it, else 1.
+        ffn_chunks: equal parts of each FFN input's rows (`FeedForwardDescription.chunks`).
+        head_norms: norms over one head's channels (full dotted paths).
+    """
+
+    path: str
+    attention: str
+    head_dim: int
+    query: str | None
+    key: str | None
+    value: str | None
+    qkv: str | None
+    output: str
+    ffn: str
+    ffn_inputs: tuple[str, ...]
+    ffn_output: str
+    ffn_activation: str | None = None
+    per_head: tuple[tuple[str, int], ...] = ()
+    qkv_layout: str = "blocked"
+    kv_groups: int = 1
+    ffn_chunks: int = 1
+    head_norms: tuple[str, ...] = ()
+
+
+def config_of(model: nn.Module):
+    """The first `transformers` config (an object with a `model_type`) found in `model`."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "model_type", None):
+            return config
+    return None
+
+
+def join_path(block: str, relative: str | None) -> str | None:
+    return None if relative is None else f"{block}.{relative}" if relative else block
+
+
+def block_layouts(
+    model: nn.Module, family: Family, modules: Mapping[str, nn.Module] | None = None
+) -> list[BlockLayout]:
+    """Resolve `family` on every block of `model`.
+
+    Args:
+        model: a model of the family (adapted or not, masked or compacted).
+        family: its description.
+        modules: `dict(model.named_modules())`, where the caller has it already.
+
+    Returns:
+        One layout per block, in module order.
+
+    Raises:
+        ConfigError: if no block matches, or a described path or attribute is missing (the
+            message names the family, block and path).
+    """
+    pattern = re.compile(family.blocks)
+    modules = dict(model.named_modules()) if modules is None else modules
+    blocks = [name for name in modules if name and pattern.search(name)]
+    if not blocks:
+        raise ConfigError(
+            f"model family {family.name!r}: no module path matches the block pattern "
+            f"{family.blocks!r}; the model does not have the described structure"
+        )
+    attention, ffn = family.attention, family.ffn
+    layouts = []
+    for block in blocks:
+        paths = {
+            "attention": join_path(block, attention.module),
+            "query": join_path(block, attention.query),
+            "key": join_path(block, attention.key),
+            "value": join_path(block, attention.value),
+            "qkv": join_path(block, attention.qkv),
+            "output": join_path(block, attention.output),
+            "ffn": join_path(block, ffn.module),
+            "ffn_output": join_path(block, ffn.output),
+            "ffn_activation": join_path(block, ffn.activation),
+        }
+        inputs = tuple(join_path(block, p) for p in ffn.inputs)
+        head_norms = tuple(
+            path for p in attention.head_norms if (path := join_path(block, p)) in modules
+        )
+        for path in [p for p in paths.values() if p is not None] + list(inputs):
+            if path not in modules:
+                raise ConfigError(
+                    f"model family {family.name!r}: block {block!r} has no module {path!r}; "
+                    "the model does not match its family description"
+                )
+        holder = modules[paths["attention"]]
+        head_dim = getattr(holder, attention.head_dim, None)
+        if not isinstance(head_dim, int) or head_dim < 1:
+            raise ConfigError(
+                f"model family {family.name!r}: {paths['attention']}.{attention.head_dim} "
+                f"should hold the head dimension (a positive int), got {head_dim!r}"
+            )
+        for path in head_norms:
+            _check_head_norm(family, path, modules[path], head_dim)
+        per_head = tuple(
+            (_per_head_tensor(model, family, block, relative, axis), axis)
+            for relative, axis in attention.per_head.items()
+        )
+        layouts.append(
+            BlockLayout(
+                path=block,
+                head_dim=head_dim,
+                ffn_inputs=inputs,
+                per_head=per_head,
+                qkv_layout=attention.qkv_layout,
+                kv_groups=_kv_groups(family, paths["attention"], holder),
+                ffn_chunks=ffn.chunks,
+                head_norms=head_norms,
+                **paths,
+            )
+        )
+    return layouts
+
+
+def _check_head_norm(family: Family, path: str, norm: nn.Module, head_dim: int) -> None:
+    """A per-head norm must normalise one head's channels (a weight of `head_dim`, or none)."""
+    weight = getattr(norm, "weight", None)
+    if weight is not None and tuple(weight.shape) != (head_dim,):
+        raise ConfigError(
+            f"model family {family.name!r}: {path} normalises {weight.shape[-1]} channels, not one "
+            f"head's {head_dim}: a norm over several heads together does not fit the family"
+        )
+
+
+def _kv_groups(family: Family, path: str, holder: nn.Module) -> int:
+    """Query heads per key/value head where the description names the attribute, else 1."""
+    name = family.attention.kv_groups
+    if name is None:
+        return 1
+    groups = getattr(holder, name, None)
+    if not isinstance(groups, int) or groups < 1:
+        raise ConfigError(
+            f"model family {family.name!r}: {path}.{name} should hold the query heads per "
+            f"key/value head (a positive int), got {groups!r}"
+        )
+    return groups
+
+
+def tensor_at(model: nn.Module, path: str) -> torch.Tensor | None:
+    """The parameter or buffer at the dotted `path` of `model`, or None if there is none."""
+    owner_path, _, name = path.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_path)
+    except AttributeError:
+        return None
+    return owner._parameters.get(name, owner._buffers.get(name))
+
+
+def _per_head_tensor(model: nn.Module, family: Family, block: str, relative: str, axis: int) -> str:
+    """The full path of a described per-head tensor, checked to exist and to have `axis`."""
+    path = join_path(block, relative)
+    tensor = tensor_at(model, path)
+    if tensor is None or axis >= tensor.dim():
+        found = "missing" if tensor is None else f"of shape {tuple(tensor.shape)}"
+        raise ConfigError(
+            f"model family {family.name!r}: block {block!r} has no tensor {path!r} with a head "
+            f"axis {axis} (it is {found}); the model does not match its family description"
+        )
+    return path
