@@ -8,7 +8,10 @@ end to end, and `markdown_table` renders the same declarations as the README's t
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import transformers
@@ -176,3 +179,18 @@ def markdown_table() -> str:
     for name, (example, reason) in UNMATCHED.items():
         rows.append(f"| {name} | `{example.model}` | none | traced | | | {reason} |")
     return "\n".join(rows)
+
+
+def main(paths: list[str]) -> None:
+    """Rewrite the architecture table (between its `spa-docs` markers) of each Markdown file."""
+    pattern = re.compile(
+        r"(<!-- spa-docs:architectures -->\n).*?(<!-- /spa-docs:architectures -->)", re.DOTALL
+    )
+    for name in paths:
+        path = Path(name)
+        text = pattern.sub(lambda m: f"{m[1]}{markdown_table()}\n{m[2]}", path.read_text())
+        path.write_text(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

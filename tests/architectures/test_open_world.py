@@ -28,7 +28,7 @@ from tests.architectures._open_world import (
 CASES = cases()
 IDS = [case.name for case in CASES]
 README = Path(__file__).resolve().parents[2] / "README.md"
-START, END = "<!-- architectures:start -->", "<!-- architectures:end -->"
+START, END = "<!-- spa-docs:architectures -->", "<!-- /spa-docs:architectures -->"
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -118,7 +118,7 @@ def test_readme_architecture_table_is_generated_from_the_cases():
     text = README.read_text()
     assert START in text and END in text, "README lacks the architecture table markers"
     table = text.split(START, 1)[1].split(END, 1)[0].strip()
-    assert table == markdown_table(), "regenerate it: print(markdown_table())"
+    assert table == markdown_table(), "python -m tests.architectures._open_world README.md"
 
 
 def test_named_architectures_need_no_family_of_their_own():
