@@ -43,7 +43,9 @@ class AttentionDescription:
             per key/value head, `[its query heads | key | value]` (GPT-NeoX and BLOOM with
             one query head each, Falcon).
         kv_groups: attribute of `module` with the query heads per key/value head, needed for a
-            fused `qkv` with grouped-query attention (Phi-3); None: one.
+            fused `qkv` with grouped-query attention (Phi-3), or a pair of attributes (query
+            heads, key/value heads) whose ratio it is (Falcon); None: one. Pruning keeps the
+            ratio, so counts not yet synchronised still give it.
         head_norms: norms over one head's `head_dim` channels, shared by all heads (Qwen3's and
             Gemma3's `q_norm` / `k_norm`), where a model has them: untouched by head pruning. A
             norm at such a path over more channels (OLMo2's, over all heads together) does not
@@ -64,7 +66,7 @@ class AttentionDescription:
     attributes: Mapping[str, Quantity] = field(default_factory=dict)
     per_head: Mapping[str, int] = field(default_factory=dict)
     qkv_layout: Literal["blocked", "grouped"] = "blocked"
-    kv_groups: str | None = None
+    kv_groups: str | tuple[str, str] | None = None
     head_norms: tuple[str, ...] = ()
     config_attributes: Mapping[str, Quantity] = field(default_factory=dict)
     fixed_heads: str | None = None

@@ -154,17 +154,18 @@ def _check_head_norm(family: Family, path: str, norm: nn.Module, head_dim: int) 
 
 
 def _kv_groups(family: Family, path: str, holder: nn.Module) -> int:
-    """Query heads per key/value head where the description names the attribute, else 1."""
-    name = family.attention.kv_groups
-    if name is None:
+    """Query heads per key/value head where the description names them, else 1."""
+    spec = family.attention.kv_groups
+    if spec is None:
         return 1
-    groups = getattr(holder, name, None)
-    if not isinstance(groups, int) or groups < 1:
+    names = (spec,) if isinstance(spec, str) else spec
+    values = [getattr(holder, name, None) for name in names]
+    if not all(isinstance(v, int) and v > 0 for v in values) or values[0] % values[-1]:
         raise ConfigError(
-            f"model family {family.name!r}: {path}.{name} should hold the query heads per "
-            f"key/value head (a positive int), got {groups!r}"
+            f"model family {family.name!r}: {path}.{'/'.join(names)} should give the query "
+            f"heads per key/value head (positive ints), got {values!r}"
         )
-    return groups
+    return values[0] // values[-1] if len(values) == 2 else values[0]
 
 
 def tensor_at(model: nn.Module, path: str) -> torch.Tensor | None:

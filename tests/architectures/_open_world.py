@@ -54,6 +54,8 @@ class Architecture:
         config = getattr(transformers, self.example.config)(**self.example.options)
         model = getattr(transformers, self.example.model)(config)
         _randomise_per_head_tables(model)
+        if self.family == "falcon":
+            _plain_linears(model)
         return Net(model, self.example.kind).eval()
 
     def inputs(self, batch: int = 2) -> torch.Tensor:
@@ -72,6 +74,18 @@ def _randomise_per_head_tables(model: nn.Module) -> None:
                 parameter.normal_()
 
 
+def _plain_linears(model: nn.Module) -> None:
+    """Falcon's `FalconLinear` (the same map as `nn.Linear`, its own forward) as `nn.Linear`, which
+    `spa.adapt` wraps; until adapt takes `nn.Linear` subclasses (issue 21 item 6)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+            linear = nn.Linear(
+                module.in_features, module.out_features, bias=module.bias is not None
+            )
+            linear.weight, linear.bias = module.weight, module.bias
+            model.set_submodule(name, linear)
+
+
 # What an example cannot do, declared per example name (README notes).
 _DERIVED = "export: the config derives head_dim as hidden / heads"
 _SCALED = "export: the embeddings are scaled by sqrt(config hidden size)"
@@ -81,6 +95,12 @@ _LIMITS = {
         "units": ("ffn", "hidden"),
         "export": (),
         "note": "heads: ALiBi slopes follow the head count; export: the config has no FFN width",
+    },
+    "falcon": {"export": ("ffn",), "note": f"FalconLinear run as nn.Linear; {_DERIVED}"},
+    "falcon-multi-query": {
+        "units": ("ffn", "hidden"),
+        "export": ("ffn",),
+        "note": "heads: one key/value head read by all heads (one channel)",
     },
     "gemma2": {"export": ("heads", "ffn"), "note": _SCALED},
     "gemma3": {"export": ("heads", "ffn"), "note": _SCALED},
