@@ -158,6 +158,9 @@ def ffn_neurons(layout: BlockLayout, rows: Rows) -> int:
     return total // layout.ffn_chunks
 
 
-def neuron_rows(layout: BlockLayout, neurons: int, neuron: int) -> list[int]:
-    """Rows of FFN neuron `neuron` in each input projection (one per part)."""
-    return [part * neurons + neuron for part in range(layout.ffn_chunks)]
+def neuron_rows(layout: BlockLayout, neurons: int) -> tuple[list[int], list[int]]:
+    """Every row of an FFN input projection (ascending) and the neuron it belongs to: neuron
+    `i` is row `k * neurons + i` of each of the `chunks` parts `k`."""
+    parts = range(layout.ffn_chunks)
+    rows = [part * neurons + i for part in parts for i in range(neurons)]
+    return rows, [i for _ in parts for i in range(neurons)]

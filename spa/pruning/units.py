@@ -80,8 +80,7 @@ def _head_slices(model: nn.Module, layout: BlockLayout) -> tuple[int, list[_Slic
 
 def _ffn_slices(model: nn.Module, layout: BlockLayout) -> tuple[int, list[_Slice]]:
     neurons = ffn_neurons(layout, module_rows(model))
-    pairs = sorted((row, i) for i in range(neurons) for row in neuron_rows(layout, neurons, i))
-    rows, channels = [row for row, _ in pairs], [i for _, i in pairs]
+    rows, channels = neuron_rows(layout, neurons)
     slices = [(path, "out", rows, channels) for path in layout.ffn_inputs]
     every = list(range(neurons))
     slices.append((layout.ffn_output, "in", every, every))

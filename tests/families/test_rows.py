@@ -120,7 +120,9 @@ def test_neuron_rows_of_a_fused_gate_up_are_the_rows_each_chunk_reads():
     gate, up = torch.arange(10).chunk(2, dim=-1)  # Phi3MLP / GlmMLP: gate, up = x.chunk(2)
     neurons = ffn_neurons(layout, lambda path: 10)
     assert neurons == 5
+    rows, owners = neuron_rows(layout, neurons)
+    assert rows == list(range(10))
     for i in range(neurons):
-        assert neuron_rows(layout, neurons, i) == [int(gate[i]), int(up[i])]
+        assert [r for r, owner in zip(rows, owners) if owner == i] == [int(gate[i]), int(up[i])]
     with pytest.raises(ConfigError, match="11 rows are not 2 equal parts"):
         ffn_neurons(layout, lambda path: 11)
