@@ -34,6 +34,7 @@ import torch
 from _timing import interleaved_ratios, report_goal
 
 import spa
+from spa.deploy import compacted
 from spa.models import resnet50
 from spa.pruning import apply_masks, channel_groups, compute_masks
 from spa.tasks import TaskHost, load_task, save_task
@@ -53,7 +54,7 @@ def _make_tasks(base, directory: Path, density: float, tasks: int, x: torch.Tens
             torch.nn.init.normal_(layer.up, std=0.01)
         name = f"d{round(density * 100)}_{index}"
         bundle = directory / f"{name}.safetensors"
-        save_task(model.eval(), bundle, base_model=base)
+        save_task(compacted(model.eval()), bundle, base_model=base)
         task_model = load_task(base, bundle)
         state = {k: v.detach().clone().contiguous() for k, v in task_model.state_dict().items()}
         torch.save(state, directory / f"{name}.pt")

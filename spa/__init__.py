@@ -21,7 +21,7 @@ from spa.adapters import (
     adapt,
     adapter_layers,
 )
-from spa.deploy import compact, compact_blocks, fuse, optimize_for_inference
+from spa.deploy import compact, compact_blocks, compacted, fuse, optimize_for_inference
 from spa.flops import count_flops, count_macs, density
 from spa.tasks import (
     TaskHost,
@@ -50,6 +50,7 @@ __all__ = [
     "adapter_layers",
     "compact",
     "compact_blocks",
+    "compacted",
     "count_flops",
     "count_learned_parameters",
     "count_macs",

@@ -171,6 +171,6 @@ def assert_same_generation(model: nn.Module, compacted: nn.Module, base: nn.Modu
     with torch.no_grad():
         expected = model.model.generate(prompt, **options)
         assert torch.equal(compacted.model.generate(prompt, **options), expected)
-        spa.save_task(model, path, base_model=base)
+        spa.save_task(spa.compacted(model), path, base_model=base)
         assert torch.equal(spa.load_task(base, path).model.generate(prompt, **options), expected)
     assert expected.shape == (1, 12)

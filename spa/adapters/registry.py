@@ -9,6 +9,7 @@ from typing import Any, Literal
 from torch import nn
 
 from spa._registry import Registry
+from spa.codec.protocols import LayerCodec
 from spa.errors import ConfigError
 
 # (module, config, dotted name, context shared by one `adapt` call) -> adapter layer.
@@ -32,6 +33,8 @@ class AdapterKind:
         layer_types: base layer types the kind wraps (others are skipped with a reason).
         make_layer: builds the adapter layer for one base module (raise a `SpaError` to skip
             it: `adapt` records the reason, or re-raises for explicitly targeted layers).
+        codec: the kind's own bundle codec (`spa.codec.LayerCodec`, in its package); None
+            uses the generic codec built from `layer_options` and `from_bundle`.
         layer_options: the layer's construction options as JSON values, for bundles; None if
             the kind has its own bundle codec.
         from_bundle: `(base, options, name) -> layer` rebuilding an (untrained) layer of the
@@ -46,6 +49,7 @@ class AdapterKind:
     config_type: type
     layer_types: tuple[type, ...]
     make_layer: LayerFactory
+    codec: LayerCodec | None = None
     layer_options: Callable[[nn.Module], dict[str, Any]] | None = None
     from_bundle: Callable[[nn.Module, dict[str, Any], str], nn.Module] | None = None
     pruning: PruningKind = "channel"

@@ -4,7 +4,9 @@
    fused weight (`spa.deploy.fuse`).
 2. Compaction, physically smaller tensors:
    - channel pruning: `compact(model)` removes masked channels (heads and FFN neurons of
-     described transformer families included) from the adapted model, which then fuses;
+     described transformer families included) from the adapted model, in place, which then
+     fuses; `compacted(model)` returns a compacted copy (or `model` itself when nothing is
+     masked), the form `spa.save_task` takes: `save_task(compacted(model), path, base_model=b)`;
    - block pruning: `compact_blocks(model, example_inputs)` fuses a copy and removes the heads
      and FFN neurons whose blocks are all pruned, for every described family, with a report of
      parameters and FLOPs before and after (`spa.deploy.blocks`); `without_empty_units` does
@@ -24,6 +26,7 @@ moving them here would make `spa.pruning` import `spa.deploy`, against the impor
 """
 
 from spa.deploy.blocks import CompactionReport, compact_blocks
+from spa.deploy.compacted import compacted, has_pruned_channels
 from spa.deploy.fuse import fuse, fused_layer
 from spa.deploy.optimise import fold_batchnorm, optimize_for_inference
 from spa.pruning.compaction import compact
@@ -34,9 +37,11 @@ __all__ = [
     "UnitRemoval",
     "compact",
     "compact_blocks",
+    "compacted",
     "fold_batchnorm",
     "fuse",
     "fused_layer",
+    "has_pruned_channels",
     "optimize_for_inference",
     "remove_empty_units",
     "without_empty_units",

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from spa.deploy import compacted
 from spa.errors import ConfigError
 from spa.flops import density as channel_density
 from spa.pruning import ChannelPruningConfig, channel_groups, compact, prune_step
@@ -278,8 +279,8 @@ class SpaPruningCallback(TrainerCallback):
         training = model.training
         model.eval()
         try:
-            options = {"example_inputs": self.example_inputs, **self.save_options}
-            save_task(model, path, base_model=self.base_model, **options)
+            task = compacted(model, self.example_inputs)
+            save_task(task, path, base_model=self.base_model, **self.save_options)
         finally:
             model.train(training)
         if reached is None:

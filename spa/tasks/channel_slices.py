@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from spa.adapters.transposed import out_features
+from spa.codec.entries import bundle_error
 from spa.errors import ConfigError
 from spa.families import block_layouts, describe, head_rows
 from spa.families.layouts import tensor_at
-from spa.tasks._entries import bundle_error
 from spa.tasks.format import Bundle
 
 

@@ -22,15 +22,15 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from spa.errors import BundleError, ConfigError
-from spa.tasks.format import canonical_json, read_metadata, write_atomic
-from spa.tasks.modules import (
+from spa.codec.records import (
     apply_attribute_changes,
     attribute_changes,
     check_attribute_changes,
     direct_tensors,
     set_tensor,
 )
+from spa.errors import BundleError, ConfigError
+from spa.tasks.format import canonical_json, read_metadata, write_atomic
 
 EXPORT_FORMAT = "spa-exported-model"
 EXPORT_VERSION = 1

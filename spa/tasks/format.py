@@ -37,6 +37,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from spa.codec.protocols import STORAGE_DTYPES as STORAGE_DTYPES  # re-exported
 from spa.errors import BundleError
 from spa.tasks.bitmasks import check_mask_records, is_count, unpack_mask
 from spa.tasks.bitmasks import pack_mask as pack_mask  # re-exported: the format's mask codec
@@ -48,9 +49,6 @@ METADATA_KEY = "spa_bundle"
 SIGNATURE_KEY = "spa_signature"
 MASKS_TENSOR = "masks"
 LAYOUT_KEY = "tensor_layout"
-
-# Storage dtypes a bundle may use for floating-point tensors.
-STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass

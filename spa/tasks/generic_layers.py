@@ -1,6 +1,6 @@
 """A bundle codec for any registered adapter kind, built from the adapter protocols alone.
 
-A kind without a codec of its own (see `spa.tasks.codecs`) is saved as: its construction
+A kind without a codec of its own (`AdapterKind.codec`) is saved as: its construction
 options (`AdapterKind.layer_options`), the base channels a channel-masked layer still holds
 (`out_indices` / `in_indices`, as channel selections), and every tensor of the layer's
 `state_dict` except base tensors equal to the base model's (they are referenced, not copied).
@@ -22,8 +22,7 @@ from torch import nn
 from spa.adapters import _conv
 from spa.adapters.protocols import ChannelMasked
 from spa.adapters.registry import ADAPTER_KINDS, AdapterKind
-from spa.errors import ConfigError, SpaError
-from spa.tasks._entries import (
+from spa.codec.entries import (
     SELECTIONS,
     bundle_error,
     check_base_layer,
@@ -31,9 +30,11 @@ from spa.tasks._entries import (
     encode_selection,
     select,
 )
-from spa.tasks.format import Bundle
-from spa.tasks.modules import attribute_changes, same_tensor
-from spa.tasks.schema import Check, check_fields, is_object, is_shape, is_text, one_of
+from spa.codec.fields import Check, check_fields, is_object, is_shape, is_text, one_of
+from spa.codec.protocols import Entry, StoredBundle
+from spa.codec.records import attribute_changes, same_tensor
+from spa.codec.writer import BundleWriter
+from spa.errors import ConfigError, SpaError
 
 _INDICES = ("out_indices", "in_indices")
 _BASE_TENSORS = ("base.weight", "base.bias")
@@ -43,8 +44,8 @@ def _kind_with_options(name: str) -> AdapterKind:
     kind = ADAPTER_KINDS.get(name)
     if kind.layer_options is None or kind.from_bundle is None:
         raise ConfigError(
-            f"save_task: adapter kind {name!r} has no bundle codec; register one in "
-            "spa.tasks.codecs.LAYER_CODECS or give the kind layer_options and from_bundle"
+            f"save_task: adapter kind {name!r} has no bundle codec; give its AdapterKind a "
+            "codec, or layer_options and from_bundle"
         )
     return kind
 
@@ -57,12 +58,12 @@ def _selections(layer: nn.Module, base: nn.Module) -> tuple[torch.Tensor | None,
 
 
 def save_generic(
-    name: str, layer: nn.Module, base: nn.Module, writer: Any
-) -> tuple[dict[str, Any], int]:
+    name: str, layer: nn.Module, base: nn.Module, writer: BundleWriter
+) -> tuple[Entry, int]:
     """Record `layer` relative to base layer `base`; return its entry and its kept weights."""
     kind = _kind_with_options(layer.kind)
     base_weight = base.weight.detach()
-    entry: dict[str, Any] = {
+    entry: Entry = {
         "path": name,
         "kind": layer.kind,
         "options": kind.layer_options(layer),
@@ -99,13 +100,13 @@ def size_in(base: nn.Module) -> int:
 class GenericLayerPlan:
     """A validated entry of a kind without its own codec, ready to build."""
 
-    entry: dict[str, Any]
+    entry: Entry
     base: nn.Module
     kind: AdapterKind
     rows: torch.Tensor | None
     cols: torch.Tensor | None
     tensors: dict[str, torch.Tensor]
-    bundle: Bundle
+    bundle: StoredBundle
 
     def layer(self) -> nn.Module:
         """The adapter layer rebuilt over the base slice with the stored tensors."""
@@ -175,7 +176,7 @@ GENERIC_FIELDS: dict[str, Check] = {
 }
 
 
-def plan_generic(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -> GenericLayerPlan:
+def plan_generic(bundle: StoredBundle, entry: Entry, base: nn.Module | None) -> GenericLayerPlan:
     """Validate an entry of a kind without its own codec against its base layer.
 
     Raises:

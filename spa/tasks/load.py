@@ -19,20 +19,20 @@ from torch import nn
 
 from spa.adapters.protocols import is_adapted
 from spa.adapters.transposed import as_linear, is_transposed_linear, linear_view
-from spa.errors import BundleError, ConfigError, SpaWarning
-from spa.families import describe, sliced_tensor_axes, sync_attributes
-from spa.tasks._entries import bundle_error
-from spa.tasks.channel_slices import check_per_head
-from spa.tasks.codecs import codec_for, entry_kind
-from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_fingerprint
-from spa.tasks.format import MASKS_TENSOR, Bundle, read_bundle
-from spa.tasks.module_plans import plan_module
-from spa.tasks.modules import (
+from spa.codec.entries import bundle_error
+from spa.codec.records import (
     apply_attribute_changes,
     direct_tensors,
     set_tensor,
     structural_copy,
 )
+from spa.errors import BundleError, ConfigError, SpaWarning
+from spa.families import describe, sliced_tensor_axes, sync_attributes
+from spa.tasks.channel_slices import check_per_head
+from spa.tasks.codecs import codec_for, entry_kind
+from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_fingerprint
+from spa.tasks.format import MASKS_TENSOR, Bundle, read_bundle
+from spa.tasks.module_plans import plan_module
 from spa.tasks.schema import (
     BANK_FIELDS,
     check_document,

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from spa.tasks._entries import bundle_error, expect, storage_dtype
+from spa.codec.entries import bundle_error, expect, storage_dtype
+from spa.codec.records import check_attribute_changes, direct_tensors, expected_shapes
 from spa.tasks.channel_slices import is_channel_slice
 from spa.tasks.format import Bundle
-from spa.tasks.modules import check_attribute_changes, direct_tensors, expected_shapes
 from spa.tasks.schema import MODULE_FIELDS, check_fields, is_text
 
 _FOLDED_KEYS = frozenset({"weight", "bias", "running_mean", "running_var"})
@@ -47,7 +47,7 @@ def _plan_tensor(
 def _plan_narrowed(
     bundle: Bundle, path: str, key: str, record: Any, module: nn.Module
 ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Check a base tensor narrowed to kept indices (see `spa.tasks.modules.narrowing`);
+    """Check a base tensor narrowed to kept indices (see `spa.codec.records.narrowing`);
     return the indices and the narrowed shape."""
     tensors = direct_tensors(module)
     if not (

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from spa.adapters.transposed import is_transposed_linear
+from spa.codec.records import _MODULE_TABLES, converted_attributes, set_tensor
 from spa.tasks.load import TaskPlan, build_task, module_tensors
-from spa.tasks.modules import _MODULE_TABLES, converted_attributes, set_tensor
 from spa.tasks.scratch import Scratch
 
 

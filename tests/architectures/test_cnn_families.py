@@ -147,8 +147,8 @@ def test_family_pipeline(family, criterion, prepared, tmp_path):
     assert spa.count_flops(fused, p.x) < spa.count_flops(p.base, p.x)
 
     pruned_path, dense_path = tmp_path / "pruned.safetensors", tmp_path / "dense.safetensors"
-    spa.save_task(model, pruned_path, base_model=p.base)
-    spa.save_task(p.model, dense_path, base_model=p.base)
+    spa.save_task(spa.compacted(model), pruned_path, base_model=p.base)
+    spa.save_task(spa.compacted(p.model), dense_path, base_model=p.base)
     assert torch.equal(_run(spa.load_task(p.base, pruned_path), p.x), fused_out)
 
     host = spa.TaskHost(p.base)

@@ -131,7 +131,7 @@ def test_hidden_masked_equals_compacted_equals_fused_and_bundle(case, units, tmp
         _close(compacted(x), masked)
         _close(fused(x), masked)
     path = tmp_path / "task.safetensors"
-    bundle = spa.save_task(model, path, base_model=base)
+    bundle = spa.save_task(spa.compacted(model), path, base_model=base)
     # Frozen tables and tokens are stored as kept indices, not values (decoders train their
     # head, which is tied to the token embedding).
     entries = {entry["path"]: entry for entry in bundle.metadata["modules"]}
@@ -225,7 +225,7 @@ def test_hidden_with_fine_pruning_masked_equals_compacted_and_bundle(case, tmp_p
     with torch.no_grad():
         masked = model(x)
         _close(spa.fuse(compact(copy.deepcopy(model), x))(x), masked)
-        spa.save_task(model, tmp_path / "task.safetensors", base_model=base)
+        spa.save_task(spa.compacted(model), tmp_path / "task.safetensors", base_model=base)
         _close(spa.load_task(base, tmp_path / "task.safetensors")(x), masked)
 
 
@@ -261,5 +261,5 @@ def test_hidden_size_under_every_bert_family_head(name, tmp_path):
     with torch.no_grad():
         masked = model(x)
         _close(spa.fuse(compact(copy.deepcopy(model), x))(x), masked)
-        spa.save_task(model, tmp_path / "task.safetensors", base_model=base)
+        spa.save_task(spa.compacted(model), tmp_path / "task.safetensors", base_model=base)
         _close(spa.load_task(base, tmp_path / "task.safetensors")(x), masked)

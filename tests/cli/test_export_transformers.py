@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 
+from spa.deploy import compacted
 from spa.models.tiny_lm import tiny_llama
 from spa.tasks import load_task, save_task
 from tests.cli.test_errors import assert_one_line_error, spa_command
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow  # every test starts a Python process that imports
 def test_export_transformers_writes_a_directory_and_refuses_to_overwrite_it(tmp_path):
     base = tiny_llama().eval()
     base.save_pretrained(tmp_path / "base")
-    save_task(pruned(base), tmp_path / "task.safetensors", base_model=base)
+    save_task(compacted(pruned(base)), tmp_path / "task.safetensors", base_model=base)
     arguments = ["export", tmp_path / "task.safetensors", "--base", tmp_path / "base"]
     arguments += ["--format", "transformers", "-o", tmp_path / "out"]
 
@@ -45,7 +46,7 @@ def test_export_transformers_of_a_pruned_hidden_size(tmp_path):
     base = tiny_llama().eval()
     base.save_pretrained(tmp_path / "base")
     odd = pruned(base, units=("hidden",), density=0.65)  # 41 of 64: not a multiple of 4 heads
-    save_task(odd, tmp_path / "odd.safetensors", base_model=base)
+    save_task(compacted(odd), tmp_path / "odd.safetensors", base_model=base)
     arguments = ["export", tmp_path / "odd.safetensors", "--base", tmp_path / "base"]
     refused = spa_command(*arguments, "--format", "transformers", "-o", tmp_path / "odd")
     assert_one_line_error(refused, "LlamaConfig refuses", "round_to={'hidden': heads}")
@@ -53,7 +54,7 @@ def test_export_transformers_of_a_pruned_hidden_size(tmp_path):
 
     model = pruned(base, units=("heads", "ffn", "hidden"), round_to={"hidden": 4})
     kept = int(model.model.norm.spa_out_mask.sum())
-    save_task(model, tmp_path / "task.safetensors", base_model=base)
+    save_task(compacted(model), tmp_path / "task.safetensors", base_model=base)
     arguments = ["export", tmp_path / "task.safetensors", "--base", tmp_path / "base"]
     result = spa_command(*arguments, "--format", "transformers", "-o", tmp_path / "out")
     assert result.returncode == 0, result.stderr
@@ -77,7 +78,7 @@ def test_export_remove_empty_units_drops_neurons_block_pruning_emptied(tmp_path)
     with torch.no_grad():
         for layer in model.model.layers:  # the first 16 neurons' down columns, in every layer
             layer.mlp.down_proj.block_mask[:, 0] = False
-    save_task(model, tmp_path / "task.safetensors", base_model=base)
+    save_task(compacted(model), tmp_path / "task.safetensors", base_model=base)
     arguments = ["export", tmp_path / "task.safetensors", "--base", tmp_path / "base"]
     arguments += ["--format", "transformers"]
     kept = spa_command(*arguments, "-o", tmp_path / "kept")
@@ -101,7 +102,7 @@ def test_export_onnx_of_a_pruned_decoder_runs_in_onnxruntime_at_any_batch_and_le
     base = tiny_llama().eval()
     base.save_pretrained(tmp_path / "base")
     model = pruned(base, units=("heads", "ffn", "hidden"))
-    save_task(model, tmp_path / "task.safetensors", base_model=base)
+    save_task(compacted(model), tmp_path / "task.safetensors", base_model=base)
     arguments = ["export", tmp_path / "task.safetensors", "--base", tmp_path / "base"]
     result = spa_command(*arguments, "--format", "onnx", "-o", tmp_path / "task.onnx")
     assert result.returncode == 0, result.stderr

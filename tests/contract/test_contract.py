@@ -158,7 +158,7 @@ def test_contract_compacted_equals_masked(kind: str, layer: str) -> None:
 def test_contract_bundle_round_trip_is_exact(kind: str, layer: str, tmp_path) -> None:
     base, model, x = _trained(kind, layer)
     path = tmp_path / "task.safetensors"
-    bundle = spa.save_task(model, path, base_model=base, example_inputs=x)
+    bundle = spa.save_task(spa.compacted(model, x), path, base_model=base)
     assert {entry["kind"] for entry in bundle.metadata["layers"]} == {kind}
     assert bundle.metadata["density"] == pytest.approx(spa.density(model))
     loaded = spa.load_task(base, path)
@@ -174,7 +174,7 @@ def test_contract_bundle_round_trip_is_exact(kind: str, layer: str, tmp_path) ->
 def test_contract_bundle_refuses_a_foreign_base(kind: str, layer: str, tmp_path) -> None:
     base, model, x = _trained(kind, layer)
     path = tmp_path / "task.safetensors"
-    spa.save_task(model, path, base_model=base, example_inputs=x)
+    spa.save_task(spa.compacted(model, x), path, base_model=base)
     foreign = copy.deepcopy(base)
     with torch.no_grad():
         next(foreign.parameters()).add_(1.0)

@@ -129,7 +129,7 @@ def test_compact_blocks_of_a_task_from_a_bundle_equals_the_trained_models(case, 
         expected = model(x)
     _, trained_report = compact_blocks(model, x)
     path = tmp_path / "task.safetensors"
-    spa.save_task(model, path, base_model=base)
+    spa.save_task(spa.compacted(model), path, base_model=base)
     compacted, report = compact_blocks(spa.load_task(base, path), x)
     host = spa.TaskHost(base, finalize=without_empty_units)
     host.add_task("task", path)

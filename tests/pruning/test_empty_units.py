@@ -88,7 +88,7 @@ def test_remove_empty_units_on_a_task_loaded_through_task_host(case, tmp_path):
     with torch.no_grad():
         expected = model(x)
     path = tmp_path / "task.safetensors"
-    spa.save_task(model, path, base_model=base)
+    spa.save_task(spa.compacted(model), path, base_model=base)
     plain = spa.load_task(base, path)
     host = spa.TaskHost(base, finalize=without_empty_units)
     host.add_task("task", path)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spa.deploy import compacted
 from spa.errors import SpaError
 from spa.tasks import build_task, fingerprint, plan_task
 from spa.tasks.format import parse_bundle
@@ -133,7 +134,7 @@ def subjects(work: Path) -> list[tuple[nn.Module, bytes, torch.Tensor]]:
     x = torch.randn(2, 4, 6, 6)
     for config, norms in ((spa.SPLoRAConfig(rank=2), "exact"), (spa.FinePruningConfig(), "folded")):
         model = trained_task(conv_base, config, x)
-        made.append((conv_base, model, x, {"compact": False, "norm_statistics": norms}))
+        made.append((conv_base, model, x, {"keep_masks": True, "norm_statistics": norms}))
     mlp_base = mlp(in_features=12, hidden=16).eval()
     x = torch.randn(4, 12)
     model = spa.adapt(copy.deepcopy(mlp_base), spa.SPLoRAConfig(rank=2))
@@ -151,11 +152,12 @@ def subjects(work: Path) -> list[tuple[nn.Module, bytes, torch.Tensor]]:
     apply_masks(model, compute_masks(groups, scores, 0.5))
     for _, layer in spa.adapter_layers(model):
         nn.init.normal_(layer.up)
-    made.append((residual_base, model, x, {"example_inputs": (x,)}))
+    made.append((residual_base, compacted(model, (x,)), x, {}))
     made.append(_hidden_pruned_decoder())
     result = []
     for index, (base, model, example, options) in enumerate(made):
         path = work / f"subject{index}.safetensors"
-        save_task(model, path, base_model=base, **options)
+        task = model if options.get("keep_masks") else compacted(model)
+        save_task(task, path, base_model=base, **options)
         result.append((base, path.read_bytes(), example))
     return result

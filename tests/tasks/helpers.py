@@ -14,7 +14,7 @@ def trained_task(base: nn.Module, config, example: torch.Tensor, keep: float = 0
     """Adapt a copy of `base` and change everything a training run would change.
 
     Adapter factors get large random values, masks drop about `1 - keep` of the channels (set
-    by hand: save these with `compact=False`), fine-pruned weights move, norms and the head
+    by hand: save these with `keep_masks=True`), fine-pruned weights move, norms and the head
     change and batch-norm statistics are updated by a train-mode forward pass.
     """
     model = spa.adapt(copy.deepcopy(base), config)

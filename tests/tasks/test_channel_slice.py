@@ -55,7 +55,7 @@ def _narrowed_table_bundle(tmp_path, table) -> tuple[torch.nn.Module, str]:
     narrowed = table(bias.relative_position_bias_table.detach())
     bias.relative_position_bias_table = torch.nn.Parameter(narrowed)
     path = tmp_path / "task.safetensors"
-    spa.save_task(model, path, base_model=base)
+    spa.save_task(spa.compacted(model), path, base_model=base)
     return base, path
 
 

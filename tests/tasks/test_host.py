@@ -24,7 +24,7 @@ def setup(tmp_path):
         models[name] = trained_task(base, config, x)
         paths[name] = tmp_path / f"{name}.safetensors"
         save_task(
-            models[name], paths[name], base_model=base, compact=False, norm_statistics="exact"
+            models[name], paths[name], base_model=base, keep_masks=True, norm_statistics="exact"
         )
     return base, x, paths, models
 
@@ -118,7 +118,7 @@ def test_task_host_stays_usable_after_bad_bundle(setup, tmp_path):
         trained_task(foreign_base, spa.SPLoRAConfig(rank=2), x),
         foreign,
         base_model=foreign_base,
-        compact=False,
+        keep_masks=True,
     )
     with pytest.raises(BundleError, match="trained against base"):
         host.add_task("foreign", foreign)

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import spa
+from spa.codec.records import narrowing
+from spa.deploy import compacted
 from spa.errors import BundleError
 from spa.models.tiny_lm import tiny_llama
 from spa.tasks import load_task, save_task
-from spa.tasks.modules import narrowing
 from tests.families.test_pretrained import pruned
 from tests.tasks.test_validation import _rewrite
 
@@ -40,7 +41,7 @@ def saved(tmp_path):
     base = tiny_llama().eval()
     model = pruned(base, units=("hidden",), density=0.6)
     path = tmp_path / "task.safetensors"
-    bundle = save_task(model, path, base_model=base)
+    bundle = save_task(compacted(model), path, base_model=base)
     ids = torch.randint(0, 256, (2, 5))
     with torch.no_grad():
         expected = model(ids).logits
@@ -135,7 +136,7 @@ def test_a_tied_head_and_embedding_stay_one_tensor_when_loaded(tmp_path):
     groups = channel_groups(model, None, units=("hidden",))
     apply_masks(model, compute_masks(groups, score(model, "weight", groups), 0.6))
     path = tmp_path / "task.safetensors"
-    bundle = save_task(model, path, base_model=base)
+    bundle = save_task(compacted(model), path, base_model=base)
     narrowed = {e["path"] for e in bundle.metadata["modules"] if "narrowed" in e}
     assert {"lm_head", EMBEDDING} <= narrowed  # frozen and tied: both are kept indices
     host = spa.TaskHost(base)

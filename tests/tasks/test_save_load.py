@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import spa
+from spa.deploy import compacted
 from spa.errors import BundleError, ConfigError, SpaWarning
 from spa.tasks import fingerprint, load_task, plan_task, read_bundle, save_task
 from spa.tasks.fingerprint import structure_fingerprint
@@ -27,7 +28,7 @@ def test_load_task_exact_norms_is_bit_identical(tmp_path, dims, config):
     x = torch.randn(INPUTS[dims])
     model = trained_task(base, config, x)
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, norm_statistics="exact", compact=False)
+    save_task(model, path, base_model=base, norm_statistics="exact", keep_masks=True)
     task = load_task(base, path)
     assert torch.equal(outputs(task, x), outputs(model, x))
     assert not torch.allclose(outputs(task, x), outputs(base, x))
@@ -40,7 +41,7 @@ def test_load_task_folded_norms_match_to_rounding(tmp_path, config):
     x = torch.randn(3, 3, 8, 8)
     model = trained_task(base, config, x)
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, compact=False)
+    save_task(model, path, base_model=base, keep_masks=True)
     task = load_task(base, path)
     expected = outputs(model, x)
     torch.testing.assert_close(
@@ -61,7 +62,7 @@ def _splopa_task(shared: bool) -> tuple[nn.Module, nn.Module, torch.Tensor]:
 def test_load_task_splopa_roundtrip(tmp_path, shared):
     base, model, x = _splopa_task(shared)
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base)
+    save_task(compacted(model), path, base_model=base)
     torch.testing.assert_close(
         outputs(load_task(base, path), x), outputs(model, x), rtol=1e-6, atol=1e-6
     )
@@ -72,7 +73,7 @@ def test_load_task_splopa_roundtrip(tmp_path, shared):
 def test_splopa_bundle_stores_kept_blocks_only(tmp_path):
     base, model, _ = _splopa_task(shared=True)
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base)
+    save_task(compacted(model), path, base_model=base)
     tensors = read_bundle(path).tensors
     for name, layer in spa.adapter_layers(model):
         kept = int(layer.block_mask.sum())
@@ -86,7 +87,7 @@ def test_splora_bundle_stores_kept_factors_only(tmp_path):
     x = torch.randn(4, 12)
     model = trained_task(base, spa.SPLoRAConfig(rank=3), x)
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, compact=False)
+    save_task(model, path, base_model=base, keep_masks=True)
     tensors = read_bundle(path).tensors
     adapter_values = 0
     for name, layer in spa.adapter_layers(model):
@@ -104,7 +105,7 @@ def test_bundle_metadata_describes_the_task(tmp_path):
     x = torch.randn(2, 4, 6, 6)
     model = trained_task(base, spa.SPLoRAConfig(rank=3), x)
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, compact=False, model_name="convnet")
+    save_task(model, path, base_model=base, keep_masks=True, model_name="convnet")
     metadata = read_bundle(path).metadata
     kept = total = 0
     for _, layer in spa.adapter_layers(model):
@@ -126,7 +127,7 @@ def test_load_task_shares_unchanged_base_tensors(tmp_path):
     nn.init.normal_(model.conv2.up)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base)
+    save_task(compacted(model), path, base_model=base)
     task = load_task(base, path)
     assert task.conv1.weight is base.conv1.weight and task.bn2.running_mean is base.bn2.running_mean
     assert task.conv2.weight is not base.conv2.weight
@@ -151,7 +152,7 @@ def test_load_task_of_compacted_model(tmp_path, kept, selection):
         nn.init.normal_(layer.up)
     _compact_by_hand(model, torch.tensor(kept))
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base)
+    save_task(compacted(model), path, base_model=base)
     task = load_task(base, path)
     assert task.get_submodule("0").out_features == len(kept)
     assert task.get_submodule("0").weight.shape == (len(kept), 12)
@@ -174,7 +175,7 @@ def test_save_task_compacts_masked_model(tmp_path):
     for _, layer in spa.adapter_layers(model):
         nn.init.normal_(layer.up)
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, example_inputs=(x,))
+    save_task(compacted(model, (x,)), path, base_model=base)
     task = load_task(base, path)
     torch.testing.assert_close(outputs(task, x), outputs(model, x), rtol=1e-5, atol=1e-5)
     assert sum(p.numel() for p in task.parameters()) < sum(p.numel() for p in base.parameters())
@@ -187,8 +188,8 @@ def test_half_precision_storage(tmp_path, dtype, tolerance):
     x = torch.randn(4, 12)
     model = trained_task(base, spa.SPLoRAConfig(rank=3), x)
     full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
-    save_task(model, full, base_model=base, compact=False)
-    save_task(model, half, base_model=base, compact=False, dtype=dtype)
+    save_task(model, full, base_model=base, keep_masks=True)
+    save_task(model, half, base_model=base, keep_masks=True, dtype=dtype)
     stored = {n: t for n, t in read_bundle(half).tensors.items() if t.is_floating_point()}
     assert all(t.dtype == dtype for t in stored.values())
     expected = outputs(model, x)
@@ -203,7 +204,7 @@ def test_load_task_refuses_foreign_base(tmp_path):
     base, other = ConvNet().eval(), ConvNet().eval()
     model = trained_task(base, spa.SPLoRAConfig(rank=2), torch.randn(2, 4, 6, 6))
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, compact=False)
+    save_task(model, path, base_model=base, keep_masks=True)
     pattern = (
         f"trained against base {fingerprint(base)} \\(ConvNet\\), but the given base is "
         f"{fingerprint(other)} \\(ConvNet\\)"
@@ -216,7 +217,7 @@ def test_load_task_refuses_missing_layer(tmp_path):
     base = ConvNet().eval()
     model = trained_task(base, spa.SPLoRAConfig(rank=2), torch.randn(2, 4, 6, 6))
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, compact=False)
+    save_task(model, path, base_model=base, keep_masks=True)
     renamed = copy.deepcopy(base)
     renamed.first = renamed.conv1
     del renamed.conv1
@@ -235,7 +236,7 @@ def test_load_task_refuses_shape_mismatch(tmp_path):
     base = ConvNet().eval()
     model = trained_task(base, spa.SPLoRAConfig(rank=2), torch.randn(2, 4, 6, 6))
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, compact=False)
+    save_task(model, path, base_model=base, keep_masks=True)
     wider = ConvNet(in_channels=5).eval()
     with pytest.raises(BundleError, match="made for another architecture"):
         load_task(wider, path, strict_fingerprint=False)
@@ -252,14 +253,14 @@ def test_save_task_refuses_adapted_base(tmp_path):
     base = mlp()
     model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
     with pytest.raises(ConfigError, match="base_model contains adapter layers"):
-        save_task(model, tmp_path / "task.safetensors", base_model=model)
+        save_task(compacted(model), tmp_path / "task.safetensors", base_model=model)
 
 
 def test_save_task_refuses_other_module_tree(tmp_path):
     model = spa.adapt(mlp(), spa.SPLoRAConfig(rank=2))
     base = nn.Sequential(nn.Linear(12, 16))
     with pytest.raises(ConfigError, match="module '1' is a ReLU in the task model but missing"):
-        save_task(model, tmp_path / "task.safetensors", base_model=base)
+        save_task(compacted(model), tmp_path / "task.safetensors", base_model=base)
 
 
 @pytest.mark.slow
@@ -282,7 +283,7 @@ def test_resnet18_bundle_size_at_30_percent_density(tmp_path):
         model(torch.randn(8, 3, 32, 32))
     model.eval()
     path = tmp_path / "task.safetensors"
-    bundle = save_task(model, path, base_model=base, example_inputs=(x,), norm_statistics="folded")
+    bundle = save_task(compacted(model, (x,)), path, base_model=base, norm_statistics="folded")
     dparams = spa.count_learned_parameters(spa.pruning.compact(copy.deepcopy(model)))
     assert bundle.metadata["dparams"] == dparams
     size = path.stat().st_size
@@ -292,6 +293,6 @@ def test_resnet18_bundle_size_at_30_percent_density(tmp_path):
     # The default keeps exact BatchNorm statistics: the loaded task equals the compacted,
     # fused trained model bit for bit, at the cost of 2 more values per kept BN channel.
     exact_path = tmp_path / "exact.safetensors"
-    save_task(model, exact_path, base_model=base)
+    save_task(compacted(model), exact_path, base_model=base)
     trained = spa.fuse(spa.pruning.compact(copy.deepcopy(model)))
     assert torch.equal(outputs(load_task(base, exact_path), x), outputs(trained, x))

@@ -37,7 +37,7 @@ def task(tmp_path):
 def _save(task, name, key=None):
     base, model, _, tmp_path = task
     path = tmp_path / name
-    save_task(model, path, base_model=base, compact=False, signing_key=key)
+    save_task(model, path, base_model=base, keep_masks=True, signing_key=key)
     return path
 
 

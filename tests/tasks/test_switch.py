@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import spa
+from spa.deploy import compacted
 from spa.pruning import apply_masks, channel_groups, compute_masks
 from spa.tasks import TaskHost, load_task, plan_task, read_bundle, save_task
 from spa.tasks.scratch import Scratch
@@ -42,7 +43,7 @@ def residual_tasks(tmp_path):
     for name, density in (("a", 0.6), ("b", 0.4), ("c", 0.5)):
         models[name] = _pruned(base, x, spa.SPLoRAConfig(rank=2), density)
         paths[name] = tmp_path / f"{name}.safetensors"
-        save_task(models[name], paths[name], base_model=base)
+        save_task(compacted(models[name]), paths[name], base_model=base)
     return base, x, paths, models
 
 
@@ -103,9 +104,9 @@ def test_switch_plan_matches_load_task_for_other_layers(tmp_path, kind):
     else:
         base, x = ConvNet().eval(), torch.randn(2, 4, 6, 6)
         model = trained_task(base, spa.SPLoRAConfig(rank=2), x)
-        options, gathered = {"compact": False, "norm_statistics": "folded"}, 0
+        options, gathered = {"keep_masks": True, "norm_statistics": "folded"}, 0
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, **options)
+    save_task(model if options else compacted(model), path, base_model=base, **options)
     plan, built, reference = _built_both_ways(base, path)
     assert plan.gathered == gathered
     for key, tensor in reference.state_dict().items():

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import spa
+from spa.deploy import compacted
 from spa.errors import BundleError, SpaWarning
 from spa.models import create_model
 from spa.tasks import TaskHost, build_task, load_task, plan_task, read_bundle, save_task
@@ -35,7 +36,7 @@ def saved(tmp_path):
     x = torch.randn(X)
     model = trained_task(base, spa.SPLoRAConfig(rank=2), x)
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, compact=False)
+    save_task(model, path, base_model=base, keep_masks=True)
     return base, x, path, outputs(model, x)
 
 
@@ -134,7 +135,7 @@ def test_load_task_refuses_out_of_range_and_repeated_indices(tmp_path):
     model.get_submodule("0").select_channels(out_positions=torch.tensor([9, 0, 3]))
     model.get_submodule("2").select_channels(in_positions=torch.tensor([9, 0, 3]))
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base)
+    save_task(compacted(model), path, base_model=base)
     assert read_bundle(path).metadata["layers"][0]["out_selection"] == "indices"
     for values, message in (
         ([9, 0, 16], "output channel index outside the base's 16"),
@@ -206,7 +207,7 @@ def test_non_strict_fingerprint_never_relaxes_the_architecture(tmp_path):
     base34 = create_model("resnet34", num_classes=3, width=4).eval()
     model = spa.adapt(copy.deepcopy(base18), spa.SPLoRAConfig(rank=1))
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base18)
+    save_task(compacted(model), path, base_model=base18)
     with pytest.raises(BundleError, match="made for another architecture"):
         load_task(base34, path, strict_fingerprint=False)
     other18 = create_model("resnet18", num_classes=3, width=4).eval()  # other weights
@@ -249,7 +250,7 @@ def test_save_task_writes_a_group_readable_bundle_under_umask_022(tmp_path):
     model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
     old = os.umask(0o022)
     try:
-        save_task(model, tmp_path / "task.safetensors", base_model=base)
+        save_task(compacted(model), tmp_path / "task.safetensors", base_model=base)
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "task.safetensors").stat().st_mode) == 0o644
@@ -271,8 +272,8 @@ def test_task_host_with_example_inputs_refuses_a_model_that_cannot_run(tmp_path)
     x = torch.randn(X)
     model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
     good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
-    save_task(model, good, base_model=base)
-    save_task(model, bad, base_model=base)
+    save_task(compacted(model), good, base_model=base)
+    save_task(compacted(model), bad, base_model=base)
     _rewrite(bad, _narrow_conv1)
     with pytest.raises(RuntimeError):  # each entry is valid on its own; the chain is not
         load_task(base, bad)(x)
@@ -289,7 +290,7 @@ def test_bundle_returned_by_save_task_plans_like_the_file(tmp_path):
     base = ConvNet().eval()
     x = torch.randn(X)
     model = trained_task(base, spa.SPLoRAConfig(rank=2), x)
-    bundle = save_task(model, tmp_path / "task.safetensors", base_model=base, compact=False)
+    bundle = save_task(model, tmp_path / "task.safetensors", base_model=base, keep_masks=True)
     assert bundle.metadata == read_bundle(tmp_path / "task.safetensors").metadata
     built = build_task(base, plan_task(base, bundle))
     assert torch.equal(

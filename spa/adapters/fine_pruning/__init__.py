@@ -7,6 +7,7 @@ from torch import nn
 from spa.adapters._conv import SUPPORTED_LAYERS
 from spa.adapters.fine_pruning.config import FinePruningConfig
 from spa.adapters.registry import AdapterKind, register_kind
+from spa.adapters.splora.codec import SPLORA_CODEC
 from spa.adapters.splora.layer import SPLoRALayer
 
 
@@ -22,6 +23,7 @@ FINE_PRUNING = register_kind(
         label="Fine-pruning",
         layer_types=SUPPORTED_LAYERS,
         make_layer=_make_layer,
+        codec=SPLORA_CODEC,
     )
 )
 

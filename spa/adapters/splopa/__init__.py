@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from spa.adapters.registry import AdapterKind, register_kind
+from spa.adapters.splopa.codec import SPLOPA_CODEC
 from spa.adapters.splopa.config import SPLoPAConfig
 from spa.adapters.splopa.equation import splopa_weight
 from spa.adapters.splopa.layer import PrototypeBank, SPLoPALinear, check_block_shape
@@ -44,6 +45,7 @@ SPLOPA = register_kind(
         label="SPLoPA R{num_prototypes} {block_shape[0]}x{block_shape[1]}",
         layer_types=(nn.Linear,),
         make_layer=_make_layer,
+        codec=SPLOPA_CODEC,
     )
 )
 

@@ -6,6 +6,7 @@ from torch import nn
 
 from spa.adapters._conv import SUPPORTED_LAYERS
 from spa.adapters.registry import AdapterKind, register_kind
+from spa.adapters.splora.codec import SPLORA_CODEC
 from spa.adapters.splora.config import SPLoRAConfig
 from spa.adapters.splora.equation import splora_weight
 from spa.adapters.splora.layer import SPLoRALayer
@@ -26,6 +27,7 @@ SPLORA = register_kind(
         label="SPLoRA r{rank}",
         layer_types=SUPPORTED_LAYERS,
         make_layer=_make_layer,
+        codec=SPLORA_CODEC,
     )
 )
 

@@ -10,6 +10,7 @@ from transformers import BertConfig, BertForQuestionAnswering
 
 from spa.adapters import ADAPTER_KINDS
 from spa.adapters.protocols import block_prunable_layers
+from spa.deploy import compacted
 from spa.experiments.build import adapt_model
 from spa.experiments.config import from_dict
 from spa.experiments.task_types import TASK_TYPES, unsupported_reason
@@ -79,7 +80,7 @@ def test_prepared_block_pruned_model_round_trips_through_a_bundle(kind: str, tmp
     for _, layer in layers:
         layer.block_mask.copy_(torch.rand(layer.block_mask.shape) < 0.6)
     model.eval()
-    save_task(model, tmp_path / "task.safetensors", base_model=base)
+    save_task(compacted(model), tmp_path / "task.safetensors", base_model=base)
     loaded = load_task(base, tmp_path / "task.safetensors").eval()
     inputs = torch.randint(0, 30, (2, 12))
     with torch.no_grad():

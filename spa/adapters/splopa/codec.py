@@ -13,15 +13,15 @@ channel selections. Loading rebuilds Eq. 6 as one plain `nn.Linear`::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from spa.adapters.masks import expand_block_mask
 from spa.adapters.protocols import BLOCK_MASK
-from spa.adapters.splopa import SPLoPALinear, splopa_weight
-from spa.tasks._entries import (
+from spa.adapters.splopa.equation import splopa_weight
+from spa.adapters.splopa.layer import SPLoPALinear
+from spa.codec.entries import (
     BIAS_KINDS,
     SELECTIONS,
     bundle_error,
@@ -35,9 +35,7 @@ from spa.tasks._entries import (
     expect,
     select,
 )
-from spa.tasks.format import Bundle
-from spa.tasks.modules import attribute_changes, same_tensor
-from spa.tasks.schema import (
+from spa.codec.fields import (
     Check,
     check_fields,
     is_flag,
@@ -47,6 +45,12 @@ from spa.tasks.schema import (
     is_text,
     one_of,
 )
+from spa.codec.protocols import Entry, LayerCodec, StoredBundle
+from spa.codec.records import attribute_changes, same_tensor
+from spa.codec.writer import BundleWriter
+
+# The metadata section holding each prototype bank once.
+BANKS = "banks"
 
 
 def _indices(layer: nn.Module, side: str, size: int, device: torch.device) -> torch.Tensor:
@@ -54,29 +58,31 @@ def _indices(layer: nn.Module, side: str, size: int, device: torch.device) -> to
     return torch.arange(size, device=device) if indices is None else indices.to(device)
 
 
-def _bank_key(layer: SPLoPALinear, writer: Any) -> str:
+def _bank_key(layer: SPLoPALinear, writer: BundleWriter) -> str:
+    """The key of the layer's prototype bank; the first layer of a bank stores it."""
     bank = layer.prototypes
-    if id(bank) not in writer.banks:
-        key = f"bank{len(writer.banks)}"
-        writer.banks[id(bank)] = {
+
+    def record(key: str) -> Entry:
+        writer.add(f"banks.{key}.row_factors", bank.row_factors)  # (R, p, r)
+        writer.add(f"banks.{key}.col_factors", bank.col_factors)  # (R, q, r)
+        return {
             "key": key,
             "block_shape": list(bank.block_shape),
             "num_prototypes": bank.num_prototypes,
             "prototype_rank": bank.prototype_rank,
         }
-        writer.add(f"banks.{key}.row_factors", bank.row_factors)  # (R, p, r)
-        writer.add(f"banks.{key}.col_factors", bank.col_factors)  # (R, q, r)
-    return writer.banks[id(bank)]["key"]
+
+    return writer.share(BANKS, bank, "bank", record)
 
 
 def save_splopa(
-    name: str, layer: SPLoPALinear, base: nn.Module, writer: Any
-) -> tuple[dict[str, Any], int]:
+    name: str, layer: SPLoPALinear, base: nn.Module, writer: BundleWriter
+) -> tuple[Entry, int]:
     """Record `layer` relative to base layer `base`; return its entry and its kept weights."""
     weight, base_weight = layer.base.weight.detach(), base.weight.detach()
     device = base_weight.device
     rows, cols = layer.block_shape
-    entry: dict[str, Any] = {
+    entry: Entry = {
         "path": name,
         "kind": layer.kind,
         "block_shape": [rows, cols],
@@ -121,7 +127,7 @@ def save_splopa(
 class BlockLayerPlan:
     """A validated SPLoPA entry, ready to build."""
 
-    entry: dict[str, Any]
+    entry: Entry
     base: nn.Module
     rows: torch.Tensor | None
     cols: torch.Tensor | None
@@ -178,7 +184,7 @@ SPLOPA_FIELDS: dict[str, Check] = {
 _REQUIRED = ("path", "kind", "block_shape", "num_prototypes", "shape", "base_shape", "bank")
 
 
-def plan_splopa(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -> BlockLayerPlan:
+def plan_splopa(bundle: StoredBundle, entry: Entry, base: nn.Module | None) -> BlockLayerPlan:
     """Validate a SPLoPA entry (and its bank) against its base layer without building anything.
 
     Every field is type- and range-checked, the entry must agree with its bank (block shape,
@@ -196,7 +202,7 @@ def plan_splopa(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
     rows, cols = entry["block_shape"]
     num_prototypes = entry["num_prototypes"]
     key = entry["bank"]
-    bank = next((b for b in bundle.metadata["banks"] if b.get("key") == key), None)
+    bank = next((b for b in bundle.metadata[BANKS] if b.get("key") == key), None)
     if bank is None:
         raise bundle_error(bundle, f"layer {name!r}: prototype bank {key!r} is missing")
     if bank["block_shape"] != [rows, cols] or bank["num_prototypes"] != num_prototypes:
@@ -230,3 +236,6 @@ def plan_splopa(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -
         tensors["bias"] = expect(bundle, f"layers.{name}.bias", (out_features,))
     check_layer_result(bundle, entry, base, (out_features, in_features), bias_kind != "none")
     return BlockLayerPlan(entry, base, row_sel, col_sel, block_mask, tensors)
+
+
+SPLOPA_CODEC = LayerCodec(save=save_splopa, plan=plan_splopa, sections=(BANKS,))

@@ -12,16 +12,15 @@ differs. Loading rebuilds Eq. 4 as one plain layer::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from spa.adapters import _conv
 from spa.adapters.protocols import IN_MASK, OUT_MASK
-from spa.adapters.splora import SPLoRALayer, splora_weight
-from spa.errors import UnsupportedLayerError
-from spa.tasks._entries import (
+from spa.adapters.splora.equation import splora_weight
+from spa.adapters.splora.layer import SPLoRALayer
+from spa.codec.entries import (
     BIAS_KINDS,
     SELECTIONS,
     bundle_error,
@@ -35,9 +34,7 @@ from spa.tasks._entries import (
     expect,
     select,
 )
-from spa.tasks.format import Bundle
-from spa.tasks.modules import attribute_changes, same_tensor
-from spa.tasks.schema import (
+from spa.codec.fields import (
     Check,
     check_fields,
     is_count,
@@ -47,16 +44,19 @@ from spa.tasks.schema import (
     is_text,
     one_of,
 )
-from spa.tasks.scratch import Scratch
+from spa.codec.protocols import Entry, LayerCodec, StoredBundle, WorkBuffers
+from spa.codec.records import attribute_changes, same_tensor
+from spa.codec.writer import BundleWriter
+from spa.errors import UnsupportedLayerError
 
 
 def save_splora(
-    name: str, layer: SPLoRALayer, base: nn.Module, writer: Any
-) -> tuple[dict[str, Any], int]:
+    name: str, layer: SPLoRALayer, base: nn.Module, writer: BundleWriter
+) -> tuple[Entry, int]:
     """Record `layer` relative to base layer `base`; return its entry and its kept weights."""
     weight, base_weight = layer.base.weight.detach(), base.weight.detach()
     device = base_weight.device
-    entry: dict[str, Any] = {
+    entry: Entry = {
         "path": name,
         "kind": layer.kind,
         "rank": layer.rank,
@@ -104,7 +104,7 @@ def save_splora(
 class ChannelLayerPlan:
     """A validated SPLoRA entry, ready to build: decoded selections, masks and tensors."""
 
-    entry: dict[str, Any]
+    entry: Entry
     base: nn.Module
     rows: torch.Tensor | None
     cols: torch.Tensor | None
@@ -194,7 +194,7 @@ SPLORA_FIELDS: dict[str, Check] = {
 }
 
 
-def plan_splora(bundle: Bundle, entry: dict[str, Any], base: nn.Module | None) -> ChannelLayerPlan:
+def plan_splora(bundle: StoredBundle, entry: Entry, base: nn.Module | None) -> ChannelLayerPlan:
     """Validate a SPLoRA entry against its base layer without building anything.
 
     Every field is type- and range-checked, every tensor it names must be stored with the shape
@@ -271,7 +271,7 @@ class ChannelGather:
     tap: tuple | None
     bias: torch.Tensor | None
 
-    def build(self, scratch: Scratch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def build(self, scratch: WorkBuffers) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fused weight and bias of the task layer (new tensors, base untouched)."""
         base = self.weight
         out = torch.empty(self.shape, dtype=base.dtype, device=base.device)
@@ -298,3 +298,7 @@ class ChannelGather:
             torch.mm(self.down, self.up, out=product)  # (out, in)
             (out if self.tap is None else out[self.tap]).add_(product)
         return out, None if self.bias is None else self.bias.clone()
+
+
+# SPLoRA's codec, also fine-pruning's (its rank-0 form).
+SPLORA_CODEC = LayerCodec(save=save_splora, plan=plan_splora)

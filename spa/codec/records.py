@@ -223,9 +223,9 @@ def apply_attribute_changes(module: nn.Module, changes: dict[str, Any]) -> None:
 
 
 def direct_tensors(module: nn.Module) -> dict[str, tuple[str, torch.Tensor]]:
-    """`{name: (kind, tensor)}` of the module's own parameters and persistent buffers.
+    """`{name: (role, tensor)}` of the module's own parameters and persistent buffers.
 
-    Kind is "parameter" or "buffer"; None entries and non-persistent buffers (derived state such
+    The role is "parameter" or "buffer"; None entries and non-persistent buffers (derived state such
     as hook masks) are left out.
     """
     tensors = {name: ("parameter", t) for name, t in module._parameters.items() if t is not None}
@@ -240,7 +240,7 @@ def direct_tensors(module: nn.Module) -> dict[str, tuple[str, torch.Tensor]]:
     return tensors
 
 
-def set_tensor(module: nn.Module, name: str, kind: str, tensor: torch.Tensor | None) -> None:
+def set_tensor(module: nn.Module, name: str, role: str, tensor: torch.Tensor | None) -> None:
     """Install `tensor` as parameter (frozen) or buffer `name` of `module`, replacing any old one.
 
     The module's other tensors are untouched; the old tensor object (possibly shared with a
@@ -248,7 +248,7 @@ def set_tensor(module: nn.Module, name: str, kind: str, tensor: torch.Tensor | N
     """
     module._parameters.pop(name, None)
     module._buffers.pop(name, None)
-    if kind == "parameter":
+    if role == "parameter":
         parameter = None if tensor is None else nn.Parameter(tensor, requires_grad=False)
         module._parameters[name] = parameter
     else:

@@ -1,17 +1,19 @@
-"""Helpers shared by the per-layer bundle entries: kept base channels, masks, checked tensors."""
+"""Helpers shared by the layer codecs: kept base channels, masks, checked tensors."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+from torch import nn
 
+from spa.codec.protocols import STORAGE_DTYPES, Entry, StoredBundle
+from spa.codec.records import check_attribute_changes, expected_shapes
+from spa.codec.writer import BundleWriter
 from spa.errors import BundleError, ConfigError
-from spa.tasks.format import STORAGE_DTYPES, Bundle
-from spa.tasks.modules import check_attribute_changes, expected_shapes
 
 
-def encode_selection(writer: Any, name: str, side: str, indices: torch.Tensor, size: int) -> str:
+def encode_selection(
+    writer: BundleWriter, name: str, side: str, indices: torch.Tensor, size: int
+) -> str:
     """Record which of the base layer's `size` channels a layer keeps, as cheaply as possible.
 
     Returns "all" (every channel, in order: nothing stored), "mask" (sorted: a bit-packed mask
@@ -34,13 +36,13 @@ def encode_selection(writer: Any, name: str, side: str, indices: torch.Tensor, s
     return "indices"
 
 
-def bundle_error(bundle: Bundle, message: str) -> BundleError:
+def bundle_error(bundle: StoredBundle, message: str) -> BundleError:
     """A `BundleError` whose message starts with the bundle's path."""
     return BundleError(f"{bundle.path or 'bundle'}: {message}")
 
 
 def decode_selection(
-    bundle: Bundle, entry: dict[str, Any], side: str, size: int, count: int
+    bundle: StoredBundle, entry: Entry, side: str, size: int, count: int
 ) -> torch.Tensor | None:
     """The base-channel indices a layer keeps on `side` (None for all, in order); validated.
 
@@ -83,7 +85,7 @@ def decode_selection(
     return indices
 
 
-def decode_mask(bundle: Bundle, entry: dict[str, Any], key: str, length: int) -> torch.Tensor:
+def decode_mask(bundle: StoredBundle, entry: Entry, key: str, length: int) -> torch.Tensor:
     """The layer's boolean mask `key` (all ones when the bundle stores none), length-checked."""
     if not entry.get(key):
         return torch.ones(length, dtype=torch.bool)
@@ -97,13 +99,13 @@ def decode_mask(bundle: Bundle, entry: dict[str, Any], key: str, length: int) ->
     return mask
 
 
-def storage_dtype(bundle: Bundle) -> torch.dtype:
+def storage_dtype(bundle: StoredBundle) -> torch.dtype:
     """The dtype the bundle declares for its floating-point tensors."""
     return STORAGE_DTYPES[bundle.metadata["dtype"]]
 
 
 def expect(
-    bundle: Bundle, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None
+    bundle: StoredBundle, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """The stored tensor `name`, checked to have `shape` and `dtype` (default: the storage
     dtype), and marked as used.
@@ -148,7 +150,7 @@ def select(
 
 
 def check_base_layer(
-    bundle: Bundle, entry: dict[str, Any], base: Any, types: tuple[type, ...]
+    bundle: StoredBundle, entry: Entry, base: nn.Module, types: tuple[type, ...]
 ) -> None:
     """Check the base module for a layer entry exists, has a supported type and its shape.
 
@@ -177,7 +179,7 @@ def check_base_layer(
 
 
 def check_layer_result(
-    bundle: Bundle, entry: dict[str, Any], base: Any, weight_shape: tuple[int, ...], bias: bool
+    bundle: StoredBundle, entry: Entry, base: nn.Module, weight_shape: tuple[int, ...], bias: bool
 ) -> None:
     """Check that the rebuilt layer's weight and bias fit its (possibly changed) attributes.
 
@@ -199,7 +201,7 @@ def check_layer_result(
             )
 
 
-def check_bias_kind(bundle: Bundle, entry: dict[str, Any], base: Any) -> str:
+def check_bias_kind(bundle: StoredBundle, entry: Entry, base: nn.Module) -> str:
     """The layer's bias kind, checked against the base layer and the declared method.
 
     A layer keeps the base's bias unless biases were trained ("bias" or "all" among the
@@ -226,6 +228,6 @@ SELECTIONS = ("all", "mask", "indices")
 BIAS_KINDS = ("base", "stored", "none")
 
 
-def default_bias(base: Any) -> str:
+def default_bias(base: nn.Module) -> str:
     """The bias kind of an entry that records none: the base's bias, or none if it has none."""
     return "none" if base.bias is None else "base"

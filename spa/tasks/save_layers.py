@@ -1,0 +1,165 @@
+"""The layer and module records of a bundle: what a compacted task model changed, per module.
+
+Adapter layers are written by their kind's codec (`spa.tasks.codecs.codec_for`); every other
+module records the tensors and shape attributes that differ from the base module. A base tensor
+that pruning only narrowed (an embedding table of a pruned hidden size) is stored as its kept
+indices; an eval-mode BatchNorm can be folded to its per-channel scale and shift.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from spa.adapters.protocols import AdapterLayer
+from spa.adapters.transposed import linear_view
+from spa.codec.protocols import Entry
+from spa.codec.records import attribute_changes, direct_tensors, narrowing, same_tensor
+from spa.codec.writer import BundleWriter
+from spa.errors import ConfigError
+from spa.tasks.codecs import codec_for
+
+NormStatistics = Literal["folded", "exact"]
+_NORM_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _top_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """`(name, module)` of every module that is not inside an adapter layer."""
+    found, covered = [], []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in covered):
+            continue
+        if isinstance(module, AdapterLayer):
+            covered.append(name + ".")
+        found.append((name, module))
+    return found
+
+
+def check_structure(model: nn.Module, base_modules: dict[str, nn.Module]) -> None:
+    """Refuse a task model whose module tree is not the base's (adapter layers aside).
+
+    Raises:
+        ConfigError: naming the first module that differs or the base modules that are missing.
+    """
+    for name, module in _top_modules(model):
+        base = base_modules.get(name)
+        same_type = base is not None and type(base) is type(module)
+        if isinstance(module, AdapterLayer):
+            module, base = module.base, linear_view(base)
+            # Compaction rebuilds a conv/linear subclass as the plain torch type it derives from.
+            same_type = base is not None and isinstance(base, type(module))
+        if not same_type:
+            found = "missing" if base is None else f"a {type(base).__name__}"
+            raise ConfigError(
+                f"save_task: module {name or '<root>'!r} is a {type(module).__name__} in the task "
+                f"model but {found} in the base model; a bundle records changed tensors and "
+                "shapes only, so the task model must have the base's module tree"
+            )
+    missing = sorted(set(base_modules) - {name for name, _ in model.named_modules()})
+    if missing:
+        raise ConfigError(
+            f"save_task: base module(s) {missing[:5]} are missing from the task model; pass the "
+            "base model the task was adapted from"
+        )
+
+
+def record_layers(
+    model: nn.Module, base_modules: dict[str, nn.Module], writer: BundleWriter
+) -> tuple[list[Entry], list[nn.Module]]:
+    """Write every adapter layer with its kind's codec; return the entries and the layers."""
+    entries, layers = [], []
+    for name, module in _top_modules(model):
+        if isinstance(module, AdapterLayer):
+            base = linear_view(base_modules[name])  # a transformers Conv1D base: its Linear
+            entry, _ = codec_for(module.kind).save(name, module, base, writer)
+            entries.append(entry)
+            layers.append(module)
+    return entries, layers
+
+
+def record_modules(
+    model: nn.Module,
+    base_modules: dict[str, nn.Module],
+    writer: BundleWriter,
+    norm_statistics: NormStatistics,
+) -> list[Entry]:
+    """Write what every non-adapter module changed; return the entries of changed modules."""
+    entries = []
+    for name, module in _top_modules(model):
+        if not isinstance(module, AdapterLayer):
+            base = base_modules[name]
+            if norm_statistics == "folded" and _is_foldable(module) and _is_foldable(base):
+                entry = _record_folded(name, module, base, writer)
+            else:
+                entry = _record_module(name, module, base, writer)
+            if entry is not None:
+                entries.append(entry)
+    return entries
+
+
+def _fold_batch_norm(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode batch norm as `x * scale + shift` (what PyTorch's inference kernel computes)."""
+    inverse_std = 1 / torch.sqrt(module.running_var + module.eps)
+    scale = module.weight.detach() * inverse_std
+    return scale, module.bias.detach() - module.running_mean * scale
+
+
+def _is_foldable(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and module.affine
+        and module.running_mean is not None
+    )
+
+
+def _new_entry(name: str, module: nn.Module, base: nn.Module) -> Entry:
+    """The entry's path, changed attributes and parameters set to None (that the base has)."""
+    entry: Entry = {"path": name}
+    if attributes := attribute_changes(module, base):
+        entry["attributes"] = attributes
+    base_tensors = direct_tensors(base)
+    parameters = module._parameters
+    removed = [k for k in base_tensors if k in parameters and parameters[k] is None]
+    if removed:
+        entry["none"] = removed
+    return entry
+
+
+def _record_folded(
+    name: str, module: nn.Module, base: nn.Module, writer: BundleWriter
+) -> Entry | None:
+    """A changed eval-mode BatchNorm as its per-channel scale and shift (None if unchanged)."""
+    entry = _new_entry(name, module, base)
+    tensors, base_tensors = direct_tensors(module), direct_tensors(base)
+    unchanged = all(same_tensor(tensors[k][1], base_tensors[k][1]) for k in _NORM_KEYS)
+    if unchanged and "attributes" not in entry:
+        return None
+    writer.add(f"modules.{name}.folded", torch.stack(_fold_batch_norm(module)))  # (2, C)
+    entry["folded_norm"] = True
+    return entry
+
+
+def _record_module(
+    name: str, module: nn.Module, base: nn.Module, writer: BundleWriter
+) -> Entry | None:
+    """Record the tensors and shape attributes of a module that differ from `base`."""
+    entry = _new_entry(name, module, base)
+    base_tensors = direct_tensors(base)
+    changed, narrowed = {}, {}
+    for key, (role, tensor) in direct_tensors(module).items():
+        base_tensor = base_tensors.get(key, (None, None))[1]
+        if same_tensor(tensor, base_tensor):
+            continue
+        if (found := narrowing(tensor, base_tensor)) is not None:
+            writer.add_exact(f"modules.{name}.{key}", found[1])  # kept base indices only
+            narrowed[key] = [role, found[0]]
+            continue
+        writer.add(f"modules.{name}.{key}", tensor)
+        changed[key] = [role, str(tensor.dtype).removeprefix("torch.")]
+    if changed:
+        entry["tensors"] = changed
+    if narrowed:
+        entry["narrowed"] = narrowed
+    return entry if len(entry) > 1 else None
