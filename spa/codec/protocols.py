@@ -50,7 +50,14 @@ class WorkBuffers(Protocol):
 
 @runtime_checkable
 class LayerPlan(Protocol):
-    """A validated layer entry, ready to build the fused task layer."""
+    """A validated layer entry, ready to build the fused task layer.
+
+    Attributes:
+        entry: the layer's metadata entry (its "path" and optional "attributes" are read by
+            the loader, which rebuilds the layer with those attributes).
+    """
+
+    entry: Entry
 
     def build(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fused weight and bias of the task layer (new tensors, base untouched)."""

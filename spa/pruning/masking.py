@@ -13,6 +13,7 @@ import heapq
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -152,7 +153,16 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _check(groups, scores, density, ranking, min_channels, min_fraction, round_to) -> None:
+def _check(
+    groups: Sequence[ChannelGroup],
+    scores: Mapping[int, torch.Tensor],
+    *,
+    density: float,
+    ranking: str,
+    min_channels: int,
+    min_fraction: float,
+    round_to: RoundTo,
+) -> None:
     if not groups:
         raise ConfigError("compute_masks: no channel groups; nothing can be pruned")
     if not 0.0 < density <= 1.0:
@@ -219,13 +229,19 @@ def compute_masks(
     Raises:
         ConfigError: for invalid arguments or scores of the wrong shape.
     """
-    _check(groups, scores, density, ranking, min_channels, min_fraction, round_to)
+    _check(
+        groups,
+        scores,
+        density=density,
+        ranking=ranking,
+        min_channels=min_channels,
+        min_fraction=min_fraction,
+        round_to=round_to,
+    )
     steps = _steps(groups, round_to)
     floors = [_floor(g.size, min_channels, min_fraction, s) for g, s in zip(groups, steps)]
-    if ranking == "global":
-        removed = _global(groups, scores, density, floors, steps, macs)
-    else:
-        removed = _local(groups, scores, density, floors, steps, macs)
+    problem = _Problem(groups, scores, density, floors, steps, macs)
+    removed = _global(problem) if ranking == "global" else _local(problem)
     reached = _density_of(groups, removed, _Retained(groups, macs))
     if reached > density + 1e-9:
         logger.warning(
@@ -246,12 +262,26 @@ def _initial(
     return state, removed
 
 
-def _global(groups, scores, density, floors, steps, macs) -> list[set[int]]:
-    state, removed = _initial(groups, macs)
+@dataclass(frozen=True)
+class _Problem:
+    """One ranking problem of `compute_masks`: groups, scores, target and per-group limits."""
+
+    groups: Sequence[ChannelGroup]
+    scores: Mapping[int, torch.Tensor]
+    density: float  # target density (or MACs fraction with `macs`)
+    floors: list[int]  # fewest channels each group keeps
+    steps: list[int | None]  # each group's channel-count multiple (None: any count)
+    macs: MacsProfile | None
+
+
+def _global(problem: _Problem) -> list[set[int]]:
+    """Remove the lowest-scored chunk over all groups until the target is reached."""
+    groups, scores, floors, steps = problem.groups, problem.scores, problem.floors, problem.steps
+    state, removed = _initial(groups, problem.macs)
     queues = [_chunks(g, scores[i], floors[i], steps[i]) for i, g in enumerate(groups)]
     heap = [(queue[0][0], index, 0) for index, queue in enumerate(queues) if queue]
     heapq.heapify(heap)
-    while heap and state.density > density:
+    while heap and state.density > problem.density:
         _, index, position = heapq.heappop(heap)
         for channel in queues[index][position][1]:
             state.remove(index, channel)
@@ -261,15 +291,17 @@ def _global(groups, scores, density, floors, steps, macs) -> list[set[int]]:
     return removed
 
 
-def _local_removal(groups, scores, fraction, floors, steps) -> list[set[int]]:
+def _local_removal(problem: _Problem, fraction: float) -> list[set[int]]:
+    """Remove `fraction` of every group's channels (within its floor), lowest scores first."""
     removed = []
-    for index, group in enumerate(groups):
-        target = max(floors[index], group.size - math.floor(fraction * group.size + 1e-9))
-        round_to = steps[index]
+    for index, group in enumerate(problem.groups):
+        floor = problem.floors[index]
+        target = max(floor, group.size - math.floor(fraction * group.size + 1e-9))
+        round_to = problem.steps[index]
         if round_to:
             target = min(group.size, math.ceil(target / round_to) * round_to)
         dead = {c for c in range(group.size) if not group.kept[c]}
-        values = scores[index].tolist()
+        values = problem.scores[index].tolist()
         alive = sorted(set(range(group.size)) - dead, key=lambda c: values[c])
         extra = max(0, len(alive) - target)
         removed.append(dead | set(alive[:extra]))
@@ -288,16 +320,18 @@ def _density_of(groups, removed, start: _Retained) -> float:
     return (start.fixed + total) / (start.fixed + start.base) if start.base else 1.0
 
 
-def _local(groups, scores, density, floors, steps, macs) -> list[set[int]]:
+def _local(problem: _Problem) -> list[set[int]]:
+    """The smallest shared fraction of every group's channels that reaches the target."""
+    groups, density = problem.groups, problem.density
     low, high = 0.0, 1.0
-    best = _local_removal(groups, scores, high, floors, steps)
-    start = _Retained(groups, macs)  # built once: cheaper than rebuilding per candidate
-    lowest = _local_removal(groups, scores, low, floors, steps)
+    best = _local_removal(problem, high)
+    start = _Retained(groups, problem.macs)  # built once: cheaper than rebuilding per candidate
+    lowest = _local_removal(problem, low)
     if _density_of(groups, lowest, start) <= density:
         return lowest
     for _ in range(30):  # bisection on the shared fraction
         middle = (low + high) / 2
-        candidate = _local_removal(groups, scores, middle, floors, steps)
+        candidate = _local_removal(problem, middle)
         if _density_of(groups, candidate, start) <= density:
             high, best = middle, candidate
         else:

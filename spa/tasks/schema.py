@@ -28,6 +28,7 @@ from spa.codec.fields import (
     one_of,
     optional,
 )
+from spa.tasks.codecs import codec_sections
 from spa.tasks.format import STORAGE_DTYPES, Bundle
 
 
@@ -100,7 +101,9 @@ def check_document(bundle: Bundle) -> None:
     Raises:
         BundleError: for an unknown, missing or ill-typed field.
     """
-    check_fields(bundle, bundle.metadata, "metadata", DOCUMENT_FIELDS, DOCUMENT_FIELDS)
+    sections = {name: _is_list_of_objects for name in codec_sections()}  # shared codec records
+    fields = {**DOCUMENT_FIELDS, **sections}
+    check_fields(bundle, bundle.metadata, "metadata", fields, fields)
 
 
 def trained_groups(metadata: dict[str, Any]) -> tuple[set[str], list[str]]:

@@ -67,3 +67,25 @@ def test_generic_codec_refuses_an_unknown_kind(tmp_path):
     bundle.metadata["layers"][0]["kind"] = "no_such_kind"
     with pytest.raises(BundleError, match="unknown adapter kind 'no_such_kind'"):
         plan_task(base, bundle)
+
+
+def test_a_kind_registered_codec_is_what_the_writer_and_loader_use(tmp_path):
+    from tests.tasks import delta_kind
+
+    base = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    model = spa.adapt(copy.deepcopy(base), delta_kind.DeltaConfig()).eval()
+    with torch.no_grad():
+        model[0].delta.normal_()
+        model[2].weight.add_(1.0)  # the head trains
+    path = tmp_path / "task.safetensors"
+    delta_kind.calls.clear()
+    spa.save_task(model, path, base_model=base)
+    names = set(read_bundle(path).tensors)
+    assert {"layers.0.positive", "layers.0.negative"} <= names  # the kind's own layout
+    loaded = spa.load_task(base, path)
+    assert delta_kind.calls == ["save", "plan"]
+    expected = base[0].weight + model[0].delta  # W_s + Delta, independently
+    assert torch.equal(loaded[0].weight, expected.detach())
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
