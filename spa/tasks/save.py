@@ -97,8 +97,8 @@ def save_task(
     """Write the compacted task `model` as a bundle of what it changed relative to `base_model`.
 
     Args:
-        model: the trained task model, compacted (`spa.compacted(model)`): adapter layers,
-            fine-pruned weights, trained norms and head; SPLoPA block masks are stored as masks.
+        model: the trained task model, compacted (`spa.compacted(model)`); SPLoPA block
+            masks are stored as masks.
         path: destination file (conventionally `*.safetensors`), written atomically.
         base_model: the plain base model the task was adapted from (same module tree).
         dtype: storage dtype of floating-point tensors (see the module docstring).
@@ -117,12 +117,8 @@ def save_task(
         ConfigError: for a model that is not compacted (call `spa.compacted(model)` first), an
             adapted `base_model`, module trees that differ, or an invalid option.
     """
-    options = BundleOptions(
-        dtype=dtype,
-        norm_statistics=norm_statistics,
-        model_name=model_name,
-        model_options=model_options,
-    )
+    names = {"model_name": model_name, "model_options": model_options}
+    options = BundleOptions(dtype=dtype, norm_statistics=norm_statistics, **names)
     _check_inputs(model, base_model, options, keep_masks)
     sign = None if signing_key is None else signer(signing_key)
     base_modules = dict(base_model.named_modules())
