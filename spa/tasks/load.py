@@ -34,9 +34,7 @@ from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_
 from spa.tasks.format import MASKS_TENSOR, Bundle, read_bundle
 from spa.tasks.module_plans import plan_module
 from spa.tasks.schema import (
-    BANK_FIELDS,
     check_document,
-    check_fields,
     needed_modules,
     trained_groups,
 )
@@ -171,8 +169,6 @@ def plan_task(
     base_modules = dict(base_model.named_modules())
     plan = TaskPlan(bundle)
     bundle.used = set()
-    for bank in bundle.metadata["banks"]:
-        check_fields(bundle, bank, f"bank {bank.get('key')!r}", BANK_FIELDS, BANK_FIELDS)
     for entry in bundle.metadata["layers"]:
         kind = entry_kind(entry)
         if not isinstance(kind, str) or not isinstance(entry.get("path"), str):

@@ -21,8 +21,6 @@ from spa.codec.fields import (
     is_count,
     is_flag,
     is_object,
-    is_positive,
-    is_shape,
     is_text,
     is_text_list,
     one_of,
@@ -85,13 +83,6 @@ MODULE_FIELDS: dict[str, Check] = {
     "none": is_text_list,
     "folded_norm": is_flag,
     "narrowed": is_object,
-}
-
-BANK_FIELDS: dict[str, Check] = {
-    "key": is_text,
-    "block_shape": is_shape(2),
-    "num_prototypes": is_positive,
-    "prototype_rank": is_positive,
 }
 
 

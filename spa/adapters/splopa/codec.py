@@ -181,6 +181,12 @@ SPLOPA_FIELDS: dict[str, Check] = {
     "bias": one_of(*BIAS_KINDS),
     "attributes": is_object,
 }
+BANK_FIELDS: dict[str, Check] = {
+    "key": is_text,
+    "block_shape": is_shape(2),
+    "num_prototypes": is_positive,
+    "prototype_rank": is_positive,
+}
 _REQUIRED = ("path", "kind", "block_shape", "num_prototypes", "shape", "base_shape", "bank")
 
 
@@ -205,6 +211,7 @@ def plan_splopa(bundle: StoredBundle, entry: Entry, base: nn.Module | None) -> B
     bank = next((b for b in bundle.metadata[BANKS] if b.get("key") == key), None)
     if bank is None:
         raise bundle_error(bundle, f"layer {name!r}: prototype bank {key!r} is missing")
+    check_fields(bundle, bank, f"bank {key!r}", BANK_FIELDS, BANK_FIELDS)
     if bank["block_shape"] != [rows, cols] or bank["num_prototypes"] != num_prototypes:
         raise bundle_error(
             bundle,
