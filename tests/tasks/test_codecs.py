@@ -12,6 +12,7 @@ import spa
 from spa.errors import BundleError
 from spa.tasks import build_task, plan_task, read_bundle
 from spa.tasks.codecs import GENERIC_CODEC, codec_for
+from tests.tasks import delta_kind
 
 
 def _block_task(tmp_path):
@@ -69,9 +70,8 @@ def test_generic_codec_refuses_an_unknown_kind(tmp_path):
         plan_task(base, bundle)
 
 
-def test_a_kind_registered_codec_is_what_the_writer_and_loader_use(tmp_path):
-    from tests.tasks import delta_kind
-
+def test_a_kind_registered_codec_is_what_the_writer_and_loader_use(tmp_path, monkeypatch):
+    monkeypatch.setitem(spa.ADAPTER_KINDS._items, delta_kind.DELTA_KIND, delta_kind.DELTA)
     base = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
     model = spa.adapt(copy.deepcopy(base), delta_kind.DeltaConfig()).eval()
     with torch.no_grad():
