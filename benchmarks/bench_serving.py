@@ -69,7 +69,7 @@ def _make_tasks(directory: Path, size: int) -> tuple[Path, dict[str, Path]]:
             torch.nn.init.normal_(layer.up, std=0.01)
         paths[name] = directory / f"{name}.safetensors"
         spa.save_task(
-            model.eval(),
+            spa.compacted(model.eval()),
             paths[name],
             base_model=base,
             model_name="resnet50",

@@ -87,7 +87,7 @@ def test_architecture_masked_equals_compacted_fused_loaded_and_hosted(case, tmp_
         _close(compacted(x), masked)
         _close(spa.fuse(copy.deepcopy(compacted))(x), masked)
     path = tmp_path / "task.safetensors"
-    spa.save_task(model, path, base_model=base)
+    spa.save_task(compacted, path, base_model=base)
     host = spa.TaskHost(base)
     host.add_task("task", path)
     with torch.no_grad():

@@ -60,7 +60,7 @@ def make_tasks(folder: Path, names=("a", "b", "c"), signing_key=None) -> Tasks:
             model,
             paths[name],
             base_model=base,
-            compact=False,
+            keep_masks=True,
             model_name="mlp",
             model_options=MODEL_OPTIONS,
             signing_key=signing_key,

@@ -26,7 +26,7 @@ def setup(tmp_path):
     for name, config in (("a", spa.SPLoRAConfig(rank=2)), ("b", spa.FinePruningConfig())):
         models[name] = trained_task(base, config, x)
         paths[name] = tmp_path / f"{name}.safetensors"
-        save_task(models[name], paths[name], base_model=base, compact=False)
+        save_task(models[name], paths[name], base_model=base, keep_masks=True)
     return base, x, paths, models
 
 

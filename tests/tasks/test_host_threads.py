@@ -46,7 +46,8 @@ def tasks(tmp_path_factory):
     for index, density in enumerate((0.3, 0.5, 0.6, 0.7, 0.8)):
         name = f"t{index}"
         paths[name] = folder / f"{name}.safetensors"
-        save_task(_pruned(base, x, 1 + index % 3, density), paths[name], base_model=base)
+        task = spa.compacted(_pruned(base, x, 1 + index % 3, density))
+        save_task(task, paths[name], base_model=base)
         with torch.no_grad():
             references[name] = load_task(base, paths[name])(x)
     return base, x, paths, references
