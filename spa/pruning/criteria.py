@@ -1,8 +1,9 @@
-"""Channel criteria (Weight, Gradient, Taylor, LRP) and `score`, which ranks group channels.
+"""Channel criteria (Weight, Gradient, Taylor, LRP, activation-aware) and `score`.
 
 A criterion maps the producer layers of the groups (the Linear/Conv/SPLoRA layers whose output
 channels carry the group channels) to raw per-output-channel statistics, accumulated over
-batches. `score` then applies `reduce_fn` (the place for a distributed all-reduce), normalises
+batches; a criterion marked with `reads_inputs` maps the consumer layers (role "in": the
+layers whose input channels carry them) to per-input-channel statistics instead. `score` then applies `reduce_fn` (the place for a distributed all-reduce), normalises
 every layer's vector to unit L2 norm and gives each group channel the mean over its producers.
 Adapter layers are always scored through their adapted (fused, masked) weight and output.
 """
@@ -17,6 +18,7 @@ from torch import nn
 from spa._batch import call_model
 from spa._registry import Registry
 from spa.errors import ConfigError
+from spa.pruning import activation as _activation
 from spa.pruning._layers import (
     batches,
     channels_per_sample,
@@ -31,6 +33,12 @@ from spa.pruning.lrp import lrp
 
 Statistics = dict[str, torch.Tensor]
 CRITERIA: Registry = Registry("criterion")
+
+
+def reads_inputs(function: Callable) -> Callable:
+    """Mark a criterion as scoring its layers' input channels (group members of role "in")."""
+    function.channel_role = "in"
+    return function
 
 
 @CRITERIA.register("weight")
@@ -202,6 +210,56 @@ def lrp_relevance(
     return {name: value / max(samples, 1) for name, value in totals.items()}
 
 
+@CRITERIA.register("activation")
+@reads_inputs
+def activation(
+    model: nn.Module, layers: Mapping[str, nn.Module], data=None, loss_fn=None, **options
+) -> Statistics:
+    """Wanda-sp: per input channel `j`, `||W[:, j]||_1 * sqrt(mean over tokens of X_j^2)`.
+
+    Forward passes only (no gradient, no copy of a weight); on a model whose transformer blocks
+    run in sequence the inputs are collected block by block (`spa.pruning.activation`).
+
+    Args:
+        model: the adapted model.
+        layers: consumer layers by path (their input channels carry the group channels).
+        data: calibration batches (inputs, or `(inputs, targets)` pairs; targets unused).
+        loss_fn: unused.
+        **options: `num_batches` (None = all of `data`), `blockwise` (None = where possible,
+            True = insist, False = whole-model passes).
+
+    Returns:
+        Per layer path, one value per input channel.
+    """
+    moments = _activation.collect(
+        model, layers, data, options.get("num_batches"), options.get("blockwise")
+    )
+    return _activation.activation_statistics(moments, layers)
+
+
+@CRITERIA.register("fluctuation")
+@reads_inputs
+def fluctuation(
+    model: nn.Module, layers: Mapping[str, nn.Module], data=None, loss_fn=None, **options
+) -> Statistics:
+    """FLAP's fluctuation: per input channel `j`, `||W[:, j]||_2^2 * var over tokens of X_j`.
+
+    Args:
+        model: the adapted model.
+        layers: consumer layers by path.
+        data: calibration batches (targets unused).
+        loss_fn: unused.
+        **options: as for "activation".
+
+    Returns:
+        Per layer path, one value per input channel.
+    """
+    moments = _activation.collect(
+        model, layers, data, options.get("num_batches"), options.get("blockwise")
+    )
+    return _activation.fluctuation_statistics(moments, layers)
+
+
 def normalise(statistics: Statistics) -> Statistics:
     """Divide each layer's vector by its L2 norm (zero vectors stay zero).
 
@@ -245,7 +303,7 @@ def score(
         output_fn: maps the model's output to the prediction tensor the loss and LRP read;
             default: the tensor itself, a `ModelOutput`'s / dict's `logits`, or a tuple's first
             element. Pass one for anything else (e.g. QA start/end logits).
-        **options: criterion options (`norm_p`, `lrp_rule`, `lrp_epsilon`).
+        **options: criterion options (`norm_p`, `lrp_rule`, `lrp_epsilon`, `blockwise`).
 
     Returns:
         Per group index, a float tensor with one score per group channel.
@@ -254,8 +312,9 @@ def score(
         ConfigError: for an unknown criterion or missing data.
     """
     function = CRITERIA.get(criterion)
-    producers = {m.name for g in groups for m in g.producers()}
-    layers = {name: model.get_submodule(name) for name in sorted(producers)}
+    role = getattr(function, "channel_role", "out")  # producers, or consumers (`reads_inputs`)
+    scored = {m.name for g in groups for m in g.members if m.role == role}
+    layers = {name: model.get_submodule(name) for name in sorted(scored)}
     training = model.training
     model.eval()
     try:
@@ -277,7 +336,7 @@ def score(
     for index, group in enumerate(groups):
         total = torch.zeros(group.size, dtype=torch.float64)
         count = torch.zeros(group.size, dtype=torch.float64)
-        for member in group.producers():
+        for member in (m for m in group.members if m.role == role):
             values = statistics.get(member.name)
             if values is None:
                 continue
