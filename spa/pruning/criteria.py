@@ -3,8 +3,9 @@
 A criterion maps the producer layers of the groups (the Linear/Conv/SPLoRA layers whose output
 channels carry the group channels) to raw per-output-channel statistics, accumulated over
 batches; a criterion marked with `reads_inputs` maps the consumer layers (role "in": the
-layers whose input channels carry them) to per-input-channel statistics instead. `score` then applies `reduce_fn` (the place for a distributed all-reduce), normalises
-every layer's vector to unit L2 norm and gives each group channel the mean over its producers.
+layers whose input channels carry them) to per-input-channel statistics instead. `score` then
+applies `reduce_fn` (the place for a distributed all-reduce), normalises every layer's vector
+to unit L2 norm and gives each group channel the mean over its scored members.
 Adapter layers are always scored through their adapted (fused, masked) weight and output.
 """
 

@@ -116,6 +116,13 @@ def test_activation_criterion_needs_data():
 
 
 def test_sequential_blocks_none_for_swin_stages():
-    config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2],
-                                     num_heads=[2, 4], window_size=2, num_labels=3)
+    config = transformers.SwinConfig(
+        image_size=32,
+        patch_size=4,
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=2,
+        num_labels=3,
+    )
     assert sequential_blocks(transformers.SwinForImageClassification(config)) is None
