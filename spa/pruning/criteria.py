@@ -42,7 +42,16 @@ def reads_inputs(function: Callable) -> Callable:
     return function
 
 
+def per_block(function: Callable) -> Callable:
+    """Mark a criterion as computable from one block's layers and their inputs alone (no loss
+    at the model's output), so `spa.tasks.streaming` can score a model block by block; it then
+    passes the layers' input `moments` (`spa.pruning.activation.Moments`) as an option."""
+    function.per_block = True
+    return function
+
+
 @CRITERIA.register("weight")
+@per_block
 def weight_norm(
     model: nn.Module, layers: Mapping[str, nn.Module], data=None, loss_fn=None, **options
 ) -> Statistics:
@@ -213,6 +222,7 @@ def lrp_relevance(
 
 @CRITERIA.register("activation")
 @reads_inputs
+@per_block
 def activation(
     model: nn.Module, layers: Mapping[str, nn.Module], data=None, loss_fn=None, **options
 ) -> Statistics:
@@ -227,12 +237,13 @@ def activation(
         data: calibration batches (inputs, or `(inputs, targets)` pairs; targets unused).
         loss_fn: unused.
         **options: `num_batches` (None = all of `data`), `blockwise` (None = where possible,
-            True = insist, False = whole-model passes).
+            True = insist, False = whole-model passes), `moments` (inputs already collected,
+            per layer path: then `data` is not read).
 
     Returns:
         Per layer path, one value per input channel.
     """
-    moments = _activation.collect(
+    moments = options.get("moments") or _activation.collect(
         model, layers, data, options.get("num_batches"), options.get("blockwise")
     )
     return _activation.activation_statistics(moments, layers)
@@ -240,6 +251,7 @@ def activation(
 
 @CRITERIA.register("fluctuation")
 @reads_inputs
+@per_block
 def fluctuation(
     model: nn.Module, layers: Mapping[str, nn.Module], data=None, loss_fn=None, **options
 ) -> Statistics:
@@ -255,7 +267,7 @@ def fluctuation(
     Returns:
         Per layer path, one value per input channel.
     """
-    moments = _activation.collect(
+    moments = options.get("moments") or _activation.collect(
         model, layers, data, options.get("num_batches"), options.get("blockwise")
     )
     return _activation.fluctuation_statistics(moments, layers)
@@ -332,6 +344,23 @@ def score(
         model.train(training)
     if reduce_fn is not None:
         statistics = reduce_fn(statistics)
+    return aggregate(groups, statistics, role)
+
+
+def aggregate(
+    groups: Sequence[ChannelGroup], statistics: Statistics, role: str = "out"
+) -> dict[int, torch.Tensor]:
+    """Normalise each layer's statistics to unit L2 norm and give every group channel the mean
+    over its members of `role` ("out": producers, "in": consumers).
+
+    Args:
+        groups: the channel groups.
+        statistics: per layer path, one value per output (or input) channel.
+        role: which members the statistics belong to (a criterion's `channel_role`).
+
+    Returns:
+        Per group index, a float tensor with one score per group channel.
+    """
     statistics = normalise({n: v.double() for n, v in statistics.items()})
     result = {}
     for index, group in enumerate(groups):
