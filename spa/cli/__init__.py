@@ -18,7 +18,12 @@ from spa.errors import SpaError
 
 # Sub-command modules, each with `register(subparsers)`; a module that does not exist yet is
 # skipped so partial installs still run the rest.
-_COMMAND_MODULES = ("spa.cli.bundle", "spa.cli.experiment", "spa.serve.cli")
+_COMMAND_MODULES = (
+    "spa.cli.bundle",
+    "spa.cli.experiment",
+    "spa.serve.cli",
+    "spa.cli.prune_shards",
+)
 
 # Longest error message printed (third-party messages can hold whole graphs or tracebacks).
 _MAX_MESSAGE = 400

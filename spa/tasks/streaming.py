@@ -233,3 +233,48 @@ def _finish(skeleton: Skeleton, source: Path, temporary: Path, report: StreamRep
         if item.is_file() and item.name not in skipped and item.suffix != ".safetensors":
             shutil.copy2(item, temporary / item.name)
     os.chmod(temporary, 0o755)
+
+
+def calibration_batches(
+    directory: str | Path,
+    text: str | Path | None = None,
+    batches: int = 2,
+    tokens: int = 128,
+    seed: int = 0,
+) -> list[torch.Tensor]:
+    """Calibration token ids `(1, tokens)` for the model in `directory`.
+
+    Args:
+        directory: a `transformers` directory (its tokenizer is used for `text`).
+        text: a UTF-8 text file, tokenised with the directory's tokenizer and cut into
+            consecutive windows; None gives seeded random token ids (a smoke test only: scores
+            from random tokens say little about a real model).
+        batches: number of batches.
+        tokens: tokens per batch.
+        seed: seed of the random ids.
+
+    Returns:
+        The batches.
+
+    Raises:
+        ConfigError: if the text is too short or the directory has no tokenizer.
+    """
+    if text is None:
+        import transformers
+
+        vocab = transformers.AutoConfig.from_pretrained(directory).vocab_size
+        generator = torch.Generator().manual_seed(seed)
+        return [torch.randint(0, vocab, (1, tokens), generator=generator) for _ in range(batches)]
+    import transformers
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{directory}: no tokenizer for --text ({error})") from None
+    ids = tokenizer(Path(text).read_text(encoding="utf-8"), return_tensors="pt").input_ids[0]
+    if ids.numel() < batches * tokens:
+        raise ConfigError(
+            f"{text}: {ids.numel()} tokens, calibration needs {batches} x {tokens}; pass fewer "
+            "--batches or --tokens"
+        )
+    return [ids[i * tokens : (i + 1) * tokens].unsqueeze(0) for i in range(batches)]

@@ -61,7 +61,9 @@ def test_prune_shards_equals_in_memory_pruning(sharded, tmp_path, criterion):
     base, source = sharded
     data = _data()
     expected, expected_masks = _in_memory(base, criterion, 0.5, data)
-    report = prune_shards(source, tmp_path / "out", data, 0.5, criterion=criterion, max_shard_bytes=30_000)
+    report = prune_shards(
+        source, tmp_path / "out", data, 0.5, criterion=criterion, max_shard_bytes=30_000
+    )
     for name, entry in expected_masks.items():
         for key, mask in entry.items():
             assert torch.equal(report.masks[name][key], mask), (name, key)
