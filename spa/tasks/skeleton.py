@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import transformers
 from torch import nn
 
@@ -102,7 +101,8 @@ class Skeleton:
             block.load_state_dict(relative, strict=True, assign=True)
         except RuntimeError as error:
             message = str(error).strip().splitlines()
-            raise ConfigError(f"{path}: {message[1].strip() if len(message) > 1 else error}")
+            detail = message[1].strip() if len(message) > 1 else error
+            raise ConfigError(f"{path}: the checkpoint does not fit the block ({detail})") from None
         return block
 
     def unload_block(self, index: int) -> None:
