@@ -4,7 +4,8 @@ Benchmarks measure speed and memory on this machine; they are never unit tests. 
 otherwise idle machine: other jobs on the same cores distort every ratio.
 
 Run: .venv/bin/python benchmarks/run_all.py [NAME ...]   (names: core, channel_pruning,
-cnn_families, transformers, splopa, task_switching, fuzz_bundles, flops_budget, serving;
+cnn_families, transformers, splopa, task_switching, fuzz_bundles, flops_budget, serving,
+streaming;
 default all)
 
 Benchmarks that check a goal print `GOAL|...` lines (see `_timing.report_goal`); the run ends
@@ -31,6 +32,7 @@ BENCHMARKS = {
     "fuzz_bundles": ["fuzz_bundles.py"],
     "flops_budget": ["bench_flops_budget.py"],
     "serving": ["bench_serving.py"],
+    "streaming": ["bench_streaming.py"],
 }
 
 
