@@ -90,7 +90,7 @@ def write_model(shape: str, directory: Path) -> None:
         skeleton = transformers.LlamaForCausalLM(config)
     temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     config.save_pretrained(temporary)
-    writer = ShardWriter(temporary, max_shard_bytes=2 * 2**30)
+    writer = ShardWriter(temporary, max_shard_bytes=2**30)
     generator = torch.Generator().manual_seed(0)
     for key, meta in skeleton.state_dict().items():
         if key.endswith("norm.weight"):
@@ -114,7 +114,7 @@ def stream(directory: Path, output: Path) -> None:
 
     start = time.perf_counter()
     data = calibration_batches(directory, None, batches=2, tokens=128)
-    report = prune_shards(directory, output, data, DENSITY, max_shard_bytes=2**30)
+    report = prune_shards(directory, output, data, DENSITY)
     total = time.perf_counter() - start
     peak = _peak_gb()
     stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in report.seconds.items())

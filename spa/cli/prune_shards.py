@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batches", type=int, default=2, help="calibration batches")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per batch")
     parser.add_argument(
-        "--max-shard-mb", type=int, default=1024, help="output shard size in MB (default 1024)"
+        "--max-shard-mb", type=int, default=512, help="output shard size in MB (default 512)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
     parser.set_defaults(func=_run)

@@ -5,7 +5,8 @@ fine-pruned weights of kept channels/blocks, bit-packed masks, norms, head) into
 file with JSON metadata and a base fingerprint; `load_task` rebuilds the fused, compacted task
 model from the shared base weights after validating every field and tensor against the base;
 `TaskHost` serves many tasks over one base; `save_pretrained` writes a pruned `transformers`
-model as a directory plain `transformers` loads. Bundles can be signed with Ed25519 keys
+model as a directory plain `transformers` loads; `prune_shards` prunes a sharded `transformers`
+checkpoint block by block (`spa.tasks.streaming`). Bundles can be signed with Ed25519 keys
 (`spa.tasks.signing`; `save_task(signing_key=...)`, `load_task(trusted_keys=...)`).
 """
 
@@ -17,6 +18,7 @@ from spa.tasks.load import build_task, load_task, plan_task
 from spa.tasks.model_cache import TaskStats
 from spa.tasks.pretrained import save_pretrained
 from spa.tasks.save import save_task
+from spa.tasks.streaming import StreamReport, prune_shards
 
 __all__ = [
     "FORMAT_VERSION",
@@ -35,4 +37,6 @@ __all__ = [
     "read_bundle",
     "save_pretrained",
     "save_task",
+    "StreamReport",
+    "prune_shards",
 ]

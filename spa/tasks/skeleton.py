@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import transformers
 from torch import nn
 
 from spa.errors import ConfigError
@@ -56,6 +55,8 @@ class Skeleton:
         directory = Path(directory)
         if not (directory / "config.json").is_file():
             raise ConfigError(f"{directory}: no config.json (a transformers model directory)")
+        import transformers  # imported here: `import spa` does not load transformers
+
         config = transformers.AutoConfig.from_pretrained(directory)
         model_class = _model_class(config, directory)
         with _parameters_on_meta():
@@ -111,6 +112,8 @@ class Skeleton:
 
 
 def _model_class(config, directory: Path) -> type:
+    import transformers
+
     names = getattr(config, "architectures", None) or []
     for name in names:
         found = getattr(transformers, name, None)

@@ -92,7 +92,7 @@ def prune_shards(
     num_batches: int | None = None,
     min_channels: int = 1,
     round_to: RoundTo = None,
-    max_shard_bytes: int = 2**30,
+    max_shard_bytes: int = 2**29,
     overwrite: bool = False,
 ) -> StreamReport:
     """Prune the `transformers` model in `source` block by block and write it to `destination`.
@@ -109,7 +109,8 @@ def prune_shards(
         num_batches: calibration batches to use (None = all).
         min_channels: never keep fewer heads / neurons per block.
         round_to: keep counts multiples of this, or per unit (`compute_masks`).
-        max_shard_bytes: size at which an output shard is written.
+        max_shard_bytes: size at which an output shard is written (memory holds about twice
+            this while a shard is serialised).
         overwrite: replace a non-empty `destination`.
 
     Returns:
@@ -259,14 +260,12 @@ def calibration_batches(
     Raises:
         ConfigError: if the text is too short or the directory has no tokenizer.
     """
-    if text is None:
-        import transformers
+    import transformers
 
+    if text is None:
         vocab = transformers.AutoConfig.from_pretrained(directory).vocab_size
         generator = torch.Generator().manual_seed(seed)
         return [torch.randint(0, vocab, (1, tokens), generator=generator) for _ in range(batches)]
-    import transformers
-
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError) as error:
