@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -37,7 +37,7 @@ from spa.errors import ConfigError
 from spa.families import config_values
 from spa.pruning import apply_masks, compact, compute_masks, unit_groups
 from spa.pruning.activation import release, watch
-from spa.pruning.calibration import capture_inputs, inside, run_block
+from spa.pruning.calibration import BlockCall, capture_inputs, inside, run_block
 from spa.pruning.channel_group import ChannelGroup, LayerInfo
 from spa.pruning.criteria import CRITERIA, aggregate
 from spa.pruning.masking import ChannelMasks, RoundTo
@@ -69,6 +69,17 @@ class StreamReport:
     masks: ChannelMasks = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     bytes_written: int = 0
+
+
+@dataclass
+class _Pass:
+    """What every block of one `prune_shards` call shares."""
+
+    skeleton: Skeleton
+    function: Callable  # the registered criterion
+    choice: Mapping  # compute_masks arguments
+    report: StreamReport
+    clock: _Clock
 
 
 class _Clock:
@@ -150,9 +161,10 @@ def prune_shards(
         del state
         clock.lap("write")
         choice = dict(density=density, min_channels=min_channels, round_to=round_to)
+        run = _Pass(skeleton, function, choice, report, clock)
         for index in range(len(skeleton.blocks)):
             mine = [g for g in groups if inside(g.root, skeleton.blocks) == index]
-            calls = _prune_block(skeleton, index, mine, function, calls, choice, report, clock)
+            calls = _prune_block(run, index, mine, calls)
             writer.add(_block_tensors(skeleton, index))
             skeleton.unload_block(index)
             clock.lap("write")
@@ -168,9 +180,10 @@ def prune_shards(
 
 
 def _prune_block(
-    skeleton: Skeleton, index: int, groups, function, calls, choice: Mapping, report, clock
-):
+    run: _Pass, index: int, groups: Sequence[ChannelGroup], calls: list[BlockCall]
+) -> list[BlockCall]:
     """Load, score, mask and compact block `index`; returns the next block's calls."""
+    skeleton, function, report, clock = run.skeleton, run.function, run.report, run.clock
     block = skeleton.load_block(index)
     clock.lap("load")
     model = skeleton.model
@@ -184,7 +197,8 @@ def _prune_block(
         release(moments)
     statistics = function(model, layers, data=None, moments=moments)
     counted = _counted(model, skeleton.blocks[index], groups)
-    masks = compute_masks(counted, aggregate(counted, statistics, role), ranking="local", **choice)
+    scores = aggregate(counted, statistics, role)
+    masks = compute_masks(counted, scores, ranking="local", **run.choice)
     clock.lap("score")
     apply_masks(model, masks)
     compact(model)
