@@ -4,12 +4,16 @@
 shards, or one `model.safetensors`) and loads only the tensors asked for, so one decoder block
 can be loaded without the rest of the model. `ShardWriter` collects tensors and writes a shard
 whenever `max_shard_bytes` is reached, then the index, in the layout `from_pretrained` reads.
-Neither is safe to share between threads.
+It writes the safetensors layout itself (an 8-byte header length, a JSON header, the raw
+little-endian bytes) straight from each tensor's memory: `safetensors.torch.save_file` first
+copies every tensor into a bytes object, which would double a shard's memory. Neither class is
+safe to share between threads.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -21,6 +25,50 @@ from spa.errors import ConfigError
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+# torch dtype -> safetensors dtype name (the dtypes model weights and buffers use)
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict) -> None:
+    """Write contiguous CPU `tensors` as one safetensors file without copying their data.
+
+    Args:
+        path: the file to write.
+        tensors: contiguous CPU tensors of the dtypes in `_DTYPES`.
+        metadata: string-to-string `__metadata__`.
+    """
+    if sys.byteorder != "little" or any(t.dtype not in _DTYPES for t in tensors.values()):
+        safetensors.torch.save_file(dict(tensors), path, metadata=metadata)  # copies, but exact
+        return
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for key, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {
+            "dtype": _DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as handle:
+        handle.write(len(encoded).to_bytes(8, "little"))
+        handle.write(encoded)
+        for tensor in tensors.values():
+            if tensor.numel():
+                handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
 
 
 class ShardedCheckpoint:
@@ -106,7 +154,7 @@ class ShardWriter:
 
     def _flush(self) -> None:
         name = f"part-{len(self.written):05d}.safetensors"
-        safetensors.torch.save_file(self.pending, self.directory / name, metadata={"format": "pt"})
+        write_safetensors(self.directory / name, self.pending, {"format": "pt"})
         self.written.append((name, list(self.pending)))
         self.pending, self.pending_bytes = {}, 0
 

@@ -102,3 +102,23 @@ def test_shard_writer_round_trips_through_the_index(tmp_path):
     assert torch.equal(loaded["t3"], tensors["t3"]) and torch.equal(loaded["t0"], tensors["t0"])
     with pytest.raises(ConfigError, match="no tensor 'missing'"):
         ShardedCheckpoint(tmp_path).load(["missing"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.int64])
+def test_write_safetensors_reads_back_with_safetensors(tmp_path, dtype):
+    import safetensors.torch
+
+    from spa.tasks.shards import write_safetensors
+
+    tensors = {
+        "a": (torch.randn(3, 5) * 100).to(dtype),
+        "b": torch.arange(7).to(dtype),
+        "scalar": torch.tensor(2).to(dtype),
+        "empty": torch.zeros(0, 4, dtype=dtype),
+        "mask": torch.tensor([True, False, True]),
+    }
+    write_safetensors(tmp_path / "x.safetensors", tensors, {"format": "pt"})
+    loaded = safetensors.torch.load_file(tmp_path / "x.safetensors")
+    assert set(loaded) == set(tensors)
+    for key, tensor in tensors.items():
+        assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), key
