@@ -153,22 +153,29 @@ def _whole_model(model, layers, data, num_batches) -> dict[str, Moments]:
     return moments
 
 
-def column_norms(layer: nn.Module, power: int) -> torch.Tensor:
+def column_norms(layer: nn.Module, power: int, rows: int = 256) -> torch.Tensor:
     """`sum over rows (and kernel taps) of |W[:, j]|^power` for every input channel `j`.
+
+    Accumulated in float64 over chunks of `rows` output rows, so no float64 copy of the whole
+    weight is made (for an 8B model's FFN projection that copy alone would be 0.5 GB).
 
     Args:
         layer: a Linear, Conv (grouped too), `transformers` Conv1D or adapter layer (its
             adapted weight).
         power: 1 (L1 norm) or 2 (squared L2 norm).
+        rows: output rows per chunk.
 
     Returns:
         One value per input channel, float64.
     """
-    weight = effective_weight(linear_view(layer)).double()
+    weight = effective_weight(linear_view(layer))
     groups = groups_of(getattr(layer, "base", layer))
     out, per_group = weight.shape[0], weight.shape[1]
     grouped = weight.reshape(groups, out // groups, per_group, -1)  # (g, out/g, in/g, taps)
-    return grouped.abs().pow(power).sum(dim=(1, 3)).reshape(-1)
+    total = torch.zeros(groups, per_group, dtype=torch.float64, device=weight.device)
+    for chunk in grouped.split(rows, dim=1):
+        total += chunk.double().abs().pow(power).sum(dim=(1, 3))
+    return total.reshape(-1)
 
 
 def activation_statistics(moments: Mapping[str, Moments], layers) -> dict[str, torch.Tensor]:

@@ -126,3 +126,16 @@ def test_sequential_blocks_none_for_swin_stages():
         num_labels=3,
     )
     assert sequential_blocks(transformers.SwinForImageClassification(config)) is None
+
+
+@pytest.mark.parametrize("power", [1, 2])
+def test_column_norms_in_row_chunks_equal_the_formula(power):
+    from spa.pruning.activation import column_norms
+
+    linear = torch.nn.Linear(6, 10)
+    expected = linear.weight.detach().double().abs().pow(power).sum(0)
+    torch.testing.assert_close(column_norms(linear, power, rows=3), expected)
+    conv = torch.nn.Conv2d(4, 6, 3, groups=2)  # input channel j belongs to group j // 2
+    w = conv.weight.detach().double().abs().pow(power)  # (6, 2, 3, 3)
+    grouped = torch.cat([w[:3].sum(dim=(0, 2, 3)), w[3:].sum(dim=(0, 2, 3))])
+    torch.testing.assert_close(column_norms(conv, power, rows=2), grouped)
