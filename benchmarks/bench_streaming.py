@@ -144,7 +144,8 @@ def torch_pruning(directory: Path, output: Path) -> None:
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
     model.eval()
     loaded = time.perf_counter()
-    print(f"Torch-Pruning: loaded in {loaded - start:.1f} s, peak RSS {_peak_gb():.2f} GB", flush=True)
+    peak = _peak_gb()
+    print(f"Torch-Pruning: loaded in {loaded - start:.1f} s, peak RSS {peak:.2f} GB", flush=True)
     config = model.config
     # The example's GroupNormImportance is GroupMagnitudeImportance in Torch-Pruning 1.6.
     importance = getattr(tp.importance, "GroupNormImportance", None)
