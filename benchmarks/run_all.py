@@ -5,8 +5,7 @@ otherwise idle machine: other jobs on the same cores distort every ratio.
 
 Run: .venv/bin/python benchmarks/run_all.py [NAME ...]   (names: core, channel_pruning,
 cnn_families, transformers, splopa, task_switching, fuzz_bundles, flops_budget, serving,
-streaming;
-default all)
+streaming; default all)
 
 Benchmarks that check a goal print `GOAL|...` lines (see `_timing.report_goal`); the run ends
 with one summary table of every goal: the target next to the measured median (min-max).
