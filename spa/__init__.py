@@ -20,6 +20,8 @@ from spa.adapters import (
     SPLoRALayer,
     adapt,
     adapter_layers,
+    shared_copy,
+    task_model,
 )
 from spa.deploy import compact, compact_blocks, compacted, fuse, optimize_for_inference
 from spa.flops import count_flops, count_macs, density
@@ -62,4 +64,6 @@ __all__ = [
     "read_bundle",
     "save_pretrained",
     "save_task",
+    "shared_copy",
+    "task_model",
 ]

@@ -26,6 +26,7 @@ from spa.adapters.protocols import (
     is_adapted,
 )
 from spa.adapters.registry import ADAPTER_KINDS, AdapterKind, kind_for_config, register_kind
+from spa.adapters.sharing import shared_copy, task_model
 from spa.adapters.splopa import PrototypeBank, SPLoPAConfig, SPLoPALinear
 from spa.adapters.splora import SPLoRAConfig, SPLoRALayer
 
@@ -62,6 +63,8 @@ __all__ = [
     "register_kind",
     "replace_module",
     "set_trainable",
+    "shared_copy",
     "task_head",
+    "task_model",
     "wrap_block_fine_pruning",
 ]

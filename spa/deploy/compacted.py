@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
-
 from torch import nn
 
 from spa.adapters.protocols import ChannelMasked
+from spa.adapters.sharing import shared_copy
 from spa.pruning.compaction import compact
 from spa.pruning.module_masks import module_mask, parameter_masks
 
@@ -45,4 +44,6 @@ def compacted(model: nn.Module, example_inputs: object = None) -> nn.Module:
     """
     if not has_pruned_channels(model):
         return model
-    return compact(copy.deepcopy(model), example_inputs)
+    # The copy shares the frozen weights (compaction slices into new tensors and writes into
+    # none): the kept weights are the only new memory (issue 22).
+    return compact(shared_copy(model, frozen_only=True), example_inputs)

@@ -15,6 +15,7 @@ import torch
 
 import spa
 import spa.tasks.pretrained
+import spa.tasks.rebuild
 from spa.errors import ConfigError
 from spa.families import describe
 from spa.models.tiny_lm import tiny_llama
@@ -228,10 +229,12 @@ def test_bert_with_a_pruned_hidden_size_is_refused_naming_the_option(tmp_path):
 
 
 def test_rebuild_takes_the_models_tensors_without_initialising_new_ones(monkeypatch):
-    from spa.tasks.pretrained import _exported_config, _rebuild
+    from spa.tasks.pretrained import _exported_config
+    from spa.tasks.rebuild import rebuild
 
     plain = spa.fuse(spa.compact(pruned(tiny_llama()))).eval()
-    rebuilt = _rebuild(plain, _exported_config(plain))
+    rebuilt, recomputed = rebuild(plain, _exported_config(plain))
+    assert recomputed == []  # a float32 model's rotary buffers are transformers' own values
     storage = {p.data_ptr() for p in plain.parameters()}
     assert all(p.data_ptr() in storage for p in rebuilt.parameters())  # no new weights
     assert rebuilt.lm_head.weight is rebuilt.model.embed_tokens.weight  # tied again
@@ -239,6 +242,6 @@ def test_rebuild_takes_the_models_tensors_without_initialising_new_ones(monkeypa
     ids = torch.randint(0, 256, (2, 5))
     torch.testing.assert_close(_logits(rebuilt, ids), _logits(plain, ids), rtol=0, atol=0)
     # A buffer spa cannot take from the model: the model is built for real instead.
-    monkeypatch.setattr(spa.tasks.pretrained, "_take_buffers", lambda rebuilt, plain: False)
-    fallback = _rebuild(plain, _exported_config(plain))
+    monkeypatch.setattr(spa.tasks.rebuild, "_take_buffers", lambda rebuilt, plain, loaded: None)
+    fallback, _ = rebuild(plain, _exported_config(plain))
     torch.testing.assert_close(_logits(fallback, ids), _logits(plain, ids), rtol=0, atol=0)
