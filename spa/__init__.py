@@ -20,6 +20,7 @@ from spa.adapters import (
     SPLoRALayer,
     adapt,
     adapter_layers,
+    cache_fused_weights,
     shared_copy,
     task_model,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "__version__",
     "adapt",
     "adapter_layers",
+    "cache_fused_weights",
     "compact",
     "compact_blocks",
     "compacted",

@@ -29,6 +29,7 @@ from spa.adapters.registry import ADAPTER_KINDS, AdapterKind, kind_for_config, r
 from spa.adapters.sharing import shared_copy, task_model
 from spa.adapters.splopa import PrototypeBank, SPLoPAConfig, SPLoPALinear
 from spa.adapters.splora import SPLoRAConfig, SPLoRALayer
+from spa.adapters.weight_cache import cache_fused_weights
 
 __all__ = [
     "ADAPTER_KINDS",
@@ -53,6 +54,7 @@ __all__ = [
     "adapt_report",
     "adapter_layers",
     "block_prunable_layers",
+    "cache_fused_weights",
     "channel_layers",
     "density",
     "find_head",

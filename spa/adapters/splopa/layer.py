@@ -152,8 +152,11 @@ class SPLoPALinear(nn.Module):
         )
         self.block_weights = nn.Parameter(torch.empty(num_prototypes, *grid, **factory))
         nn.init.uniform_(self.block_weights, -init_range, init_range)
-        self._masked_base_cache = DerivedTensorCache()
-        self._fused_cache = DerivedTensorCache()
+        # Memory versus speed: keep at most one derived full-size weight (the fused `W_t` for
+        # inference or the masked base for training, whichever was used last); with False none
+        # is kept and each forward forms what it needs (see `spa.cache_fused_weights`).
+        self.cache_fused_weight = True
+        self._weight_cache = DerivedTensorCache()
         # Training-time hook set by a block pruning criterion (spa.pruning.block_criteria): it
         # returns the gated `(base weight, block weights)` that replace the masked ones in the
         # training forward. A plain attribute, so it never enters `state_dict` or a bundle.
@@ -212,18 +215,18 @@ class SPLoPALinear(nn.Module):
         return expand_block_mask(self.block_mask, self.block_shape)
 
     def masked_base_weight(self) -> torch.Tensor:
-        """`W_s * (M_b kron J)`; cached without autograd while the base weight is frozen."""
+        """`W_s * (M_b kron J)`; without autograd on the base, kept in the layer's one weight
+        cache while `cache_fused_weight` is set."""
         weight = self.base.weight
         if weight.requires_grad and torch.is_grad_enabled():
             return weight * self.weight_mask()
-        return self._masked_base_cache.get(
-            (weight, self.block_mask),
-            lambda: (
-                weight.detach()
-                if bool(self.block_mask.all())
-                else weight.detach() * self.weight_mask()
-            ),
-        )
+        if not self.cache_fused_weight or bool(self.block_mask.all()):
+            return self._masked_base()
+        return self._weight_cache.get((weight, self.block_mask), self._masked_base)
+
+    def _masked_base(self) -> torch.Tensor:
+        weight = self.base.weight.detach()
+        return weight if bool(self.block_mask.all()) else weight * self.weight_mask()
 
     def masked_block_weights(self) -> torch.Tensor:
         """`M_b * B_i` for every prototype, shape `(R, n/p, m/q)`."""
@@ -233,14 +236,24 @@ class SPLoPALinear(nn.Module):
         """The adapter term of Eq. 6 as a dense `(n, m)` matrix."""
         return block_delta(self.masked_block_weights(), self.prototypes.prototypes())
 
+    def set_weight_cache(self, enabled: bool) -> None:
+        """Keep one fused weight for inference (`enabled`) or none; dropping a kept one now."""
+        self.cache_fused_weight = enabled
+        if not enabled:
+            self._weight_cache.clear()
+
     def fused_weight(self) -> torch.Tensor:
-        """`W_t` of Eq. 6; cached (no autograd) when nothing in it requires a gradient.
+        """`W_t` of Eq. 6; without autograd kept in the layer's one weight cache while
+        `cache_fused_weight` is set.
 
         The cache also keys on the process's optimizer steps while a source trains (see
         `DerivedTensorCache`).
         """
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return self.masked_base_weight() + self.delta_weight()
+        if not self.cache_fused_weight:
+            with torch.no_grad():
+                return self._fused()
         sources = (
             self.base.weight,
             self.block_mask,
@@ -248,9 +261,12 @@ class SPLoPALinear(nn.Module):
             self.prototypes.row_factors,
             self.prototypes.col_factors,
         )
-        return self._fused_cache.get(
-            sources, lambda: self.masked_base_weight() + self.delta_weight()
-        )
+        return self._weight_cache.get(sources, self._fused)
+
+    def _fused(self) -> torch.Tensor:
+        weight = self._masked_base()
+        delta = self.delta_weight()
+        return delta.add_(weight)  # the delta is a new tensor: no third full-size one
 
     def adapter_forward(
         self, x: torch.Tensor, block_weights: torch.Tensor | None = None

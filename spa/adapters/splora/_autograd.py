@@ -8,7 +8,8 @@ rank-r projections of the input and of the output gradient,
 
 where `x_n` is the input at the centre tap of output position `n` and `g_n` the output gradient
 there. That costs `r (in + out)` per position instead of the `out x in x k` of a weight gradient,
-and writes no full-size activation besides the layer's own output (issue 2 benchmark).
+and writes no full-size activation besides the layer's own output (issue 2 benchmark). `W_t`
+itself is formed in forward and again in backward, never kept in between (issue 22).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from spa.adapters import _conv
-from spa.adapters.splora.equation import add_low_rank, masked_factors
+from spa.adapters.splora.equation import add_low_rank_, masked_factors
 
 
 def supports_fused_training(base: nn.Module) -> bool:
@@ -34,21 +35,23 @@ class FusedLowRank(torch.autograd.Function):
     def forward(ctx, x, down, up, layer):  # noqa: D102 - documented on the class
         down_m, up_m = masked_factors(down, up, layer.out_mask, layer.in_mask)
         base = layer.base
-        weight = add_low_rank(layer.masked_base_weight(), down_m, up_m, layer.centre_tap())  # Eq. 4
+        weight = fused_without_grad(layer, down_m, up_m)
         bias = layer.masked_bias()
         bias = None if bias is None else bias.detach()
         ctx.layer = layer
-        ctx.save_for_backward(x, down_m, up_m, weight)
+        ctx.save_for_backward(x, down_m, up_m)
         return _conv.layer_forward(base, x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        x, down_m, up_m, weight = ctx.saved_tensors
+        x, down_m, up_m = ctx.saved_tensors
         layer = ctx.layer
         base = layer.base
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = _input_grad(base, x, weight, grad_out)
+            # W_t is formed again rather than kept from forward: a layer holds no full-size
+            # weight between its forward and backward (issue 22).
+            grad_x = _input_grad(base, x, fused_without_grad(layer, down_m, up_m), grad_out)
         if isinstance(base, nn.Linear):
             inputs = x.reshape(-1, x.shape[-1])  # (N, in)
             grads = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
@@ -60,6 +63,15 @@ class FusedLowRank(torch.autograd.Function):
         grad_down = grad_down * layer.out_mask[:, None]
         grad_up = grad_up * layer.in_mask[None, :]
         return grad_x, grad_down, grad_up, None
+
+
+def fused_without_grad(layer: nn.Module, down_m: torch.Tensor, up_m: torch.Tensor) -> torch.Tensor:
+    """`W_t` of Eq. 4 from the masked factors, with one full-size allocation."""
+    with torch.no_grad():
+        weight = layer.masked_base_weight()
+        if weight.data_ptr() == layer.base.weight.data_ptr():
+            weight = weight.clone()
+        return add_low_rank_(weight, down_m, up_m, layer.centre_tap())
 
 
 def _input_grad(

@@ -41,6 +41,22 @@ def add_low_rank(
     return weight
 
 
+def add_low_rank_(
+    weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, tap: Tap
+) -> torch.Tensor:
+    """`weight += down @ up` in place (at the centre tap for conv weights), without autograd.
+
+    The in-place form of `add_low_rank` for derived weights that need no gradient, rounding
+    exactly as it does (the product, then the sum): the only other full-size tensor is the
+    product, freed on return.
+    """
+    matrix = down @ up  # (out, in/groups)
+    if tap is None:
+        return weight.add_(matrix)
+    weight[tap] += matrix  # (out, in/groups, *kernel): only the centre tap changes
+    return weight
+
+
 def splora_weight(
     base_weight: torch.Tensor,
     out_mask: torch.Tensor,

@@ -11,7 +11,11 @@ from spa.adapters import _conv
 from spa.adapters.density import trained_base_counts
 from spa.adapters.masks import DerivedTensorCache, ones_mask, outer_mask
 from spa.adapters.protocols import IN_MASK, OUT_MASK
-from spa.adapters.splora._autograd import FusedLowRank, supports_fused_training
+from spa.adapters.splora._autograd import (
+    FusedLowRank,
+    fused_without_grad,
+    supports_fused_training,
+)
 from spa.adapters.splora.equation import add_low_rank, masked_factors
 from spa.errors import ConfigError
 
@@ -33,6 +37,13 @@ class SPLoRALayer(nn.Module):
 
     With `rank=0` the layer holds no adapter: it is the fine-pruning form, where `base.weight`
     itself is the learned parameter and only the masks apply.
+
+    Memory versus speed (`cache_fused_weight`, default True): without autograd the layer keeps
+    one fused `W_t` (the base weight's size), so repeated inference costs one plain op; while
+    training `W_t` is formed for the op and again in backward, never kept. With False the layer
+    never forms a full-size weight: it runs the base layer on the masked input and the adapter
+    as two rank-r products (slower; for models near the memory limit). Set it on a whole model
+    with `spa.cache_fused_weights`.
 
     Args:
         base: the layer to adapt (`nn.Linear` or `nn.Conv1d/2d/3d`, any groups/stride/dilation/
@@ -78,7 +89,7 @@ class SPLoRALayer(nn.Module):
         else:
             self.register_parameter("down", None)
             self.register_parameter("up", None)
-        self._masked_base_cache = DerivedTensorCache()
+        self.cache_fused_weight = True
         self._fused_cache = DerivedTensorCache()
 
     # -- the wrapped layer's face ----------------------------------------------------------------
@@ -131,17 +142,13 @@ class SPLoRALayer(nn.Module):
         return outer_mask(self.out_mask, self.in_mask, self.base.weight.dim())
 
     def masked_base_weight(self) -> torch.Tensor:
-        """`W_s * (m_row m_col^T)`; cached without autograd while the base weight is frozen."""
+        """`W_s * (m_row m_col^T)`; the base weight itself (no copy) when nothing is masked."""
         weight = self.base.weight
-        if weight.requires_grad and torch.is_grad_enabled():
-            return weight * self.weight_mask()
-        sources = (weight, self.out_mask, self.in_mask)
-        return self._masked_base_cache.get(sources, self._compute_masked_base)
-
-    def _compute_masked_base(self) -> torch.Tensor:
+        if not (weight.requires_grad and torch.is_grad_enabled()):
+            weight = weight.detach()
         if bool(self.out_mask.all()) and bool(self.in_mask.all()):
-            return self.base.weight.detach()  # nothing pruned: no copy
-        return self.base.weight.detach() * self.weight_mask()
+            return weight
+        return weight * self.weight_mask()
 
     def masked_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`(W_down * m_row 1^T, W_up * 1 m_col^T)`."""
@@ -158,24 +165,35 @@ class SPLoRALayer(nn.Module):
             return zeros
         return add_low_rank(zeros, *self.masked_factors(), self.centre_tap())
 
+    def set_weight_cache(self, enabled: bool) -> None:
+        """Keep one fused weight for inference (`enabled`) or none; dropping a kept one now."""
+        self.cache_fused_weight = enabled
+        if not enabled:
+            self._fused_cache.clear()
+
     def fused_weight(self) -> torch.Tensor:
-        """`W_t` of Eq. 4; cached (no autograd) when nothing in it requires a gradient.
+        """`W_t` of Eq. 4; without autograd cached while `cache_fused_weight` is set.
 
         The cache also keys on the process's optimizer steps while a source trains (see
         `DerivedTensorCache`).
         """
         if torch.is_grad_enabled() and self._has_trainable():
             return self._compute_fused()
+        if not self.cache_fused_weight:
+            with torch.no_grad():
+                return self._compute_fused()
         sources = (self.base.weight, self.out_mask, self.in_mask)
         if self.rank > 0:
             sources += (self.down, self.up)
         return self._fused_cache.get(sources, self._compute_fused)
 
     def _compute_fused(self) -> torch.Tensor:
-        weight = self.masked_base_weight()
         if self.rank == 0:
-            return weight
-        return add_low_rank(weight, *self.masked_factors(), self.centre_tap())
+            return self.masked_base_weight()
+        if torch.is_grad_enabled():
+            weight = self.masked_base_weight()
+            return add_low_rank(weight, *self.masked_factors(), self.centre_tap())
+        return fused_without_grad(self, *self.masked_factors())
 
     def masked_bias(self) -> torch.Tensor | None:
         """The base bias with removed output channels zeroed (None if the layer has no bias)."""
@@ -189,21 +207,23 @@ class SPLoRALayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 4 applied to `x`.
 
-        Without gradients, one op runs with the cached fused weight. With a frozen base and a
-        trainable adapter, one op runs with the fused weight and a custom backward forms neither
-        the base weight's gradient nor any full-size adapter matrix (see `_autograd`).
-        Otherwise (trainable base, grouped or non-zero-padded convs) the base path and the
-        point-wise low-rank path run separately under autograd.
+        Without gradients, one op runs with the cached fused weight (`cache_fused_weight`). With
+        a frozen base and a trainable adapter, one op runs with the fused weight and a custom
+        backward forms neither the base weight's gradient nor any full-size adapter matrix (see
+        `_autograd`). Otherwise (no weight cache, trainable base, grouped or non-zero-padded
+        convs) the masked base path and the point-wise low-rank path run separately.
         """
         bias = self.masked_bias()
-        if not (torch.is_grad_enabled() and self._has_trainable()):
+        training = torch.is_grad_enabled() and self._has_trainable()
+        if self.cache_fused_weight and not training:
             return _conv.layer_forward(self.base, x, self.fused_weight(), bias)
         base_frozen = not self.base.weight.requires_grad and (
             bias is None or not bias.requires_grad
         )
-        if self.rank > 0 and base_frozen and supports_fused_training(self.base):
+        fusable = self.cache_fused_weight and supports_fused_training(self.base)
+        if training and self.rank > 0 and base_frozen and fusable:
             return FusedLowRank.apply(x, self.down, self.up, self)
-        out = _conv.layer_forward(self.base, x, self.masked_base_weight(), bias)
+        out = self._masked_base_forward(x)
         if self.rank == 0:
             return out
         down, up = self.masked_factors()
@@ -213,6 +233,21 @@ class SPLoRALayer(nn.Module):
             hidden = _conv.pointwise(self.base, x, up.repeat(groups, 1))  # (batch, g*r, ...)
             return out + _conv.pointwise(self.base, hidden, down)
         return out + nn.functional.linear(nn.functional.linear(x, up), down)
+
+    def _masked_base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`base(x)` with `W_s * (m_row m_col^T)` and the masked bias, no full-size copy unless
+        the base weight trains (its gradient must be masked)."""
+        weight = self.base.weight
+        if weight.requires_grad and torch.is_grad_enabled():
+            return _conv.layer_forward(self.base, x, self.masked_base_weight(), self.masked_bias())
+        trailing = (1,) * _conv.spatial_dims(self.base)  # channels lead the spatial axes
+        if not bool(self.in_mask.all()):
+            in_mask = self.in_mask.repeat(getattr(self.base, "groups", 1))  # (in,)
+            x = x * in_mask.reshape(in_mask.shape + trailing)
+        out = _conv.layer_forward(self.base, x, weight.detach(), self.base.bias)
+        if bool(self.out_mask.all()):
+            return out
+        return out * self.out_mask.reshape(self.out_mask.shape + trailing)
 
     # -- compaction ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -243,7 +278,6 @@ class SPLoRALayer(nn.Module):
         if self.rank > 0:
             self.down = nn.Parameter(self.down[out_positions], self.down.requires_grad)
             self.up = nn.Parameter(self.up[:, in_positions], self.up.requires_grad)
-        self._masked_base_cache.clear()
         self._fused_cache.clear()
 
     def extra_repr(self) -> str:
