@@ -76,7 +76,13 @@ def weight_norm(
 def _backward_statistics(
     model, layers, data, loss_fn, num_batches, kind: str, output_fn=None
 ) -> Statistics:
-    """Run batches with each producer recomputed from a leaf copy of its adapted weight."""
+    """Run batches and accumulate per-channel statistics from gradients.
+
+    "gradient" recomputes each producer from a leaf copy of its adapted weight (it needs
+    dL/dW_t). "taylor" needs only dL/da of each producer's output `a`: the output the model
+    computed is made part of the graph and differentiated, so no weight is copied and no layer
+    runs twice (issue 22).
+    """
     if data is None:
         raise ConfigError(f"criterion {kind!r} needs data: pass data=[(inputs, targets), ...]")
     loss_fn = loss_fn or default_loss
@@ -89,9 +95,13 @@ def _backward_statistics(
 
         def make_hook(name, leaves=leaves, outputs=outputs):
             def hook(module, args, output):
-                leaves[name] = effective_weight(module).clone().requires_grad_(True)
-                outputs[name] = run_layer(module, args[0], leaves[name], effective_bias(module))
-                return outputs[name].clone()  # protect `outputs` from in-place ops later on
+                if kind == "gradient":
+                    leaves[name] = effective_weight(module).clone().requires_grad_(True)
+                    output = run_layer(module, args[0], leaves[name], effective_bias(module))
+                elif not output.requires_grad:  # nothing before it trains: a leaf of the graph
+                    output.requires_grad_(True)
+                outputs[name] = output
+                return output.clone()  # protect `outputs` from in-place ops later on
 
             return hook
 
@@ -99,7 +109,7 @@ def _backward_statistics(
         try:
             with torch.enable_grad():
                 loss = loss_fn(output_fn(call_model(model, inputs)), targets)
-                names = list(leaves)
+                names = list(outputs)
                 wrt = (
                     [leaves[n] for n in names]
                     if kind == "gradient"

@@ -74,6 +74,60 @@ def test_taylor_criterion_matches_hand_computation():
     torch.testing.assert_close(stats["0"], expected / 10)
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_taylor_scores_stacked_layers_from_their_own_outputs(frozen):
+    """Both scored layers of a chain, trainable adapters or a fully frozen model (the first
+    layer's output is then a leaf of the graph), against the gradients written out."""
+    model = nn.Sequential(
+        nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Linear(4, 4, bias=False), nn.ReLU(),
+        nn.Linear(4, 2, bias=False),
+    )  # fmt: skip
+    spa.adapt(model, spa.SPLoRAConfig(rank=1))
+    for layer in (model[0], model[2]):
+        nn.init.normal_(layer.up)
+    if frozen:
+        model.requires_grad_(False)
+    batches = [(torch.randn(5, 3), torch.randn(5, 2)) for _ in range(2)]
+    layers = {"0": model[0], "2": model[2]}
+    stats = CRITERIA.get("taylor")(model, layers, data=batches, loss_fn=_loss)
+    expected = {"0": 0, "2": 0}
+    with torch.no_grad():
+        first, second, head = _fused(model[0]), _fused(model[2]), model[4].weight
+        for x, t in batches:
+            z1 = x @ first.T
+            z2 = torch.relu(z1) @ second.T
+            g2 = (t @ head) * (z2 > 0)  # dL/dz2
+            g1 = (g2 @ second) * (z1 > 0)  # dL/dz1
+            expected["0"] = expected["0"] + (z1 * g1).abs().sum(dim=0)
+            expected["2"] = expected["2"] + (z2 * g2).abs().sum(dim=0)
+    for name in layers:
+        torch.testing.assert_close(stats[name], expected[name] / 10)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_taylor_copies_no_weight():
+    """With no weight cache, scoring allocates no tensor of a scored layer's weight shape (the
+    criterion once cloned every scored weight and ran the layer again)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model = nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 2))
+    spa.cache_fused_weights(spa.adapt(model, spa.SPLoRAConfig(rank=2)), False)
+    shapes = []
+
+    class Allocations(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and func is not torch.ops.aten.detach.default:
+                shapes.append(tuple(out.shape))
+            return out
+
+    data = [(torch.randn(4, 7), torch.randn(4, 2))]
+    with Allocations():
+        stats = CRITERIA.get("taylor")(model, {"0": model[0]}, data=data, loss_fn=_loss)
+    assert stats["0"].shape == (9,) and bool((stats["0"] > 0).any())
+    assert (9, 7) not in shapes
+
+
 def test_taylor_criterion_averages_over_conv_positions():
     conv = nn.Conv1d(2, 3, 1, bias=False)
     model = nn.Sequential(conv, nn.Flatten(), nn.Linear(12, 1, bias=False))
