@@ -26,6 +26,7 @@ from spa.adapters import (
 )
 from spa.deploy import compact, compact_blocks, compacted, fuse, optimize_for_inference
 from spa.flops import count_flops, count_macs, density
+from spa.pruning.plan import Plan, plan
 from spa.tasks import (
     TaskHost,
     TaskReport,
@@ -41,6 +42,7 @@ __all__ = [
     "BlockFinePruningConfig",
     "FinePruningConfig",
     "LearnedParameters",
+    "Plan",
     "PrototypeBank",
     "SPLoPAConfig",
     "SPLoPALinear",
@@ -63,6 +65,7 @@ __all__ = [
     "learned_parameters",
     "load_task",
     "optimize_for_inference",
+    "plan",
     "read_bundle",
     "save_pretrained",
     "save_task",

@@ -16,6 +16,7 @@ from spa.pruning.groups import channel_groups, remove_channels
 from spa.pruning.iterative import iterative_prune, prune_step
 from spa.pruning.lrp import Relevance, lrp
 from spa.pruning.masking import ChannelMasks, apply_masks, compute_masks
+from spa.pruning.plan import Plan, UnitPlan, plan
 from spa.pruning.schedules import (
     IterativeSchedule,
     iterative_densities,
@@ -34,6 +35,7 @@ __all__ = [
     "IterativeSchedule",
     "LayerInfo",
     "MacsProfile",
+    "Plan",
     "Relevance",
     "apply_masks",
     "channel_groups",
@@ -48,6 +50,7 @@ __all__ = [
     "paper_lr_factor",
     "paper_optimizer",
     "paper_scheduler",
+    "plan",
     "prune_step",
     "refresh_groups",
     "remove_channels",
@@ -57,5 +60,6 @@ __all__ = [
     "without_empty_units",
     "DEFAULT_UNITS",
     "UNITS",
+    "UnitPlan",
     "UnitRemoval",
 ]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+import torch
 from torch import nn
 
 from spa.adapters._conv import groups_of, overridden_method
@@ -143,13 +144,22 @@ def unsupported(module: nn.Module | nn.Parameter) -> str | None:
     return f"{type(module).__name__} (masking it would not match the compacted model)"
 
 
+def mask_values(mask: torch.Tensor) -> list[bool]:
+    """A boolean mask's values; all kept for a mask on the meta device.
+
+    A model built on the meta device holds no values: its masks are the ones `adapt` made
+    (nothing pruned), which is what planning before any weight is loaded needs (issue 22).
+    """
+    return [True] * mask.numel() if mask.is_meta else [bool(v) for v in mask.tolist()]
+
+
 def layer_table(model: nn.Module) -> MappingProxyType:
     table = {}
     for name, layer in channel_layers(model):
         table[name] = LayerInfo(
             name=name,
-            out_mask=tuple(bool(v) for v in layer.out_mask.tolist()),
-            in_mask=tuple(bool(v) for v in layer.in_mask.tolist()),
+            out_mask=tuple(mask_values(layer.out_mask)),
+            in_mask=tuple(mask_values(layer.in_mask)),
             kernel=math.prod(layer.base.weight.shape[2:]),
             base_weights=math.prod(layer.base_shape),
         )
@@ -176,9 +186,10 @@ def is_kept(module: nn.Module, role: Role, position: int) -> bool:
     if role == "param":
         return True  # a bare parameter follows its group's other members
     if isinstance(module, ChannelMasked):
-        return bool((module.out_mask if role == "out" else module.in_mask)[position])
-    mask = module_mask(module, "in" if role == "in" else "out")
-    return True if mask is None else bool(mask[position])
+        mask = module.out_mask if role == "out" else module.in_mask
+    else:
+        mask = module_mask(module, "in" if role == "in" else "out")
+    return mask is None or mask.is_meta or bool(mask[position])
 
 
 def assemble(

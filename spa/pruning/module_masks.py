@@ -98,12 +98,17 @@ def set_module_mask(module: nn.Module, kind: str, mask: torch.Tensor) -> None:
         mask: boolean, True = kept.
     """
     attr = OUT_MASK if kind == "out" else IN_MASK
-    device = next(iter(module.parameters()), mask).device
+    device = _mask_device(next(iter(module.parameters()), mask), mask)
     module.register_buffer(attr, mask.to(device=device, dtype=torch.bool), persistent=False)
     if kind == "out" and not _has_hook(module._forward_hooks, _mask_output):
         module.register_forward_hook(_mask_output)
     if kind == "in" and not _has_hook(module._forward_pre_hooks, _mask_input):
         module.register_forward_pre_hook(_mask_input)
+
+
+def _mask_device(tensor: torch.Tensor, mask: torch.Tensor) -> torch.device:
+    # A mask keeps its values beside a meta-device model (planning without weights, issue 22).
+    return mask.device if tensor.is_meta else tensor.device
 
 
 def parameter_dim(parameter: torch.Tensor) -> int:
@@ -132,7 +137,7 @@ def set_parameter_mask(
     shape[dim] = mask.numel()
     module.register_buffer(
         PARAMETER_MASK + name,
-        mask.to(device=tensor.device, dtype=torch.bool).reshape(shape),
+        mask.to(device=_mask_device(tensor, mask), dtype=torch.bool).reshape(shape),
         persistent=False,
     )
 

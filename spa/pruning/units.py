@@ -45,7 +45,13 @@ from spa.families import (
     stream_layouts,
 )
 from spa.families.layouts import tensor_at
-from spa.pruning.channel_group import ChannelGroup, GroupMember, layer_table, mask_size
+from spa.pruning.channel_group import (
+    ChannelGroup,
+    GroupMember,
+    layer_table,
+    mask_size,
+    mask_values,
+)
 from spa.pruning.module_masks import module_mask
 from spa.pruning.norms import is_last_axis_norm
 
@@ -134,9 +140,9 @@ def _kept_positions(model: nn.Module, member: GroupMember) -> list[bool] | None:
         return None  # a per-head tensor follows its group's projections
     module, role = model.get_submodule(member.name), member.role
     if isinstance(module, ChannelMasked):
-        return (module.out_mask if role == "out" else module.in_mask).tolist()
+        return mask_values(module.out_mask if role == "out" else module.in_mask)
     mask = module_mask(module, "in" if role == "in" else "out")
-    return None if mask is None else mask.tolist()
+    return None if mask is None else mask_values(mask)
 
 
 def _hidden_slices(model: nn.Module, family: Family) -> list[tuple[int, list[_Slice], dict]]:
