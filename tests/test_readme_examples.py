@@ -46,6 +46,13 @@ def test_readme_python_block_runs_as_written(block: str, tmp_path: Path, monkeyp
     if "base" in namespace and "model" in namespace and "SPLoRAConfig" in block:
         assert namespace["model"] is not namespace["base"], "the README adapts the base in place"
         assert not spa_layers(namespace["base"]), "the base must stay plain"
+        assert "deepcopy(base)" not in block, "a task model shares the base's weights"
+        assert_shares_frozen_weights(namespace["model"], namespace["base"])
+    if "plan" in namespace:  # the large-model flow: the meta plan costs what compaction kept
+        deployed, plan = namespace["deployed"], namespace["plan"]
+        example = {"input_ids": torch.zeros(1, 128, dtype=torch.long)}
+        assert __import__("spa").count_flops(deployed, example) == plan.kept_flops
+        assert next(deployed.parameters()).dtype == torch.bfloat16
     if "host" in namespace:
         host, images = namespace["host"], namespace["images"]
         with torch.no_grad():
@@ -74,6 +81,14 @@ def test_readme_python_block_runs_as_written(block: str, tmp_path: Path, monkeyp
                 rtol=1e-4,
                 atol=1e-5,
             )
+
+
+def assert_shares_frozen_weights(model: torch.nn.Module, base: torch.nn.Module) -> None:
+    """Every frozen base weight the task model still holds at full size is the base's storage."""
+    for name, layer in spa_layers(model):
+        weight, original = layer.base.weight, base.get_submodule(name).weight
+        if not weight.requires_grad and weight.shape == original.shape:  # not compacted
+            assert weight.data_ptr() == original.data_ptr(), f"{name} copied the base weight"
 
 
 def spa_layers(model: torch.nn.Module) -> list:
