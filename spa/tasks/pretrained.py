@@ -65,7 +65,7 @@ def save_pretrained(
         overwrite: replace a non-empty existing `directory`.
         tolerance: largest accepted difference of any output from `model`'s, relative to the
             largest magnitude of that output (compared in float32); None follows the model's
-            dtype (`default_tolerance`: 1e-4 for float32, about 1.6% for bfloat16).
+            dtype (`default_tolerance`: 1e-4 for float32, 2**-4 for bfloat16).
         empty_units: also remove heads and FFN neurons that block pruning emptied
             (`spa.pruning.remove_empty_units`).
 
@@ -120,8 +120,10 @@ def save_pretrained(
 def default_tolerance(dtype: torch.dtype) -> float:
     """The relative output tolerance `save_pretrained` uses for a model of `dtype`.
 
-    1e-4 for float32 and float64; for reduced precision, twice the dtype's machine epsilon
-    (bfloat16: 2**-6, float16: 2**-9), since every fused or compacted weight is rounded there.
+    1e-4 for float32 and float64 (about 840 machine epsilons); for reduced precision, 8
+    machine epsilons (bfloat16: 2**-4, float16: 2**-7): every fused or compacted weight is
+    rounded there, and the fused and factored forms of a 22-layer TinyLlama-shaped bfloat16
+    model already differ by 2.4% (relative to the largest logit) at random initialisation.
 
     Args:
         dtype: the model's parameter dtype.
@@ -131,7 +133,7 @@ def default_tolerance(dtype: torch.dtype) -> float:
     """
     if not dtype.is_floating_point or torch.finfo(dtype).bits >= 32:
         return 1e-4
-    return max(1e-4, 2 * torch.finfo(dtype).eps)
+    return max(1e-4, 8 * torch.finfo(dtype).eps)
 
 
 def _dtype(model: nn.Module) -> torch.dtype:
