@@ -65,6 +65,7 @@ class Stages:
     def run(self, name: str, function):
         gc.collect()
         Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+        before = _status("VmRSS")
         start = time.perf_counter()
         result = function()
         seconds = time.perf_counter() - start
@@ -73,7 +74,8 @@ class Stages:
         ratio, above = peak / self.weight_bytes, (peak - self.start) / self.weight_bytes
         print(
             f"{name:<16} {seconds:8.1f} s   peak RSS {peak / _GIB:6.2f} GiB = {ratio:.2f}x the "
-            f"weights ({above:.2f}x above the {self.start / _GIB:.2f} GiB at start)"
+            f"weights ({above:.2f}x above the {self.start / _GIB:.2f} GiB at start; "
+            f"{before / _GIB:.2f} GiB when the stage began)"
         )
         return result
 

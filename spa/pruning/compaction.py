@@ -85,7 +85,11 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
         SpaError: if the compacted model fails on `example_inputs` (inconsistent masks).
     """
     tied = _tied_parameters(model)
-    for module in list(model.modules()):
+    # By name, not a list of modules: a list would keep every replaced base layer (and its
+    # full-size weight) alive until the end, so compaction would need the old and the new
+    # weights at once (issue 22).
+    for name in [name for name, _ in model.named_modules()]:
+        module = model.get_submodule(name)
         if isinstance(module, ChannelMasked):
             out_removed, in_removed = _removed(module.out_mask), _removed(module.in_mask)
         else:
