@@ -23,8 +23,8 @@ def shared_copy(model: nn.Module, *, frozen_only: bool = False) -> nn.Module:
 
     Modules, buffers and plain attributes are copied as `copy.deepcopy` would; each parameter
     becomes a new `nn.Parameter` over the same data (`data_ptr` is equal), tied parameters stay
-    tied. Writing into a parameter of one model in place writes into the other: use it for
-    models whose shared parameters are not trained, or train through `task_model`.
+    tied. Writing into a shared parameter of one model in place writes into the other: use it
+    for models whose shared parameters are not trained, or train through `task_model`.
 
     Args:
         model: any module.

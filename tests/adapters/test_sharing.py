@@ -84,3 +84,13 @@ def test_bundles_and_hosts_take_a_base_that_shares_memory_with_the_task(tmp_path
         got = host.model("task")(ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert fingerprint(base) == reference
+
+
+def test_a_frozen_only_shared_copy_copies_what_trains():
+    base = tiny_llama()
+    task = spa.task_model(base, spa.SPLoRAConfig(rank=2, trainable=("norm",)))
+    copy = spa.shared_copy(task, frozen_only=True)
+    for (name, original), (_, copied) in zip(task.named_parameters(), copy.named_parameters()):
+        shared = original.data_ptr() == copied.data_ptr()
+        assert shared != original.requires_grad, name
+        torch.testing.assert_close(copied, original, rtol=0, atol=0)
