@@ -72,7 +72,7 @@ class Arch:
     def build(self) -> Wrapped:
         config = getattr(transformers, self.config_class)(**self.options)
         model = getattr(transformers, self.model_class)(config)
-        return Wrapped(model.eval(), self.key, self.decoder)
+        return Wrapped(model, self.key, self.decoder).eval()
 
     def inputs(self, batch: int = 2) -> torch.Tensor:
         return torch.randn(batch, *self.input_shape)

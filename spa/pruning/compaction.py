@@ -17,7 +17,7 @@ from spa._batch import call_model
 from spa.adapters.modules import narrow_tensor
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import SpaError
-from spa.families import sync_attributes
+from spa.families import describe, sync_attributes
 from spa.pruning.groups import remove_channels
 from spa.pruning.module_masks import (
     module_mask,
@@ -25,6 +25,7 @@ from spa.pruning.module_masks import (
     parameter_masks,
     remove_module_masks,
 )
+from spa.pruning.traced_heads import head_counts_before, sync_head_counts
 
 
 def _removed(mask: torch.Tensor | None) -> list[int]:
@@ -84,6 +85,7 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
         SpaError: if the compacted model fails on `example_inputs` (inconsistent masks).
     """
     tied = _tied_parameters(model)
+    heads = head_counts_before(model) if describe(model) is None else []  # traced attention
     for module in list(model.modules()):
         if isinstance(module, ChannelMasked):
             out_removed, in_removed = _removed(module.out_mask), _removed(module.in_mask)
@@ -96,6 +98,7 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
         if out_removed or in_removed:
             remove_channels(module, out_removed, in_removed)
     sync_attributes(model)  # head / neuron counts of described transformer families
+    sync_head_counts(heads)
     _retie(tied)
     if example_inputs is not None:
         _check_runs(model, example_inputs)

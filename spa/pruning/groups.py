@@ -11,6 +11,8 @@ Torch-Pruning object leaves this module: groups are returned as spa `ChannelGrou
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 
 import torch
@@ -36,7 +38,11 @@ from spa.pruning.channel_group import (
 )
 from spa.pruning.module_masks import parameter_dim, resume_hooks, suspend_hooks
 from spa.pruning.norms import is_last_axis_norm, slice_norm
+from spa.pruning.traced_heads import head_links
+from spa.pruning.tracing import DEFAULT_TIME_LIMIT, cache_off, model_label, time_bound
 from spa.pruning.units import DEFAULT_UNITS, unit_groups
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ChannelGroup", "channel_groups", "refresh_groups", "remove_channels"]
 
@@ -256,7 +262,10 @@ def _with_grad(example_inputs):
 
 
 def channel_groups(
-    model: nn.Module, example_inputs, units: Sequence[str] | None = None
+    model: nn.Module,
+    example_inputs,
+    units: Sequence[str] | None = None,
+    time_limit: float | None = DEFAULT_TIME_LIMIT,
 ) -> list[ChannelGroup]:
     """Channels of the adapted model that must be pruned together, one group per coupling.
 
@@ -272,7 +281,11 @@ def channel_groups(
     Groups that touch a module whose masked form would differ from its compacted form (e.g.
     GroupNorm), or a bare parameter on the channel axis that spa cannot slice (anything but a
     per-channel scale such as ConvNeXt's `layer_scale_parameter`), are left out with a
-    `SpaWarning` naming the module or parameter, so masks are never applied to them.
+    `SpaWarning` naming the module or parameter, so masks are never applied to them. Traced
+    attention is grouped per head from the model's head counts (`spa.pruning.traced_heads`):
+    a group channel is a whole key/value head with its query heads, never a slice of one; a
+    projection whose rows are not per head (fused q/k/v) leaves its group out with a warning.
+    Tracing runs with the KV cache off and within `time_limit` seconds.
 
     Args:
         model: a model adapted with `spa.adapt` (SPLoRA or fine-pruning).
@@ -280,6 +293,8 @@ def channel_groups(
             used for described families.
         units: for described families, which units to prune ("heads", "ffn", "hidden");
             None = heads and FFN neurons.
+        time_limit: seconds Torch-Pruning may trace a model of no described family (main
+            thread only); None = unbounded.
 
     Returns:
         The channel groups, in the order Torch-Pruning finds their roots (for described
@@ -288,6 +303,8 @@ def channel_groups(
     Raises:
         ConfigError: if the model has no SPLoRA / fine-pruning layer, or `units` is given for
             a model of no described family.
+        UnsupportedLayerError: if Torch-Pruning cannot trace the model or runs past
+            `time_limit`.
     """
     layers = layer_table(model)
     if not layers:
@@ -304,16 +321,25 @@ def channel_groups(
             f"({', '.join(FAMILIES)}); this model's family is not described"
         )
     model_type = getattr(config_of(model), "model_type", None)
-    if model_type is None:
-        return _traced_groups(model, example_inputs, layers)
-    try:
-        return _traced_groups(model, example_inputs, layers)
-    except Exception as error:  # Torch-Pruning's failures on untraceable transformers
-        raise UnsupportedLayerError(
-            f"channel_groups: Torch-Pruning could not trace this {model_type!r} model "
-            f"({type(error).__name__}: {error}); its family is not described (described: "
-            f"{', '.join(FAMILIES)}): add a spa.families.Family for it"
-        ) from error
+    what = model_label(model)
+    logger.info("tracing %s with Torch-Pruning (time limit %s s)", what, time_limit)
+    started = time.perf_counter()
+    with cache_off(model), time_bound(time_limit, what):
+        if model_type is None:
+            groups = _traced_groups(model, example_inputs, layers)
+        else:
+            try:
+                groups = _traced_groups(model, example_inputs, layers)
+            except UnsupportedLayerError:
+                raise
+            except Exception as error:  # Torch-Pruning's failures on untraceable transformers
+                raise UnsupportedLayerError(
+                    f"channel_groups: Torch-Pruning could not trace {what} "
+                    f"({type(error).__name__}: {error}); its family is not described "
+                    f"(described: {', '.join(FAMILIES)}): add a spa.families.Family for it"
+                ) from error
+    logger.info("traced %d channel groups in %.1f s", len(groups), time.perf_counter() - started)
+    return groups
 
 
 def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGroup]:
@@ -332,6 +358,9 @@ def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGrou
     )
     offset = 0
     for group_index, group in enumerate(tp_groups):
+        logger.debug(
+            "traced group %d rooted at %s", group_index, names.get(id(group[0].dep.target.module))
+        )
         size = max(max(item.root_idxs) for item in group.items if item.root_idxs) + 1
         for item in group.items:
             module = item.dep.target.module
@@ -349,5 +378,10 @@ def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGrou
                     if coupling is not None:
                         links.union(coupling, ("ch", channel))
         offset += size
+    heads = head_links(model, entries, names, LAYER_TYPES)
+    for slot, head in heads.unions:
+        links.union(slot, head)
+    problems.update(heads.problems)
+    entries = [e for e in entries if (id(e[2]), e[3]) not in heads.dropped]
     roots = [names[id(group[0].dep.target.module)] for group in tp_groups]
     return assemble(roots, entries, links, names, layers, problems)
