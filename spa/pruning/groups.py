@@ -23,7 +23,7 @@ from torch_pruning.pruner import function as tp_function
 
 from spa.adapters._conv import groups_of
 from spa.adapters.inject import task_head
-from spa.adapters.modules import NORM_TYPES
+from spa.adapters.modules import NORM_TYPES, is_norm
 from spa.adapters.protocols import ChannelMasked, adapter_layers, channel_layers
 from spa.errors import ConfigError, UnsupportedLayerError
 from spa.families import FAMILIES, config_of, describe
@@ -37,7 +37,8 @@ from spa.pruning.channel_group import (
     refresh_groups,
 )
 from spa.pruning.module_masks import parameter_dim, resume_hooks, suspend_hooks
-from spa.pruning.norms import is_last_axis_norm, slice_norm
+from spa.pruning.norms import bare_norm_weight, is_last_axis_norm, slice_norm
+from spa.pruning.parameter_uses import parameter_problem, reshaped
 from spa.pruning.traced_heads import head_links
 from spa.pruning.tracing import DEFAULT_TIME_LIMIT, cache_off, model_label, time_bound
 from spa.pruning.units import DEFAULT_UNITS, unit_groups
@@ -140,39 +141,6 @@ def _group_couplings(module: nn.Module, role: Role, position: int) -> tuple | No
         return ("group", id(module), "out", position % (base.weight.shape[0] // groups))
     if role == "in" and not adapter:
         return ("group", id(module), "in", position % base.weight.shape[1])
-    return None
-
-
-# Autograd ops that only reshape a tensor: a parameter may pass through them on its way to the
-# multiplication that makes it a per-channel scale.
-_SHAPE_OPS = ("View", "Unsqueeze", "Reshape", "Expand", "Squeeze", "UnsafeView")
-
-
-def _parameter_problem(graph, parameter: nn.Parameter) -> str | None:
-    """Why a bare parameter on a pruned axis cannot be sliced with its group, or None.
-
-    spa slices a bare parameter when it is a per-channel scale: one axis longer than one, and
-    every use (through reshapes) is an elementwise multiplication. Then a removed channel is
-    zero in the masked model (it multiplies a masked producer's zero output) and slicing the
-    parameter keeps every kept channel's value, so masked == compacted.
-    """
-    if sum(size > 1 for size in parameter.shape) != 1:
-        return f"a tensor of shape {tuple(parameter.shape)}, not a per-channel vector"
-    node = graph.module2node.get(parameter)
-    pending, uses = list(node.outputs) if node is not None else [], []
-    while pending:
-        consumer = pending.pop()
-        op = type(consumer.grad_fn).__name__ if consumer.grad_fn is not None else "unknown"
-        if op.startswith(_SHAPE_OPS):
-            pending.extend(consumer.outputs)
-        else:
-            uses.append(op)
-    if not uses or any(not op.startswith("MulBackward") for op in uses):
-        used = ", ".join(sorted(set(uses))) or "nothing spa can trace"
-        return (
-            f"a per-channel tensor used by {used}; spa slices only per-channel scales "
-            "(elementwise multiplication)"
-        )
     return None
 
 
@@ -351,6 +319,9 @@ def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGrou
     names.update({id(p): name for name, p in model.named_parameters(remove_duplicate=False)})
     names.update(buffer_names)
     problems = {}  # id -> why spa cannot slice this bare parameter with its group
+    norm_owners = {  # a norm class Torch-Pruning does not know shows up as its bare weight
+        id(p): m for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)
+    }
     links = UnionFind()
     entries = []  # (tp group index, global channel, module, role, position)
     tp_groups = list(
@@ -367,8 +338,12 @@ def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGrou
             if id(module) not in names:
                 continue  # an op without tensors of its own (addition, reshape, ...)
             role = _role(graph, module, item.dep.handler)
+            if role == "param" and id(module) in norm_owners:
+                owner = norm_owners[id(module)]
+                owner, role, problems[id(module)] = bare_norm_weight(owner, reshaped(graph, module))
+                module = owner if role == "norm" else module
             if role == "param" and id(module) not in problems:
-                problems[id(module)] = _parameter_problem(graph, module)
+                problems[id(module)] = parameter_problem(graph, module)
             for index, root in zip(item.idxs, item.root_idxs):
                 for entry_role, position in _entries(module, role, int(index)):
                     channel = offset + int(root)
