@@ -41,6 +41,7 @@ from spa.pruning.norms import bare_norm_weight, is_last_axis_norm, slice_norm
 from spa.pruning.parameter_uses import parameter_problem, reshaped
 from spa.pruning.traced_heads import head_links
 from spa.pruning.tracing import DEFAULT_TIME_LIMIT, cache_off, model_label, time_bound
+from spa.pruning.trial import keep_compactable
 from spa.pruning.units import DEFAULT_UNITS, unit_groups
 
 logger = logging.getLogger(__name__)
@@ -253,7 +254,9 @@ def channel_groups(
     attention is grouped per head from the model's head counts (`spa.pruning.traced_heads`):
     a group channel is a whole key/value head with its query heads, never a slice of one; a
     projection whose rows are not per head (fused q/k/v) leaves its group out with a warning.
-    Tracing runs with the KV cache off and within `time_limit` seconds.
+    Tracing runs with the KV cache off and within `time_limit` seconds. Each traced group is
+    then tried on a copy of the model (`spa.pruning.trial`): one whose pruning does not compact
+    into the masked model (a coupling the graph does not show) is left out with a warning.
 
     Args:
         model: a model adapted with `spa.adapt` (SPLoRA or fine-pruning).
@@ -292,20 +295,22 @@ def channel_groups(
     what = model_label(model)
     logger.info("tracing %s with Torch-Pruning (time limit %s s)", what, time_limit)
     started = time.perf_counter()
-    with cache_off(model), time_bound(time_limit, what):
-        if model_type is None:
-            groups = _traced_groups(model, example_inputs, layers)
-        else:
-            try:
+    with cache_off(model):
+        with time_bound(time_limit, what):
+            if model_type is None:
                 groups = _traced_groups(model, example_inputs, layers)
-            except UnsupportedLayerError:
-                raise
-            except Exception as error:  # Torch-Pruning's failures on untraceable transformers
-                raise UnsupportedLayerError(
-                    f"channel_groups: Torch-Pruning could not trace {what} "
-                    f"({type(error).__name__}: {error}); its family is not described "
-                    f"(described: {', '.join(FAMILIES)}): add a spa.families.Family for it"
-                ) from error
+            else:
+                try:
+                    groups = _traced_groups(model, example_inputs, layers)
+                except UnsupportedLayerError:
+                    raise
+                except Exception as error:  # Torch-Pruning's failures on untraceable models
+                    raise UnsupportedLayerError(
+                        f"channel_groups: Torch-Pruning could not trace {what} "
+                        f"({type(error).__name__}: {error}); its family is not described "
+                        f"(described: {', '.join(FAMILIES)}): add a spa.families.Family for it"
+                    ) from error
+        groups = keep_compactable(model, groups, example_inputs)
     logger.info("traced %d channel groups in %.1f s", len(groups), time.perf_counter() - started)
     return groups
 
