@@ -11,7 +11,7 @@ from torch import nn
 
 import spa
 from spa.adapters.splora import SPLoRALayer
-from tests._open_world import build
+from tests._traced_models import build
 
 
 def _zero_adapters(model: nn.Module) -> None:

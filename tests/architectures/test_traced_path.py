@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import spa
 from spa.errors import UnsupportedLayerError
 from spa.pruning import CRITERIA, apply_masks, channel_groups, compact, compute_masks, score
-from tests._open_world import ARCHS
+from tests._traced_models import ARCHS
 
 END_TO_END = [
     "whisper_encoder",

@@ -12,7 +12,7 @@ import torch
 import spa
 from spa.errors import SpaWarning, UnsupportedLayerError
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, score
-from tests._open_world import build
+from tests._traced_models import build
 
 
 def _adapted(name: str):

@@ -38,7 +38,7 @@ def test_group_that_breaks_compaction_is_left_out_with_a_warning_before_masking(
 
 
 def test_segformer_groups_that_pass_compact_into_the_masked_model():
-    from tests._open_world import build
+    from tests._traced_models import build
 
     model, x = build("segformer")
     spa.adapt(model, spa.SPLoRAConfig(rank=2))

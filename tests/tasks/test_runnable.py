@@ -10,7 +10,7 @@ import torch
 import spa
 from spa.errors import ConfigError
 from spa.pruning import apply_masks
-from tests._open_world import build
+from tests._traced_models import build
 
 
 def _masked_whisper(rows: list[int]):
