@@ -319,3 +319,12 @@ def build(name: str) -> tuple[Wrapped, torch.Tensor]:
     """The wrapped tiny model `name` (eval mode) and a batch of two examples for it."""
     arch = ARCHS[name]
     return arch.build(), arch.inputs()
+
+
+def traced_path(monkeypatch) -> None:
+    """Make `channel_groups` take the traced path even for a model a family describes (families
+    now match OPT, BLOOM, Falcon, BEiT, Gemma, Qwen3 and Whisper's encoder by structure), so the
+    traced path is tested on them explicitly (issue 21, item 4)."""
+    import spa.pruning.groups
+
+    monkeypatch.setattr(spa.pruning.groups, "describe", lambda model: None)

@@ -12,7 +12,12 @@ import torch
 import spa
 from spa.errors import SpaWarning, UnsupportedLayerError
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, score
-from tests._traced_models import build
+from tests._traced_models import build, traced_path
+
+
+@pytest.fixture(autouse=True)
+def _traced(monkeypatch):
+    traced_path(monkeypatch)
 
 
 def _adapted(name: str):

@@ -10,7 +10,12 @@ import torch
 import spa
 from spa.errors import ConfigError
 from spa.pruning import apply_masks
-from tests._traced_models import build
+from tests._traced_models import build, traced_path
+
+
+@pytest.fixture(autouse=True)
+def _traced(monkeypatch):
+    traced_path(monkeypatch)
 
 
 def _masked_whisper(rows: list[int]):
