@@ -36,12 +36,23 @@ BASE_ATTRIBUTES = frozenset(
 )
 
 
+# Tensors host-model code reads from the layer it holds, as the adapted layer computes them:
+# `nn.MultiheadAttention` runs its `out_proj` through `F.multi_head_attention_forward` with
+# `out_proj.weight` and `out_proj.bias` (SigLIP's pooling head). Keyed by attribute name; each
+# entry reads the adapter layer's own protocol (`AdapterLayer.fused_weight` / `fused_bias`).
+STAND_INS = {
+    "weight": lambda layer: layer.fused_weight(),
+    "bias": lambda layer: layer.fused_bias(),
+}
+
+
 def base_attribute(layer: nn.Module, name: str) -> object:
-    """`nn.Module.__getattr__` for an adapter layer, falling back to `base` for `BASE_ATTRIBUTES`.
+    """`nn.Module.__getattr__` for an adapter layer that stands in for the layer it wraps.
 
     Adapter layers use it as their `__getattr__`, so wrapping a layer never changes how the host
-    model's own code runs (issue 11). Values come from the current `base`, so they follow
-    compaction.
+    model's own code runs (issue 11): `STAND_INS` (`weight`, `bias`) are the adapted layer's
+    fused weight and masked bias, `BASE_ATTRIBUTES` come from the current `base`, so they
+    follow compaction.
 
     Raises:
         AttributeError: for any other missing attribute, as `nn.Module` would.
@@ -49,6 +60,8 @@ def base_attribute(layer: nn.Module, name: str) -> object:
     try:
         return nn.Module.__getattr__(layer, name)
     except AttributeError:
+        if name in STAND_INS:
+            return STAND_INS[name](layer)
         if name not in BASE_ATTRIBUTES:
             raise
         return getattr(nn.Module.__getattr__(layer, "base"), name)
@@ -87,16 +100,44 @@ def overridden_method(base: nn.Module) -> str | None:
     """`"Class.method"` of a Linear/ConvNd subclass's own forward computation, or None.
 
     A subclass that only changes the constructor (EfficientNet's depth-wise conv) computes what
-    its plain torch type computes; one that overrides `forward` / `_conv_forward` (a weight-
-    standardised conv) does not, and spa cannot mask, slice or fuse it exactly.
+    its plain torch type computes. One that overrides `forward` / `_conv_forward` is accepted
+    when it still computes its plain type's function of the weight and bias, checked on a probe
+    input (Falcon's `FalconLinear`: `x @ W.T + b`); one that computes something else (a weight-
+    standardised conv) cannot be masked, sliced or fused exactly by spa.
     """
     plain = next((t for t in SUPPORTED_LAYERS if isinstance(base, t)), None)
     for method in ("forward", "_conv_forward"):
         if plain is not None and getattr(type(base), method, None) is not getattr(
             plain, method, None
         ):
-            return f"{plain.__name__}.{method}"
+            return None if _computes_plain(base, plain) else f"{plain.__name__}.{method}"
     return None
+
+
+def _computes_plain(base: nn.Module, plain: type) -> bool:
+    """True if `base`'s own forward gives what `plain.forward` gives on a seeded probe input."""
+    weight = base.weight
+    if weight.is_meta or not weight.is_floating_point():
+        return False  # nothing to run: keep refusing what cannot be checked
+    generator = torch.Generator().manual_seed(0)  # never the global seed
+    if weight.dim() == 2:
+        shape = (2, weight.shape[1])
+    else:
+        kernel = [k * d for k, d in zip(base.kernel_size, base.dilation)]
+        shape = (2, weight.shape[1] * base.groups, *(k + 3 for k in kernel))
+    probe = torch.randn(shape, generator=generator).to(weight.device, weight.dtype)
+    try:
+        with torch.no_grad():
+            own = type(base).forward(base, probe)  # no hooks: the class's own computation
+            if weight.dim() == 2:
+                reference = F.linear(probe, weight, base.bias)
+            else:
+                reference = plain._conv_forward(base, probe, weight, base.bias)
+    except Exception:  # noqa: BLE001 - a forward spa cannot run is a forward it cannot reproduce
+        return False
+    if not isinstance(own, torch.Tensor) or own.shape != reference.shape:
+        return False
+    return bool(torch.allclose(own, reference, rtol=1e-4, atol=1e-5))
 
 
 def spatial_dims(base: nn.Module) -> int:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from spa._batch import call_model
+from spa.errors import ConfigError
 from spa.flops import count_macs
 from spa.pruning.channel_group import ChannelGroup
 
@@ -137,3 +138,97 @@ def flops_profile(model: nn.Module, groups: Sequence[ChannelGroup], example_inpu
     plain = {name: layer for name, layer in plain.items() if type(layer) is nn.Linear}
     layers = {name: model.get_submodule(name) for name in names}
     return macs_profile(model, layers, example_inputs, plain)
+
+
+class RetainedWeights:
+    """Retained weight counts per adapter layer, updated as group channels are removed.
+
+    An incremental form of `spa.density` (same numerator and denominator, see
+    `spa.adapters.density`): it starts from the layers' own `retained_weights()` (recorded in
+    `LayerInfo`) and follows each removal exactly, so ranking never re-walks the model.
+
+    With a `MacsProfile`, every layer's weight entries are weighted by the output positions they
+    are applied at and the profile's fixed MACs are added to both sides, so `density` is the
+    retained fraction of the whole model's MACs instead of the prunable weights.
+    """
+
+    def __init__(self, groups: Sequence[ChannelGroup], macs: MacsProfile | None = None) -> None:
+        layers = groups[0].layers
+        cost = _layer_costs(layers, macs)
+        self.kernel = {name: info.kernel * cost[name] for name, info in layers.items()}
+        self.out = {name: sum(info.out_mask) for name, info in layers.items()}
+        self.cols = {name: sum(info.in_mask) for name, info in layers.items()}
+        self.fixed = macs.fixed if macs is not None else 0
+        self.base = sum(info.base_weights * cost[name] for name, info in layers.items())
+        plain = dict(macs.plain) if macs is not None else {}
+        for name, (rows, columns, positions) in plain.items():  # e.g. an LM head
+            self.kernel[name] = positions
+            self.out[name], self.cols[name] = rows, columns
+            self.base += rows * columns * positions
+        for group in groups:  # channels already removed from plain layers
+            for member in group.members:
+                if member.name in plain and member.role in ("in", "out"):
+                    side = self.out if member.role == "out" else self.cols
+                    side[member.name] -= sum(not group.kept[c] for c in member.channels)
+        self.total = sum(self._layer(name) for name in self.out)
+        # Per (group, channel): [(layer, role, number of positions)] over adapter members.
+        self.effects: dict[tuple[int, int], list[tuple[str, str, int]]] = {}
+        for index, group in enumerate(groups):
+            counts: dict[tuple[int, str, str], int] = {}
+            for member in group.members:
+                counted = member.is_adapter or member.name in plain
+                if not counted or member.role not in ("in", "out"):
+                    continue
+                for channel in member.channels:
+                    key = (channel, member.name, member.role)
+                    counts[key] = counts.get(key, 0) + 1
+            for (channel, name, role), count in counts.items():
+                self.effects.setdefault((index, channel), []).append((name, role, count))
+
+    def _layer(self, name: str) -> int:
+        return self.out[name] * self.cols[name] * self.kernel[name]
+
+    def density_without(self, group: int, channels: Sequence[int]) -> float:
+        """The density after removing `channels` of `group`, without removing them."""
+        out, cols = {}, {}
+        for channel in channels:
+            for name, role, count in self.effects.get((group, channel), []):
+                side, start = (out, self.out) if role == "out" else (cols, self.cols)
+                side[name] = side.get(name, start[name]) - count
+        total = self.total
+        for name in set(out) | set(cols):
+            total -= self._layer(name)
+            total += (
+                out.get(name, self.out[name])
+                * cols.get(name, self.cols[name])
+                * (self.kernel[name])
+            )
+        return (self.fixed + total) / (self.fixed + self.base) if self.base else 1.0
+
+    def remove(self, group: int, channel: int) -> None:
+        for name, role, count in self.effects.get((group, channel), []):
+            self.total -= self._layer(name)
+            if role == "out":
+                self.out[name] -= count
+            else:
+                self.cols[name] -= count
+            self.total += self._layer(name)
+
+    @property
+    def density(self) -> float:
+        if not self.base:
+            return 1.0
+        return (self.fixed + self.total) / (self.fixed + self.base)
+
+
+def _layer_costs(layers: Mapping, macs: MacsProfile | None) -> dict[str, int]:
+    """Per adapter layer, the weight of one retained entry: 1, or its output positions."""
+    if macs is None:
+        return dict.fromkeys(layers, 1)
+    missing = sorted(set(layers) - set(macs.positions))
+    if missing:
+        raise ConfigError(
+            f"compute_masks: the MACs profile has no positions for {', '.join(missing[:3])}; "
+            "measure it with spa.pruning.macs_profile on the same model and channel groups"
+        )
+    return {name: macs.positions[name] for name in layers}

@@ -17,7 +17,7 @@ from spa._batch import call_model
 from spa.adapters.modules import narrow_tensor
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import SpaError
-from spa.families import sync_attributes
+from spa.families import describe, sync_attributes
 from spa.pruning.groups import remove_channels
 from spa.pruning.module_masks import (
     module_mask,
@@ -25,6 +25,7 @@ from spa.pruning.module_masks import (
     parameter_masks,
     remove_module_masks,
 )
+from spa.pruning.traced_heads import head_counts_before, sync_head_counts
 
 
 def _removed(mask: torch.Tensor | None) -> list[int]:
@@ -85,6 +86,7 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
         SpaError: if the compacted model fails on `example_inputs` (inconsistent masks).
     """
     tied = _tied_parameters(model)
+    heads = head_counts_before(model) if describe(model) is None else []  # traced attention
     # By name, not a list of modules: a list would keep every replaced base layer (and its
     # full-size weight) alive until the end, so compaction would need the old and the new
     # weights at once (issue 22).
@@ -101,6 +103,7 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
         if out_removed or in_removed:
             remove_channels(module, out_removed, in_removed)
     sync_attributes(model)  # head / neuron counts of described transformer families
+    sync_head_counts(heads)
     _retie(tied)
     if example_inputs is not None:
         _check_runs(model, example_inputs)

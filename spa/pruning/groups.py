@@ -11,6 +11,8 @@ Torch-Pruning object leaves this module: groups are returned as spa `ChannelGrou
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +23,7 @@ from torch_pruning.pruner import function as tp_function
 
 from spa.adapters._conv import groups_of
 from spa.adapters.inject import task_head
-from spa.adapters.modules import NORM_TYPES
+from spa.adapters.modules import NORM_TYPES, is_norm
 from spa.adapters.protocols import ChannelMasked, adapter_layers, channel_layers
 from spa.errors import ConfigError, UnsupportedLayerError
 from spa.families import FAMILIES, config_of, describe
@@ -35,8 +37,14 @@ from spa.pruning.channel_group import (
     refresh_groups,
 )
 from spa.pruning.module_masks import parameter_dim, resume_hooks, suspend_hooks
-from spa.pruning.norms import is_last_axis_norm, slice_norm
+from spa.pruning.norms import bare_norm_weight, is_last_axis_norm, slice_norm
+from spa.pruning.parameter_uses import parameter_problem, reshaped
+from spa.pruning.traced_heads import head_links
+from spa.pruning.tracing import DEFAULT_TIME_LIMIT, cache_off, model_label, time_bound
+from spa.pruning.trial import keep_compactable
 from spa.pruning.units import DEFAULT_UNITS, unit_groups
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ChannelGroup", "channel_groups", "refresh_groups", "remove_channels"]
 
@@ -137,39 +145,6 @@ def _group_couplings(module: nn.Module, role: Role, position: int) -> tuple | No
     return None
 
 
-# Autograd ops that only reshape a tensor: a parameter may pass through them on its way to the
-# multiplication that makes it a per-channel scale.
-_SHAPE_OPS = ("View", "Unsqueeze", "Reshape", "Expand", "Squeeze", "UnsafeView")
-
-
-def _parameter_problem(graph, parameter: nn.Parameter) -> str | None:
-    """Why a bare parameter on a pruned axis cannot be sliced with its group, or None.
-
-    spa slices a bare parameter when it is a per-channel scale: one axis longer than one, and
-    every use (through reshapes) is an elementwise multiplication. Then a removed channel is
-    zero in the masked model (it multiplies a masked producer's zero output) and slicing the
-    parameter keeps every kept channel's value, so masked == compacted.
-    """
-    if sum(size > 1 for size in parameter.shape) != 1:
-        return f"a tensor of shape {tuple(parameter.shape)}, not a per-channel vector"
-    node = graph.module2node.get(parameter)
-    pending, uses = list(node.outputs) if node is not None else [], []
-    while pending:
-        consumer = pending.pop()
-        op = type(consumer.grad_fn).__name__ if consumer.grad_fn is not None else "unknown"
-        if op.startswith(_SHAPE_OPS):
-            pending.extend(consumer.outputs)
-        else:
-            uses.append(op)
-    if not uses or any(not op.startswith("MulBackward") for op in uses):
-        used = ", ".join(sorted(set(uses))) or "nothing spa can trace"
-        return (
-            f"a per-channel tensor used by {used}; spa slices only per-channel scales "
-            "(elementwise multiplication)"
-        )
-    return None
-
-
 def _role(graph, module: nn.Module, handler) -> Role:
     if isinstance(module, nn.Parameter):
         return "param"
@@ -256,7 +231,10 @@ def _with_grad(example_inputs):
 
 
 def channel_groups(
-    model: nn.Module, example_inputs, units: Sequence[str] | None = None
+    model: nn.Module,
+    example_inputs,
+    units: Sequence[str] | None = None,
+    time_limit: float | None = DEFAULT_TIME_LIMIT,
 ) -> list[ChannelGroup]:
     """Channels of the adapted model that must be pruned together, one group per coupling.
 
@@ -272,7 +250,13 @@ def channel_groups(
     Groups that touch a module whose masked form would differ from its compacted form (e.g.
     GroupNorm), or a bare parameter on the channel axis that spa cannot slice (anything but a
     per-channel scale such as ConvNeXt's `layer_scale_parameter`), are left out with a
-    `SpaWarning` naming the module or parameter, so masks are never applied to them.
+    `SpaWarning` naming the module or parameter, so masks are never applied to them. Traced
+    attention is grouped per head from the model's head counts (`spa.pruning.traced_heads`):
+    a group channel is a whole key/value head with its query heads, never a slice of one; a
+    projection whose rows are not per head (fused q/k/v) leaves its group out with a warning.
+    Tracing runs with the KV cache off and within `time_limit` seconds. Each traced group is
+    then tried on a copy of the model (`spa.pruning.trial`): one whose pruning does not compact
+    into the masked model (a coupling the graph does not show) is left out with a warning.
 
     Args:
         model: a model adapted with `spa.adapt` (SPLoRA or fine-pruning).
@@ -280,6 +264,8 @@ def channel_groups(
             used for described families.
         units: for described families, which units to prune ("heads", "ffn", "hidden");
             None = heads and FFN neurons.
+        time_limit: seconds Torch-Pruning may trace a model of no described family (main
+            thread only); None = unbounded.
 
     Returns:
         The channel groups, in the order Torch-Pruning finds their roots (for described
@@ -288,6 +274,8 @@ def channel_groups(
     Raises:
         ConfigError: if the model has no SPLoRA / fine-pruning layer, or `units` is given for
             a model of no described family.
+        UnsupportedLayerError: if Torch-Pruning cannot trace the model or runs past
+            `time_limit`.
     """
     layers = layer_table(model)
     if not layers:
@@ -304,16 +292,27 @@ def channel_groups(
             f"({', '.join(FAMILIES)}); this model's family is not described"
         )
     model_type = getattr(config_of(model), "model_type", None)
-    if model_type is None:
-        return _traced_groups(model, example_inputs, layers)
-    try:
-        return _traced_groups(model, example_inputs, layers)
-    except Exception as error:  # Torch-Pruning's failures on untraceable transformers
-        raise UnsupportedLayerError(
-            f"channel_groups: Torch-Pruning could not trace this {model_type!r} model "
-            f"({type(error).__name__}: {error}); its family is not described (described: "
-            f"{', '.join(FAMILIES)}): add a spa.families.Family for it"
-        ) from error
+    what = model_label(model)
+    logger.info("tracing %s with Torch-Pruning (time limit %s s)", what, time_limit)
+    started = time.perf_counter()
+    with cache_off(model):
+        with time_bound(time_limit, what):
+            if model_type is None:
+                groups = _traced_groups(model, example_inputs, layers)
+            else:
+                try:
+                    groups = _traced_groups(model, example_inputs, layers)
+                except UnsupportedLayerError:
+                    raise
+                except Exception as error:  # Torch-Pruning's failures on untraceable models
+                    raise UnsupportedLayerError(
+                        f"channel_groups: Torch-Pruning could not trace {what} "
+                        f"({type(error).__name__}: {error}); its family is not described "
+                        f"(described: {', '.join(FAMILIES)}): add a spa.families.Family for it"
+                    ) from error
+        groups = keep_compactable(model, groups, example_inputs)
+    logger.info("traced %d channel groups in %.1f s", len(groups), time.perf_counter() - started)
+    return groups
 
 
 def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGroup]:
@@ -325,6 +324,9 @@ def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGrou
     names.update({id(p): name for name, p in model.named_parameters(remove_duplicate=False)})
     names.update(buffer_names)
     problems = {}  # id -> why spa cannot slice this bare parameter with its group
+    norm_owners = {  # a norm class Torch-Pruning does not know shows up as its bare weight
+        id(p): m for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)
+    }
     links = UnionFind()
     entries = []  # (tp group index, global channel, module, role, position)
     tp_groups = list(
@@ -332,14 +334,21 @@ def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGrou
     )
     offset = 0
     for group_index, group in enumerate(tp_groups):
+        logger.debug(
+            "traced group %d rooted at %s", group_index, names.get(id(group[0].dep.target.module))
+        )
         size = max(max(item.root_idxs) for item in group.items if item.root_idxs) + 1
         for item in group.items:
             module = item.dep.target.module
             if id(module) not in names:
                 continue  # an op without tensors of its own (addition, reshape, ...)
             role = _role(graph, module, item.dep.handler)
+            if role == "param" and id(module) in norm_owners:
+                owner = norm_owners[id(module)]
+                owner, role, problems[id(module)] = bare_norm_weight(owner, reshaped(graph, module))
+                module = owner if role == "norm" else module
             if role == "param" and id(module) not in problems:
-                problems[id(module)] = _parameter_problem(graph, module)
+                problems[id(module)] = parameter_problem(graph, module)
             for index, root in zip(item.idxs, item.root_idxs):
                 for entry_role, position in _entries(module, role, int(index)):
                     channel = offset + int(root)
@@ -349,5 +358,10 @@ def _traced_groups(model: nn.Module, example_inputs, layers) -> list[ChannelGrou
                     if coupling is not None:
                         links.union(coupling, ("ch", channel))
         offset += size
+    heads = head_links(model, entries, names, LAYER_TYPES)
+    for slot, head in heads.unions:
+        links.union(slot, head)
+    problems.update(heads.problems)
+    entries = [e for e in entries if (id(e[2]), e[3]) not in heads.dropped]
     roots = [names[id(group[0].dep.target.module)] for group in tp_groups]
     return assemble(roots, entries, links, names, layers, problems)

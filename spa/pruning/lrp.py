@@ -161,7 +161,7 @@ def lrp(
     if epsilon < 0:
         raise ConfigError(f"lrp: epsilon must be >= 0, got {epsilon!r}")
     layers = _rule_layers(model)
-    outputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, list[torch.Tensor]] = {}
     handles = [
         layer.register_forward_hook(_hook(name, outputs, rule, epsilon))
         for name, layer in layers.items()
@@ -173,20 +173,15 @@ def lrp(
             x = _leaves(inputs)
             leaves = _flat(x)
             picked = _picked((output_fn or model_output)(call_model(model, x)), targets)
-            names = list(outputs)
+            calls = [(n, out) for n, outs in outputs.items() for out in outs if out.requires_grad]
             grads = torch.autograd.grad(
-                picked.sum(), leaves + [outputs[n] for n in names], allow_unused=True
+                picked.sum(), leaves + [out for _, out in calls], allow_unused=True
             )
     finally:
         for handle in handles:
             handle.remove()
         model.train(training)
-    layer_relevance = {
-        name: (outputs[name] * grad).detach()
-        if grad is not None
-        else torch.zeros_like(outputs[name])
-        for name, grad in zip(names, grads[len(leaves) :])
-    }
+    layer_relevance = _layer_relevance(outputs, calls, grads[len(leaves) :])
     input_relevance = _relevance(x, {id(leaf): g for leaf, g in zip(leaves, grads)})
     return Relevance(input=input_relevance, layers=layer_relevance, output=picked.detach())
 
@@ -205,10 +200,25 @@ def _rule_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
+def _layer_relevance(outputs: dict, calls: list, grads) -> dict[str, torch.Tensor]:
+    """Per layer, `a * G` of its output, summed over the calls shaped like its first one.
+
+    A call on tensors that do not depend on the input (DeBERTa's projections of its relative
+    position embeddings) receives no relevance, and is not differentiated (autograd refuses
+    outputs that need no gradient). A layer called again on the input (DeBERTa shares its key
+    projection between the tokens and the positions) adds the relevance of each such call.
+    """
+    relevance = {name: torch.zeros_like(outs[0]).detach() for name, outs in outputs.items()}
+    for (name, out), grad in zip(calls, grads):
+        if grad is not None and out.shape == relevance[name].shape:
+            relevance[name] += (out * grad).detach()
+    return relevance
+
+
 def _hook(name: str, outputs: dict, rule: Rule, epsilon: float):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         out = _rule_output(module, args[0], rule, epsilon)
-        outputs[name] = out
+        outputs.setdefault(name, []).append(out)
         return out.clone()  # later in-place ops (ReLU(inplace=True)) must not touch `out`
 
     return hook

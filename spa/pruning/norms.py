@@ -102,3 +102,21 @@ def slice_norm(module: nn.Module, removed: list[int]) -> None:
         narrow_tensor(module, name, kept, 0)
     if isinstance(getattr(module, "normalized_shape", None), tuple):
         module.normalized_shape = (kept.numel(),)
+
+
+def bare_norm_weight(owner: nn.Module, reshaped: bool) -> tuple[nn.Module, str, str | None]:
+    """How a traced group takes a norm seen only as its bare weight (a norm class
+    Torch-Pruning does not know): `(module, role, problem)`.
+
+    A last-axis norm (its weight used as it is, not reshaped to broadcast over a channel-first
+    axis) becomes a "norm" member, masked over its kept channels; any other norm's statistics
+    mix channels in a way spa cannot mask to match the compacted model (a norm over [C, H, W]),
+    so its weight stays a "param" member with a problem that leaves the group out.
+    """
+    if is_last_axis_norm(owner) and not reshaped:
+        return owner, "norm", None
+    problem = (
+        f"the weight of {type(owner).__name__}, a norm whose statistics mix channels (masked "
+        "and compacted outputs would differ)"
+    )
+    return owner, "param", problem

@@ -37,6 +37,7 @@ from spa.deploy.compacted import has_module_masks, has_pruned_channels
 from spa.errors import ConfigError
 from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_fingerprint
 from spa.tasks.format import STORAGE_DTYPES, Bundle, write_bundle
+from spa.tasks.runnable import check_runnable
 from spa.tasks.save_layers import NormStatistics, check_structure, record_layers, record_modules
 from spa.tasks.save_metadata import (
     BundleOptions,
@@ -123,6 +124,7 @@ def save_task(
     sign = None if signing_key is None else signer(signing_key)
     base_modules = dict(base_model.named_modules())
     check_structure(model, base_modules)
+    check_runnable(model)  # head shapes: a bundle that would fail in the model's head reshape
     writer = BundleWriter(dtype=dtype)
     with torch.no_grad():
         layers, adapters = record_layers(model, base_modules, writer)

@@ -40,7 +40,11 @@ class FusedLowRank(torch.autograd.Function):
         bias = None if bias is None else bias.detach()
         ctx.layer = layer
         ctx.save_for_backward(x, down_m, up_m)
-        return _conv.layer_forward(base, x, weight, bias)
+        out = _conv.layer_forward(base, x, weight, bias)
+        # A linear map of a 3-D input returns a view of its 2-D product; autograd forbids
+        # in-place writes into a custom Function's view output, and host models write into a
+        # layer's output (wav2vec2's SpecAugment): hand out a tensor of its own.
+        return out.clone() if out._is_view() else out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
