@@ -20,7 +20,7 @@ from spa.adapters.density import density
 from spa.adapters.protocols import is_adapted
 from spa.deploy.fuse import fuse
 from spa.errors import UnsupportedLayerError
-from spa.families import Family, block_layouts, describe
+from spa.families import Family, block_layouts, describe, ffn_layouts
 from spa.flops import count_flops
 from spa.pruning.empty_units import remove_empty_units
 
@@ -78,7 +78,8 @@ def _projection_parameters(model: nn.Module, family: Family) -> int:
     total = 0
     for layout in block_layouts(model, family):
         paths = (layout.query, layout.key, layout.value, layout.qkv, layout.output)
-        for path in [p for p in paths if p is not None] + [*layout.ffn_inputs, layout.ffn_output]:
+        ffns = [p for ffn in ffn_layouts(layout) for p in (*ffn.ffn_inputs, ffn.ffn_output)]
+        for path in [p for p in paths if p is not None] + ffns:
             total += model.get_submodule(path).weight.numel()
     return total
 

@@ -20,6 +20,7 @@ from spa.families import (  # noqa: E402,F401  (registrations)
     gpt_neox,
     llama,
     llama_ffn,
+    moe,
     modernbert,
     opt,
     phi3,
@@ -35,7 +36,8 @@ from spa.families.description import (
     MergeDescription,
     StreamDescription,
 )
-from spa.families.layouts import BlockLayout, block_layouts, config_of
+from spa.families.experts import SplitExperts, split_experts
+from spa.families.layouts import BlockLayout, block_layouts, config_of, ffn_layouts
 from spa.families.match import describe, explain, mismatches, per_head_axes
 from spa.families.pretrained import config_values
 from spa.families.rows import HeadRows, ffn_neurons, head_rows, module_rows, neuron_rows
@@ -56,6 +58,7 @@ __all__ = [
     "block_layouts",
     "config_of",
     "config_values",
+    "ffn_layouts",
     "describe",
     "explain",
     "ffn_neurons",
@@ -65,7 +68,9 @@ __all__ = [
     "module_rows",
     "neuron_rows",
     "per_head_axes",
+    "SplitExperts",
     "sliced_tensor_axes",
+    "split_experts",
     "stream_layouts",
     "stream_tensors",
     "sync_attributes",

@@ -106,6 +106,9 @@ class FeedForwardDescription:
         attributes: attributes of `module` to update when neurons are removed.
         chunks: equal parts each input's rows hold side by side, one row per neuron in each
             (2 for a fused `[gate | up]` projection: Phi-3's `gate_up_proj`, ModernBERT's `Wi`).
+        experts: attribute of `module` with its number of experts, for a mixture of experts
+            (`spa.families.experts.SplitExperts`): `inputs` and `output` then name expert
+            `{expert}`'s projections, and each expert is one FFN of the block.
     """
 
     module: str
@@ -114,6 +117,7 @@ class FeedForwardDescription:
     activation: str | None = None
     attributes: Mapping[str, Quantity] = field(default_factory=dict)
     chunks: int = 1
+    experts: str | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -200,6 +204,10 @@ class Family:
             None where the hidden size cannot be pruned.
         variant_of: the family this one refines (a model that fits both is of the variant).
         examples: tiny models of the family that the tests build and run end to end.
+        extra_ffns: further feed-forward sub-layers of each block, pruned like `ffn`
+            (Qwen2-MoE's shared expert next to its routed experts).
+        untouched: modules with parameters in a block (paths relative to it) that pruning
+            leaves as they are: routers, which read the stream and choose experts, not neurons.
     """
 
     name: str
@@ -214,6 +222,8 @@ class Family:
     stream: StreamDescription | None = None
     variant_of: str | None = None
     examples: tuple[Example, ...] = ()
+    extra_ffns: tuple[FeedForwardDescription, ...] = ()
+    untouched: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

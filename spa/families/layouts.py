@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from spa.errors import ConfigError
-from spa.families.description import Family
+from spa.families.description import Family, FeedForwardDescription
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class BlockLayout:
         kv_groups: query heads per key/value head, read where a fused `qkv` needs it, else 1.
         ffn_chunks: equal parts of each FFN input's rows (`FeedForwardDescription.chunks`).
         head_norms: norms over one head's channels (full dotted paths).
+        more_ffns: the block's further FFNs (experts after the first, shared experts), each a
+            copy of this layout with its own `ffn*` fields (see `ffn_layouts`).
     """
 
     path: str
@@ -50,6 +53,38 @@ class BlockLayout:
     kv_groups: int = 1
     ffn_chunks: int = 1
     head_norms: tuple[str, ...] = ()
+    more_ffns: tuple[BlockLayout, ...] = ()
+
+
+def ffn_layouts(layout: BlockLayout) -> tuple[BlockLayout, ...]:
+    """Every FFN of a block (one per expert and shared expert), each in a layout's `ffn*`
+    fields: `layout` itself first, then `layout.more_ffns`."""
+    return (layout, *layout.more_ffns)
+
+
+def _ffn_paths(
+    block: str, ffn: FeedForwardDescription, modules: Mapping[str, nn.Module], family: Family
+) -> list[dict]:
+    """The `ffn*` fields of each FFN `ffn` describes in `block` (one per expert, if experts)."""
+    count = 1
+    if ffn.experts is not None:
+        holder = modules.get(join_path(block, ffn.module))
+        count = getattr(holder, ffn.experts, None)
+        if not isinstance(count, int) or count < 1:
+            raise ConfigError(
+                f"model family {family.name!r}: {join_path(block, ffn.module)}.{ffn.experts} "
+                f"should hold the number of experts (a positive int), got {count!r}"
+            )
+    return [
+        {
+            "ffn": join_path(block, ffn.module),
+            "ffn_inputs": tuple(join_path(block, p.format(expert=e)) for p in ffn.inputs),
+            "ffn_output": join_path(block, ffn.output.format(expert=e)),
+            "ffn_activation": join_path(block, ffn.activation),
+            "ffn_chunks": ffn.chunks,
+        }
+        for e in range(count)
+    ]
 
 
 def config_of(model: nn.Module):
@@ -100,15 +135,18 @@ def block_layouts(
             "value": join_path(block, attention.value),
             "qkv": join_path(block, attention.qkv),
             "output": join_path(block, attention.output),
-            "ffn": join_path(block, ffn.module),
-            "ffn_output": join_path(block, ffn.output),
-            "ffn_activation": join_path(block, ffn.activation),
         }
-        inputs = tuple(join_path(block, p) for p in ffn.inputs)
+        ffns = [
+            fields
+            for description in (ffn, *family.extra_ffns)
+            for fields in _ffn_paths(block, description, modules, family)
+        ]
+        inputs = tuple(path for fields in ffns for path in (*fields["ffn_inputs"], fields["ffn"]))
         head_norms = tuple(
             path for p in attention.head_norms if (path := join_path(block, p)) in modules
         )
-        for path in [p for p in paths.values() if p is not None] + list(inputs):
+        ffn_paths = [f["ffn_output"] for f in ffns] + [f["ffn_activation"] for f in ffns]
+        for path in [p for p in [*paths.values(), *ffn_paths] if p is not None] + list(inputs):
             if path not in modules:
                 raise ConfigError(
                     f"model family {family.name!r}: block {block!r} has no module {path!r}; "
@@ -127,19 +165,18 @@ def block_layouts(
             (_per_head_tensor(model, family, block, relative, axis), axis)
             for relative, axis in attention.per_head.items()
         )
-        layouts.append(
-            BlockLayout(
-                path=block,
-                head_dim=head_dim,
-                ffn_inputs=inputs,
-                per_head=per_head,
-                qkv_layout=attention.qkv_layout,
-                kv_groups=_kv_groups(family, paths["attention"], holder),
-                ffn_chunks=ffn.chunks,
-                head_norms=head_norms,
-                **paths,
-            )
+        layout = BlockLayout(
+            path=block,
+            head_dim=head_dim,
+            per_head=per_head,
+            qkv_layout=attention.qkv_layout,
+            kv_groups=_kv_groups(family, paths["attention"], holder),
+            head_norms=head_norms,
+            **paths,
+            **ffns[0],
         )
+        more = tuple(dataclasses.replace(layout, **fields) for fields in ffns[1:])
+        layouts.append(dataclasses.replace(layout, more_ffns=more))
     return layouts
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from spa.errors import ConfigError
 from spa.families.description import FAMILIES, Family
-from spa.families.layouts import block_layouts, config_of, join_path
+from spa.families.layouts import block_layouts, config_of, ffn_layouts, join_path
 from spa.families.rows import ffn_neurons, head_rows, module_rows
 
 
@@ -48,7 +48,8 @@ def mismatches(
         rows = module_rows(model)
         for layout in layouts:
             head_rows(layout, rows)
-            ffn_neurons(layout, rows)
+            for ffn in ffn_layouts(layout):
+                ffn_neurons(ffn, rows)
     except (ConfigError, AttributeError) as error:
         return [str(error)]
     norms = family.stream.block_norms if family.stream else ()
@@ -76,8 +77,14 @@ def _undescribed(model: nn.Module, family: Family, blocks: list[str]) -> list[st
         attention.output,
         *attention.head_norms,
         *(path.rpartition(".")[0] for path in attention.per_head),
-        *ffn.inputs,
-        ffn.output,
+        *(
+            path
+            for part in (ffn, *family.extra_ffns)
+            for path in (
+                (part.module,) if part.experts else (*part.inputs, part.output)  # every expert
+            )
+        ),
+        *family.untouched,
         *(family.stream.block_norms if family.stream else ()),
         *(family.stream.optional_block_norms if family.stream else ()),
     ]

@@ -19,7 +19,7 @@ from torch import nn
 from spa.adapters.transposed import is_transposed_linear, out_features
 from spa.errors import ConfigError
 from spa.families.description import Family
-from spa.families.layouts import block_layouts, join_path, tensor_at
+from spa.families.layouts import block_layouts, ffn_layouts, join_path, tensor_at
 from spa.families.match import describe, per_head_axes
 
 # (path, role, axis, parts). Roles: "in" input columns of a reader, "out" output rows of a
@@ -100,8 +100,11 @@ def stream_layouts(
         found = re.search(stream.stages, layout.path) if stream.stages else None
         members = stages.setdefault(found.group(1) if found else "", [])
         readers = [layout.qkv] if layout.qkv else [layout.query, layout.key, layout.value]
-        members += [(path, "in", None, 1) for path in [*readers, *layout.ffn_inputs]]
-        members += [(layout.output, "out", None, 1), (layout.ffn_output, "out", None, 1)]
+        ffns = ffn_layouts(layout)
+        inputs = [path for ffn in ffns for path in ffn.ffn_inputs]
+        members += [(path, "in", None, 1) for path in [*readers, *inputs]]
+        members += [(layout.output, "out", None, 1)]
+        members += [(ffn.ffn_output, "out", None, 1) for ffn in ffns]
         optional = [
             relative
             for relative in stream.optional_block_norms

@@ -29,6 +29,7 @@ from torch import nn
 from spa.adapters.protocols import is_adapted
 from spa.errors import ConfigError, UnsupportedLayerError
 from spa.families import (
+    ffn_layouts,
     BlockLayout,
     block_layouts,
     describe,
@@ -175,6 +176,8 @@ def remove_empty_units(model: nn.Module) -> UnitRemoval:
     for group in groups:
         layout = layouts[_block_of(group.root, layouts)]
         heads = group.unit == "heads"
+        if not heads:  # the group's own FFN (an expert's, in a mixture of experts)
+            layout = next(f for f in ffn_layouts(layout) if f.ffn_inputs[0] == group.root)
         dead = _dead_heads(model, layout) if heads else _dead_neurons(model, layout)
         if not dead:
             continue

@@ -12,6 +12,8 @@ description, without tracing: one group per block and unit, and one for the hidd
   tensor (role "param", e.g. Swin's relative position bias table, sliced on its head axis).
 - "ffn": group channel `i` is neuron `i`: row `i` of every input projection (up, gate; both
   parts of a fused `[gate | up]` projection) and column `i` of the output projection (down).
+  A mixture of experts has one group per expert (and per shared expert); its router is left
+  as it is.
 - "hidden": group channel `c` is channel `c` of the residual stream (`spa.families.stream`):
   column `c` of every projection reading it (q, k, v, FFN inputs, the pooler or the task
   head), row `c` of every projection writing it (attention and FFN outputs, a patch
@@ -44,7 +46,7 @@ from spa.families import (
     neuron_rows,
     stream_layouts,
 )
-from spa.families.layouts import tensor_at
+from spa.families.layouts import ffn_layouts, tensor_at
 from spa.pruning.channel_group import (
     ChannelGroup,
     GroupMember,
@@ -209,8 +211,11 @@ def unit_groups(
     groups = []
     for layout in block_layouts(model, family):
         for unit in ("heads", "ffn"):
-            if unit in units:
-                size, slices = _BUILDERS[unit](model, layout)
+            if unit not in units:
+                continue
+            # One FFN group per expert and shared expert of a mixture of experts.
+            for part in ffn_layouts(layout) if unit == "ffn" else (layout,):
+                size, slices = _BUILDERS[unit](model, part)
                 groups.append(_group(model, unit, size, slices, dict(layout.per_head), layers))
     if "hidden" in units:
         for size, slices, axes in _hidden_slices(model, family):

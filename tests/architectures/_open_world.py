@@ -17,7 +17,7 @@ import torch
 import transformers
 from torch import nn
 
-from spa.families import FAMILIES, Example
+from spa.families import FAMILIES, Example, split_experts
 from spa.families.llama import DECODER
 from tests._transformers import Net
 
@@ -54,6 +54,7 @@ class Architecture:
         config = getattr(transformers, self.example.config)(**self.example.options)
         model = getattr(transformers, self.example.model)(config)
         _randomise_per_head_tables(model)
+        split_experts(model)  # 3-D experts as per-expert Linear layers (a no-op elsewhere)
         if self.family == "falcon":
             _plain_linears(model)
         return Net(model, self.example.kind).eval()
@@ -89,6 +90,10 @@ def _plain_linears(model: nn.Module) -> None:
 # What an example cannot do, declared per example name (README notes).
 _DERIVED = "export: the config derives head_dim as hidden / heads"
 _SCALED = "export: the embeddings are scaled by sqrt(config hidden size)"
+_EXPERTS = (
+    "experts split by `spa.split_experts` (per-expert neurons); hidden: the router reads it; "
+    "export: experts may keep different widths"
+)
 _LIMITS = {
     "bert": {"export": ("ffn",), "note": _DERIVED},
     "bloom": {
@@ -105,6 +110,8 @@ _LIMITS = {
     "gemma2": {"export": ("heads", "ffn"), "note": _SCALED},
     "gemma3": {"export": ("heads", "ffn"), "note": _SCALED},
     "gpt2": {"export": ("ffn",), "note": _DERIVED},
+    "mixtral": {"units": ("heads", "ffn"), "export": (), "note": _EXPERTS},
+    "qwen2_moe": {"units": ("heads", "ffn"), "export": (), "note": f"{_EXPERTS}; shared expert"},
     "gpt_neox": {"export": ("ffn",), "note": _DERIVED},
     "modernbert": {"export": ("ffn",), "note": _DERIVED},
     "opt": {"export": ("ffn",), "note": _DERIVED},
@@ -157,14 +164,6 @@ NAMED = [
 
 # Architectures no family fits (each falls back to Torch-Pruning's traced groups), and why.
 UNMATCHED = {
-    "mixtral": (
-        _decoder("MixtralConfig", "MixtralForCausalLM", num_local_experts=4),
-        "experts are 3-D parameters (`experts.gate_up_proj`), not linear layers",
-    ),
-    "qwen2_moe": (
-        _decoder("Qwen2MoeConfig", "Qwen2MoeForCausalLM", num_experts=4),
-        "experts are 3-D parameters, next to a shared expert",
-    ),
     "olmo2": (
         _decoder("Olmo2Config", "Olmo2ForCausalLM"),
         "q/k norms normalise over all heads together",

@@ -1,0 +1,77 @@
+"""Mixture-of-experts decoders with Llama-like attention: Mixtral and Qwen2-MoE (issue 21 item 3).
+
+Their experts must first be split into per-expert linear layers (`spa.split_experts`, see
+`spa.families.experts`). Each expert's neurons are then one FFN unit group (neuron `i` of
+expert `e`: rows `i` and `I + i` of `gate_up[e]`, column `i` of `down[e]`), Qwen2-MoE's shared
+expert is one more FFN of the block, and the routers (`mlp.gate`, `mlp.shared_expert_gate`)
+are left untouched: they choose experts, not neurons. The hidden size is not pruned in these
+families (the routers read the stream as 3-D-free parameters that no stream member slices);
+the block norms are therefore described as untouched, not as stream norms.
+"""
+
+import dataclasses
+
+from spa.families.description import FAMILIES, Example, FeedForwardDescription
+from spa.families.llama import DECODER, LLAMA
+
+_NORMS = ("input_layernorm", "post_attention_layernorm")
+_EXPERTS = FeedForwardDescription(
+    module="mlp.experts",
+    inputs=("mlp.experts.gate_up.{expert}",),
+    output="mlp.experts.down.{expert}",
+    activation="mlp.experts.act_fn",
+    chunks=2,
+    experts="num_experts",
+)
+# Tiny: 4 experts of 16 neurons, 2 routed per token.
+_MOE = {**DECODER, "num_experts_per_tok": 2, "intermediate_size": 16}
+
+MIXTRAL = FAMILIES.register("mixtral")(
+    dataclasses.replace(
+        LLAMA,
+        name="mixtral",
+        variant_of="llama",
+        ffn=_EXPERTS,
+        stream=None,
+        untouched=("mlp.gate", *_NORMS),
+        examples=(
+            Example(
+                model="MixtralForCausalLM",
+                config="MixtralConfig",
+                kind="decoder",
+                options={**_MOE, "num_local_experts": 4},
+            ),
+        ),
+    )
+)
+
+QWEN2_MOE = FAMILIES.register("qwen2-moe")(
+    dataclasses.replace(
+        MIXTRAL,
+        name="qwen2-moe",
+        variant_of="mixtral",
+        extra_ffns=(
+            FeedForwardDescription(
+                module="mlp.shared_expert",
+                inputs=("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj"),
+                output="mlp.shared_expert.down_proj",
+                activation="mlp.shared_expert.act_fn",
+            ),
+        ),
+        untouched=("mlp.gate", "mlp.shared_expert_gate", *_NORMS),
+        examples=(
+            Example(
+                model="Qwen2MoeForCausalLM",
+                config="Qwen2MoeConfig",
+                kind="decoder",
+                options={
+                    **_MOE,
+                    "num_experts": 4,
+                    "moe_intermediate_size": 16,
+                    "shared_expert_intermediate_size": 32,
+                },
+                name="qwen2_moe",
+            ),
+        ),
+    )
+)
