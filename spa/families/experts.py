@@ -26,7 +26,9 @@ from torch import nn
 
 # Expert modules whose rows are `[gate | up]` (`.chunk(2)` in their forward), by class name:
 # the fused layout cannot be read from the shapes, so only these are split.
-CHUNKED_EXPERTS = frozenset({"MixtralExperts", "Qwen2MoeExperts", "Qwen3MoeExperts", "OlmoeExperts"})
+CHUNKED_EXPERTS = frozenset(
+    {"MixtralExperts", "Qwen2MoeExperts", "Qwen3MoeExperts", "OlmoeExperts"}
+)
 
 
 class SplitExperts(nn.Module):

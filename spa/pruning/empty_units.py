@@ -29,10 +29,10 @@ from torch import nn
 from spa.adapters.protocols import is_adapted
 from spa.errors import ConfigError, UnsupportedLayerError
 from spa.families import (
-    ffn_layouts,
     BlockLayout,
     block_layouts,
     describe,
+    ffn_layouts,
     ffn_neurons,
     head_counts,
     head_rows,
