@@ -75,6 +75,13 @@ def _ffn_paths(
                 f"model family {family.name!r}: {join_path(block, ffn.module)}.{ffn.experts} "
                 f"should hold the number of experts (a positive int), got {count!r}"
             )
+    first = join_path(block, ffn.inputs[0].format(expert=0))
+    if ffn.experts is not None and first not in modules:
+        raise ConfigError(
+            f"model family {family.name!r}: {join_path(block, ffn.module)} has no per-expert "
+            f"layer {first!r} (3-D expert parameters?); split its experts first with "
+            "spa.families.split_experts(model)"
+        )
     return [
         {
             "ffn": join_path(block, ffn.module),
