@@ -13,6 +13,7 @@ from spa.adapters.protocols import AdapterLayer, is_adapted
 from spa.adapters.registry import kind_for_config
 from spa.adapters.transposed import as_linear, is_transposed_linear
 from spa.errors import ConfigError, NoTargetsError, SpaError
+from spa.families.experts import split_experts
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class AdaptReport:
     trainable: dict[str, list[str]] = field(default_factory=dict)
     # Transposed-weight layers (transformers Conv1D) adapted as their equivalent nn.Linear.
     linearised: list[str] = field(default_factory=list)
+    # 3-D experts modules split into per-expert Linear layers (spa.families.experts).
+    split_experts: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A human-readable multi-line summary."""
@@ -109,7 +112,8 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     The adapter kind is the one registered for `type(config)` in `ADAPTER_KINDS`. Eligible
     layers are the kind's layer types (`nn.Linear` / `nn.Conv1d/2d/3d` for SPLoRA and
     fine-pruning, `nn.Linear` for SPLoPA and block fine-pruning; a `transformers` `Conv1D` is
-    adapted as its equivalent `nn.Linear`), selected by `config.target_modules` /
+    adapted as its equivalent `nn.Linear`; a mixture of experts' 3-D experts are first split into
+    per-expert `nn.Linear` layers, `spa.families.split_experts`), selected by `config.target_modules` /
     `exclude_modules`; other layers with a weight matrix (except embeddings) are listed in
     `AdaptReport.skipped`; the task head is never adapted (it trains
     fully when "head" is in `config.trainable`). All parameters are frozen, then adapter
@@ -128,7 +132,7 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     head = find_head(model, config.head_modules)
     if config.head_modules and not head:  # an empty list: a model without a task head
         raise ConfigError(f"head_modules={config.head_modules!r} matches no module")
-    report = AdaptReport(config=config, head=head)
+    report = AdaptReport(config=config, head=head, split_experts=split_experts(model))
     explicit = config.target_modules is not None
     candidates = []
     for name, module in model.named_modules():

@@ -14,9 +14,9 @@ gives every expert the neurons it keeps (experts may keep different numbers, no 
 FLOPs are measured on the layers that run (`spa.count_flops`), so an expert counts only for
 the tokens routed to it: the top-k experts per token.
 
-The base passed to `save_task`, `load_task` and `TaskHost` must be split the same way (a
-bundle of a split model names the per-expert layers; an unsplit base is refused as another
-structure).
+`spa.adapt` splits the model it adapts; `save_task`, `load_task` and `TaskHost` read a base
+with 3-D experts through a split structural copy (`spa.tasks.expert_view.split_view`: shared
+tensors, the base itself unchanged), so a base is fingerprinted the same split or not.
 """
 
 from __future__ import annotations
@@ -89,6 +89,15 @@ def split(module: nn.Module) -> SplitExperts:
     )
 
 
+def unsplit_experts(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The 3-D experts modules of `model` that `split_experts` would replace (path, module)."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and type(module).__name__ in CHUNKED_EXPERTS
+    ]
+
+
 def split_experts(model: nn.Module) -> list[str]:
     """Replace every 3-D experts module of `model` by a `SplitExperts` (in place, no copy).
 
@@ -100,11 +109,7 @@ def split_experts(model: nn.Module) -> list[str]:
     Returns:
         The paths of the modules replaced.
     """
-    found = [
-        (name, module)
-        for name, module in model.named_modules()
-        if name and type(module).__name__ in CHUNKED_EXPERTS
-    ]
+    found = unsplit_experts(model)
     for name, module in found:
         model.set_submodule(name, split(module))
     return [name for name, _ in found]

@@ -1,6 +1,6 @@
 """Mixture-of-experts decoders with Llama-like attention: Mixtral and Qwen2-MoE (issue 21 item 3).
 
-Their experts must first be split into per-expert linear layers (`spa.split_experts`, see
+Their experts are split into per-expert linear layers (`spa.adapt` does it, see
 `spa.families.experts`). Each expert's neurons are then one FFN unit group (neuron `i` of
 expert `e`: rows `i` and `I + i` of `gate_up[e]`, column `i` of `down[e]`), Qwen2-MoE's shared
 expert is one more FFN of the block, and the routers (`mlp.gate`, `mlp.shared_expert_gate`)

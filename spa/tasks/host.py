@@ -18,6 +18,7 @@ from spa.errors import BundleError, ConfigError
 from spa.flops import count_flops
 from spa.tasks.base_guard import BaseGuard
 from spa.tasks.format import Bundle, read_bundle
+from spa.tasks.expert_view import split_view
 from spa.tasks.load import plan_task
 from spa.tasks.model_cache import ModelCache, TaskStats, own_bytes
 from spa.tasks.scratch import ScratchPool
@@ -128,11 +129,11 @@ class TaskHost:
                 raise ConfigError(
                     f"TaskHost: {label} must be None or an integer >= {minimum}, got {value!r}"
                 )
-        self.base_model = base_model
+        self.base_model = split_view(base_model)  # 3-D experts as spa.adapt split them
         self.example_inputs = example_inputs
         self.finalize = finalize
         self._trusted = None if trusted_keys is None else trusted_key_set(trusted_keys)
-        self._guard = BaseGuard(base_model)
+        self._guard = BaseGuard(self.base_model)
         self._tasks: dict[str, _Task] = {}
         self._cache = ModelCache(cache_size, cache_bytes)
         self._scratch = ScratchPool()

@@ -30,6 +30,7 @@ from spa.errors import BundleError, ConfigError, SpaWarning
 from spa.families import describe, sliced_tensor_axes, sync_attributes
 from spa.tasks.channel_slices import check_per_head
 from spa.tasks.codecs import codec_for, entry_kind
+from spa.tasks.expert_view import split_view
 from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_fingerprint
 from spa.tasks.format import MASKS_TENSOR, Bundle, read_bundle
 from spa.tasks.module_plans import plan_module
@@ -161,6 +162,7 @@ def plan_task(
     """
     if is_adapted(base_model):
         raise ConfigError("load_task: the base model contains adapter layers; pass the plain base")
+    base_model = split_view(base_model)  # 3-D experts as spa.adapt split them
     if trusted_keys is not None:
         verify_bundle(bundle, trusted_key_set(trusted_keys))
     check_document(bundle)
@@ -275,7 +277,7 @@ def build_task(
     Returns:
         The task model in eval mode.
     """
-    model = structural_copy(base_model)
+    model = structural_copy(split_view(base_model))
     with torch.no_grad():
         for layer_plan in plan.layers:
             weight, bias = layer_plan.build()

@@ -35,6 +35,7 @@ from spa.adapters.protocols import is_adapted
 from spa.codec.writer import BundleWriter
 from spa.deploy.compacted import has_module_masks, has_pruned_channels
 from spa.errors import ConfigError
+from spa.tasks.expert_view import split_view
 from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_fingerprint
 from spa.tasks.format import STORAGE_DTYPES, Bundle, write_bundle
 from spa.tasks.runnable import check_runnable
@@ -122,6 +123,7 @@ def save_task(
     options = BundleOptions(dtype=dtype, norm_statistics=norm_statistics, **names)
     _check_inputs(model, base_model, options, keep_masks)
     sign = None if signing_key is None else signer(signing_key)
+    base_model = split_view(base_model)  # 3-D experts as spa.adapt split them
     base_modules = dict(base_model.named_modules())
     check_structure(model, base_modules)
     check_runnable(model)  # head shapes: a bundle that would fail in the model's head reshape

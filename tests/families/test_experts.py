@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import transformers
 
 import spa
+from spa.adapters.inject import adapt_report
 from spa.families import FAMILIES, SplitExperts, describe, explain, split_experts
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks
 from tests._transformers import Net
@@ -134,3 +135,34 @@ def test_flops_count_each_token_s_routed_experts_only():
     assert spa.count_flops(experts, (hidden, index, weights)) == expected
     dense = 2 * TOKENS * EXPERTS * 3 * HIDDEN * NEURONS
     assert expected < dense * TOP_K / EXPERTS  # fewer than the routed unpruned experts
+
+
+@pytest.mark.slow
+def test_adapt_splits_experts_and_bundles_load_onto_the_unsplit_base(tmp_path):
+    model = _model(split=False)
+    base = copy.deepcopy(model)
+    state = {key: value.clone() for key, value in base.state_dict().items()}
+    spa.adapt(model, spa.SPLoRAConfig(rank=2))
+    assert adapt_report(model).split_experts == [
+        f"model.model.layers.{b}.mlp.experts" for b in range(2)
+    ]
+    assert isinstance(_experts(model), SplitExperts)
+    x = torch.randint(3, 40, (2, 6))
+    groups = channel_groups(model, x, units=("heads", "ffn"))
+    scores = {i: torch.rand(group.size) for i, group in enumerate(groups)}
+    apply_masks(model, compute_masks(groups, scores, 0.4))
+    path = tmp_path / "task.safetensors"
+    spa.save_task(model, path, base_model=base)
+    with torch.no_grad():
+        masked = model(x)
+        torch.testing.assert_close(spa.load_task(base, path)(x), masked, rtol=1e-4, atol=1e-5)
+        host = spa.TaskHost(base)
+        host.add_task("task", path)
+        torch.testing.assert_close(host.model("task")(x), masked, rtol=1e-4, atol=1e-5)
+    assert not isinstance(_experts(base), SplitExperts)  # the base is read, never changed
+    assert state.keys() == base.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in base.state_dict().items())
+    split = copy.deepcopy(base)
+    split_experts(split)
+    with torch.no_grad():  # a split base takes the same bundle
+        torch.testing.assert_close(spa.load_task(split, path)(x), masked, rtol=1e-4, atol=1e-5)
