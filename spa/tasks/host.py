@@ -17,8 +17,8 @@ from spa.adapters.protocols import is_adapted
 from spa.errors import BundleError, ConfigError
 from spa.flops import count_flops
 from spa.tasks.base_guard import BaseGuard
-from spa.tasks.format import Bundle, read_bundle
 from spa.tasks.expert_view import split_view
+from spa.tasks.format import Bundle, read_bundle
 from spa.tasks.load import plan_task
 from spa.tasks.model_cache import ModelCache, TaskStats, own_bytes
 from spa.tasks.scratch import ScratchPool
