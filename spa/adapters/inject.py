@@ -114,8 +114,8 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     fine-pruning, `nn.Linear` for SPLoPA and block fine-pruning; a `transformers` `Conv1D` is
     adapted as its equivalent `nn.Linear`; a mixture of experts' 3-D experts are first split
     into per-expert `nn.Linear` layers, `spa.families.split_experts`), selected by
-    `config.target_modules` / `exclude_modules`; other layers with a weight matrix (except embeddings) are listed in
-    `AdaptReport.skipped`; the task head is never adapted (it trains
+    `config.target_modules` / `exclude_modules`; other layers with a weight matrix (except
+    embeddings) are listed in `AdaptReport.skipped`; the task head is never adapted (it trains
     fully when "head" is in `config.trainable`). All parameters are frozen, then adapter
     parameters and `config.trainable` groups are unfrozen. The model is modified in place and
     returned; `adapt_report(model)` gives the `AdaptReport`.
