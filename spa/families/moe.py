@@ -5,8 +5,9 @@ Their experts are split into per-expert linear layers (`spa.adapt` does it, see
 expert `e`: rows `i` and `I + i` of `gate_up[e]`, column `i` of `down[e]`), Qwen2-MoE's shared
 expert is one more FFN of the block, and the routers (`mlp.gate`, `mlp.shared_expert_gate`)
 are left untouched: they choose experts, not neurons. The hidden size is not pruned in these
-families (the routers read the stream as 3-D-free parameters that no stream member slices);
-the block norms are therefore described as untouched, not as stream norms.
+families: the routers reshape their input to their `hidden_dim` attribute, which no stream
+description updates yet; the block norms are therefore described as untouched, not as stream
+norms.
 """
 
 import dataclasses

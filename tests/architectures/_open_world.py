@@ -91,7 +91,8 @@ def _plain_linears(model: nn.Module) -> None:
 _DERIVED = "export: the config derives head_dim as hidden / heads"
 _SCALED = "export: the embeddings are scaled by sqrt(config hidden size)"
 _EXPERTS = (
-    "experts split into per-expert layers by `spa.adapt`; hidden: the router reads it; "
+    "experts split into per-expert layers by `spa.adapt`; hidden: the router reshapes to its "
+    "`hidden_dim`; "
     "export: experts may keep different widths"
 )
 _LIMITS = {
