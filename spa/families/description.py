@@ -12,8 +12,8 @@ from spa.errors import ConfigError
 
 # What a module attribute that depends on the pruned structure holds (see `sync_attributes`):
 # "heads" query heads, "kv_heads" key/value heads, "width" heads * head_dim, "kv_groups" query
-# heads per key/value head, "neurons" FFN width.
-Quantity = Literal["heads", "kv_heads", "width", "kv_groups", "neurons"]
+# heads per key/value head, "neurons" FFN width, "hidden" the block's stream width.
+Quantity = Literal["heads", "kv_heads", "width", "kv_groups", "neurons", "hidden"]
 
 FAMILIES: Registry[Family] = Registry("model family")
 
@@ -164,6 +164,8 @@ class StreamDescription:
         stages: for models whose width changes between stages, a regex whose first group,
             searched in a block's path, names the block's stage (one stream per stage).
         merging: the patch merges between stages (Swin).
+        readers: further layers in each block that read the stream (paths relative to the
+            block; their input columns are sliced): Qwen2-MoE's `mlp.shared_expert_gate`.
     """
 
     block_norms: tuple[str, ...]
@@ -174,6 +176,7 @@ class StreamDescription:
     pooler: str | None = None
     stages: str | None = None
     merging: MergeDescription | None = None
+    readers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
@@ -208,6 +211,8 @@ class Family:
             (Qwen2-MoE's shared expert next to its routed experts).
         untouched: modules with parameters in a block (paths relative to it) that pruning
             leaves as they are: routers, which read the stream and choose experts, not neurons.
+        block_attributes: further modules of a block (paths relative to it) with attributes
+            to update from the pruned structure, e.g. a router's `hidden_dim` ("hidden").
     """
 
     name: str
@@ -224,6 +229,7 @@ class Family:
     examples: tuple[Example, ...] = ()
     extra_ffns: tuple[FeedForwardDescription, ...] = ()
     untouched: tuple[str, ...] = ()
+    block_attributes: Mapping[str, Mapping[str, Quantity]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,10 +4,9 @@ Their experts are split into per-expert linear layers (`spa.adapt` does it, see
 `spa.families.experts`). Each expert's neurons are then one FFN unit group (neuron `i` of
 expert `e`: rows `i` and `I + i` of `gate_up[e]`, column `i` of `down[e]`), Qwen2-MoE's shared
 expert is one more FFN of the block, and the routers (`mlp.gate`, `mlp.shared_expert_gate`)
-are left untouched: they choose experts, not neurons. The hidden size is not pruned in these
-families: the routers reshape their input to their `hidden_dim` attribute, which no stream
-description updates yet; the block norms are therefore described as untouched, not as stream
-norms.
+are left untouched: they choose experts, not neurons. With the hidden size, the routers'
+input columns follow the stream like every other reader's, and their `hidden_dim` attribute
+(the width they reshape their input to) with them.
 """
 
 import dataclasses
@@ -15,7 +14,6 @@ import dataclasses
 from spa.families.description import FAMILIES, Example, FeedForwardDescription
 from spa.families.llama import DECODER, LLAMA
 
-_NORMS = ("input_layernorm", "post_attention_layernorm")
 _EXPERTS = FeedForwardDescription(
     module="mlp.experts",
     inputs=("mlp.experts.gate_up.{expert}",),
@@ -33,8 +31,12 @@ MIXTRAL = FAMILIES.register("mixtral")(
         name="mixtral",
         variant_of="llama",
         ffn=_EXPERTS,
-        stream=None,
-        untouched=("mlp.gate", *_NORMS),
+        # The router reads the stream: its weight's columns and `hidden_dim` follow it.
+        stream=dataclasses.replace(
+            LLAMA.stream, tensors={**LLAMA.stream.tensors, r"(^|\.)mlp\.gate\.weight$": 1}
+        ),
+        untouched=("mlp.gate",),
+        block_attributes={"mlp.gate": {"hidden_dim": "hidden"}},
         examples=(
             Example(
                 model="MixtralForCausalLM",
@@ -59,7 +61,8 @@ QWEN2_MOE = FAMILIES.register("qwen2-moe")(
                 activation="mlp.shared_expert.act_fn",
             ),
         ),
-        untouched=("mlp.gate", "mlp.shared_expert_gate", *_NORMS),
+        stream=dataclasses.replace(MIXTRAL.stream, readers=("mlp.shared_expert_gate",)),
+        untouched=("mlp.gate", "mlp.shared_expert_gate"),
         examples=(
             Example(
                 model="Qwen2MoeForCausalLM",

@@ -102,6 +102,7 @@ def stream_layouts(
         readers = [layout.qkv] if layout.qkv else [layout.query, layout.key, layout.value]
         ffns = ffn_layouts(layout)
         inputs = [path for ffn in ffns for path in ffn.ffn_inputs]
+        inputs += [join_path(layout.path, reader) for reader in stream.readers]
         members += [(path, "in", None, 1) for path in [*readers, *inputs]]
         members += [(layout.output, "out", None, 1)]
         members += [(ffn.ffn_output, "out", None, 1) for ffn in ffns]

@@ -41,6 +41,7 @@ def head_counts(model: nn.Module, layout: BlockLayout) -> dict[str, int]:
         "width": heads.width,
         "kv_groups": heads.groups,
         "neurons": ffn_neurons(layout, rows),
+        "hidden": rows(layout.output),
     }
 
 
@@ -67,6 +68,7 @@ def sync_attributes(model: nn.Module, family: Family | None = None) -> list[str]
         for holder, attributes in (
             (layout.attention, family.attention.attributes),
             (layout.ffn, family.ffn.attributes),
+            *((f"{layout.path}.{p}", a) for p, a in family.block_attributes.items()),
         ):
             module = model.get_submodule(holder)
             for attribute, quantity in attributes.items():

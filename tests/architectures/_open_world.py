@@ -91,9 +91,7 @@ def _plain_linears(model: nn.Module) -> None:
 _DERIVED = "export: the config derives head_dim as hidden / heads"
 _SCALED = "export: the embeddings are scaled by sqrt(config hidden size)"
 _EXPERTS = (
-    "experts split into per-expert layers by `spa.adapt`; hidden: the router reshapes to its "
-    "`hidden_dim`; "
-    "export: experts may keep different widths"
+    "experts split into per-expert layers by `spa.adapt`; export: experts may keep different widths"
 )
 _LIMITS = {
     "bert": {"export": ("ffn",), "note": _DERIVED},
@@ -111,8 +109,8 @@ _LIMITS = {
     "gemma2": {"export": ("heads", "ffn"), "note": _SCALED},
     "gemma3": {"export": ("heads", "ffn"), "note": _SCALED},
     "gpt2": {"export": ("ffn",), "note": _DERIVED},
-    "mixtral": {"units": ("heads", "ffn"), "export": (), "note": _EXPERTS},
-    "qwen2_moe": {"units": ("heads", "ffn"), "export": (), "note": f"{_EXPERTS}; shared expert"},
+    "mixtral": {"export": (), "note": _EXPERTS},
+    "qwen2_moe": {"export": (), "note": f"{_EXPERTS}; shared expert"},
     "gpt_neox": {"export": ("ffn",), "note": _DERIVED},
     "modernbert": {"export": ("ffn",), "note": _DERIVED},
     "opt": {"export": ("ffn",), "note": _DERIVED},
