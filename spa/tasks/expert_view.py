@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from spa.families.experts import split_experts, unsplit_experts
 from spa.codec.records import structural_copy
+from spa.families.experts import split_experts, unsplit_experts
 
 
 def split_view(model: nn.Module) -> nn.Module:
