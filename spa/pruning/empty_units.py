@@ -188,7 +188,9 @@ def remove_empty_units(model: nn.Module) -> UnitRemoval:
                 j * groups_per_kv + r for j in dead for r in range(groups_per_kv)
             )
         else:
-            report.removed_neurons[layout.ffn] = len(dead)
+            # Summed over the FFNs of one module (the experts of a mixture of experts).
+            removed = report.removed_neurons.get(layout.ffn, 0)
+            report.removed_neurons[layout.ffn] = removed + len(dead)
         for member in group.members:
             key = "in_mask" if member.role == "in" else "out_mask"
             mask = masks.setdefault(member.name, {}).setdefault(

@@ -14,6 +14,7 @@ import spa
 from spa.adapters.inject import adapt_report
 from spa.families import FAMILIES, SplitExperts, describe, explain, split_experts
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks
+from spa.pruning.empty_units import remove_empty_units
 from tests._transformers import Net
 
 HIDDEN, NEURONS, EXPERTS, TOP_K, TOKENS = 32, 16, 4, 2, 12
@@ -166,3 +167,27 @@ def test_adapt_splits_experts_and_bundles_load_onto_the_unsplit_base(tmp_path):
     split_experts(split)
     with torch.no_grad():  # a split base takes the same bundle
         torch.testing.assert_close(spa.load_task(split, path)(x), masked, rtol=1e-4, atol=1e-5)
+
+
+def test_block_pruning_removes_each_expert_s_emptied_neurons():
+    model = _model()
+    spa.adapt(model, spa.SPLoPAConfig(block_shape=(8, 8), num_prototypes=2))
+    experts = _experts(model)
+    with torch.no_grad():
+        for layer in [*experts.gate_up, *experts.down]:
+            layer.block_weights.normal_()
+        experts.gate_up[1].block_mask[0] = False  # expert 1: gate rows of neurons 0-7
+        experts.down[2].block_mask[:, 1] = False  # expert 2: down columns of neurons 8-15
+    hidden, index, weights = _routing()
+    x = torch.randint(3, 40, (2, 6))
+    with torch.no_grad():
+        expected, expected_experts = model(x), experts(hidden, index, weights)
+    fused = spa.fuse(model)
+    report = remove_empty_units(fused)
+    experts = _experts(fused)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(experts(hidden, index, weights), expected_experts)
+    assert [layer.weight.shape[0] // 2 for layer in experts.gate_up] == [16, 8, 8, 16]
+    assert [layer.weight.shape[1] for layer in experts.down] == [16, 8, 8, 16]
+    assert report.removed_neurons["model.model.layers.0.mlp.experts"] == 16
