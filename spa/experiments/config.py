@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from spa._toml import tomllib
 from spa.errors import ConfigError
 from spa.experiments._typecheck import build_dataclass
 from spa.experiments._typecheck import config_key_error as _fail

@@ -22,12 +22,12 @@ import io
 import json
 import logging
 import statistics
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spa._toml import tomllib
 from spa.errors import ConfigError
 from spa.experiments.files import atomic_write_text, read_jsonl
 from spa.experiments.plots import metric_scale, write_plots

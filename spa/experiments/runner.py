@@ -137,7 +137,7 @@ def _prepare_run_dir(run_dir: Path, config: ExperimentConfig) -> None:
     # argument) holds nothing to resume: the corrected config replaces its config.toml.
     started = any(run_dir.glob(f"seed-*/{METRICS}")) or any(run_dir.glob(f"seed-*/{CHECKPOINT}"))
     if path.exists() and started:
-        import tomllib
+        from spa._toml import tomllib
 
         previous = tomllib.loads(path.read_text(encoding="utf-8"))
         previous.pop("spa_version", None)
