@@ -34,12 +34,12 @@ from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 from spa._batch import call_model
+from spa._files import umask as _umask
 from spa.adapters.sharing import shared_copy
 from spa.deploy import fuse
 from spa.errors import ConfigError, SpaWarning
 from spa.families import config_values, describe
 from spa.pruning import compact, remove_empty_units
-from spa.tasks.format import _umask
 from spa.tasks.rebuild import rebuild
 
 
