@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from spa._checks import require_module
 from spa.adapters.config import AdapterConfig
 from spa.adapters.modules import find_head, in_head, is_norm, matches, replace_module
 from spa.adapters.protocols import AdapterLayer, is_adapted
@@ -122,6 +123,7 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
         NoTargetsError: if no layer could be adapted.
         UnsupportedLayerError: if an explicitly targeted layer cannot be adapted.
     """
+    require_module(model, "adapt: model")
     kind = kind_for_config(config)
     if is_adapted(model):
         raise ConfigError("model is already adapted; adapt a fresh copy of the base model")
