@@ -383,10 +383,10 @@ def read_bundle(path: str | os.PathLike, check: Callable[[Bundle], object] | Non
     """
     try:
         with open(path, "rb") as file:
-            head = file.read(8)
-            if len(head) == 8:
-                check_header_size(struct.unpack("<Q", head)[0], str(path))
-                head += file.read(struct.unpack("<Q", head)[0])
+            head = file.read(9)  # the header size, and the "{" every safetensors header opens
+            if len(head) == 9 and head[8:9] == b"{":
+                check_header_size(struct.unpack("<Q", head[:8])[0], str(path))
+                head += file.read(struct.unpack("<Q", head[:8])[0] - 1)
             description = _described(head, str(path))
             if check is not None:
                 check(description)

@@ -334,12 +334,11 @@ def load_task(
             or, with `trusted_keys`, an unsigned or wrongly signed bundle.
     """
     require_module(base_model, "load_task: base_model")
-    check = None
-    if trusted_keys is not None:
+    checks = [check_document]  # every field typed before any tensor is read
+    if trusted_keys is not None:  # and, first, signed for this task by a trusted key
         expected = task_name_of(path) if task_name is None else task_name
-        check = functools.partial(
-            verify_bundle, trusted=trusted_key_set(trusted_keys), task=expected
-        )
-    bundle = read_bundle(path, check=check)  # signed for this task, or refused before its body
+        trusted = trusted_key_set(trusted_keys)
+        checks.insert(0, functools.partial(verify_bundle, trusted=trusted, task=expected))
+    bundle = read_bundle(path, check=lambda described: [check(described) for check in checks])
     plan = plan_task(base_model, bundle, strict_fingerprint=strict_fingerprint)
     return build_task(base_model, plan, finalize=finalize)
