@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from spa.experiments.build import method_label
 from spa.experiments.config import (
@@ -43,6 +42,7 @@ from spa.experiments.train import (
     set_learning_rate,
     train_epoch,
 )
+from spa.progress import progress as show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ def run_demo(output_dir: str | Path = "spa-demo-output", *, quick: bool = False)
     source, source_accuracy = train_source(settings, output_dir / f"source{suffix}")
     runs = []
     configs = experiment_configs(settings, source)
-    for config in tqdm(configs, desc="demo runs (task x method)", disable=None):
+    for config in show_progress(configs, desc="demo runs (task x method)"):
         result = run(config, output_dir / f"runs{suffix}" / config.name)
         runs.append((config, result))
     report = write_report([result.run_dir for _, result in runs], output_dir)

@@ -1,0 +1,107 @@
+"""Progress of long loops: a tqdm bar on a terminal, log lines elsewhere.
+
+When output goes to a file or a pipe, tqdm switches its bar off and nothing would say what is
+running. `progress` then logs, at most every `interval` seconds (30 by default), one line with
+the stage (the loop's description), the steps done of the total and an estimate of the time
+left, so a `make demo > log` shows a line at least every 30 s while a loop runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
+
+logger = logging.getLogger("spa.progress")
+
+INTERVAL_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min"
+
+
+class LoggedProgress:
+    """An iterable wrapper that logs the stage, progress and ETA every `interval` seconds."""
+
+    def __init__(
+        self,
+        iterable: Iterable | None,
+        total: int | None,
+        desc: str,
+        interval: float = INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.iterable, self.total, self.desc = iterable, total, desc
+        self.interval, self.clock = interval, clock
+        self.done = 0
+        self.start = self.last = clock()
+
+    def line(self) -> str:
+        """The progress line: stage, steps done of the total, elapsed time and ETA."""
+        elapsed = self.clock() - self.start
+        if not self.total:
+            return f"{self.desc}: {self.done} done, {_duration(elapsed)} elapsed"
+        left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        eta = _duration(left) if self.done else "unknown"
+        percent = 100 * self.done / self.total
+        return (
+            f"{self.desc}: {self.done}/{self.total} ({percent:.0f}%), {_duration(elapsed)} "
+            f"elapsed, ETA {eta}"
+        )
+
+    def update(self, n: int = 1) -> None:
+        """Count `n` more steps done, and log if `interval` seconds passed since the last line."""
+        self.done += n
+        now = self.clock()
+        if now - self.last >= self.interval:
+            self.last = now
+            logger.info("%s", self.line())
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.iterable or ():
+            yield item
+            self.update()
+
+    def close(self) -> None:
+        """Nothing to tear down (tqdm's interface)."""
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        """Ignored (tqdm's interface)."""
+
+
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str,
+    leave: bool = True,
+    disable: bool = False,
+    stream: TextIO | None = None,
+) -> Any:
+    """tqdm over `iterable` on a terminal; otherwise a `LoggedProgress` that logs every 30 s.
+
+    Args:
+        iterable: what to iterate (None: call `update` by hand).
+        total: the number of steps, for the percentage and ETA (default: `len(iterable)`).
+        desc: the stage, first in every line.
+        leave: keep tqdm's finished bar on screen.
+        disable: neither bar nor lines.
+        stream: where tqdm would draw (default: stderr); a terminal gets the bar.
+    """
+    from tqdm.auto import tqdm
+
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    if disable:
+        return tqdm(iterable, total=total, disable=True)
+    if (stream or sys.stderr).isatty():
+        return tqdm(iterable, total=total, desc=desc, leave=leave)
+    return LoggedProgress(iterable, total, desc)

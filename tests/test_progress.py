@@ -1,0 +1,52 @@
+"""Off a terminal, long loops log their stage, progress and ETA at least every 30 s."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from spa.progress import INTERVAL_S, LoggedProgress, progress
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lines_every_interval_with_stage_progress_and_eta(caplog):
+    clock = _Clock()
+    loop = LoggedProgress(range(12), 12, "train epoch 1", clock=clock)
+    with caplog.at_level(logging.INFO, logger="spa.progress"):
+        for _ in loop:
+            clock.now += 10.0  # each step takes 10 s: a line every third step
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 12 * 10 // INTERVAL_S == 4
+    # After 3 steps of 10 s, 9 steps are left: 90 s at the same pace.
+    assert lines[0] == "train epoch 1: 3/12 (25%), 30 s elapsed, ETA 1 min 30 s"
+    assert lines[-1].startswith("train epoch 1: 12/12 (100%), 2 min 00 s elapsed, ETA 0 s")
+
+
+def test_a_terminal_gets_the_bar_and_a_pipe_gets_lines():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    from tqdm import tqdm
+
+    assert isinstance(progress(range(3), desc="x", stream=Terminal()), tqdm)
+    assert isinstance(progress(range(3), desc="x", stream=io.StringIO()), LoggedProgress)
+    assert progress(range(3), desc="x", stream=io.StringIO()).total == 3
+
+
+def test_the_demo_and_training_loops_use_it():
+    from pathlib import Path
+
+    import spa
+
+    root = Path(spa.__file__).parent
+    for name in ("experiments/demo.py", "experiments/train.py", "experiments/lm_model.py"):
+        text = (root / name).read_text()
+        assert "show_progress(" in text and "tqdm(" not in text, name
