@@ -54,6 +54,10 @@ def save_pretrained(
 ) -> Path:
     """Write `model` as a `transformers` directory that `from_pretrained` loads without spa.
 
+    This writes the WHOLE pruned model (adapters fused in, pruned channels removed), not the
+    adapter: PEFT's `model.save_pretrained` saves only the adapter weights, spa's counterpart
+    of that is `spa.save_task` (a bundle of what the task learned, loaded with `load_task`).
+
     Args:
         model: a `transformers` model (`PreTrainedModel`), adapted and masked (channel pruning
             of heads / FFN neurons with `ranking="local"`), or a task model from `load_task`.
