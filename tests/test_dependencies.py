@@ -23,6 +23,7 @@ DISTRIBUTION = {
     "sklearn": "scikit-learn",
     "torch_pruning": "torch-pruning",
     "huggingface_hub": "huggingface-hub",
+    "prometheus_client": "prometheus-client",
     "tomli": "tomli",
 }
 # Declared though spa never imports them, each with its reason.
