@@ -1,9 +1,11 @@
 """Progress of long loops: a tqdm bar on a terminal, log lines elsewhere.
 
 When output goes to a file or a pipe, tqdm switches its bar off and nothing would say what is
-running. `progress` then logs, at most every `interval` seconds (30 by default), one line with
-the stage (the loop's description), the steps done of the total and an estimate of the time
-left, so a `make demo > log` shows a line at least every 30 s while a loop runs.
+running. `progress` then logs, every `interval` seconds (30 by default) of the process, one line
+with every running stage, outer first (the loops' descriptions), the steps done of each total
+and an estimate of the time left, so a `make demo > log` shows a line at least every 30 s while
+any loop runs, however short each inner loop is. The stages running and the time of the last
+line are shared by the loops of the process (the one piece of module state: a log rate limit).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 logger = logging.getLogger("spa.progress")
 
@@ -29,7 +31,10 @@ def _duration(seconds: float) -> str:
 
 
 class LoggedProgress:
-    """An iterable wrapper that logs the stage, progress and ETA every `interval` seconds."""
+    """An iterable wrapper that logs the running stages, progress and ETA every `interval` s."""
+
+    running: ClassVar[list[LoggedProgress]] = []  # the loops being iterated, outer first
+    last_line: ClassVar[float | None] = None  # when the process last logged a progress line
 
     def __init__(
         self,
@@ -42,7 +47,9 @@ class LoggedProgress:
         self.iterable, self.total, self.desc = iterable, total, desc
         self.interval, self.clock = interval, clock
         self.done = 0
-        self.start = self.last = clock()
+        self.start = clock()
+        if LoggedProgress.last_line is None:
+            LoggedProgress.last_line = self.start
 
     def line(self) -> str:
         """The progress line: stage, steps done of the total, elapsed time and ETA."""
@@ -61,14 +68,20 @@ class LoggedProgress:
         """Count `n` more steps done, and log if `interval` seconds passed since the last line."""
         self.done += n
         now = self.clock()
-        if now - self.last >= self.interval:
-            self.last = now
-            logger.info("%s", self.line())
+        last = LoggedProgress.last_line
+        if last is not None and now - last >= self.interval:
+            LoggedProgress.last_line = now
+            stages = [p for p in LoggedProgress.running if p is not self] + [self]
+            logger.info("%s", " | ".join(stage.line() for stage in stages))
 
     def __iter__(self) -> Iterator[Any]:
-        for item in self.iterable or ():
-            yield item
-            self.update()
+        LoggedProgress.running.append(self)
+        try:
+            for item in self.iterable or ():
+                yield item
+                self.update()
+        finally:
+            LoggedProgress.running.remove(self)
 
     def close(self) -> None:
         """Nothing to tear down (tqdm's interface)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
+import pytest
+
 from spa.progress import INTERVAL_S, LoggedProgress, progress
 
 
@@ -14,6 +16,12 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state(monkeypatch):
+    monkeypatch.setattr(LoggedProgress, "running", [])
+    monkeypatch.setattr(LoggedProgress, "last_line", None)
 
 
 def test_lines_every_interval_with_stage_progress_and_eta(caplog):
@@ -27,6 +35,22 @@ def test_lines_every_interval_with_stage_progress_and_eta(caplog):
     # After 3 steps of 10 s, 9 steps are left: 90 s at the same pace.
     assert lines[0] == "train epoch 1: 3/12 (25%), 30 s elapsed, ETA 1 min 30 s"
     assert lines[-1].startswith("train epoch 1: 12/12 (100%), 2 min 00 s elapsed, ETA 0 s")
+
+
+def test_short_inner_loops_still_log_every_interval_with_the_outer_stage(caplog):
+    clock = _Clock()
+    with caplog.at_level(logging.INFO, logger="spa.progress"):
+        for _ in LoggedProgress(range(4), 4, "demo runs", clock=clock):
+            for _ in range(3):  # epochs of 5 steps of 1 s: each loop is far shorter than 30 s
+                for _ in LoggedProgress(range(5), 5, "train epoch", clock=clock):
+                    clock.now += 1.0
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 4 * 3 * 5 // INTERVAL_S == 2
+    # 30 s in: the last epoch of the second run just ended; the outer loop counts 1 run done.
+    assert lines[0] == (
+        "demo runs: 1/4 (25%), 30 s elapsed, ETA 1 min 30 s | "
+        "train epoch: 5/5 (100%), 5 s elapsed, ETA 0 s"
+    )
 
 
 def test_a_terminal_gets_the_bar_and_a_pipe_gets_lines():
