@@ -17,7 +17,7 @@ def _net() -> nn.Module:
 def test_a_rank_above_the_widest_layer_is_refused_naming_it():
     # Adapted: conv 8 x 4 and fc1 5 x 8 (the head is not); the widest side is 8.
     spa.adapt(_net(), spa.SPLoRAConfig(rank=8))
-    with pytest.raises(ConfigError, match=r"rank 9 exceeds .* the widest, '0', has a 8 x 4"):
+    with pytest.raises(ConfigError, match=r"rank 9 exceeds .*the widest, '0', has a 8 x 4"):
         spa.adapt(_net(), spa.SPLoRAConfig(rank=9))
 
 
