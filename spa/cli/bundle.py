@@ -23,13 +23,14 @@ import argparse
 import functools
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from spa.cli.outputs import check_output
 from spa.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a command needs it: `spa --help` stays fast
+    import torch
+    from torch import nn
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,6 +99,8 @@ def load_base(
 
 def _head_name(model: nn.Module) -> str:
     """The module path of the model's last `nn.Linear` (its task head), or "fc"."""
+    from torch import nn
+
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     return names[-1] if names else "fc"
 
@@ -256,6 +259,9 @@ def _image_example(task: nn.Module, text: str | None) -> torch.Tensor:
     Raises:
         ConfigError: if the model cannot run on the shape, naming the shape and its input channels.
     """
+    import torch
+    from torch import nn
+
     convs = [m for m in task.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)]
     channels = convs[0].in_channels if convs else None
     if text:
@@ -281,6 +287,8 @@ def _image_example(task: nn.Module, text: str | None) -> torch.Tensor:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import torch
+
     from spa.tasks import load_task, read_bundle
     from spa.tasks.export import export_model, export_onnx
 
