@@ -4,14 +4,17 @@ When output goes to a file or a pipe, tqdm switches its bar off and nothing woul
 running. `progress` then logs, every `interval` seconds (30 by default) of the process, one line
 with every running stage, outer first (the loops' descriptions), the steps done of each total
 and an estimate of the time left, so a `make demo > log` shows a line at least every 30 s while
-any loop runs, however short each inner loop is. The stages running and the time of the last
-line are shared by the loops of the process (the one piece of module state: a log rate limit).
+any loop runs, however short each inner loop is and however long one step takes (a heartbeat
+thread logs the running stages when no step did for `interval` seconds). The stages running and
+the time of the last line are shared by the loops of the process (the one piece of module state:
+a log rate limit).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TextIO
@@ -35,6 +38,7 @@ class LoggedProgress:
 
     running: ClassVar[list[LoggedProgress]] = []  # the loops being iterated, outer first
     last_line: ClassVar[float | None] = None  # when the process last logged a progress line
+    heartbeat: ClassVar[threading.Thread | None] = None
 
     def __init__(
         self,
@@ -67,15 +71,15 @@ class LoggedProgress:
     def update(self, n: int = 1) -> None:
         """Count `n` more steps done, and log if `interval` seconds passed since the last line."""
         self.done += n
-        now = self.clock()
-        last = LoggedProgress.last_line
-        if last is not None and now - last >= self.interval:
-            LoggedProgress.last_line = now
-            stages = [p for p in LoggedProgress.running if p is not self] + [self]
-            logger.info("%s", " | ".join(stage.line() for stage in stages))
+        stages = [p for p in LoggedProgress.running if p is not self] + [self]
+        _log_if_due(stages, self.clock(), self.interval)
 
     def __iter__(self) -> Iterator[Any]:
         LoggedProgress.running.append(self)
+        if self.clock is time.monotonic and LoggedProgress.heartbeat is None:
+            beat = threading.Thread(target=_heartbeat, name="spa-progress", daemon=True)
+            LoggedProgress.heartbeat = beat
+            beat.start()
         try:
             for item in self.iterable or ():
                 yield item
@@ -88,6 +92,24 @@ class LoggedProgress:
 
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
         """Ignored (tqdm's interface)."""
+
+
+def _log_if_due(stages: list[LoggedProgress], now: float, interval: float) -> None:
+    """Log the running stages if `interval` seconds passed since the process's last line."""
+    last = LoggedProgress.last_line
+    if stages and last is not None and now - last >= interval:
+        LoggedProgress.last_line = now
+        logger.info("%s", " | ".join(stage.line() for stage in stages))
+
+
+def _heartbeat() -> None:
+    """While loops run, log their stages when no step has for an interval (a long step)."""
+    while LoggedProgress.running:
+        stages = list(LoggedProgress.running)
+        interval = stages[-1].interval if stages else INTERVAL_S
+        time.sleep(min(1.0, interval / 4))
+        _log_if_due(list(LoggedProgress.running), time.monotonic(), interval)
+    LoggedProgress.heartbeat = None
 
 
 def progress(

@@ -53,6 +53,17 @@ def test_short_inner_loops_still_log_every_interval_with_the_outer_stage(caplog)
     )
 
 
+def test_a_step_longer_than_the_interval_still_gets_lines(caplog, monkeypatch):
+    import time
+
+    monkeypatch.setattr(LoggedProgress, "heartbeat", None)
+    with caplog.at_level(logging.INFO, logger="spa.progress"):
+        for _ in LoggedProgress(range(1), 1, "one long step", interval=0.1):
+            time.sleep(0.6)  # no step ends for six intervals: the heartbeat logs meanwhile
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) >= 2 and all(line.startswith("one long step: 0/1") for line in lines)
+
+
 def test_a_terminal_gets_the_bar_and_a_pipe_gets_lines():
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
