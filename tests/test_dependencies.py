@@ -6,13 +6,13 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 import spa
+from spa._toml import tomllib
 
 ROOT = Path(spa.__file__).parent
 PROJECT = tomllib.loads((ROOT.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
