@@ -44,7 +44,8 @@ def _third_party_imports() -> set[str]:
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n != "spa"}
+    standard = set(sys.stdlib_module_names) | {"tomllib"}  # standard from 3.11 (tomli on 3.10)
+    return {n for n in names if n not in standard and n != "spa"}
 
 
 def _declared() -> set[str]:
