@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from spa._checks import require_module
 from spa.adapters.inject import task_head
 from spa.adapters.modules import in_head, is_norm
 from spa.adapters.protocols import AdapterLayer
@@ -94,4 +95,5 @@ def learned_parameters(model: nn.Module) -> LearnedParameters:
 
 def count_learned_parameters(model: nn.Module) -> int:
     """The task's learned-parameter count (dParams); see `learned_parameters` for the breakdown."""
+    require_module(model, "count_learned_parameters: model")
     return learned_parameters(model).total

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from spa._checks import require_module
 from spa.adapters.config import AdapterConfig
 from spa.adapters.modules import find_head, in_head, is_norm, matches, replace_module
 from spa.adapters.protocols import AdapterLayer, is_adapted
@@ -106,6 +107,30 @@ def _has_matrix_weight(module: nn.Module) -> bool:
     return weight is not None and weight.dim() >= 2
 
 
+def _check_rank(config: AdapterConfig, candidates: list[tuple[str, nn.Module]]) -> None:
+    """Refuse a `rank` larger than the widest target layer's weight matrix (its larger side).
+
+    A rank above both sides of every `n x m` matrix (`out x in/groups` for convolutions) cannot
+    add capacity, only parameters and memory (issue 24: rank 100000 passed 2 GB). Narrower
+    layers among wider ones keep the rank (a small first convolution beside wide blocks).
+
+    Raises:
+        ConfigError: naming the widest layer, its matrix shape and the largest accepted rank.
+    """
+    rank = getattr(config, "rank", None)
+    if not isinstance(rank, int) or not candidates:
+        return
+    sides = {name: tuple(module.weight.shape[:2]) for name, module in candidates}
+    widest = max(sides, key=lambda name: max(sides[name]))
+    rows, columns = sides[widest]
+    if rank > max(rows, columns):
+        raise ConfigError(
+            f"adapt: rank {rank} exceeds the width of every layer to adapt (the widest, "
+            f"{widest!r}, has a {rows} x {columns} weight matrix: rank at most "
+            f"{max(rows, columns)}); lower the rank"
+        )
+
+
 def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Replace every eligible layer of `model` by an adapter layer and freeze the base weights.
 
@@ -126,6 +151,7 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
         NoTargetsError: if no layer could be adapted.
         UnsupportedLayerError: if an explicitly targeted layer cannot be adapted.
     """
+    require_module(model, "adapt: model")
     kind = kind_for_config(config)
     if is_adapted(model):
         raise ConfigError("model is already adapted; adapt a fresh copy of the base model")
@@ -161,6 +187,7 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
             )
             continue
         candidates.append((name, module))
+    _check_rank(config, candidates)
     context: dict = {}
     for name, module in candidates:
         try:

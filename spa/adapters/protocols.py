@@ -8,6 +8,7 @@ adapter kind satisfies one of them and inherits every generic code path.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
@@ -20,12 +21,30 @@ OUT_MASK = "out_mask"
 IN_MASK = "in_mask"
 BLOCK_MASK = "block_mask"
 
+
+class _ModuleProtocolMeta(type(Protocol)):
+    """`isinstance` against a protocol by `hasattr`, as Python 3.11 does it.
+
+    From Python 3.12, runtime protocol checks look members up with `inspect.getattr_static`,
+    which does not see what an `nn.Module` keeps behind `__getattr__` (parameters, buffers and
+    submodules such as `base` or `out_mask`), so every adapter layer would fail the check.
+    """
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        if not cls.__dict__.get("_is_protocol", False):  # a concrete class deriving from one
+            return super().__instancecheck__(instance)
+        members = getattr(cls, "__protocol_attrs__", None)
+        if members is None:  # Python 3.10 and 3.11
+            members = typing._get_protocol_attrs(cls)  # type: ignore[attr-defined]
+        return all(hasattr(instance, name) for name in members)
+
+
 # (layer) -> (gated base weight (n, m), gated block weights (R, n/p, m/q) or None).
 GateHook = Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @runtime_checkable
-class AdapterLayer(Protocol):
+class AdapterLayer(Protocol, metaclass=_ModuleProtocolMeta):
     """An `nn.Module` holding a frozen `base` layer and a learned, masked change of its weight.
 
     Attributes:

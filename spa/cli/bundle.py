@@ -20,14 +20,17 @@ registry name), `--num-classes N` and any other builder argument as `--model-arg
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
+from spa.cli.outputs import check_output
 from spa.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a command needs it: `spa --help` stays fast
+    import torch
+    from torch import nn
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,6 +99,8 @@ def load_base(
 
 def _head_name(model: nn.Module) -> str:
     """The module path of the model's last `nn.Linear` (its task head), or "fc"."""
+    from torch import nn
+
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     return names[-1] if names else "fc"
 
@@ -144,8 +149,10 @@ def _add_base_arguments(parser: argparse.ArgumentParser, required: bool = True) 
 
 def _info(args: argparse.Namespace) -> int:
     from spa.tasks import read_bundle
+    from spa.tasks.schema import check_document
 
     bundle = read_bundle(args.path)
+    check_document(bundle)  # every printed field has its type (a hostile file may say null)
     metadata = bundle.metadata
     if args.json:
         print(json.dumps({**metadata, "bytes_on_disk": bundle.size_bytes}, indent=2))
@@ -167,7 +174,8 @@ def _info(args: argparse.Namespace) -> int:
         f"adapted layers:  {len(metadata.get('layers', []))}",
         "signed by:       "
         + (
-            f"{bundle.signature['key_id']} (not checked; use verify --trusted-key)"
+            f"{bundle.signature['key_id']} for task {bundle.signature.get('task')!r} (not "
+            "checked; use verify --trusted-key)"
             if bundle.signature
             else "unsigned"
         ),
@@ -184,14 +192,19 @@ def _info(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from spa.tasks import fingerprint, plan_task, read_bundle
+    from spa.tasks.format import task_name_of
     from spa.tasks.signing import trusted_key_set, verify_bundle
 
     if not args.base and not args.trusted_key:
         raise ConfigError("spa bundle verify needs --base, --trusted-key, or both")
-    bundle = read_bundle(args.path)
+    check, task = None, args.task or task_name_of(args.path)
+    if args.trusted_key:  # checked from the header, before the file's body is read
+        trusted = trusted_key_set(args.trusted_key)
+        check = functools.partial(verify_bundle, trusted=trusted, task=task)
+    bundle = read_bundle(args.path, check=check)
     if args.trusted_key:
-        signer = verify_bundle(bundle, trusted_key_set(args.trusted_key))
-        print(f"OK: {args.path} is signed by trusted key {signer}")
+        signer = verify_bundle(bundle, trusted, task=task)
+        print(f"OK: {args.path} is signed by trusted key {signer} for task {task!r}")
     if args.base:
         base, _ = load_base(args, bundle.metadata)
         base_fingerprint = fingerprint(base)
@@ -203,10 +216,8 @@ def _verify(args: argparse.Namespace) -> int:
 def _keygen(args: argparse.Namespace) -> int:
     from spa.tasks.signing import generate_private_key, key_id, write_key_pair
 
-    if Path(args.path).exists() and not args.force:
-        raise ConfigError(f"{args.path} exists; pass --force to replace the private key")
     key = generate_private_key()
-    public_path = write_key_pair(key, args.path)
+    public_path = write_key_pair(key, args.path, overwrite=args.force)
     print(f"wrote private key {args.path} (keep it secret) and public key {public_path}")
     print(f"key id: {key_id(key.public_key())}")
     return 0
@@ -218,10 +229,14 @@ def _sign(args: argparse.Namespace) -> int:
     from spa.tasks.signing import signer
 
     sign = signer(args.key)
+    if args.output is not None:
+        inputs = {"bundle": args.path, "private key": args.key}
+        check_output(args.output, inputs, overwrite=args.overwrite)
     bundle = read_bundle(args.path)
     output = args.output or args.path
-    write_bundle(output, bundle, sign=sign)
-    print(f"signed {output} with key {bundle.signature['key_id']}")
+    write_bundle(output, bundle, sign=sign, task=args.task)
+    signature = bundle.signature
+    print(f"signed {output} with key {signature['key_id']} for task {signature['task']!r}")
     return 0
 
 
@@ -244,6 +259,9 @@ def _image_example(task: nn.Module, text: str | None) -> torch.Tensor:
     Raises:
         ConfigError: if the model cannot run on the shape, naming the shape and its input channels.
     """
+    import torch
+    from torch import nn
+
     convs = [m for m in task.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)]
     channels = convs[0].in_channels if convs else None
     if text:
@@ -269,9 +287,14 @@ def _image_example(task: nn.Module, text: str | None) -> torch.Tensor:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import torch
+
     from spa.tasks import load_task, read_bundle
     from spa.tasks.export import export_model, export_onnx
 
+    inputs = {"bundle": args.bundle, "base": args.base}
+    directory = args.format == "transformers"
+    check_output(args.output, inputs, overwrite=args.overwrite, directory=directory)
     base, architecture = load_base(args, read_bundle(args.bundle).metadata)
     if args.format == "transformers" and architecture["source"] != "transformers":
         raise ConfigError(
@@ -322,15 +345,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PUBLIC_KEY",
         help="PEM public key (from keygen) the bundle must be signed by; repeatable",
     )
+    verify.add_argument(
+        "--task",
+        help="task name the signature must name (default: the file name without .safetensors)",
+    )
     verify.set_defaults(func=_verify)
     keygen = actions.add_parser("keygen", help="create an Ed25519 signing key pair (PEM)")
     keygen.add_argument("path", help="private key file to write; the public key goes to PATH.pub")
-    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+    keygen.add_argument(
+        "--force", action="store_true", help="replace existing key files (PATH and PATH.pub)"
+    )
     keygen.set_defaults(func=_keygen)
     sign = actions.add_parser("sign", help="sign a bundle with a private key (from keygen)")
     sign.add_argument("path", help="bundle file")
     sign.add_argument("--key", required=True, help="PEM private key file")
     sign.add_argument("-o", "--output", help="signed bundle file (default: sign in place)")
+    sign.add_argument(
+        "--overwrite", action="store_true", help="replace an existing -o file (never the input)"
+    )
+    sign.add_argument(
+        "--task",
+        help="task name the signature binds (default: the output file name without .safetensors)",
+    )
     sign.set_defaults(func=_sign)
     export = subparsers.add_parser(
         "export",
@@ -348,7 +384,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a non-empty output directory (--format transformers)",
+        help="replace an existing output file or non-empty directory (never the bundle or the "
+        "base)",
     )
     export.add_argument(
         "--remove-empty-units",

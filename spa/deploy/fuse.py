@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from spa._checks import require_module
 from spa.adapters._conv import rebuild_layer
 from spa.adapters.modules import replace_module
 from spa.adapters.protocols import adapter_layers
@@ -32,6 +33,7 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
         model: a model adapted with `spa.adapt` (any adapter kind).
         inplace: modify `model` itself instead of a deep copy.
     """
+    require_module(model, "fuse: model")
     target = model if inplace else copy.deepcopy(model)
     for name, layer in list(adapter_layers(target)):
         replace_module(target, name, fused_layer(layer))

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from spa._toml import tomllib
 from spa.errors import ConfigError
 from spa.experiments._typecheck import build_dataclass
 from spa.experiments._typecheck import config_key_error as _fail
 from spa.experiments.adapter_section import AdapterSection
+from spa.experiments.bounds import check_bounds
 from spa.experiments.criteria_names import block_criteria, channel_criteria, criteria_for
 from spa.experiments.presets import upgrade_method
 from spa.experiments.toml_writer import dumps_toml
@@ -235,6 +236,7 @@ class ExperimentConfig:
     output_dir: str = "runs/experiment"
 
     def __post_init__(self) -> None:
+        check_bounds(self)  # numbers that size memory (spa.experiments.bounds)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise _fail("seeds", f"must be a non-empty list of distinct integers, got {self.seeds}")
         kind, pruning = self.adapter.kind, self.adapter.pruning

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from spa.experiments.build import method_label
 from spa.experiments.config import (
@@ -43,6 +42,7 @@ from spa.experiments.train import (
     set_learning_rate,
     train_epoch,
 )
+from spa.progress import progress as show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -359,6 +359,14 @@ def switch_tasks(
     return results
 
 
+SMOKE_TEST_DIR = "smoke-test"
+SMOKE_TEST_NOTE = (
+    "**Smoke test** (`spa demo --quick`: 10 batches per epoch, one seed, two densities): these "
+    "numbers check that the pipeline runs; they say nothing about the methods. Run `spa demo` "
+    "for the comparison.\n\n"
+)
+
+
 def run_demo(output_dir: str | Path = "spa-demo-output", *, quick: bool = False) -> DemoResult:
     """Run the whole demo (resumable: finished parts are reused) and return its results.
 
@@ -375,10 +383,15 @@ def run_demo(output_dir: str | Path = "spa-demo-output", *, quick: bool = False)
     source, source_accuracy = train_source(settings, output_dir / f"source{suffix}")
     runs = []
     configs = experiment_configs(settings, source)
-    for config in tqdm(configs, desc="demo runs (task x method)", disable=None):
+    for config in show_progress(configs, desc="demo runs (task x method)"):
         result = run(config, output_dir / f"runs{suffix}" / config.name)
         runs.append((config, result))
-    report = write_report([result.run_dir for _, result in runs], output_dir)
+    # The quick run's table and plots go to their own folder, marked as a smoke test, so they
+    # never replace the full demo's table.md, table.csv and plots/.
+    report_dir = output_dir / SMOKE_TEST_DIR if quick else output_dir
+    report = write_report([result.run_dir for _, result in runs], report_dir)
+    if quick:
+        atomic_write_text(report.markdown, SMOKE_TEST_NOTE + report.markdown.read_text())
     switches = switch_tasks(settings, source, runs)
     return DemoResult(
         output_dir=output_dir,

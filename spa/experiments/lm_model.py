@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from spa.data.text import next_token_loss, perplexity
 from spa.errors import ConfigError, TrainingError
 from spa.experiments.config import ExperimentConfig
 from spa.experiments.train import make_loader
+from spa.progress import progress as show_progress
 
 AUTO_CLASS = "AutoModelForCausalLM"
 # Config attributes that hold the longest sequence a model's positions cover.
@@ -207,9 +207,7 @@ def train_lm_epoch(
     model.train()
     total, tokens = 0.0, 0
     count = len(loader) if max_batches is None else min(max_batches, len(loader))
-    progress = tqdm(
-        _moved(loader, device), total=count, desc=description, leave=False, disable=None
-    )
+    progress = show_progress(_moved(loader, device), total=count, desc=description, leave=False)
     for index, batch in enumerate(progress):
         if max_batches is not None and index >= max_batches:
             break

@@ -1,7 +1,8 @@
 """The report's plots (paper's Fig. 6): score vs dParams, score vs FLOPs, dParams vs density.
 
-The score is each task's metric (accuracy, F1, perplexity, ...; the files keep the
-`accuracy_vs_*` names), in percent for fractions and as it is for perplexity.
+The score is each task's metric (accuracy, F1, perplexity, ...), in percent for fractions and as
+it is for perplexity; the files are named for it (`perplexity_vs_dparams.png` for language
+models, `score_vs_*` when a report mixes metrics; `PLOT_FILES` holds the accuracy names).
 Written for a reader: every plot has a title, a legend outside the data, one colour per series
 and one marker and line style per learning method, readable tick labels on log axes, a dotted
 chance line per classification task (from the `num_classes` the runner records), and, where
@@ -271,6 +272,22 @@ def write_plots(rows: Sequence[AggregateRow], folder: str | Path) -> list[Path]:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=120)
         pyplot.close(figure)
-        atomic_write_bytes(folder / filename, buffer.getvalue())
-        written.append(folder / filename)
+        path = folder / plot_file_name(filename, rows)
+        atomic_write_bytes(path, buffer.getvalue())
+        written.append(path)
     return written
+
+
+def plot_file_name(filename: str, rows: Sequence[AggregateRow]) -> str:
+    """The file a plot of `PLOT_FILES` is written to: named for the rows' metric.
+
+    Args:
+        filename: a name from `PLOT_FILES` (e.g. "accuracy_vs_dparams.png").
+        rows: aggregated rows.
+
+    Returns:
+        e.g. "perplexity_vs_dparams.png" for language models; `filename` for accuracy.
+    """
+    if not filename.startswith("accuracy_"):
+        return filename
+    return filename.replace("accuracy", _metric_label(rows).lower(), 1)

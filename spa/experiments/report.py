@@ -5,8 +5,9 @@ density step, written by the runner) are all a report needs. Tables always put d
 and FLOPs side by side and label FLOPs and MACs explicitly (1 MAC = 2 FLOPs). The score column is
 the task type's metric (`metric`, named by `metric_name`: accuracy, F1, perplexity, ...; runs
 recorded before metric names read `accuracy`): fractions (accuracy, F1) are shown in percent,
-perplexity as it is (`metric_scale`). Latency is the median of timed runs with the interquartile
-range, never a mean ± std (one disturbed run would dominate it).
+perplexity as it is (`metric_scale`). Latency is the median of timed runs with the range from
+the seeds' lowest first to their highest third quartile, never a mean ± std (one disturbed run
+would dominate it); a spread wider than `WILD_SPREAD` x the median is marked and warned about.
 
 Comparing runs never mixes experiments: rows are grouped by the run's resolved config (its
 `config.toml` without `output_dir` and `seeds`; a run without one is its own experiment), each row
@@ -22,12 +23,12 @@ import io
 import json
 import logging
 import statistics
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spa._toml import tomllib
 from spa.errors import ConfigError
 from spa.experiments.files import atomic_write_text, read_jsonl
 from spa.experiments.plots import metric_scale, write_plots
@@ -43,7 +44,9 @@ _COLUMNS = (
     ("metric", "Score (%)", 100.0, 2),  # the scale and header depend on the metric
     ("bundle_bytes", "Bundle (KiB)", 1 / 1024, 1),
 )
-_LATENCY_HEADER = "CPU latency (ms), median (IQR)"
+_LATENCY_HEADER = "CPU latency (ms), median (lowest Q1–highest Q3)"
+# A latency whose spread passes this multiple of its median was measured on a busy machine.
+WILD_SPREAD = 2.0
 _GROUP_KEYS = ("_config", "task", "method", "criterion", "step")
 # Keys of a resolved config.toml that do not make two runs different experiments.
 _NOT_EXPERIMENT_KEYS = ("spa_version", "output_dir", "seeds")
@@ -236,7 +239,14 @@ def _latency_cell(row: AggregateRow) -> str:
     if row.latency is None:
         return "-"
     median, low, high = row.latency
-    return f"{median:,.2f} ({low:,.2f}–{high:,.2f})"
+    mark = " !" if is_wild(row.latency) else ""
+    return f"{median:,.2f} ({low:,.2f}–{high:,.2f}){mark}"
+
+
+def is_wild(latency: tuple[float, float, float]) -> bool:
+    """Whether a `(median, low, high)` latency spreads wider than `WILD_SPREAD` x its median."""
+    median, low, high = latency
+    return high - low > WILD_SPREAD * median
 
 
 def _seeds_text(row: AggregateRow) -> str:
@@ -265,9 +275,22 @@ def markdown_table(rows: Sequence[AggregateRow]) -> str:
         "Score: the task's metric (named in the Metric column; accuracy and F1 in percent, "
         "perplexity as it is, lower is better). "
         "Values are mean ± sample std over the n seeds listed under Seeds (their ids). CPU "
-        "latency of the compacted model: median over timed runs and seeds (lowest first – "
-        "highest third quartile)."
+        "latency of the compacted model: median over timed runs and seeds, with the range from "
+        "the seeds' lowest first quartile to their highest third quartile (not an IQR)."
     )
+    wild = [row for row in rows if row.latency is not None and is_wild(row.latency)]
+    if wild:
+        note += (
+            f" ! marks {len(wild)} latency figure(s) spread wider than {WILD_SPREAD:g}x their "
+            "median: the machine was busy while they were timed; rerun on an idle machine "
+            "before comparing them."
+        )
+        logger.warning(
+            "%d latency figure(s) spread wider than %gx their median (the machine was busy); "
+            "rerun on an idle machine before comparing latencies",
+            len(wild),
+            WILD_SPREAD,
+        )
     return "\n".join(lines) + "\n" + note + "\n"
 
 

@@ -55,6 +55,7 @@ from spa.experiments.config import ExperimentConfig, config_to_toml, from_dict, 
 from spa.experiments.distributed_run import check_distributed
 from spa.experiments.files import append_jsonl, atomic_write_text, read_jsonl
 from spa.experiments.report import ReportFiles, write_report
+from spa.experiments.run_base import keep_base
 from spa.experiments.task_types import (
     SeedSession,
     Step,
@@ -137,7 +138,7 @@ def _prepare_run_dir(run_dir: Path, config: ExperimentConfig) -> None:
     # argument) holds nothing to resume: the corrected config replaces its config.toml.
     started = any(run_dir.glob(f"seed-*/{METRICS}")) or any(run_dir.glob(f"seed-*/{CHECKPOINT}"))
     if path.exists() and started:
-        import tomllib
+        from spa._toml import tomllib
 
         previous = tomllib.loads(path.read_text(encoding="utf-8"))
         previous.pop("spa_version", None)
@@ -288,6 +289,7 @@ def _run_seed(
         labels=_labels(config, seed, criterion),
         metric_name=task_type.metric_name,
     )
+    keep_base(config, state.session, seed_dir, writer=is_main_process())  # random base: saved
     start = _restore(state)
     records = _kept_records(metrics_path, start)
     for step in steps:

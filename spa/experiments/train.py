@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
-from tqdm.auto import tqdm
 
 from spa import distributed
 from spa.errors import ConfigError, TrainingError
+from spa.progress import progress as show_progress
 from spa.pruning.schedules import paper_lr_factor
 
 logger = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def train_epoch(
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
-    progress = tqdm(loader, total=total, desc=description, leave=False, disable=None)
+    progress = show_progress(loader, total=total, desc=description, leave=False)
     for index, (inputs, labels) in enumerate(progress):
         if max_batches is not None and index >= max_batches:
             break

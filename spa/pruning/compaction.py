@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from spa._batch import call_model
+from spa._checks import require_module
 from spa.adapters.modules import narrow_tensor
 from spa.adapters.protocols import ChannelMasked
 from spa.errors import SpaError
@@ -85,6 +86,7 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
     Raises:
         SpaError: if the compacted model fails on `example_inputs` (inconsistent masks).
     """
+    require_module(model, "compact: model")
     tied = _tied_parameters(model)
     heads = head_counts_before(model) if describe(model) is None else []  # traced attention
     # By name, not a list of modules: a list would keep every replaced base layer (and its

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +36,14 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from spa._files import write_atomic as write_atomic  # re-exported: the one atomic writer
 from spa.codec.protocols import STORAGE_DTYPES as STORAGE_DTYPES  # re-exported
 from spa.errors import BundleError
 from spa.tasks.bitmasks import check_mask_records, is_count, unpack_mask
 from spa.tasks.bitmasks import pack_mask as pack_mask  # re-exported: the format's mask codec
 from spa.tasks.bitmasks import pack_masks as pack_masks
+from spa.tasks.limits import check_entries, check_header_size, check_json_text
+from spa.tasks.limits import strict_json as strict_json  # re-exported: the format's JSON reader
 
 FORMAT_NAME = "spa-task-bundle"
 FORMAT_VERSION = 2
@@ -60,7 +62,7 @@ class Bundle:
         tensors: stored tensors by name (bit-packed masks are unpacked on demand with `mask`).
         path: the file it was read from, if any.
         size_bytes: bytes on disk (0 before writing).
-        signature: the signature record (`algorithm`, `key_id`, `signature`) if the file is
+        signature: the signature record (`algorithm`, `key_id`, `signature`, `task`) if the file is
             signed; checked against trusted keys by `spa.tasks.signing.verify_bundle`.
         used: names of tensors and masks consumed by the last `plan_task` (each must be used).
     """
@@ -152,27 +154,6 @@ def _unpack(flat: dict[str, torch.Tensor], layout: Any, source: str) -> dict[str
     return tensors
 
 
-def strict_json(text: str | bytes) -> Any:
-    """`json.loads` that refuses duplicate object keys and NaN/Infinity constants.
-
-    Raises:
-        ValueError: for invalid JSON, a repeated key or a non-finite constant.
-    """
-
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result = {}
-        for key, value in pairs:
-            if key in result:
-                raise ValueError(f"duplicate key {key!r}")
-            result[key] = value
-        return result
-
-    def constant(name: str) -> Any:
-        raise ValueError(f"non-finite number {name}")
-
-    return json.loads(text, object_pairs_hook=unique, parse_constant=constant)
-
-
 def canonical_json(document: dict[str, Any]) -> str:
     """The JSON text spa writes and hashes: sorted keys, compact separators."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -190,19 +171,32 @@ def checksum(document: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def signed_message(document: dict[str, Any]) -> bytes:
-    """The bytes a bundle signature signs: a domain tag and the canonical document.
+def task_name_of(path: str | os.PathLike) -> str:
+    """The task name a bundle file stands for: its file name without `.safetensors`."""
+    return Path(path).name.removesuffix(".safetensors")
 
-    The document carries the checksum over itself and every tensor's name, dtype, shape and
-    bytes (verified on read), so signing it signs the header and all tensor data.
+
+def signed_message(document: dict[str, Any], task: str | None = None) -> bytes:
+    """The bytes a bundle signature signs: a domain tag, the task name and the document.
+
+    The document carries the base fingerprint and the checksum over itself and every tensor's
+    name, dtype, shape and bytes (verified on read), so a signature binds the task name, the
+    base and all tensor data. `task=None` gives the message of version-1 signatures (spa 0.1),
+    which named no task; they are still checked, and refused where a task name is expected.
     """
-    return b"spa-task-bundle-signature-v1\0" + canonical_json(document).encode()
+    if task is None:
+        return b"spa-task-bundle-signature-v1\0" + canonical_json(document).encode()
+    bound = {"task": task, "base_fingerprint": document.get("base_fingerprint")}
+    return (
+        b"spa-task-bundle-signature-v2\0" + canonical_json({**bound, "document": document}).encode()
+    )
 
 
 def write_bundle(
     path: str | os.PathLike,
     bundle: Bundle,
     sign: Callable[[bytes], dict[str, str]] | None = None,
+    task: str | None = None,
 ) -> int:
     """Write `bundle` to `path` atomically; return the bytes written.
 
@@ -212,15 +206,17 @@ def write_bundle(
     Args:
         path: destination file.
         bundle: metadata and tensors; its metadata, path, size and signature are updated.
-        sign: optional signer mapping `signed_message(document)` to a signature record
+        sign: optional signer mapping `signed_message(document, task)` to a signature record
             (see `spa.tasks.signing.signer`); None writes an unsigned file.
+        task: the task name the signature binds (default: `task_name_of(path)`).
     """
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in bundle.tensors.items()}
     document = dict(bundle.metadata)
     flat, document[LAYOUT_KEY] = _pack(tensors)
     document["checksum"] = checksum(document, tensors)
     header = {METADATA_KEY: canonical_json(document)}
-    signature = None if sign is None else sign(signed_message(document))
+    task = task_name_of(path) if task is None else task
+    signature = None if sign is None else {**sign(signed_message(document, task)), "task": task}
     if signature is not None:
         header[SIGNATURE_KEY] = canonical_json(signature)
     data = safetensors.torch.save(flat, metadata=header)
@@ -231,52 +227,8 @@ def write_bundle(
     return len(data)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
-    """Write `data` to `path` through a temporary file and `os.replace`.
-
-    Args:
-        path: destination file.
-        data: the whole content.
-        mode: permission bits of the file; None gives what `open()` would (0o666 minus the
-            umask), where a plain temporary file would stay 0o600.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.chmod(handle.name, 0o666 & ~_umask() if mode is None else mode)
-            os.fsync(handle.fileno())
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def read_metadata(
-    data: bytes, source: str, key: str = METADATA_KEY, format_name: str = FORMAT_NAME
-) -> dict[str, Any]:
-    """Parse the spa metadata document from a safetensors file's bytes (without the tensors).
-
-    Args:
-        data: the whole file.
-        source: the file's path, for error messages.
-        key: the header metadata key holding the JSON document.
-        format_name: the expected `format` field of the document.
-
-    Raises:
-        BundleError: if the header is truncated, not JSON, or holds no spa metadata.
-    """
+def _header(data: bytes, source: str) -> dict[str, Any]:
+    """The safetensors header metadata of a file's bytes, bounded before parsing."""
     if len(data) < 8:
         raise BundleError(f"{source}: file is truncated ({len(data)} bytes); re-export the bundle")
     (header_size,) = struct.unpack("<Q", data[:8])
@@ -285,34 +237,64 @@ def read_metadata(
             f"{source}: not a spa bundle (not a safetensors file); bundles are written by "
             "spa.save_task"
         )
+    check_header_size(header_size, source)
     if header_size > len(data) - 8:
         raise BundleError(
             f"{source}: file is truncated (header says {header_size} bytes, file has "
             f"{len(data) - 8}); re-export or re-download the bundle"
         )
+    text = data[8 : 8 + header_size]
+    check_json_text(text, source, "the safetensors header")
     try:
-        header = strict_json(data[8 : 8 + header_size])
-        document = strict_json(header["__metadata__"][key])
-    except (ValueError, KeyError, TypeError) as error:
+        header = strict_json(text)
+    except ValueError as error:
+        raise BundleError(f"{source}: damaged safetensors header ({error})") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def read_metadata(
+    data: bytes, source: str, key: str = METADATA_KEY, format_name: str = FORMAT_NAME
+) -> dict[str, Any]:
+    """Parse the spa metadata document from a safetensors file's bytes (without the tensors).
+
+    The header's size, nesting and number of values are checked (`spa.tasks.limits`) before
+    it is parsed, so a hostile header costs little to refuse.
+
+    Args:
+        data: the whole file, or at least its first 8 bytes and its header.
+        source: the file's path, for error messages.
+        key: the header metadata key holding the JSON document.
+        format_name: the expected `format` field of the document.
+
+    Raises:
+        BundleError: if the header is truncated, too large, too deeply nested, not JSON, or
+            holds no spa metadata.
+    """
+    text = _header(data, source).get(key)
+    if not isinstance(text, str):
         raise BundleError(
-            f"{source}: not a {format_name} file (no readable '{key}' metadata: {error!r}); "
-            "bundles are written by spa.save_task"
+            f"{source}: not a {format_name} file (no '{key}' metadata); bundles are written by "
+            "spa.save_task"
+        )
+    check_json_text(text, source, "the metadata document")
+    try:
+        document = strict_json(text)
+    except ValueError as error:
+        raise BundleError(
+            f"{source}: not a {format_name} file (unreadable '{key}' metadata: {error})"
         ) from None
     if not isinstance(document, dict) or document.get("format") != format_name:
         found = document.get("format") if isinstance(document, dict) else None
         raise BundleError(f"{source}: not a {format_name} file (format {found!r})")
+    check_entries(document, source)
     return document
 
 
-def parse_bundle(data: bytes, source: str) -> Bundle:
-    """Validate and parse bundle bytes read from `source` (a path, for error messages).
-
-    Raises:
-        BundleError: for a truncated or altered file, a file that is not a bundle, or an unknown
-            format version.
-    """
+def _described(data: bytes, source: str) -> Bundle:
+    """The bundle's metadata and signature, checked and parsed; no tensor read yet."""
     document = read_metadata(data, source)
-    header_metadata = strict_json(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"]
+    header_metadata = _header(data, source)
     unknown = sorted(set(header_metadata) - {METADATA_KEY, SIGNATURE_KEY})
     if unknown:
         raise BundleError(f"{source}: unknown header metadata key(s) {unknown}; damaged file")
@@ -322,12 +304,36 @@ def parse_bundle(data: bytes, source: str) -> Bundle:
             f"{source}: unknown bundle format version {version!r}; this spa reads version "
             f"{FORMAT_VERSION}; upgrade spa or re-save the task with this version"
         )
+    signature = _signature_record(header_metadata.get(SIGNATURE_KEY), source)
+    return Bundle(metadata=document, tensors={}, path=Path(source), signature=signature)
+
+
+def parse_bundle(
+    data: bytes, source: str, check: Callable[[Bundle], object] | None = None
+) -> Bundle:
+    """Validate and parse bundle bytes read from `source` (a path, for error messages).
+
+    Args:
+        data: the whole file.
+        source: the file's path, for error messages.
+        check: called with the bundle's description (metadata and signature, no tensors)
+            before any tensor is parsed, e.g. a signature check by trusted keys; it raises to
+            refuse the file.
+
+    Raises:
+        BundleError: for a truncated or altered file, a file that is not a bundle, an unknown
+            format version, or a header over the limits of `spa.tasks.limits`.
+    """
+    bundle = _described(data, source)
+    if check is not None:
+        check(bundle)
     try:
         flat = safetensors.torch.load(data)
     except Exception as error:  # safetensors raises its own SafetensorError type
         raise BundleError(
             f"{source}: damaged bundle, its tensors cannot be read ({error}); re-export it"
         ) from None
+    document = bundle.metadata
     tensors = _unpack(flat, document.get(LAYOUT_KEY), source)
     expected = checksum(document, tensors)
     if document.get("checksum") != expected:
@@ -336,13 +342,8 @@ def parse_bundle(data: bytes, source: str) -> Bundle:
             f"{expected}); the file was altered or damaged, re-export it"
         )
     check_mask_records(document.get("masks", []), tensors.get(MASKS_TENSOR), source)
-    return Bundle(
-        metadata=document,
-        tensors=tensors,
-        path=Path(source),
-        size_bytes=len(data),
-        signature=_signature_record(header_metadata.get(SIGNATURE_KEY), source),
-    )
+    bundle.tensors, bundle.size_bytes = tensors, len(data)
+    return bundle
 
 
 def _signature_record(text: Any, source: str) -> dict[str, str] | None:
@@ -354,28 +355,42 @@ def _signature_record(text: Any, source: str) -> dict[str, str] | None:
         record = None
     if not (
         isinstance(record, dict)
-        and set(record) == {"algorithm", "key_id", "signature"}
+        and set(record) - {"task"} == {"algorithm", "key_id", "signature"}
         and all(isinstance(value, str) for value in record.values())
     ):
         raise BundleError(f"{source}: malformed signature record; re-sign the bundle")
     return record
 
 
-def read_bundle(path: str | os.PathLike) -> Bundle:
+def read_bundle(path: str | os.PathLike, check: Callable[[Bundle], object] | None = None) -> Bundle:
     """Read and validate the bundle at `path`; no code from the file is ever executed.
+
+    The header is read and checked first (size, nesting, entries; then `check`, e.g. the
+    signature by trusted keys), so a hostile or untrusted file is refused before its body is
+    read or parsed.
 
     Args:
         path: a `.safetensors` file written by `spa.save_task`.
+        check: called with the bundle's description (metadata and signature, no tensors)
+            before any tensor is read; raises to refuse the file.
 
     Returns:
         The parsed `Bundle`.
 
     Raises:
-        BundleError: if the file is missing, truncated, altered, not a bundle, or of an unknown
-            format version; the message names the path.
+        BundleError: if the file is missing, truncated, altered, not a bundle, over the limits
+            of `spa.tasks.limits`, or of an unknown format version; the message names the path.
     """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as file:
+            head = file.read(9)  # the header size, and the "{" every safetensors header opens
+            if len(head) == 9 and head[8:9] == b"{":
+                check_header_size(struct.unpack("<Q", head[:8])[0], str(path))
+                head += file.read(struct.unpack("<Q", head[:8])[0] - 1)
+            description = _described(head, str(path))
+            if check is not None:
+                check(description)
+            data = head + file.read()
     except OSError as error:
         raise BundleError(f"{path}: cannot read bundle ({error.strerror})") from None
-    return parse_bundle(data, str(path))
+    return parse_bundle(data, str(path), check)

@@ -179,9 +179,9 @@ class TaskHost:
         check_task_name(name)
         self._check_new(name)
         self._guard.check()
-        bundle = read_bundle(path)
-        if self._trusted is not None:
-            verify_bundle(bundle, self._trusted)
+        trusted = self._trusted  # with trusted keys, checked before the body is read
+        check = None if trusted is None else lambda described: verify_bundle(described, trusted)
+        bundle = read_bundle(path, check=check)
         recorded = recorded_task_name(bundle)
         if bundle.signature is not None and recorded not in (None, name) and not rename:
             raise BundleError(

@@ -8,6 +8,7 @@ A bundle that fails validation therefore never touches any model.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spa._checks import require_module
 from spa.adapters.protocols import is_adapted
 from spa.adapters.transposed import as_linear, is_transposed_linear, linear_view
 from spa.codec.entries import bundle_error
@@ -32,7 +34,7 @@ from spa.tasks.channel_slices import check_per_head
 from spa.tasks.codecs import codec_for, entry_kind
 from spa.tasks.expert_view import split_view
 from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_fingerprint
-from spa.tasks.format import MASKS_TENSOR, Bundle, read_bundle
+from spa.tasks.format import MASKS_TENSOR, Bundle, read_bundle, task_name_of
 from spa.tasks.module_plans import plan_module
 from spa.tasks.schema import (
     check_document,
@@ -305,6 +307,7 @@ def load_task(
     strict_fingerprint: bool = True,
     finalize: Callable[[nn.Module], nn.Module] | None = None,
     trusted_keys: KeySource | Iterable[KeySource] | None = None,
+    task_name: str | None = None,
 ) -> nn.Module:
     """Load the task bundle at `path` onto `base_model`: the fused, compacted task model.
 
@@ -319,7 +322,10 @@ def load_task(
         strict_fingerprint: refuse a base with another fingerprint (default); False only warns.
         finalize: optional post-processing of the built model, see `build_task`.
         trusted_keys: Ed25519 public keys (objects, PEM paths or PEM bytes); when given, only a
-            bundle signed by one of them loads. None (default) accepts unsigned bundles.
+            bundle signed by one of them, for this task, loads; the signature is checked
+            before any tensor is read. None (default) accepts unsigned bundles.
+        task_name: the task the signature must name (default: the file name without
+            `.safetensors`, as `spa.save_task` signed it); used with `trusted_keys` only.
 
     Returns:
         The task model, in eval mode.
@@ -329,8 +335,12 @@ def load_task(
             foreign base, a missing layer or a shape mismatch (the message names the file),
             or, with `trusted_keys`, an unsigned or wrongly signed bundle.
     """
-    bundle = read_bundle(path)
-    plan = plan_task(
-        base_model, bundle, strict_fingerprint=strict_fingerprint, trusted_keys=trusted_keys
-    )
+    require_module(base_model, "load_task: base_model")
+    checks = [check_document]  # every field typed before any tensor is read
+    if trusted_keys is not None:  # and, first, signed for this task by a trusted key
+        expected = task_name_of(path) if task_name is None else task_name
+        trusted = trusted_key_set(trusted_keys)
+        checks.insert(0, functools.partial(verify_bundle, trusted=trusted, task=expected))
+    bundle = read_bundle(path, check=lambda described: [check(described) for check in checks])
+    plan = plan_task(base_model, bundle, strict_fingerprint=strict_fingerprint)
     return build_task(base_model, plan, finalize=finalize)

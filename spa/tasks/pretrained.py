@@ -34,12 +34,12 @@ from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 from spa._batch import call_model
+from spa._files import umask as _umask
 from spa.adapters.sharing import shared_copy
 from spa.deploy import fuse
 from spa.errors import ConfigError, SpaWarning
 from spa.families import config_values, describe
 from spa.pruning import compact, remove_empty_units
-from spa.tasks.format import _umask
 from spa.tasks.rebuild import rebuild
 
 
@@ -53,6 +53,10 @@ def save_pretrained(
     empty_units: bool = False,
 ) -> Path:
     """Write `model` as a `transformers` directory that `from_pretrained` loads without spa.
+
+    This writes the WHOLE pruned model (adapters fused in, pruned channels removed), not the
+    adapter: PEFT's `model.save_pretrained` saves only the adapter weights, spa's counterpart
+    of that is `spa.save_task` (a bundle of what the task learned, loaded with `load_task`).
 
     Args:
         model: a `transformers` model (`PreTrainedModel`), adapted and masked (channel pruning

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spa._checks import require_module
 from spa.accounting import learned_parameters
 from spa.adapters.density import layers_density
 from spa.adapters.protocols import is_adapted
@@ -119,6 +120,8 @@ def save_task(
         ConfigError: for a model that is not compacted (call `spa.compacted(model)` first), an
             adapted `base_model`, module trees that differ, or an invalid option.
     """
+    require_module(model, "save_task: model")
+    require_module(base_model, "save_task: base_model")
     names = {"model_name": model_name, "model_options": model_options}
     options = BundleOptions(dtype=dtype, norm_statistics=norm_statistics, **names)
     _check_inputs(model, base_model, options, keep_masks)

@@ -50,7 +50,7 @@ def test_adapt_regex_and_suffix_selection(tiny_mlp):
     spa.adapt(tiny_mlp, spa.SPLoRAConfig(target_modules=r"^0$"))
     assert tiny_mlp.spa_report.adapted == ["0"]
     other = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2))
-    spa.adapt(other, spa.SPLoRAConfig(exclude_modules=["1"]))
+    spa.adapt(other, spa.SPLoRAConfig(rank=2, exclude_modules=["1"]))
     assert other.spa_report.adapted == ["0"]
 
 

@@ -68,7 +68,7 @@ def test_linear_subclass_computing_something_else_is_still_refused():
             return 2 * super().forward(x)
 
     with pytest.raises(spa.errors.NoTargetsError, match="Scaled overrides Linear.forward"):
-        spa.adapt(nn.Sequential(Scaled(4, 4), nn.Linear(4, 2)), spa.SPLoRAConfig())
+        spa.adapt(nn.Sequential(Scaled(4, 4), nn.Linear(4, 2)), spa.SPLoRAConfig(rank=2))
 
 
 def test_wav2vec2_spec_augment_writes_into_an_adapter_output_while_training():

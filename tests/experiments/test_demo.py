@@ -24,7 +24,12 @@ def test_demo_quick_runs_end_to_end_and_bundles_reload(quick_demo) -> None:
     summary = result.summary()
     assert "(chance 10%; 10 digit classes)" in summary
     assert "NOTE: --quick is a short smoke run" in summary and "WARNING" not in summary
-    rows = [line for line in (output / "table.md").read_text().splitlines() if "| digits/" in line]
+    # Its own files, marked, beside (never over) the full demo's table.md, table.csv, plots/.
+    smoke = output / "smoke-test"
+    assert not (output / "table.md").exists() and not (output / "plots").exists()
+    assert (smoke / "table.md").read_text().startswith("**Smoke test** (`spa demo --quick`")
+    assert {p.parent for p in result.report.plots} == {smoke / "plots"}
+    rows = [line for line in (smoke / "table.md").read_text().splitlines() if "| digits/" in line]
     assert len(rows) == 2 * 2 * 3
     # Each row names its run: one run per (task, method).
     assert {line.split(" | ")[0].strip("| ") for line in rows} == {
@@ -34,7 +39,7 @@ def test_demo_quick_runs_end_to_end_and_bundles_reload(quick_demo) -> None:
     for run in result.runs:
         config = tomllib.loads((run.run_dir / "config.toml").read_text())
         assert config["output_dir"] == str(run.run_dir)
-    assert (output / "table.csv").exists()
+    assert (smoke / "table.csv").exists()
     assert sorted(p.name for p in result.report.plots) == [
         "accuracy_vs_dparams.png",
         "accuracy_vs_flops.png",
@@ -61,7 +66,7 @@ def test_demo_quick_runs_end_to_end_and_bundles_reload(quick_demo) -> None:
     assert len(result.switches) == len(QUICK.tasks) * 2
     for switch in result.switches:
         assert switch.accuracy == pytest.approx(switch.recorded_accuracy, abs=1e-6)
-    assert "Task switching" in summary and str(output / "table.md") in summary
+    assert "Task switching" in summary and str(smoke / "table.md") in summary
 
     again = run_demo(output, quick=True)  # cached source, finished runs: nothing retrains
     assert [r.records for r in again.runs] == [r.records for r in result.runs]

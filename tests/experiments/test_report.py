@@ -183,7 +183,7 @@ def test_latency_is_median_of_seed_medians_with_outer_quartiles() -> None:
     ]
     (row,) = aggregate(records)
     assert row.latency == (3.0, 1.5, 40.0)  # median of 2, 9, 3; lowest q1; highest q3
-    assert "| 3.00 (1.50–40.00) |" in markdown_table([row])
+    assert "| 3.00 (1.50–40.00) ! |" in markdown_table([row])
     (parsed,) = list(csv.DictReader(io.StringIO(csv_table([row]))))
     assert [float(parsed[f"latency_ms_{k}"]) for k in ("median", "low", "high")] == [3, 1.5, 40]
 
