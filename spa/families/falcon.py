@@ -15,6 +15,7 @@ from spa.families.description import (
     FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.tiny import BLOCKS, VOCABULARY
 
 FALCON = FAMILIES.register("falcon")(
     Family(
@@ -55,29 +56,18 @@ FALCON = FAMILIES.register("falcon")(
                 config="FalconConfig",
                 kind="decoder",
                 options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
+                    **BLOCKS,
                     "num_kv_heads": 2,
                     "new_decoder_architecture": True,
                     "ffn_hidden_size": 64,
-                    "vocab_size": 40,
-                    "bos_token_id": 0,
-                    "eos_token_id": 0,
+                    **VOCABULARY,
                 },
             ),
             Example(  # the old architecture's multi-query layout, one norm per block
                 model="FalconForCausalLM",
                 config="FalconConfig",
                 kind="decoder",
-                options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "vocab_size": 40,
-                    "bos_token_id": 0,
-                    "eos_token_id": 0,
-                },
+                options={**BLOCKS, **VOCABULARY},
                 name="falcon-multi-query",
             ),
         ),

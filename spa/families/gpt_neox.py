@@ -9,6 +9,7 @@ from spa.families.description import (
     FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.tiny import FEED_FORWARD, TOKENS
 
 GPT_NEOX = FAMILIES.register("gpt_neox")(
     Family(
@@ -38,16 +39,7 @@ GPT_NEOX = FAMILIES.register("gpt_neox")(
                 model="GPTNeoXForCausalLM",
                 config="GPTNeoXConfig",
                 kind="decoder",
-                options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "intermediate_size": 64,
-                    "vocab_size": 40,
-                    "max_position_embeddings": 32,
-                    "bos_token_id": 0,
-                    "eos_token_id": 0,
-                },
+                options={**FEED_FORWARD, **TOKENS},
             ),
         ),
     )

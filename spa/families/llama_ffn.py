@@ -4,7 +4,8 @@ a squared-ReLU `up_proj` -> `down_proj`)."""
 import dataclasses
 
 from spa.families.description import FAMILIES, Example, FeedForwardDescription
-from spa.families.llama import DECODER, LLAMA
+from spa.families.llama import LLAMA
+from spa.families.tiny import DECODER
 
 GLM = FAMILIES.register("glm")(
     dataclasses.replace(

@@ -13,7 +13,7 @@ from spa.families.description import (
     FeedForwardDescription,
     StreamDescription,
 )
-from spa.families.llama import DECODER
+from spa.families.tiny import DECODER
 
 PHI3 = FAMILIES.register("phi3")(
     Family(
