@@ -12,9 +12,9 @@ from spa.families.description import (
     AttentionDescription,
     Example,
     Family,
-    FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.parts import dense_4h_ffn
 from spa.families.tiny import BLOCKS, VOCABULARY
 
 FALCON = FAMILIES.register("falcon")(
@@ -30,12 +30,7 @@ FALCON = FAMILIES.register("falcon")(
             kv_groups=("num_heads", "num_kv_heads"),
             attributes={"num_heads": "heads", "num_kv_heads": "kv_heads"},
         ),
-        ffn=FeedForwardDescription(
-            module="mlp",
-            inputs=("mlp.dense_h_to_4h",),
-            output="mlp.dense_4h_to_h",
-            activation="mlp.act",
-        ),
+        ffn=dense_4h_ffn("mlp.act"),
         config_kv_heads="num_kv_heads",
         config_intermediate="ffn_hidden_size",
         config_head_dim=None,  # FalconAttention derives it as hidden_size / heads

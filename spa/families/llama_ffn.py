@@ -5,6 +5,7 @@ import dataclasses
 
 from spa.families.description import FAMILIES, Example, FeedForwardDescription
 from spa.families.llama import LLAMA
+from spa.families.parts import GATE_UP_FFN
 from spa.families.tiny import DECODER
 
 GLM = FAMILIES.register("glm")(
@@ -12,13 +13,7 @@ GLM = FAMILIES.register("glm")(
         LLAMA,
         name="glm",
         variant_of="llama",
-        ffn=FeedForwardDescription(
-            module="mlp",
-            inputs=("mlp.gate_up_proj",),
-            output="mlp.down_proj",
-            activation="mlp.activation_fn",
-            chunks=2,
-        ),
+        ffn=GATE_UP_FFN,
         examples=(
             Example(model="GlmForCausalLM", config="GlmConfig", kind="decoder", options=DECODER),
         ),
