@@ -13,22 +13,11 @@ import torch
 import transformers
 from torch import nn
 
-HIDDEN, LAYERS, HEADS, FFN, VOCAB = 32, 2, 4, 64, 40
-TEXT = {
-    "hidden_size": HIDDEN,
-    "num_hidden_layers": LAYERS,
-    "num_attention_heads": HEADS,
-    "intermediate_size": FFN,
-}
-DECODER = {
-    **TEXT,
-    "vocab_size": VOCAB,
-    "max_position_embeddings": 32,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
-    "pad_token_id": 0,
-}
-IMAGE = {"image_size": 8, "patch_size": 4, "num_channels": 3, "num_labels": 3}
+from tests._transformers import FFN, HEADS, HIDDEN, IMAGE, LAYERS, SIZES, VOCAB
+
+# A small vocabulary whose special tokens are id 0.
+TOKENS = {"vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+DECODER = {**SIZES, **TOKENS, "max_position_embeddings": 32}
 
 
 class Wrapped(nn.Module):
@@ -76,6 +65,22 @@ class Arch:
 
     def inputs(self, batch: int = 2) -> torch.Tensor:
         return torch.randn(batch, *self.input_shape)
+
+
+def _vision_tower(name: str, prefix: str) -> Arch:
+    """A vision tower of a two-tower (image, text) model, classifying 8x8 images."""
+    return Arch(
+        name,
+        f"{prefix}ForImageClassification",
+        f"{prefix}Config",
+        "pixel_values",
+        (3, 8, 8),
+        {
+            "vision_config": {**SIZES, "image_size": 8, "patch_size": 4, "num_channels": 3},
+            "text_config": {**SIZES, "vocab_size": VOCAB},
+            "num_labels": 3,
+        },
+    )
 
 
 def _decoder(name: str, prefix: str, **options) -> Arch:
@@ -160,10 +165,7 @@ ARCHS: dict[str, Arch] = {
             hidden_size=HIDDEN,
             n_layer=LAYERS,
             n_head=HEADS,
-            vocab_size=VOCAB,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
+            **TOKENS,
         ),
         Arch(
             "levit",
@@ -188,18 +190,7 @@ ARCHS: dict[str, Arch] = {
                 "padding": 1,
             },
         ),
-        Arch(
-            "siglip_vision",
-            "SiglipForImageClassification",
-            "SiglipConfig",
-            "pixel_values",
-            (3, 8, 8),
-            {
-                "vision_config": {**TEXT, "image_size": 8, "patch_size": 4, "num_channels": 3},
-                "text_config": {**TEXT, "vocab_size": VOCAB},
-                "num_labels": 3,
-            },
-        ),
+        _vision_tower("siglip_vision", "Siglip"),
         Arch(
             "wav2vec2",
             "Wav2Vec2ForSequenceClassification",
@@ -207,7 +198,7 @@ ARCHS: dict[str, Arch] = {
             "input_values",
             (400,),
             {
-                **TEXT,
+                **SIZES,
                 "conv_dim": (16, 16),
                 "conv_stride": (5, 2),
                 "conv_kernel": (10, 3),
@@ -226,7 +217,7 @@ ARCHS: dict[str, Arch] = {
             "inputs_embeds",
             (5, HIDDEN),
             {
-                **TEXT,
+                **SIZES,
                 "vocab_size": VOCAB,
                 "max_position_embeddings": 32,
                 "num_labels": 3,
@@ -242,30 +233,16 @@ ARCHS: dict[str, Arch] = {
             hidden_size=HIDDEN,
             num_hidden_layers=LAYERS,
             num_attention_heads=HEADS,
-            vocab_size=VOCAB,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
+            **TOKENS,
         ),
-        Arch(
-            "clip_vision",
-            "CLIPForImageClassification",
-            "CLIPConfig",
-            "pixel_values",
-            (3, 8, 8),
-            {
-                "vision_config": {**TEXT, "image_size": 8, "patch_size": 4, "num_channels": 3},
-                "text_config": {**TEXT, "vocab_size": VOCAB},
-                "num_labels": 3,
-            },
-        ),
+        _vision_tower("clip_vision", "CLIP"),
         Arch(
             "beit",
             "BeitForImageClassification",
             "BeitConfig",
             "pixel_values",
             (3, 8, 8),
-            {**TEXT, **IMAGE, "use_relative_position_bias": True},
+            {**SIZES, **IMAGE, "use_relative_position_bias": True},
         ),
         Arch(
             "t5_encoder",
@@ -292,7 +269,7 @@ ARCHS: dict[str, Arch] = {
             "pixel_values",
             (3, 8, 8),
             {
-                **{k: v for k, v in TEXT.items() if k != "intermediate_size"},
+                **{k: v for k, v in SIZES.items() if k != "intermediate_size"},
                 "mlp_ratio": 2,
                 **IMAGE,
             },
@@ -305,11 +282,8 @@ ARCHS: dict[str, Arch] = {
             n_head=HEADS,
             rotary_dim=4,
             n_inner=FFN,
-            vocab_size=VOCAB,
             n_positions=32,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
+            **TOKENS,
         ),
     ]
 }

@@ -7,12 +7,16 @@ logits for causal LMs), so every channel criterion, LRP included, runs on it unc
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import transformers
 from torch import nn
+
+import spa
 
 HIDDEN, LAYERS, HEADS, FFN, VOCAB = 32, 2, 4, 64, 40
 
@@ -161,11 +165,34 @@ CASES = [
 ]
 
 
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """`actual` equals `expected` to 1e-4 of the largest expected magnitude."""
+    scale = expected.abs().max().clamp_min(1e-6)
+    torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=1e-4)
+
+
+def adapted_after_step(
+    model: nn.Module, inputs: Callable[[], torch.Tensor], train: bool = False
+) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    """(a copy of `model` as the base, `model` with SPLoRA rank 2 after one large SGD step on
+    `inputs()` with targets [0, 2], the inputs, the targets); `train` steps in train mode."""
+    base = copy.deepcopy(model)
+    spa.adapt(model, spa.SPLoRAConfig(rank=2))
+    x, y = inputs(), torch.tensor([0, 2])
+    if train:
+        model.train()
+    F.cross_entropy(model(x), y).backward()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter.add_(parameter.grad, alpha=-0.5)
+                parameter.grad = None
+    return base, model, x, y
+
+
 def assert_same_generation(model: nn.Module, compacted: nn.Module, base: nn.Module, path) -> None:
     """Greedy decoding of 8 tokens with the KV cache gives the same tokens from the masked
     `Net` `model`, its `compacted` copy and its bundle (saved to `path`) loaded onto `base`."""
-    import spa
-
     prompt = torch.randint(1, VOCAB, (1, 4))
     options = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "use_cache": True}
     with torch.no_grad():

@@ -36,9 +36,28 @@ def encode_selection(
     return "indices"
 
 
+def encode_selections(
+    writer: BundleWriter,
+    entry: Entry,
+    out_indices: torch.Tensor,
+    in_indices: torch.Tensor,
+    sizes: tuple[int, int],
+) -> None:
+    """Record in `entry` which base channels a layer keeps on both sides (`encode_selection`)."""
+    for side, indices, size in (("out", out_indices, sizes[0]), ("in", in_indices, sizes[1])):
+        selection = encode_selection(writer, entry["path"], side, indices, size)
+        if selection != "all":
+            entry[f"{side}_selection"] = selection
+
+
 def bundle_error(bundle: StoredBundle, message: str) -> BundleError:
     """A `BundleError` whose message starts with the bundle's path."""
     return BundleError(f"{bundle.path or 'bundle'}: {message}")
+
+
+def shape_mismatch(bundle: StoredBundle, name: str, detail: str) -> BundleError:
+    """A `BundleError` for a stored shape of layer `name` that does not fit, saying how."""
+    return bundle_error(bundle, f"shape mismatch at layer {name!r}: {detail}")
 
 
 def decode_selection(
@@ -57,10 +76,11 @@ def decode_selection(
     elif kind == "mask":
         mask = bundle.mask(f"{name}:{side}_kept")
         if mask.numel() != size:
-            raise bundle_error(
+            raise shape_mismatch(
                 bundle,
-                f"shape mismatch at layer {name!r}: the bundle selects from {mask.numel()} "
-                f"{side}put channels, the base layer has {size}",
+                name,
+                f"the bundle selects from {mask.numel()} {side}put channels, the base layer has "
+                f"{size}",
             )
         indices = mask.nonzero().flatten()
         selected = indices.numel()
@@ -77,10 +97,10 @@ def decode_selection(
     else:
         raise bundle_error(bundle, f"layer {name!r}: unknown {side} selection {kind!r}")
     if selected != count:
-        raise bundle_error(
+        raise shape_mismatch(
             bundle,
-            f"shape mismatch at layer {name!r}: {selected} {side}put channels selected from the "
-            f"base, the task layer has {count}",
+            name,
+            f"{selected} {side}put channels selected from the base, the task layer has {count}",
         )
     return indices
 
@@ -91,10 +111,8 @@ def decode_mask(bundle: StoredBundle, entry: Entry, key: str, length: int) -> to
         return torch.ones(length, dtype=torch.bool)
     mask = bundle.mask(f"{entry['path']}:{key}")
     if mask.numel() != length:
-        raise bundle_error(
-            bundle,
-            f"shape mismatch at layer {entry['path']!r}: {key} has {mask.numel()} entries, "
-            f"expected {length}",
+        raise shape_mismatch(
+            bundle, entry["path"], f"{key} has {mask.numel()} entries, expected {length}"
         )
     return mask
 
@@ -171,10 +189,10 @@ def check_base_layer(
             "this bundle can rebuild",
         )
     if list(base.weight.shape) != entry["base_shape"]:
-        raise bundle_error(
+        raise shape_mismatch(
             bundle,
-            f"shape mismatch at layer {name!r}: base weight {tuple(base.weight.shape)}, bundle "
-            f"expects {tuple(entry['base_shape'])}",
+            name,
+            f"base weight {tuple(base.weight.shape)}, bundle expects {tuple(entry['base_shape'])}",
         )
 
 
@@ -194,10 +212,11 @@ def check_layer_result(
     built = {"weight": tuple(weight_shape), "bias": (weight_shape[0],) if bias else None}
     for key, shape in built.items():
         if shape is not None and key in shapes and tuple(shapes[key]) != shape:
-            raise bundle_error(
+            raise shape_mismatch(
                 bundle,
-                f"shape mismatch at layer {name!r}: the rebuilt {key} is {shape}, its attributes "
-                f"{changes} imply {tuple(shapes[key])}",
+                name,
+                f"the rebuilt {key} is {shape}, its attributes {changes} imply "
+                f"{tuple(shapes[key])}",
             )
 
 

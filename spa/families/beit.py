@@ -5,6 +5,7 @@
 import dataclasses
 
 from spa.families.description import FAMILIES, Example, StreamDescription
+from spa.families.tiny import IMAGE
 from spa.families.vit import VIT
 
 BEIT = FAMILIES.register("beit")(
@@ -31,14 +32,7 @@ BEIT = FAMILIES.register("beit")(
                 config="BeitConfig",
                 kind="image",
                 options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "intermediate_size": 64,
-                    "image_size": 8,
-                    "patch_size": 4,
-                    "num_channels": 3,
-                    "num_labels": 3,
+                    **IMAGE,
                     "use_relative_position_bias": True,
                     "use_mean_pooling": False,
                 },

@@ -8,6 +8,7 @@ from spa.families.description import (
     FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.tiny import FEED_FORWARD
 
 BERT = FAMILIES.register("bert")(
     Family(
@@ -43,10 +44,7 @@ BERT = FAMILIES.register("bert")(
                 config="BertConfig",
                 kind="encoder",
                 options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "intermediate_size": 64,
+                    **FEED_FORWARD,
                     "vocab_size": 40,
                     "max_position_embeddings": 16,
                     "num_labels": 3,

@@ -10,9 +10,9 @@ from spa.families.description import (
     AttentionDescription,
     Example,
     Family,
-    FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.parts import dense_4h_ffn
 
 BLOOM = FAMILIES.register("bloom")(
     Family(
@@ -30,12 +30,7 @@ BLOOM = FAMILIES.register("bloom")(
                 "so removing heads would change the kept heads' position biases"
             ),
         ),
-        ffn=FeedForwardDescription(
-            module="mlp",
-            inputs=("mlp.dense_h_to_4h",),
-            output="mlp.dense_4h_to_h",
-            activation="mlp.gelu_impl",
-        ),
+        ffn=dense_4h_ffn("mlp.gelu_impl"),
         config_heads="n_head",
         config_intermediate=None,  # 4 x hidden size
         config_head_dim=None,

@@ -12,9 +12,10 @@ from spa.families.description import (
     AttentionDescription,
     Example,
     Family,
-    FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.parts import dense_4h_ffn
+from spa.families.tiny import BLOCKS, VOCABULARY
 
 FALCON = FAMILIES.register("falcon")(
     Family(
@@ -29,12 +30,7 @@ FALCON = FAMILIES.register("falcon")(
             kv_groups=("num_heads", "num_kv_heads"),
             attributes={"num_heads": "heads", "num_kv_heads": "kv_heads"},
         ),
-        ffn=FeedForwardDescription(
-            module="mlp",
-            inputs=("mlp.dense_h_to_4h",),
-            output="mlp.dense_4h_to_h",
-            activation="mlp.act",
-        ),
+        ffn=dense_4h_ffn("mlp.act"),
         config_kv_heads="num_kv_heads",
         config_intermediate="ffn_hidden_size",
         config_head_dim=None,  # FalconAttention derives it as hidden_size / heads
@@ -55,29 +51,18 @@ FALCON = FAMILIES.register("falcon")(
                 config="FalconConfig",
                 kind="decoder",
                 options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
+                    **BLOCKS,
                     "num_kv_heads": 2,
                     "new_decoder_architecture": True,
                     "ffn_hidden_size": 64,
-                    "vocab_size": 40,
-                    "bos_token_id": 0,
-                    "eos_token_id": 0,
+                    **VOCABULARY,
                 },
             ),
             Example(  # the old architecture's multi-query layout, one norm per block
                 model="FalconForCausalLM",
                 config="FalconConfig",
                 kind="decoder",
-                options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "vocab_size": 40,
-                    "bos_token_id": 0,
-                    "eos_token_id": 0,
-                },
+                options={**BLOCKS, **VOCABULARY},
                 name="falcon-multi-query",
             ),
         ),

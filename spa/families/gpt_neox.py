@@ -6,9 +6,10 @@ from spa.families.description import (
     AttentionDescription,
     Example,
     Family,
-    FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.parts import dense_4h_ffn
+from spa.families.tiny import FEED_FORWARD, TOKENS
 
 GPT_NEOX = FAMILIES.register("gpt_neox")(
     Family(
@@ -21,12 +22,7 @@ GPT_NEOX = FAMILIES.register("gpt_neox")(
             qkv_layout="grouped",
             output="attention.dense",
         ),
-        ffn=FeedForwardDescription(
-            module="mlp",
-            inputs=("mlp.dense_h_to_4h",),
-            output="mlp.dense_4h_to_h",
-            activation="mlp.act",
-        ),
+        ffn=dense_4h_ffn("mlp.act"),
         config_head_dim=None,  # GPTNeoXAttention derives it as hidden_size / heads
         stream=StreamDescription(
             block_norms=("input_layernorm", "post_attention_layernorm"),
@@ -38,16 +34,7 @@ GPT_NEOX = FAMILIES.register("gpt_neox")(
                 model="GPTNeoXForCausalLM",
                 config="GPTNeoXConfig",
                 kind="decoder",
-                options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "intermediate_size": 64,
-                    "vocab_size": 40,
-                    "max_position_embeddings": 32,
-                    "bos_token_id": 0,
-                    "eos_token_id": 0,
-                },
+                options={**FEED_FORWARD, **TOKENS},
             ),
         ),
     )

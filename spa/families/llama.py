@@ -16,20 +16,7 @@ from spa.families.description import (
     FeedForwardDescription,
     StreamDescription,
 )
-
-# Tiny decoder sizes shared by the examples of the Llama-like families.
-DECODER = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 64,
-    "vocab_size": 40,
-    "max_position_embeddings": 32,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
-    "pad_token_id": 0,
-}
+from spa.families.tiny import DECODER
 
 _GEMMA = {"head_dim": 16, "query_pre_attn_scalar": 16}  # head_dim != hidden / heads
 

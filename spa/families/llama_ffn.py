@@ -4,20 +4,16 @@ a squared-ReLU `up_proj` -> `down_proj`)."""
 import dataclasses
 
 from spa.families.description import FAMILIES, Example, FeedForwardDescription
-from spa.families.llama import DECODER, LLAMA
+from spa.families.llama import LLAMA
+from spa.families.parts import GATE_UP_FFN
+from spa.families.tiny import DECODER
 
 GLM = FAMILIES.register("glm")(
     dataclasses.replace(
         LLAMA,
         name="glm",
         variant_of="llama",
-        ffn=FeedForwardDescription(
-            module="mlp",
-            inputs=("mlp.gate_up_proj",),
-            output="mlp.down_proj",
-            activation="mlp.activation_fn",
-            chunks=2,
-        ),
+        ffn=GATE_UP_FFN,
         examples=(
             Example(model="GlmForCausalLM", config="GlmConfig", kind="decoder", options=DECODER),
         ),

@@ -9,6 +9,7 @@ from spa.families.description import (
     FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.tiny import FEED_FORWARD
 
 MODERNBERT = FAMILIES.register("modernbert")(
     Family(
@@ -33,10 +34,7 @@ MODERNBERT = FAMILIES.register("modernbert")(
                 config="ModernBertConfig",
                 kind="encoder",
                 options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "intermediate_size": 64,
+                    **FEED_FORWARD,
                     "vocab_size": 40,
                     "max_position_embeddings": 32,
                     "num_labels": 3,

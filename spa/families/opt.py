@@ -9,6 +9,7 @@ from spa.families.description import (
     FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.tiny import BLOCKS, TOKENS
 
 OPT = FAMILIES.register("opt")(
     Family(
@@ -39,15 +40,10 @@ OPT = FAMILIES.register("opt")(
                 config="OPTConfig",
                 kind="decoder",
                 options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
+                    **BLOCKS,
                     "ffn_dim": 64,
                     "word_embed_proj_dim": 32,
-                    "vocab_size": 40,
-                    "max_position_embeddings": 32,
-                    "bos_token_id": 0,
-                    "eos_token_id": 0,
+                    **TOKENS,
                     "pad_token_id": 1,
                 },
             ),

@@ -10,10 +10,10 @@ from spa.families.description import (
     AttentionDescription,
     Example,
     Family,
-    FeedForwardDescription,
     StreamDescription,
 )
-from spa.families.llama import DECODER
+from spa.families.parts import GATE_UP_FFN
+from spa.families.tiny import DECODER
 
 PHI3 = FAMILIES.register("phi3")(
     Family(
@@ -28,13 +28,7 @@ PHI3 = FAMILIES.register("phi3")(
             attributes={"num_key_value_heads": "kv_heads", "num_key_value_groups": "kv_groups"},
             config_attributes={"num_attention_heads": "heads"},
         ),
-        ffn=FeedForwardDescription(
-            module="mlp",
-            inputs=("mlp.gate_up_proj",),
-            output="mlp.down_proj",
-            activation="mlp.activation_fn",
-            chunks=2,
-        ),
+        ffn=GATE_UP_FFN,
         config_kv_heads="num_key_value_heads",
         config_head_dim="head_dim",  # Phi3Attention reads `config.head_dim` when present
         stream=StreamDescription(

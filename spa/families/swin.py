@@ -8,33 +8,27 @@ concatenated, then normalised) and its reduction writes the next stage's. Each b
 and is sliced with its head.
 """
 
+import dataclasses
+
 from spa.families.description import (
     FAMILIES,
-    AttentionDescription,
     Example,
     Family,
-    FeedForwardDescription,
     MergeDescription,
     StreamDescription,
 )
+from spa.families.vit import VIT
 
 SWIN = FAMILIES.register("swin")(
     Family(
         name="swin",
         blocks=r"(^|\.)blocks\.\d+$",
-        attention=AttentionDescription(
-            module="attention",
-            head_dim="head_dim",
-            query="attention.q_proj",
-            key="attention.k_proj",
-            value="attention.v_proj",
-            output="attention.o_proj",
-            attributes={"num_attention_heads": "heads"},
+        # ViT's attention and MLP modules, with a per-head bias table.
+        attention=dataclasses.replace(
+            VIT.attention,
             per_head={"attention.relative_position_bias.relative_position_bias_table": 1},
         ),
-        ffn=FeedForwardDescription(
-            module="mlp", inputs=("mlp.fc1",), output="mlp.fc2", activation="mlp.activation_fn"
-        ),
+        ffn=VIT.ffn,
         config_heads="num_heads",  # a list: one count per stage
         config_intermediate=None,  # derived: mlp_ratio x the stage width
         config_head_dim=None,  # SwinAttention derives it as stage width / heads

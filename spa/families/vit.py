@@ -8,6 +8,7 @@ from spa.families.description import (
     FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.tiny import IMAGE
 
 VIT = FAMILIES.register("vit")(
     Family(
@@ -39,16 +40,7 @@ VIT = FAMILIES.register("vit")(
                 model="ViTForImageClassification",
                 config="ViTConfig",
                 kind="image",
-                options={
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "intermediate_size": 64,
-                    "image_size": 8,
-                    "patch_size": 4,
-                    "num_channels": 3,
-                    "num_labels": 3,
-                },
+                options=IMAGE,
             ),
         ),
     )

@@ -9,7 +9,6 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import spa
@@ -25,6 +24,8 @@ from tests._transformers import (
     IMAGE,
     VOCAB,
     Case,
+    adapted_after_step,
+    assert_close_scaled,
     assert_same_generation,
     deit,
     tiny,
@@ -34,11 +35,6 @@ from tests._transformers import (
 # with a distillation token beside the class token.
 STREAM = [*CASES, Case("deit", deit, False, input_shape=(3, 8, 8))]
 IDS = [case.family for case in STREAM]
-
-
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    scale = expected.abs().max().clamp_min(1e-6)
-    torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=1e-4)
 
 
 def _inputs(case) -> torch.Tensor:
@@ -51,17 +47,7 @@ def _inputs(case) -> torch.Tensor:
 def _trained(case):
     """(base copy, adapted model after one SGD step, inputs, targets)."""
     torch.manual_seed(0)
-    model = case.build().eval()
-    base = copy.deepcopy(model)
-    spa.adapt(model, spa.SPLoRAConfig(rank=2))
-    x, y = _inputs(case), torch.tensor([0, 2])
-    F.cross_entropy(model(x), y).backward()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.grad is not None:
-                parameter.add_(parameter.grad, alpha=-0.5)
-                parameter.grad = None
-    return base, model, x, y
+    return adapted_after_step(case.build().eval(), lambda: _inputs(case))
 
 
 def _stream_tensors(model: nn.Module) -> dict[str, int]:
@@ -128,8 +114,8 @@ def test_hidden_masked_equals_compacted_equals_fused_and_bundle(case, units, tmp
     assert _stream_tensors(compacted) == {p: _kept_width(w, kept) for p, w in before.items()}
     fused = spa.fuse(copy.deepcopy(compacted))
     with torch.no_grad():
-        _close(compacted(x), masked)
-        _close(fused(x), masked)
+        assert_close_scaled(compacted(x), masked)
+        assert_close_scaled(fused(x), masked)
     path = tmp_path / "task.safetensors"
     bundle = spa.save_task(spa.compacted(model), path, base_model=base)
     # Frozen tables and tokens are stored as kept indices, not values (decoders train their
@@ -144,8 +130,8 @@ def test_hidden_masked_equals_compacted_equals_fused_and_bundle(case, units, tmp
     host = spa.TaskHost(base)
     host.add_task("task", path)
     with torch.no_grad():
-        _close(spa.load_task(base, path)(x), masked)
-        _close(host.model("task")(x), masked)
+        assert_close_scaled(spa.load_task(base, path)(x), masked)
+        assert_close_scaled(host.model("task")(x), masked)
 
 
 @pytest.mark.slow
@@ -206,7 +192,7 @@ def test_a_second_head_reading_the_stream_must_be_named_else_compaction_says_so(
                 compact(copy.deepcopy(model), x)
             continue
         with torch.no_grad():
-            _close(compact(copy.deepcopy(model), x)(**x).logits, model(**x).logits)
+            assert_close_scaled(compact(copy.deepcopy(model), x)(**x).logits, model(**x).logits)
 
 
 @pytest.mark.slow
@@ -224,9 +210,9 @@ def test_hidden_with_fine_pruning_masked_equals_compacted_and_bundle(case, tmp_p
     assert all(sum(g.kept) < g.size for g in groups if g.unit == "hidden")
     with torch.no_grad():
         masked = model(x)
-        _close(spa.fuse(compact(copy.deepcopy(model), x))(x), masked)
+        assert_close_scaled(spa.fuse(compact(copy.deepcopy(model), x))(x), masked)
         spa.save_task(spa.compacted(model), tmp_path / "task.safetensors", base_model=base)
-        _close(spa.load_task(base, tmp_path / "task.safetensors")(x), masked)
+        assert_close_scaled(spa.load_task(base, tmp_path / "task.safetensors")(x), masked)
 
 
 def _encoder(model_class, config_class, **options):
@@ -260,6 +246,6 @@ def test_hidden_size_under_every_bert_family_head(name, tmp_path):
     assert sum(refresh_groups(model, groups)[-1].kept) < HIDDEN
     with torch.no_grad():
         masked = model(x)
-        _close(spa.fuse(compact(copy.deepcopy(model), x))(x), masked)
+        assert_close_scaled(spa.fuse(compact(copy.deepcopy(model), x))(x), masked)
         spa.save_task(spa.compacted(model), tmp_path / "task.safetensors", base_model=base)
-        _close(spa.load_task(base, tmp_path / "task.safetensors")(x), masked)
+        assert_close_scaled(spa.load_task(base, tmp_path / "task.safetensors")(x), masked)

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import transformers
 
 import spa
 from spa.families import FAMILIES, describe, explain
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups, score
-from tests._transformers import assert_same_generation
+from tests._transformers import adapted_after_step, assert_close_scaled, assert_same_generation
 from tests.architectures._open_world import (
     NAMED,
     UNMATCHED,
@@ -31,25 +30,10 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- spa-docs:architectures -->", "<!-- /spa-docs:architectures -->"
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    scale = expected.abs().max().clamp_min(1e-6)
-    torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=1e-4)
-
-
 def _trained(case: Architecture):
     """(base copy, SPLoRA-adapted model after one large SGD step, inputs, targets)."""
     torch.manual_seed(0)
-    model = case.build()
-    base = copy.deepcopy(model)
-    spa.adapt(model, spa.SPLoRAConfig(rank=2))
-    x, y = case.inputs(), torch.tensor([0, 2])
-    F.cross_entropy(model(x), y).backward()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.grad is not None:
-                parameter.add_(parameter.grad, alpha=-0.5)
-                parameter.grad = None
-    return base, model, x, y
+    return adapted_after_step(case.build(), case.inputs)
 
 
 def _prune(model, x, y, units, criterion="taylor"):
@@ -84,15 +68,15 @@ def test_architecture_masked_equals_compacted_fused_loaded_and_hosted(case, tmp_
         masked = model(x)
         assert not torch.allclose(masked, dense, atol=1e-5)
         compacted = compact(copy.deepcopy(model), x)
-        _close(compacted(x), masked)
-        _close(spa.fuse(copy.deepcopy(compacted))(x), masked)
+        assert_close_scaled(compacted(x), masked)
+        assert_close_scaled(spa.fuse(copy.deepcopy(compacted))(x), masked)
     path = tmp_path / "task.safetensors"
     spa.save_task(compacted, path, base_model=base)
     host = spa.TaskHost(base)
     host.add_task("task", path)
     with torch.no_grad():
-        _close(spa.load_task(base, path)(x), masked)
-        _close(host.model("task")(x), masked)
+        assert_close_scaled(spa.load_task(base, path)(x), masked)
+        assert_close_scaled(host.model("task")(x), masked)
     if case.decoder:
         assert_same_generation(model, compacted, base, tmp_path / "generation.safetensors")
 
@@ -108,7 +92,7 @@ def test_architecture_save_pretrained_reloads_in_plain_transformers(case, tmp_pa
     spa.save_pretrained(hf_model, tmp_path / "export")
     reloaded = getattr(transformers, case.example.model).from_pretrained(tmp_path / "export")
     with torch.no_grad():
-        _close(type(model)(reloaded.eval(), model.kind)(x), expected)
+        assert_close_scaled(type(model)(reloaded.eval(), model.kind)(x), expected)
     assert sum(p.numel() for p in reloaded.parameters()) < sum(
         p.numel() for p in case.build().parameters()
     )

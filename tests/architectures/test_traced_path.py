@@ -11,12 +11,12 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import spa
 from spa.errors import UnsupportedLayerError
 from spa.pruning import CRITERIA, apply_masks, channel_groups, compact, compute_masks, score
 from tests._traced_models import ARCHS, traced_path
+from tests._transformers import adapted_after_step, assert_close_scaled
 
 END_TO_END = [
     "whisper_encoder",
@@ -35,25 +35,10 @@ END_TO_END = [
 REFUSED = ["clip_vision", "beit", "dinov2", "gptj", "gemma", "qwen3", "levit"]
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    scale = expected.abs().max().clamp_min(1e-6)
-    torch.testing.assert_close(actual / scale, expected / scale, rtol=0, atol=1e-4)
-
-
 def _trained(name: str):
     arch = ARCHS[name]
     torch.manual_seed(0)
-    model = arch.build()
-    base = copy.deepcopy(model)
-    spa.adapt(model, spa.SPLoRAConfig(rank=2))
-    x, y = arch.inputs(), torch.tensor([0, 2])
-    model.train()
-    F.cross_entropy(model(x), y).backward()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.grad is not None:
-                parameter.add_(parameter.grad, alpha=-0.5)
-                parameter.grad = None
+    base, model, x, y = adapted_after_step(arch.build(), arch.inputs, train=True)
     return base, model.eval(), x, y
 
 
@@ -76,15 +61,15 @@ def test_traced_architecture_end_to_end(name, tmp_path, monkeypatch):
     with torch.no_grad():
         masked = model(x)
         compacted = compact(copy.deepcopy(model), x)
-        _close(compacted(x), masked)
-        _close(spa.fuse(compacted)(x), masked)
+        assert_close_scaled(compacted(x), masked)
+        assert_close_scaled(spa.fuse(compacted)(x), masked)
     path = tmp_path / "task.safetensors"
     spa.save_task(spa.compacted(model), path, base_model=base)
     host = spa.TaskHost(base)
     host.add_task("task", path)
     with torch.no_grad():
-        _close(spa.load_task(base, path)(x), masked)
-        _close(host.model("task")(x), masked)
+        assert_close_scaled(spa.load_task(base, path)(x), masked)
+        assert_close_scaled(host.model("task")(x), masked)
 
 
 @pytest.mark.parametrize("name", REFUSED)

@@ -6,13 +6,12 @@ import copy
 
 import pytest
 import torch
-import transformers
 
 import spa
 from spa.errors import ConfigError
 from spa.pruning import channel_groups, compute_masks, score
 from spa.pruning.calibration import sequential_blocks
-from tests._transformers import VOCAB, Net, gpt2, llama, tiny
+from tests._transformers import VOCAB, Net, gpt2, llama, swin, tiny
 from tests.conftest import ConvNet
 
 
@@ -116,16 +115,7 @@ def test_activation_criterion_needs_data():
 
 
 def test_sequential_blocks_none_for_swin_stages():
-    config = transformers.SwinConfig(
-        image_size=32,
-        patch_size=4,
-        embed_dim=16,
-        depths=[2, 2],
-        num_heads=[2, 4],
-        window_size=2,
-        num_labels=3,
-    )
-    assert sequential_blocks(transformers.SwinForImageClassification(config)) is None
+    assert sequential_blocks(swin().model) is None
 
 
 @pytest.mark.parametrize("power", [1, 2])

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import spa
+from spa.pruning import apply_masks, channel_groups, compute_masks
+from spa.tasks import save_task
+
+from ..conftest import ConvNet
 
 
 def trained_task(base: nn.Module, config, example: torch.Tensor, keep: float = 0.7) -> nn.Module:
@@ -37,6 +42,31 @@ def trained_task(base: nn.Module, config, example: torch.Tensor, keep: float = 0
         head = model.get_submodule(model.spa_report.head[0])
         head.weight.add_(torch.randn_like(head.weight))
     return model.eval()
+
+
+def pruned_task(base: nn.Module, example: torch.Tensor, config, density: float) -> nn.Module:
+    """`base` adapted, pruned through its channel groups (random scores), adapters non-zero."""
+    model = spa.adapt(copy.deepcopy(base), config)
+    groups = channel_groups(model, (example,))
+    scores = {i: torch.rand(group.size) for i, group in enumerate(groups)}
+    apply_masks(model, compute_masks(groups, scores, density))
+    for _, layer in spa.adapter_layers(model):
+        for name in layer.adapter_parameter_names():
+            nn.init.normal_(getattr(layer, name), std=0.3)
+    return model.eval()
+
+
+def saved_tasks(directory: Path, **save_options) -> tuple:
+    """A `ConvNet` base, an example batch and two trained tasks of it saved in `directory`:
+    "a" (SPLoRA, rank 2) and "b" (fine-pruning); returns (base, example, paths, models)."""
+    base = ConvNet().eval()
+    example = torch.randn(2, 4, 6, 6)
+    paths, models = {}, {}
+    for name, config in (("a", spa.SPLoRAConfig(rank=2)), ("b", spa.FinePruningConfig())):
+        models[name] = trained_task(base, config, example)
+        paths[name] = directory / f"{name}.safetensors"
+        save_task(models[name], paths[name], base_model=base, keep_masks=True, **save_options)
+    return base, example, paths, models
 
 
 def outputs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:

@@ -10,23 +10,12 @@ from spa.errors import BundleError, ConfigError
 from spa.tasks import TaskHost, load_task, save_task
 
 from ..conftest import ConvNet
-from .helpers import outputs, trained_task
-
-X = (2, 4, 6, 6)
+from .helpers import outputs, saved_tasks, trained_task
 
 
 @pytest.fixture
 def setup(tmp_path):
-    base = ConvNet().eval()
-    x = torch.randn(X)
-    paths, models = {}, {}
-    for name, config in (("a", spa.SPLoRAConfig(rank=2)), ("b", spa.FinePruningConfig())):
-        models[name] = trained_task(base, config, x)
-        paths[name] = tmp_path / f"{name}.safetensors"
-        save_task(
-            models[name], paths[name], base_model=base, keep_masks=True, norm_statistics="exact"
-        )
-    return base, x, paths, models
+    return saved_tasks(tmp_path, norm_statistics="exact")
 
 
 def test_task_host_runs_the_active_task(setup):

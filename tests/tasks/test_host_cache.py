@@ -6,28 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-import spa
 from spa.errors import BundleError, ConfigError
-from spa.tasks import TaskHost, TaskStats, read_bundle, save_task
+from spa.tasks import TaskHost, TaskStats, read_bundle
 from spa.tasks.format import write_bundle
 from spa.tasks.signing import generate_private_key, signer
 
 from ..conftest import ConvNet
-from .helpers import outputs, trained_task
-
-X = (2, 4, 6, 6)
+from .helpers import outputs, saved_tasks
 
 
 @pytest.fixture
 def setup(tmp_path):
-    base = ConvNet().eval()
-    x = torch.randn(X)
-    paths, models = {}, {}
-    for name, config in (("a", spa.SPLoRAConfig(rank=2)), ("b", spa.FinePruningConfig())):
-        models[name] = trained_task(base, config, x)
-        paths[name] = tmp_path / f"{name}.safetensors"
-        save_task(models[name], paths[name], base_model=base, keep_masks=True)
-    return base, x, paths, models
+    return saved_tasks(tmp_path)
 
 
 def _new_bytes(model: torch.nn.Module, base: torch.nn.Module) -> int:

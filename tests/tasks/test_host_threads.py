@@ -3,7 +3,6 @@ buffers, and no output is another task's or a corrupted model's."""
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,26 +12,13 @@ import torch
 from torch import nn
 
 import spa
-from spa.pruning import apply_masks, channel_groups, compute_masks
 from spa.tasks import TaskHost, load_task, save_task
 from spa.tasks.scratch import Scratch, ScratchPool
 
 from ..conftest import ResidualNet
+from .helpers import pruned_task
 
 THREADS = 8
-
-
-def _pruned(base: nn.Module, x: torch.Tensor, rank: int, density: float) -> nn.Module:
-    """`base` with SPLoRA, pruned through its channel groups (random scores), adapters non-zero:
-    compacted bundles of it build through the scratch-using gathers (rows, columns, product)."""
-    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=rank))
-    groups = channel_groups(model, (x,))
-    scores = {i: torch.rand(group.size) for i, group in enumerate(groups)}
-    apply_masks(model, compute_masks(groups, scores, density))
-    for _, layer in spa.adapter_layers(model):
-        for name in layer.adapter_parameter_names():
-            nn.init.normal_(getattr(layer, name), std=0.3)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +32,7 @@ def tasks(tmp_path_factory):
     for index, density in enumerate((0.3, 0.5, 0.6, 0.7, 0.8)):
         name = f"t{index}"
         paths[name] = folder / f"{name}.safetensors"
-        task = spa.compacted(_pruned(base, x, 1 + index % 3, density))
+        task = spa.compacted(pruned_task(base, x, spa.SPLoRAConfig(rank=1 + index % 3), density))
         save_task(task, paths[name], base_model=base)
         with torch.no_grad():
             references[name] = load_task(base, paths[name])(x)

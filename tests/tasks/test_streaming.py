@@ -11,26 +11,16 @@ import transformers
 
 import spa
 from spa.errors import ConfigError
+from spa.families.tiny import DECODER
 from spa.pruning import apply_masks, channel_groups, compute_masks, score
 from spa.tasks.shards import INDEX, ShardedCheckpoint, ShardWriter
 from spa.tasks.streaming import prune_shards
 
-VOCAB = 40
+VOCAB = DECODER["vocab_size"]
 
 
 def _llama(layers: int = 3) -> transformers.LlamaForCausalLM:
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
+    config = transformers.LlamaConfig(**{**DECODER, "num_hidden_layers": layers})
     return transformers.LlamaForCausalLM(config).eval()
 
 

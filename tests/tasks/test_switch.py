@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import gc
 import types
 
@@ -12,26 +11,13 @@ from torch import nn
 
 import spa
 from spa.deploy import compacted
-from spa.pruning import apply_masks, channel_groups, compute_masks
 from spa.tasks import TaskHost, load_task, plan_task, read_bundle, save_task
 from spa.tasks.scratch import Scratch
 from spa.tasks.switch import compile_switch
 
 from ..conftest import ConvNet, ResidualNet, mlp
 from .bundle_fuzz import _compact_mlp
-from .helpers import outputs, trained_task
-
-
-def _pruned(base: nn.Module, x: torch.Tensor, config, density: float) -> nn.Module:
-    """`base` adapted, pruned through its channel groups (random scores), adapters non-zero."""
-    model = spa.adapt(copy.deepcopy(base), config)
-    groups = channel_groups(model, (x,))
-    scores = {i: torch.rand(group.size) for i, group in enumerate(groups)}
-    apply_masks(model, compute_masks(groups, scores, density))
-    for _, layer in spa.adapter_layers(model):
-        for name in layer.adapter_parameter_names():
-            nn.init.normal_(getattr(layer, name), std=0.3)
-    return model.eval()
+from .helpers import outputs, pruned_task, trained_task
 
 
 @pytest.fixture
@@ -41,7 +27,7 @@ def residual_tasks(tmp_path):
     x = torch.randn(2, 3, 8, 8)
     paths, models = {}, {}
     for name, density in (("a", 0.6), ("b", 0.4), ("c", 0.5)):
-        models[name] = _pruned(base, x, spa.SPLoRAConfig(rank=2), density)
+        models[name] = pruned_task(base, x, spa.SPLoRAConfig(rank=2), density)
         paths[name] = tmp_path / f"{name}.safetensors"
         save_task(compacted(models[name]), paths[name], base_model=base)
     return base, x, paths, models
@@ -87,15 +73,15 @@ def test_switch_plan_matches_load_task_for_other_layers(tmp_path, kind):
     entries built by their plan (fine-pruned weights, masks that are not all ones)."""
     if kind == "splora_mlp":
         base, x = mlp(in_features=12, hidden=16).eval(), torch.randn(4, 12)
-        model = _pruned(base, x, spa.SPLoRAConfig(rank=2), 1.0)
+        model = pruned_task(base, x, spa.SPLoRAConfig(rank=2), 1.0)
         _compact_mlp(model, [9, 0, 3, 12])
         options, gathered = {}, 2
     elif kind == "grouped_convnet":
         base, x = ConvNet().eval(), torch.randn(2, 4, 6, 6)
-        model, options, gathered = _pruned(base, x, spa.SPLoRAConfig(rank=2), 0.5), {}, 3
+        model, options, gathered = pruned_task(base, x, spa.SPLoRAConfig(rank=2), 0.5), {}, 3
     elif kind in ("fine_pruning", "pruning_only"):  # trained weights stored, or the base's
         base, x = ResidualNet().eval(), torch.randn(2, 3, 8, 8)
-        model, options = _pruned(base, x, spa.FinePruningConfig(), 0.5), {}
+        model, options = pruned_task(base, x, spa.FinePruningConfig(), 0.5), {}
         gathered = 0 if kind == "fine_pruning" else 4
         for _, layer in spa.adapter_layers(model):
             if kind == "fine_pruning":

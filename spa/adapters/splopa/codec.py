@@ -31,9 +31,10 @@ from spa.codec.entries import (
     decode_mask,
     decode_selection,
     default_bias,
-    encode_selection,
+    encode_selections,
     expect,
     select,
+    shape_mismatch,
 )
 from spa.codec.fields import (
     Check,
@@ -93,13 +94,7 @@ def save_splopa(
     }
     out_indices = _indices(layer, "out", weight.shape[0], device)
     in_indices = _indices(layer, "in", weight.shape[1], device)
-    for side, indices, size in (
-        ("out", out_indices, base_weight.shape[0]),
-        ("in", in_indices, base_weight.shape[1]),
-    ):
-        selection = encode_selection(writer, name, side, indices, size)
-        if selection != "all":
-            entry[f"{side}_selection"] = selection
+    encode_selections(writer, entry, out_indices, in_indices, tuple(base_weight.shape[:2]))
     block_mask = layer.block_mask.to(device)
     if not bool(block_mask.all()):
         entry[BLOCK_MASK] = True
@@ -220,10 +215,10 @@ def plan_splopa(bundle: StoredBundle, entry: Entry, base: nn.Module | None) -> B
         )
     rank = bank["prototype_rank"]
     if out_features % rows or in_features % cols:
-        raise bundle_error(
+        raise shape_mismatch(
             bundle,
-            f"shape mismatch at layer {name!r}: ({out_features}, {in_features}) is not divisible "
-            f"by block_shape ({rows}, {cols})",
+            name,
+            f"({out_features}, {in_features}) is not divisible by block_shape ({rows}, {cols})",
         )
     base_weight = base.weight
     row_sel = decode_selection(bundle, entry, "out", base_weight.shape[0], out_features)

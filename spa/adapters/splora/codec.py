@@ -30,7 +30,7 @@ from spa.codec.entries import (
     decode_mask,
     decode_selection,
     default_bias,
-    encode_selection,
+    encode_selections,
     expect,
     select,
 )
@@ -64,13 +64,7 @@ def save_splora(
         "base_shape": list(base_weight.shape),
     }
     out_indices, in_indices = layer.out_indices.to(device), layer.in_indices.to(device)
-    for side, indices, size in (
-        ("out", out_indices, base_weight.shape[0]),
-        ("in", in_indices, base_weight.shape[1]),
-    ):
-        selection = encode_selection(writer, name, side, indices, size)
-        if selection != "all":
-            entry[f"{side}_selection"] = selection
+    encode_selections(writer, entry, out_indices, in_indices, tuple(base_weight.shape[:2]))
     out_mask, in_mask = layer.out_mask.to(device), layer.in_mask.to(device)
     for key, mask in ((OUT_MASK, out_mask), (IN_MASK, in_mask)):
         if not bool(mask.all()):
