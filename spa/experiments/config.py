@@ -112,6 +112,8 @@ class PruningConfig:
         units: transformer units, "heads", "ffn" and/or "hidden"; default heads and FFN.
         target: what the densities measure: "params" (prunable weights kept, the paper's) or
             "flops" (fraction of the whole model's MACs kept, on the example batch).
+        cost: ranking by plain scores ("none", the paper's) or by score per weight ("params")
+            or per MAC ("macs") the channel's removal saves (`spa.pruning.cost`).
     """
 
     criterion: str = "taylor"
@@ -125,6 +127,7 @@ class PruningConfig:
     round_to: int | dict[str, int] | None = None
     units: tuple[Literal["heads", "ffn", "hidden"], ...] | None = None
     target: Literal["params", "flops"] = "params"
+    cost: Literal["none", "params", "macs"] = "none"
 
     def __post_init__(self) -> None:
         known = channel_criteria() + block_criteria()

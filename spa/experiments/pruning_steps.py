@@ -41,10 +41,13 @@ class ChannelPruner:
             num_batches=config.scoring_batches,
             units=config.units,
             target=config.target,
+            cost=config.cost,
         )
         # A compute budget weights each layer by the positions it runs at (measured once).
         self.macs = (
-            flops_profile(model, self.groups, example_inputs) if config.target == "flops" else None
+            flops_profile(model, self.groups, example_inputs)
+            if self.config.needs_macs_profile
+            else None
         )
         self._masks: ChannelMasks | None = None
 

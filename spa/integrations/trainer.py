@@ -242,7 +242,7 @@ class SpaPruningCallback(TrainerCallback):
         schedule = self.schedule
         data = _batches(loader, schedule.scoring_batches, model) if loader is not None else None
         macs = None
-        if schedule.pruning.target == "flops":
+        if schedule.pruning.needs_macs_profile:
             from spa.pruning.budget import flops_profile
 
             macs = flops_profile(model, self._groups, self.example_inputs)

@@ -4,12 +4,14 @@ Data flow: `channel_groups(model, example_inputs)` -> `score(model, criterion, g
 -> `compute_masks(groups, scores, density)` -> `apply_masks(model, masks)` -> train ->
 `compact(model)` -> `spa.fuse`. `iterative_prune` runs the whole loop. Targets are a parameter
 density (the paper's default) or, with `macs_profile`, a fraction of the model's MACs/FLOPs.
+`rank_scores` (config `cost`) divides scores by the weights or MACs a channel costs.
 """
 
 from spa.pruning.budget import MacsProfile, flops_profile, macs_profile
 from spa.pruning.channel_group import ChannelGroup, GroupMember, LayerInfo, refresh_groups
 from spa.pruning.compaction import compact
 from spa.pruning.config import ChannelPruningConfig
+from spa.pruning.cost import channel_costs, rank_scores
 from spa.pruning.criteria import CRITERIA, normalise, score
 from spa.pruning.empty_units import UnitRemoval, remove_empty_units, without_empty_units
 from spa.pruning.groups import channel_groups, remove_channels
@@ -38,6 +40,7 @@ __all__ = [
     "Plan",
     "Relevance",
     "apply_masks",
+    "channel_costs",
     "channel_groups",
     "compact",
     "compute_masks",
@@ -52,6 +55,7 @@ __all__ = [
     "paper_scheduler",
     "plan",
     "prune_step",
+    "rank_scores",
     "refresh_groups",
     "remove_channels",
     "remove_empty_units",

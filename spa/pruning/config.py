@@ -50,6 +50,10 @@ class ChannelPruningConfig:
         target: what the scheduled densities measure: "params" (fraction of the prunable base
             weights kept, the paper's density) or "flops" (fraction of the whole model's
             MACs/FLOPs kept, measured on the example inputs).
+        cost: what a channel's score is divided by before ranking (`spa.pruning.cost`):
+            "none" (plain ranking, the paper's), "params" (score per retained weight its
+            removal saves) or "macs" (score per multiply-accumulate it saves, measured on the
+            example inputs), so a target removes compute first.
     """
 
     criterion: str = "weight"
@@ -64,6 +68,12 @@ class ChannelPruningConfig:
     schedule: IterativeSchedule = IterativeSchedule()
     units: tuple[str, ...] | None = None
     target: Literal["params", "flops"] = "params"
+    cost: Literal["none", "params", "macs"] = "none"
+
+    @property
+    def needs_macs_profile(self) -> bool:
+        """Whether pruning needs a `MacsProfile`: a FLOPs target or MACs-normalised ranking."""
+        return self.target == "flops" or self.cost == "macs"
 
     def __post_init__(self) -> None:
         from spa.pruning.criteria import CRITERIA  # the registry validates the name
@@ -85,6 +95,8 @@ class ChannelPruningConfig:
             raise ConfigError(f"lrp_rule must be 'epsilon' or 'zplus', got {self.lrp_rule!r}")
         if self.target not in ("params", "flops"):
             raise ConfigError(f"target must be 'params' or 'flops', got {self.target!r}")
+        if self.cost not in ("none", "params", "macs"):
+            raise ConfigError(f"cost must be 'none', 'params' or 'macs', got {self.cost!r}")
         if self.lrp_epsilon < 0:
             raise ConfigError(f"lrp_epsilon must be >= 0, got {self.lrp_epsilon!r}")
 

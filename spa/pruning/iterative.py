@@ -17,6 +17,7 @@ from spa.errors import ConfigError
 from spa.flops import density as measured_density
 from spa.pruning.budget import MacsProfile, flops_profile
 from spa.pruning.config import ChannelPruningConfig
+from spa.pruning.cost import rank_scores
 from spa.pruning.criteria import Statistics, score
 from spa.pruning.groups import ChannelGroup, channel_groups, refresh_groups
 from spa.pruning.masking import ChannelMasks, apply_masks, compute_masks
@@ -43,25 +44,26 @@ def prune_step(
     Args:
         model: the adapted model.
         groups: its channel groups (current masks are re-read).
-        density: target retained-weight density (or MACs fraction with `macs`).
+        density: target retained-weight density (or MACs fraction with target "flops").
         config: criterion, ranking, floors and rounding.
         data: batches for data-based criteria.
         loss_fn: loss for gradient-based criteria.
         reduce_fn: hook to all-reduce criterion statistics before ranking.
-        macs: a `MacsProfile` to prune to a compute budget; required when
-            `config.target == "flops"`.
+        macs: the model's `MacsProfile`; required when `config.target == "flops"` (the
+            compute budget) or `config.cost == "macs"` (MACs-normalised ranking).
         output_fn: what the criteria read from the model's output (see `score`).
 
     Returns:
         The masks applied.
 
     Raises:
-        ConfigError: if `config.target` is "flops" and no profile is given.
+        ConfigError: if the config needs a MACs profile and none is given.
     """
-    if config.target == "flops" and macs is None:
+    if config.needs_macs_profile and macs is None:
         raise ConfigError(
-            "prune_step: config.target='flops' needs a MACs profile: pass "
-            "macs=spa.pruning.macs_profile(model, layers, example_inputs)"
+            f"prune_step: config.target={config.target!r} with config.cost={config.cost!r} "
+            "needs a MACs profile: pass macs=spa.pruning.flops_profile(model, groups, "
+            "example_inputs)"
         )
     groups = refresh_groups(model, groups)
     scores = score(
@@ -79,13 +81,13 @@ def prune_step(
     )
     masks = compute_masks(
         groups,
-        scores,
+        rank_scores(groups, scores, config.cost, macs),
         density,
         ranking=config.ranking,
         min_channels=config.min_channels,
         min_fraction=config.min_fraction,
         round_to=config.round_to,
-        macs=macs,
+        macs=macs if config.target == "flops" else None,
     )
     apply_masks(model, masks)
     return masks
@@ -124,7 +126,7 @@ def iterative_prune(
     if schedule.initial_epochs:
         train(model, schedule.initial_epochs)
     groups = channel_groups(model, example_inputs, units=config.units)
-    macs = flops_profile(model, groups, example_inputs) if config.target == "flops" else None
+    macs = flops_profile(model, groups, example_inputs) if config.needs_macs_profile else None
     for index, target in enumerate(schedule.densities()):
         prune_step(model, groups, target, config, data, loss_fn, reduce_fn, macs)
         logger.info(
