@@ -26,6 +26,7 @@ from spa.experiments.bounds import check_bounds
 from spa.experiments.criteria_names import block_criteria, channel_criteria, criteria_for
 from spa.experiments.presets import upgrade_method
 from spa.experiments.toml_writer import dumps_toml
+from spa.recovery.distill import DistillConfig
 
 Schedule = Literal["iterative", "gradual", "none"]
 
@@ -225,6 +226,8 @@ class ExperimentConfig:
         adapter: the adapter kind and its own fields (`[adapter] kind = ...`).
         pruning: criterion and densities.
         train: optimiser and epochs.
+        distill: distillation from the unpruned model during recovery (`[distill]`, off by
+            default: `weight = 0`).
         seeds: one run per seed; tables aggregate them as mean ± std.
         output_dir: default run directory.
     """
@@ -235,6 +238,7 @@ class ExperimentConfig:
     adapter: AdapterSection = field(default_factory=AdapterSection)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seeds: tuple[int, ...] = (0,)
     output_dir: str = "runs/experiment"
 

@@ -24,6 +24,7 @@ from spa.errors import ConfigError, TrainingError
 from spa.experiments.config import ExperimentConfig
 from spa.experiments.train import make_loader
 from spa.progress import progress as show_progress
+from spa.recovery import Distiller
 
 AUTO_CLASS = "AutoModelForCausalLM"
 # Config attributes that hold the longest sequence a model's positions cover.
@@ -190,6 +191,10 @@ def _moved(loader: Iterable[dict], device: str) -> Iterator[dict]:
         yield {"input_ids": batch["input_ids"].to(device)}
 
 
+def _call_on_ids(model: nn.Module, ids: torch.Tensor) -> Any:
+    return model(input_ids=ids)
+
+
 def train_lm_epoch(
     model: nn.Module,
     loader: Iterable[dict],
@@ -198,8 +203,12 @@ def train_lm_epoch(
     device: str = "cpu",
     max_batches: int | None = None,
     description: str = "train",
+    distiller: Distiller | None = None,
 ) -> float:
     """Train one epoch on next-token prediction; return the mean loss per predicted token.
+
+    With a `distiller`, the loss also follows the unpruned teacher (`spa.recovery`); the
+    returned mean is the next-token loss.
 
     Raises:
         TrainingError: if a batch's loss is NaN or infinite (before it updates the weights).
@@ -213,12 +222,15 @@ def train_lm_epoch(
             break
         ids = batch["input_ids"]
         optimizer.zero_grad(set_to_none=True)
-        loss = next_token_loss(_logits(model(input_ids=ids)), ids)
+        output = model(input_ids=ids)
+        loss = next_token_loss(_logits(output), ids)
         value = float(loss.detach())
-        if not math.isfinite(value):
+        if distiller is not None:
+            loss = distiller.loss(model, ids, output, loss, call=_call_on_ids)
+        if not math.isfinite(float(loss.detach())):
             raise TrainingError(
-                f"{description}: the loss became {value} at batch {index + 1}; training "
-                "stopped (lower train.lr)"
+                f"{description}: the loss became {float(loss.detach())} at batch {index + 1}; "
+                "training stopped (lower train.lr)"
             )
         loss.backward()
         optimizer.step()

@@ -21,6 +21,7 @@ from spa import distributed
 from spa.errors import ConfigError, TrainingError
 from spa.progress import progress as show_progress
 from spa.pruning.schedules import paper_lr_factor
+from spa.recovery import Distiller
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ def train_epoch(
     device: str | torch.device = "cpu",
     max_batches: int | None = None,
     description: str = "train",
+    distiller: Distiller | None = None,
 ) -> EpochStats:
     """Train one epoch and return the running loss and accuracy (over all ranks).
 
@@ -179,9 +181,10 @@ def train_epoch(
         device: where batches are moved.
         max_batches: stop after this many batches.
         description: progress-bar label.
+        distiller: adds distillation from the unpruned model to the loss (`spa.recovery`).
 
     Returns:
-        Mean loss and accuracy over the examples trained on.
+        Mean loss and accuracy over the examples trained on (the task loss).
 
     Raises:
         TrainingError: if the loss of a batch is NaN or infinite (naming `description` and the
@@ -200,10 +203,13 @@ def train_epoch(
         logits = model(inputs)
         loss = loss_fn(logits, labels)
         value = float(loss.detach())
-        if not math.isfinite(value):  # stop before the update spreads it into the weights
+        if distiller is not None:
+            loss = distiller.loss(model, inputs, logits, loss)
+        # Stop before the update spreads a NaN/inf into the weights.
+        if not math.isfinite(float(loss.detach())):
             raise TrainingError(
-                f"{description}: the loss became {value} at batch {index + 1}; training "
-                "stopped (lower train.lr, or check the data for NaN/inf values)"
+                f"{description}: the loss became {float(loss.detach())} at batch {index + 1}; "
+                "training stopped (lower train.lr, or check the data for NaN/inf values)"
             )
         loss.backward()
         optimizer.step()

@@ -50,6 +50,13 @@ class Teacher:
                 for name, buffer in module.named_buffers():
                     self.state[name] = buffer.detach().clone()
 
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> Teacher:
+        """A snapshot teacher from its saved `state` (e.g. a checkpoint's)."""
+        teacher = cls(nn.Identity())
+        teacher.state = dict(state)
+        return teacher
+
     def stored_elements(self) -> int:
         """Elements the teacher holds of its own (0 for a given model)."""
         return sum(tensor.numel() for tensor in self.state.values())

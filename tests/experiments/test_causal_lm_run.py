@@ -84,7 +84,7 @@ def _config(files: dict[str, Path], output: Path, **sections) -> dict:
         },
     }
     for section, values in sections.items():
-        merge = isinstance(values, dict) and section != "adapter"  # a kind's table is whole
+        merge = isinstance(values, dict) and section in data and section != "adapter"
         data[section] = {**data[section], **values} if merge else values
     return data
 
@@ -290,3 +290,12 @@ def test_pruning_units_choose_heads_ffn_neurons_and_the_hidden_size(units, sizes
     # One layer: its key/value heads (2, each with 2 query heads) and its 64 FFN neurons, and
     # the model's 32 hidden channels.
     assert [group.size for group in pruner.groups] == sizes
+
+
+@pytest.mark.slow
+def test_causal_lm_run_with_distillation_differs_after_pruning(files, tmp_path: Path) -> None:
+    plain = run(from_dict(_config(files, tmp_path / "plain")), tmp_path / "plain")
+    config = from_dict(_config(files, tmp_path / "kd", distill={"weight": 0.5}))
+    distilled = run(config, tmp_path / "kd")
+    assert distilled.records[0]["metric"] == plain.records[0]["metric"]  # before the teacher
+    assert distilled.records[-1]["metric"] != plain.records[-1]["metric"]

@@ -35,7 +35,9 @@ def _config(output: Path, **sections) -> dict:
         },
     }
     for section, values in sections.items():
-        if isinstance(values, dict) and section != "adapter":  # a kind's table is given whole
+        if (
+            isinstance(values, dict) and section in data and section != "adapter"
+        ):  # a kind's table is given whole
             data[section] = {**data[section], **values}
         else:
             data[section] = values

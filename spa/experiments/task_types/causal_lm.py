@@ -55,6 +55,7 @@ from spa.experiments.task_types.channel_session import ChannelSessionSteps
 from spa.experiments.train import (
     make_optimizer,
 )
+from spa.recovery import Teacher
 
 
 def _without_head(adapter: Any) -> Any:
@@ -97,10 +98,12 @@ class CausalLMSession(ChannelSessionSteps):
     model_name: str | None = None
     model_options: dict[str, Any] | None = field(default=None)
     training: nn.Module | None = field(default=None, repr=False)  # DDP wrapper or `model`
+    teacher: Teacher | None = field(default=None, repr=False)  # with distillation
 
     def prune(self, step: Step) -> None:
         """Score the units (`pruning.units`) on training blocks and mask down to the step's
         density (in a distributed run every rank scores the same blocks)."""
+        self.take_teacher(step)
         if step.index == 0 or self.pruner is None:
             return
         count = self.config.pruning.scoring_batches
@@ -114,14 +117,16 @@ class CausalLMSession(ChannelSessionSteps):
         of every global batch, gradients averaged by DDP); returns lr and the mean loss per
         token of this rank's share."""
         run = self.start_epoch(step, epoch, self.data.train)
-        loss = train_lm_epoch(
-            run.training,
-            run.loader,
-            self.optimizer,
-            device=self.config.train.device,
-            max_batches=self.config.train.max_batches_per_epoch,
-            description=run.description,
-        )
+        with self.distillation() as distiller:
+            loss = train_lm_epoch(
+                run.training,
+                run.loader,
+                self.optimizer,
+                device=self.config.train.device,
+                max_batches=self.config.train.max_batches_per_epoch,
+                description=run.description,
+                distiller=distiller,
+            )
         return {"lr": run.lr, "loss": loss}
 
     def evaluate(self) -> Evaluation:

@@ -3,6 +3,8 @@ deployable model and bundle, and checkpoints that carry the channel masks."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from spa.experiments.train import (
     set_learning_rate,
     wrap_model,
 )
+from spa.recovery import Distiller, Teacher
 
 
 @dataclass
@@ -40,7 +43,27 @@ class ChannelSessionSteps:
     """Mixin for a `SeedSession` dataclass with the fields `config`, `seed`, `model`, `base`,
     `example`, `optimizer`, `pruner` (a `ChannelPruner` or None), `model_name`,
     `model_options` (the base's `spa.models` name and builder arguments, for bundles) and
-    `training` (None until the first epoch wraps the model)."""
+    `training` (None until the first epoch wraps the model) and `teacher` (None until the first
+    pruning step when `distill` is on)."""
+
+    def take_teacher(self, step: Step) -> None:
+        """Before the first pruning step, keep the unpruned adapted model as the teacher (a
+        snapshot of its task tensors; the base weights stay shared)."""
+        if self.config.distill.is_active and step.index >= 1 and self.teacher is None:
+            self.teacher = Teacher(self.model)
+
+    @contextmanager
+    def distillation(self) -> Iterator[Distiller | None]:
+        """The epoch's distillation (None before the teacher exists or when it is off); its
+        hidden-state hooks are removed afterwards."""
+        if self.teacher is None or not self.config.distill.is_active:
+            yield None
+            return
+        distiller = Distiller(self.config.distill, self.teacher, self.model)
+        try:
+            yield distiller
+        finally:
+            distiller.close()
 
     def start_epoch(self, step: Step, epoch: int, train_set: Any) -> Epoch:
         """Wrap the model once (pruning only changes masks), set the epoch's learning rate on
@@ -85,6 +108,7 @@ class ChannelSessionSteps:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "masks": masks,
+            "teacher": None if self.teacher is None else self.teacher.state,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -93,3 +117,5 @@ class ChannelSessionSteps:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.pruner is not None:
             self.pruner.restore(self.model, state["masks"])
+        if state.get("teacher") is not None:
+            self.teacher = Teacher.from_state(state["teacher"])

@@ -21,6 +21,7 @@ from spa.experiments.pruning_steps import ChannelPruner
 from spa.experiments.task_types.base import TASK_TYPES, Capabilities, Evaluation, Step
 from spa.experiments.task_types.channel_session import ChannelSessionSteps
 from spa.experiments.train import evaluate, make_loader, make_optimizer, train_epoch
+from spa.recovery import Teacher
 
 
 @dataclass
@@ -39,9 +40,11 @@ class ClassificationSession(ChannelSessionSteps):
     model_name: str | None = None  # the base's `spa.models` name, for bundles
     model_options: dict[str, Any] | None = None  # the base's builder arguments, for bundles
     training: nn.Module | None = field(default=None, repr=False)  # DDP wrapper or `model`
+    teacher: Teacher | None = field(default=None, repr=False)  # with distillation
 
     def prune(self, step: Step) -> None:
         """Score the channels on the training data and mask down to the step's density."""
+        self.take_teacher(step)
         if step.index == 0 or self.pruner is None:
             return
         scoring = make_loader(
@@ -53,14 +56,16 @@ class ClassificationSession(ChannelSessionSteps):
         """One epoch with the paper's per-block learning-rate schedule; returns lr, loss,
         accuracy (on the training batches)."""
         run = self.start_epoch(step, epoch, self.train_set)
-        stats = train_epoch(
-            run.training,
-            run.loader,
-            self.optimizer,
-            device=self.config.train.device,
-            max_batches=self.config.train.max_batches_per_epoch,
-            description=run.description,
-        )
+        with self.distillation() as distiller:
+            stats = train_epoch(
+                run.training,
+                run.loader,
+                self.optimizer,
+                device=self.config.train.device,
+                max_batches=self.config.train.max_batches_per_epoch,
+                description=run.description,
+                distiller=distiller,
+            )
         return {"lr": run.lr, "loss": stats.loss, "accuracy": stats.accuracy}
 
     def evaluate(self) -> Evaluation:

@@ -127,6 +127,8 @@ class ExtractiveQATask:
 
     def config_problem(self, config: ExperimentConfig) -> str | None:
         """Known `data.options`, a `transformers` model and a data folder."""
+        if config.distill.is_active:
+            return "config key 'distill': the squad task type has no distillation yet"
         unknown = sorted(set(config.data.options) - set(QA_OPTIONS))
         if unknown:
             return (
