@@ -38,6 +38,7 @@ from spa.flops import density as channel_density
 from spa.pruning import ChannelPruningConfig, channel_groups, compact, prune_step
 from spa.pruning.block_criteria import create_block_criterion
 from spa.pruning.gradual import GradualBlockPruner, GradualPruningConfig
+from spa.recovery import DistillConfig, Distiller, Teacher
 from spa.tasks import save_task
 
 logger = logging.getLogger(__name__)
@@ -133,9 +134,15 @@ class SpaPruningCallback(TrainerCallback):
             prediction (`.logits`). Criterion "lrp" needs the prediction: pass
             `output_fn=lambda outputs: outputs.logits` for it.
         save_options: extra keyword arguments of `spa.save_task` (e.g. `dtype`).
+        distill: distillation during recovery (`spa.recovery.DistillConfig`): the model's
+            training loss (`outputs.loss`) becomes the recovery loss with the teacher's logits.
+        teacher: the teacher model; None uses the unpruned adapted model itself, kept as a
+            snapshot of its task tensors when pruning starts (base weights shared), which needs
+            `ChannelSchedule(compact=False)` (compaction changes the shapes).
 
     Raises:
-        ConfigError: for an unknown schedule type or a channel schedule without inputs.
+        ConfigError: for an unknown schedule type, a channel schedule without inputs, or
+            distillation from the model itself with compaction.
     """
 
     def __init__(
@@ -148,6 +155,8 @@ class SpaPruningCallback(TrainerCallback):
         loss_fn: Callable | None = None,
         output_fn: Callable | None = None,
         save_options: dict[str, Any] | None = None,
+        distill: DistillConfig | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         if not isinstance(schedule, ChannelSchedule | BlockSchedule):
             raise ConfigError(
@@ -155,6 +164,16 @@ class SpaPruningCallback(TrainerCallback):
             )
         if isinstance(schedule, ChannelSchedule) and example_inputs is None:
             raise ConfigError("a ChannelSchedule needs example_inputs to trace channel groups")
+        self.distill = distill if distill is not None and distill.is_active else None
+        compacts = isinstance(schedule, ChannelSchedule) and schedule.compact
+        if self.distill is not None and teacher is None and compacts:
+            raise ConfigError(
+                "distillation from the model itself needs ChannelSchedule(compact=False) "
+                "(compaction changes its shapes); or pass teacher=<a separate model>"
+            )
+        self._teacher_model = teacher
+        self._distiller: Distiller | None = None
+        self.teacher: Teacher | None = None  # set when distillation starts
         self.schedule = schedule
         self.base_model = base_model
         self.output_dir = Path(output_dir)
@@ -186,6 +205,7 @@ class SpaPruningCallback(TrainerCallback):
                 self.schedule.criterion, **self.schedule.criterion_options
             )
             self._pruner = GradualBlockPruner(model, criterion, self.schedule.gradual)
+            self._start_distillation(model)
         return control
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -221,7 +241,10 @@ class SpaPruningCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        """Finish the block schedule and write its bundle."""
+        """Finish the block schedule and write its bundle; remove the distillation hooks."""
+        if self._distiller is not None:
+            self._distiller.close()
+            self._distiller = None
         if self._pruner is not None:
             self._pruner.finish()
             target = self.schedule.gradual.final_density
@@ -238,7 +261,20 @@ class SpaPruningCallback(TrainerCallback):
                 f"{args.max_steps}; raise max_steps or shorten the schedule"
             )
 
+    def _start_distillation(self, model: nn.Module) -> None:
+        """Take the teacher (once, before the first pruning) and hook the recovery loss in."""
+        if self.distill is None or self._distiller is not None:
+            return
+        if self._teacher_model is not None:
+            teacher = Teacher(self._teacher_model, snapshot=False)
+        else:
+            teacher = Teacher(model)
+        self.teacher = teacher
+        self._distiller = Distiller(self.distill, teacher, model)
+        self._distiller.install_loss_hook(model)
+
     def _prune(self, model: nn.Module, density: float, loader: Iterable | None) -> None:
+        self._start_distillation(model)
         schedule = self.schedule
         data = _batches(loader, schedule.scoring_batches, model) if loader is not None else None
         macs = None

@@ -152,7 +152,7 @@ class Distiller:
         Args:
             model: the student.
             inputs: the batch the student saw (any form `call` accepts).
-            output: the student's output on it.
+            output: the student's output on it (or its logits).
             task_loss: the task loss on it.
             call: `call(module, inputs)` runs a module on the batch.
 
@@ -195,12 +195,17 @@ class Distiller:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             if not (module.training and torch.is_grad_enabled()) or self._in_teacher:
                 return output
-            task = output.get("loss") if isinstance(output, dict) else None
-            if task is None:
+            if isinstance(output, dict) and output.get("loss") is not None:
+                task, logits = output["loss"], output["logits"]
+            elif isinstance(output, tuple) and len(output) > 1 and "labels" in kwargs:
+                task, logits = output[0], output[1]  # (loss, logits, ...) as HF returns
+            else:
                 return output
             batch = {key: value for key, value in kwargs.items() if key != "labels"}
-            inputs = (args, batch)
-            output["loss"] = self.loss(module, inputs, output, task, call=_call_args_kwargs)
+            loss = self.loss(module, (args, batch), logits, task, call=_call_args_kwargs)
+            if isinstance(output, tuple):
+                return (loss, *output[1:])
+            output["loss"] = loss
             return output
 
         self._handles.append(model.register_forward_hook(hook, with_kwargs=True))

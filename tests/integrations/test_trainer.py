@@ -283,3 +283,66 @@ def test_channel_schedule_prunes_a_decoders_hidden_size_and_bundles_equal_the_mo
         torch.testing.assert_close(
             loaded(input_ids=ids[:4]).logits, model(input_ids=ids[:4]).logits, rtol=1e-5, atol=1e-5
         )
+
+
+def test_channel_schedule_with_distillation_trains_on_the_kl_to_the_unpruned_model(tmp_path):
+    from spa.recovery import DistillConfig
+
+    torch.manual_seed(0)
+    base = Classifier()
+    model = spa.adapt(copy.deepcopy(base), spa.SPLoRAConfig(rank=2))
+    x = torch.randn(64, 8)
+    labels = (x[:, 0] > 0).long()
+    data = Rows({"x": x, "labels": labels})
+    schedule = ChannelSchedule(
+        densities=(0.5,), steps_per_density=4, initial_steps=2, compact=False
+    )
+    config = DistillConfig(weight=1.0, temperature=2.0)
+    with pytest.raises(ConfigError, match="compact=False"):
+        SpaPruningCallback(
+            ChannelSchedule(densities=(0.5,), steps_per_density=1),
+            base_model=base,
+            output_dir=tmp_path,
+            example_inputs=x[:4],
+            distill=config,
+        )
+    callback = SpaPruningCallback(
+        schedule, base_model=base, output_dir=tmp_path / "b", example_inputs=x[:4], distill=config
+    )
+    expected = []
+
+    class Expect(TrainerCallback):  # the recovery loss of the last step, before its update
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 5:
+                expected.append(_kl_to_snapshot(model, callback.teacher.state, x))
+
+    args = _args(tmp_path, 6)
+    args.per_device_train_batch_size, args.logging_strategy, args.logging_steps = 64, "steps", 1
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[callback, Expect()])
+    trainer.train()
+    losses = [float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] == pytest.approx(expected[0], rel=1e-3)
+    model.train()
+    loss, _ = model(x, labels=labels)  # the hook is gone after training: the task loss again
+    task = nn.functional.cross_entropy(model(x), labels)
+    assert float(loss.detach()) == pytest.approx(float(task.detach()))
+
+
+def _kl_to_snapshot(model, state, x) -> float:
+    """T=2 KL of `model` to an independent teacher: a copy with the snapshot loaded and every
+    mask cleared."""
+    teacher = copy.deepcopy(model)
+    teacher.load_state_dict(dict(state), strict=False)
+    for buffer in teacher.buffers():
+        if buffer.dtype == torch.bool:
+            buffer.fill_(True)
+    with torch.no_grad():
+        reference, student = teacher.eval()(x), copy.deepcopy(model).eval()(x)
+    assert not torch.allclose(reference, student)  # pruned: the two differ
+    kl = nn.functional.kl_div(
+        torch.log_softmax(student / 2.0, -1),
+        torch.log_softmax(reference / 2.0, -1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return float(kl) * 4.0
