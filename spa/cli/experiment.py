@@ -39,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="short smoke run of the whole pipeline (about 30 s of CPU time)",
     )
     demo.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="distil from the unpruned model during recovery with this KL weight in [0, 1] "
+        "(default 0: off)",
+    )
+    demo.add_argument(
         "--output",
         type=Path,
         default=None,
@@ -100,7 +108,7 @@ def _demo(args: argparse.Namespace) -> int:
 
         output = args.output or Path("spa-demo-output")
     try:
-        result = run_demo(output, quick=args.quick)
+        result = run_demo(output, quick=args.quick, distill=args.distill)
     except KeyboardInterrupt:
         print(_RESUME_HINT, file=sys.stderr)
         return 130

@@ -43,6 +43,7 @@ from spa.experiments.train import (
     train_epoch,
 )
 from spa.progress import progress as show_progress
+from spa.recovery import DistillConfig
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class DemoSettings:
         splora_lr: learning rate of SPLoRA.
         seed: seed of the source model and of the digits split.
         seeds: training seeds of every target run (mean ± std in the table).
+        distill: weight of distillation from the unpruned model (`[distill] weight`; 0 = off).
     """
 
     tasks: tuple[str, ...] = ("parity", "mod3", "ge5")
@@ -86,6 +88,7 @@ class DemoSettings:
     splora_lr: float = 0.05
     seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)
+    distill: float = 0.0
 
 
 FULL = DemoSettings()
@@ -274,7 +277,7 @@ def experiment_configs(settings: DemoSettings, source: Path) -> list[ExperimentC
             adapter = AdapterSection.from_table(table)
             configs.append(
                 ExperimentConfig(
-                    name=f"{task}-{method}",
+                    name=f"{task}-{method}" + ("-distilled" if settings.distill else ""),
                     model=ModelConfig(
                         name="resnet18",
                         options={"small_input": True, "width": settings.width},
@@ -297,6 +300,7 @@ def experiment_configs(settings: DemoSettings, source: Path) -> list[ExperimentC
                         lr=lr,
                         max_batches_per_epoch=settings.max_batches_per_epoch,
                     ),
+                    distill=DistillConfig(weight=settings.distill),
                     seeds=settings.seeds,
                 )
             )
@@ -367,17 +371,20 @@ SMOKE_TEST_NOTE = (
 )
 
 
-def run_demo(output_dir: str | Path = "spa-demo-output", *, quick: bool = False) -> DemoResult:
+def run_demo(
+    output_dir: str | Path = "spa-demo-output", *, quick: bool = False, distill: float = 0.0
+) -> DemoResult:
     """Run the whole demo (resumable: finished parts are reused) and return its results.
 
     Args:
         output_dir: where everything is written.
         quick: fewer tasks, epochs and densities: a short smoke run (about 30 s of CPU time).
+        distill: weight of distillation from the unpruned model during recovery (0 = off).
 
     Returns:
         The results; `summary()` is what `spa demo` prints.
     """
-    settings = QUICK if quick else FULL
+    settings = dataclasses.replace(QUICK if quick else FULL, distill=distill)
     output_dir = Path(output_dir)
     suffix = "-quick" if quick else ""  # quick and full results never mix
     source, source_accuracy = train_source(settings, output_dir / f"source{suffix}")

@@ -40,6 +40,7 @@ from spa.experiments.lm_model import evaluate_perplexity, train_lm_epoch
 from spa.experiments.report import ReportFiles, write_report
 from spa.experiments.runner import RunResult, run
 from spa.experiments.train import make_loader
+from spa.recovery import DistillConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class LMDemoSettings:
         fine_pruning_lr: AdamW learning rate of fine-pruning.
         scoring_batches: batches the Taylor criterion accumulates over.
         seed: seed of the source model and of every run.
+        distill: weight of distillation from the unpruned model (`[distill] weight`; 0 = off).
     """
 
     model: dict[str, Any] = dataclasses.field(
@@ -88,6 +90,7 @@ class LMDemoSettings:
     fine_pruning_lr: float = 1e-3
     scoring_batches: int = 4
     seed: int = 0
+    distill: float = 0.0
 
 
 FULL = LMDemoSettings()
@@ -251,7 +254,7 @@ def experiment_configs(settings: LMDemoSettings, source: Path) -> list[Experimen
         adapter = AdapterSection.from_table(table)
         configs.append(
             ExperimentConfig(
-                name=f"lm-{method}",
+                name=f"lm-{method}" + ("-distilled" if settings.distill else ""),
                 model=ModelConfig(name="tiny_llama", options=settings.model, weights=str(source)),
                 data=DataConfig(
                     name="embedded",
@@ -278,6 +281,7 @@ def experiment_configs(settings: LMDemoSettings, source: Path) -> list[Experimen
                     epochs_per_step=1,
                     max_batches_per_epoch=settings.steps_per_density,
                 ),
+                distill=DistillConfig(weight=settings.distill),
                 seeds=(settings.seed,),
             )
         )
@@ -285,18 +289,19 @@ def experiment_configs(settings: LMDemoSettings, source: Path) -> list[Experimen
 
 
 def run_lm_demo(
-    output_dir: str | Path = "spa-demo-lm-output", *, quick: bool = False
+    output_dir: str | Path = "spa-demo-lm-output", *, quick: bool = False, distill: float = 0.0
 ) -> LMDemoResult:
     """Run the language-model demo (resumable: finished parts are reused).
 
     Args:
         output_dir: where everything is written.
         quick: a smaller model and a few steps: a short smoke run.
+        distill: weight of distillation from the unpruned model during recovery (0 = off).
 
     Returns:
         The results; `summary()` is what `spa demo lm` prints.
     """
-    settings = QUICK if quick else FULL
+    settings = dataclasses.replace(QUICK if quick else FULL, distill=distill)
     output_dir = Path(output_dir)
     suffix = "-quick" if quick else ""  # quick and full results never mix
     # The tiny model's matrices are too small for intra-op threads to pay off, and on a CPU

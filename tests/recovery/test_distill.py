@@ -131,3 +131,17 @@ def test_hidden_state_matching_needs_modules_and_adds_the_mse():
     expected = task + nn.functional.mse_loss(student_hidden, first)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     distiller.close()
+
+
+@pytest.mark.parametrize("module", ["spa.experiments.demo", "spa.experiments.demo_lm"])
+def test_demo_configs_carry_the_distillation_weight(module, tmp_path):
+    import dataclasses
+    import importlib
+
+    demo = importlib.import_module(module)
+    settings = dataclasses.replace(demo.QUICK, distill=0.3)
+    configs = demo.experiment_configs(settings, tmp_path / "source.safetensors")
+    assert configs and all(config.distill.weight == 0.3 for config in configs)
+    assert all(config.name.endswith("-distilled") for config in configs)  # results never mix
+    plain = demo.experiment_configs(demo.QUICK, tmp_path / "source.safetensors")
+    assert all(not config.distill.is_active for config in plain)
