@@ -15,8 +15,10 @@ from torch import nn
 
 from spa.accounting import count_learned_parameters
 from spa.deploy import fuse
+from spa.experiments.structure import group_structure, layer_structure
 from spa.flops import count_flops, density
 from spa.pruning import compact
+from spa.pruning.channel_group import ChannelGroup, refresh_groups
 from spa.tasks import save_task
 
 LATENCY_REPEATS = 20  # timed forward passes per measurement
@@ -122,6 +124,7 @@ def measure_task(
     latency_batch_size: int = 1,
     model_name: str | None = None,
     model_options: dict[str, Any] | None = None,
+    groups: Sequence[ChannelGroup] | None = None,
 ) -> dict[str, Any]:
     """Compact a copy of the masked task model, measure it and save its task bundle.
 
@@ -133,11 +136,12 @@ def measure_task(
         latency_batch_size: batch size of the latency measurement.
         model_name: `spa.models` name recorded in the bundle metadata.
         model_options: the base's builder arguments, recorded in the bundle metadata.
+        groups: the model's channel groups, for `structure` per group (else per layer).
 
     Returns:
         `density` (measured), `dparams`, `params` and `flops` / `macs` per example of the fused
-        compacted model, the latency fields of `Latency.record` and `bundle_bytes` (None
-        without a bundle).
+        compacted model, the latency fields of `Latency.record`, `bundle_bytes` (None
+        without a bundle) and `structure` (where the budget went, `spa.experiments.structure`).
     """
     training = model.training
     compacted = compact(copy.deepcopy(model).eval(), example)
@@ -153,6 +157,11 @@ def measure_task(
         "macs": flops // 2,
         **measure_latency(fused, batch).record(),
         "bundle_bytes": None,
+        "structure": (
+            group_structure(refresh_groups(model, list(groups)))
+            if groups
+            else layer_structure(compacted, base)
+        ),
     }
     if bundle_path is not None:
         bundle = save_task(

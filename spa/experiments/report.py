@@ -32,6 +32,7 @@ from spa._toml import tomllib
 from spa.errors import ConfigError
 from spa.experiments.files import atomic_write_text, read_jsonl
 from spa.experiments.plots import metric_scale, write_plots
+from spa.experiments.structure import write_structure
 
 logger = logging.getLogger(__name__)
 
@@ -323,12 +324,15 @@ class ReportFiles:
         csv: the CSV table.
         plots: the PNG plots.
         rows: the aggregated rows.
+        structure: `structure.md` and `plots/structure.png` (where the budget went), if the
+            records have it.
     """
 
     markdown: Path
     csv: Path
     plots: tuple[Path, ...]
     rows: tuple[AggregateRow, ...]
+    structure: tuple[Path, ...] = ()
 
 
 def write_report(run_dirs: Sequence[str | Path], output_dir: str | Path) -> ReportFiles:
@@ -353,5 +357,12 @@ def write_report(run_dirs: Sequence[str | Path], output_dir: str | Path) -> Repo
     atomic_write_text(markdown, markdown_table(rows))
     atomic_write_text(table, csv_table(rows))
     plots = write_plots(rows, output_dir / "plots")
+    structure = write_structure(records, output_dir)
     logger.info("wrote %s, %s and %d plots", markdown, table, len(plots))
-    return ReportFiles(markdown=markdown, csv=table, plots=tuple(plots), rows=tuple(rows))
+    return ReportFiles(
+        markdown=markdown,
+        csv=table,
+        plots=tuple(plots),
+        rows=tuple(rows),
+        structure=tuple(structure),
+    )

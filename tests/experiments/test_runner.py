@@ -67,7 +67,8 @@ def test_run_writes_run_directory(two_seed_run) -> None:
             assert (folder / f"seed-{seed}" / step / "task.safetensors").stat().st_size > 0
             assert json.loads((folder / f"seed-{seed}" / step / "metrics.json").read_text())
     assert (folder / "table.md").exists() and (folder / "table.csv").exists()
-    assert len(list((folder / "plots").glob("*.png"))) == 3
+    assert len(list((folder / "plots").glob("*.png"))) == 3 + 1  # + structure.png
+    assert "| 100% | 60% | 30% |" in (folder / "structure.md").read_text()
 
 
 @pytest.mark.slow

@@ -99,6 +99,7 @@ class ChannelSessionSteps:
             self.config.train.latency_batch_size,
             model_name=self.model_name,
             model_options=self.model_options,
+            groups=self.pruner.groups if self.pruner is not None else None,
         )
 
     def checkpoint_state(self) -> dict[str, Any]:

@@ -85,7 +85,9 @@ class QASession:
 
     def deploy(self, bundle_path: Path) -> dict[str, Any]:
         """Compact a copy (`spa.compact_blocks`), time it and save the bundle."""
+        from spa.adapters.protocols import adapter_layers
         from spa.deploy import compact_blocks
+        from spa.experiments.structure import layer_structure
         from spa.tasks import save_task
 
         sequence = torch.ones(1, self.options["max_length"], dtype=torch.long)
@@ -101,6 +103,9 @@ class QASession:
             "macs": report.flops_after // 2,
             **latency.record(),
             "bundle_bytes": bundle.size_bytes,
+            "structure": layer_structure(
+                compacted, self.base, [name for name, _ in adapter_layers(self.model)]
+            ),
         }
 
     def checkpoint_state(self) -> None:
