@@ -27,6 +27,7 @@ from spa.experiments.criteria_names import block_criteria, channel_criteria, cri
 from spa.experiments.presets import upgrade_method
 from spa.experiments.toml_writer import dumps_toml
 from spa.recovery.distill import DistillConfig
+from spa.recovery.ranks import RankAllocationConfig
 
 Schedule = Literal["iterative", "gradual", "none"]
 
@@ -228,6 +229,8 @@ class ExperimentConfig:
         train: optimiser and epochs.
         distill: distillation from the unpruned model during recovery (`[distill]`, off by
             default: `weight = 0`).
+        ranks: SPLoRA rank allocation before the first pruning step (`[ranks] budget = 0.5`;
+            off by default: every layer keeps the fixed rank).
         seeds: one run per seed; tables aggregate them as mean ± std.
         output_dir: default run directory.
     """
@@ -239,6 +242,7 @@ class ExperimentConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    ranks: RankAllocationConfig = field(default_factory=RankAllocationConfig)
     seeds: tuple[int, ...] = (0,)
     output_dir: str = "runs/experiment"
 

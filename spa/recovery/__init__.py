@@ -8,12 +8,19 @@ spend a total SPLoRA rank budget where it matters (heterogeneous per-layer ranks
 """
 
 from spa.recovery.distill import DistillConfig, Distiller, kl_to_teacher
-from spa.recovery.ranks import allocate_ranks, rank_importance, ranks, set_ranks
+from spa.recovery.ranks import (
+    RankAllocationConfig,
+    allocate_ranks,
+    rank_importance,
+    ranks,
+    set_ranks,
+)
 from spa.recovery.teacher import Teacher
 
 __all__ = [
     "DistillConfig",
     "Distiller",
+    "RankAllocationConfig",
     "Teacher",
     "allocate_ranks",
     "kl_to_teacher",

@@ -21,6 +21,7 @@ Importance:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -30,6 +31,41 @@ from spa.adapters.protocols import adapter_layers
 from spa.errors import ConfigError
 
 Importance = Literal["magnitude", "taylor"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankAllocationConfig:
+    """Whether and how SPLoRA ranks are reallocated before the first pruning step.
+
+    Args:
+        budget: fraction of the total rank (sum over layers at the adapter's rank) to keep,
+            in (0, 1]; None keeps every layer at the fixed rank (the paper's, the default).
+        importance: "magnitude" (the only one the runner uses: no extra backward pass).
+        min_rank: every layer keeps at least this rank (>= 1).
+    """
+
+    budget: float | None = None
+    importance: Literal["magnitude"] = "magnitude"
+    min_rank: int = 1
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise ConfigError(f"ranks.budget must be in (0, 1] or omitted, got {self.budget!r}")
+        if self.importance != "magnitude":
+            raise ConfigError(f"ranks.importance must be 'magnitude', got {self.importance!r}")
+        if not isinstance(self.min_rank, int) or self.min_rank < 1:
+            raise ConfigError(f"ranks.min_rank must be an integer >= 1, got {self.min_rank!r}")
+
+    def allocate(self, model: nn.Module) -> dict[str, int]:
+        """Reallocate `model`'s ranks in place (no-op without a budget); return the ranks."""
+        if self.budget is not None:
+            current = ranks(model)
+            total = sum(current.values())
+            floor = sum(min(self.min_rank, rank) for rank in current.values())
+            budget = max(floor, round(self.budget * total))
+            scores = rank_importance(model, self.importance)
+            set_ranks(model, allocate_ranks(scores, budget, self.min_rank))
+        return ranks(model)
 
 
 def _low_rank_layers(model: nn.Module) -> dict[str, nn.Module]:

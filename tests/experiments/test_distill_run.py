@@ -36,3 +36,22 @@ def test_distill_section_is_validated_with_its_key() -> None:
         from_dict(_config(Path("unused"), distill={"weight": 2.0}))
     with pytest.raises(ConfigError, match="distill.temperature"):
         from_dict(_config(Path("unused"), distill={"temperature": 0}))
+
+
+@pytest.mark.slow
+def test_rank_allocation_run_halves_the_adapter_and_resumes(tmp_path: Path) -> None:
+    plain = run(from_dict(_config(tmp_path / "plain")), tmp_path / "plain")
+    sections = {"ranks": {"budget": 0.5}, "distill": {"weight": 0.5}}
+    config = from_dict(_config(tmp_path, **sections))
+    reference = run(config, tmp_path / "reference")
+    assert reference.records[0]["dparams"] == plain.records[0]["dparams"]  # before allocation
+    assert reference.records[1]["dparams"] < plain.records[1]["dparams"]
+
+    def interrupt(seed: int, step: int, record: dict) -> None:
+        if step == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(config, tmp_path / "resumed", step_hook=interrupt)
+    resumed = run(config, tmp_path / "resumed")
+    assert _comparable(resumed.records) == _comparable(reference.records)

@@ -16,10 +16,11 @@ from spa.experiments.task_types.base import Step
 from spa.experiments.train import (
     block_learning_rate,
     make_loader,
+    make_optimizer,
     set_learning_rate,
     wrap_model,
 )
-from spa.recovery import Distiller, Teacher
+from spa.recovery import Distiller, Teacher, ranks, set_ranks
 
 
 @dataclass
@@ -47,10 +48,22 @@ class ChannelSessionSteps:
     pruning step when `distill` is on)."""
 
     def take_teacher(self, step: Step) -> None:
-        """Before the first pruning step, keep the unpruned adapted model as the teacher (a
-        snapshot of its task tensors; the base weights stay shared)."""
+        """Before the first pruning step: reallocate the SPLoRA ranks (`[ranks]`) and keep the
+        unpruned adapted model as the teacher (a snapshot of its task tensors; the base weights
+        stay shared)."""
+        if step.index == 1 and self.config.ranks.budget is not None:
+            self.config.ranks.allocate(self.model)
+            self._new_optimizer()
         if self.config.distill.is_active and step.index >= 1 and self.teacher is None:
             self.teacher = Teacher(self.model)
+
+    def _new_optimizer(self) -> None:
+        """A fresh optimiser (and wrapper) over the model's parameters after they changed."""
+        train = self.config.train
+        self.optimizer = make_optimizer(
+            self.model, train.optimizer, train.lr, train.momentum, train.weight_decay
+        )
+        self.training = None
 
     @contextmanager
     def distillation(self) -> Iterator[Distiller | None]:
@@ -110,10 +123,15 @@ class ChannelSessionSteps:
             "optimizer": self.optimizer.state_dict(),
             "masks": masks,
             "teacher": None if self.teacher is None else self.teacher.state,
+            "ranks": ranks(self.model),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load the model and optimiser states and re-apply the channel masks."""
+        saved = state.get("ranks") or {}
+        if saved and saved != ranks(self.model):  # reallocated: shape the factors first
+            set_ranks(self.model, {name: list(range(rank)) for name, rank in saved.items()})
+            self._new_optimizer()
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.pruner is not None:
