@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean test-python
+.PHONY: install demo test lint bench bench-quality clean test-python
 
 $(STAMP): pyproject.toml requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -50,6 +50,10 @@ test-python:
 		"$$(grep '^pytest==' requirements.txt)"
 	$(PY_VENV)/bin/python -m pip list --disable-pip-version-check | grep -i -E '^(torch|transformers|numpy) '
 	$(PY_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider $(REDUCED_SUITE)
+
+# The full recovery-quality table (3 seeds, 16x16 digits, tiny Llama): long on 2 cores.
+bench-quality: $(STAMP)
+	$(BIN)/python benchmarks/bench_quality.py --lm
 
 clean:
 	rm -rf $(VENV) .venv-* .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@ otherwise idle machine: other jobs on the same cores distort every ratio.
 
 Run: .venv/bin/python benchmarks/run_all.py [NAME ...]   (names: core, channel_pruning,
 cnn_families, transformers, splopa, task_switching, fuzz_bundles, flops_budget, serving,
-streaming, large_model, hostile_bundles, startup; default all)
+streaming, large_model, hostile_bundles, startup, quality; default all)
 
 Benchmarks that check a goal print `GOAL|...` lines (see `_timing.report_goal`); the run ends
 with one summary table of every goal: the target next to the measured median (min-max).
@@ -35,6 +35,7 @@ BENCHMARKS = {
     "large_model": ["bench_large_model.py"],
     "hostile_bundles": ["bench_hostile_bundles.py"],
     "startup": ["bench_startup.py"],
+    "quality": ["bench_quality.py", "--quick"],  # the full table: make bench-quality
 }
 
 
@@ -55,7 +56,11 @@ def main() -> int:
         start = time.perf_counter()
         script = str(here / BENCHMARKS[name][0])
         with subprocess.Popen(
-            [sys.executable, script], env=env, stdout=subprocess.PIPE, text=True, bufsize=1
+            [sys.executable, script, *BENCHMARKS[name][1:]],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         ) as process:
             for line in process.stdout:
                 if line.startswith(GOAL_PREFIX):
