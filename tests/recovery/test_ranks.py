@@ -88,5 +88,4 @@ def test_heterogeneous_ranks_round_trip_and_count_by_the_formula(tmp_path):
         torch.testing.assert_close(loaded(x), reference, rtol=1e-5, atol=1e-6)
         host = TaskHost(base)
         host.add_task("t", path)
-        host.set_task("t")
-        torch.testing.assert_close(host.model()(x), reference, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(host.model("t")(x), reference, rtol=1e-5, atol=1e-6)
