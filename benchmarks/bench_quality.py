@@ -145,7 +145,7 @@ def spa_method(
     train(model, train_set, settings.recovery_epochs, lr, seed + 1, distiller)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "task.safetensors"
-        spa.save_task(model, path, base_model=base, example_inputs=x)
+        spa.save_task(spa.compacted(model, x), path, base_model=base)
         stored = path.stat().st_size
     deployed = spa.fuse(spa.compact(copy.deepcopy(model), x))
     return {

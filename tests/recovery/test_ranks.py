@@ -77,7 +77,7 @@ def test_heterogeneous_ranks_round_trip_and_count_by_the_formula(tmp_path):
     )
     assert learned_parameters(model).by_kind["adapter"] == expected
     path = tmp_path / "task.safetensors"
-    save_task(model, path, base_model=base, example_inputs=x)
+    save_task(spa.compacted(model, x), path, base_model=base)
     loaded = load_task(base, path)
     compacted = spa.compact(copy.deepcopy(model), x)
     fused = spa.fuse(compacted)
