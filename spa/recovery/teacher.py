@@ -53,8 +53,8 @@ class Teacher:
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> Teacher:
         """A snapshot teacher from its saved `state` (e.g. a checkpoint's)."""
-        teacher = cls(nn.Identity())
-        teacher.state = dict(state)
+        teacher = cls.__new__(cls)
+        teacher.module, teacher.state = None, dict(state)
         return teacher
 
     def stored_elements(self) -> int:
@@ -91,13 +91,21 @@ class Teacher:
         if self.module is not None:
             return _in_eval(self.module, lambda: call(self.module, inputs))
         module = _unwrapped(student)
-        tensors = self._substitutes(module)
+        substituted = _Substituted(module, self._substitutes(module))
+        return _in_eval(module, lambda: call(substituted, inputs))
 
-        class _Bound(nn.Module):  # `call` sees a module whose forward is the substituted one
-            def forward(self, *args, **kwargs):
-                return functional_call(module, tensors, args, kwargs, strict=False)
 
-        return _in_eval(module, lambda: call(_Bound(), inputs))
+class _Substituted(nn.Module):
+    """Runs `module` with some of its tensors replaced (`functional_call`), so a batch-calling
+    helper can treat the teacher like any module; `module` is not registered as a child."""
+
+    def __init__(self, module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.__dict__["_target"] = module  # not a submodule: nothing is copied or moved
+        self._tensors = tensors
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self._target, self._tensors, args, kwargs, strict=False)
 
 
 def _in_eval(module: nn.Module, run: Callable[[], Any]) -> Any:
