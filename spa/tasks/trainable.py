@@ -7,11 +7,11 @@ from the kept indices, stored factors / weights at the kept positions), and ever
 tensor is scattered back to its kept positions. Norms, the head and every other module a removed
 channel passes through get their hook masks as pruning set them (`spa.pruning.apply_masks` with
 the channel groups of the restored layers, traced on `example_inputs` unless the family is
-described), so the masked model computes what the compacted one does. Which positions a compacted module tensor kept
-is read off compaction itself: the full-size tensor is tagged with its flat indices and the
-masked model compacted (`spa.compacted`), so the mapping is compaction's own by construction.
-Parameters at dropped positions are zero (a dropped norm channel then outputs 0, as in the
-compacted model); buffers keep the base's values there.
+described), so the masked model computes what the compacted one does. Which positions a
+compacted module tensor kept is read off compaction itself: the full-size tensor is tagged with
+its flat indices (float64, exact) and the masked model compacted (`spa.compacted`), so the
+mapping is compaction's own by construction. Parameters at dropped positions are zero, buffers
+keep the base's values there (the hook masks make both irrelevant to the output).
 """
 
 from __future__ import annotations
