@@ -13,7 +13,7 @@ from torch import nn
 
 import spa
 from spa.deploy import compacted
-from spa.errors import BundleError
+from spa.errors import BundleError, ConfigError
 from spa.pruning import apply_masks, channel_groups, compute_masks
 from spa.tasks import load_task, save_task
 
@@ -31,6 +31,8 @@ def _trained(base: nn.Module, config, x: torch.Tensor) -> nn.Module:
     groups = channel_groups(model, (x,))
     scores = {i: torch.rand(g.size) for i, g in enumerate(groups)}
     apply_masks(model, compute_masks(groups, scores, 0.5))
+    masks = [m for _, layer in spa.adapter_layers(model) for m in layer.masks().values()]
+    assert not all(bool(m.all()) for m in masks), "the task must be pruned"
     with torch.no_grad():
         for _, layer in spa.adapter_layers(model):
             for parameter in layer.trainable_parameters():
@@ -111,4 +113,12 @@ def test_trainable_load_refuses_splopa(tmp_path):
     path = tmp_path / "task.safetensors"
     save_task(model, path, base_model=base)
     with pytest.raises(BundleError, match="'splopa' cannot be loaded for training"):
+        load_task(base, path, trainable=True)
+
+
+def test_trainable_load_of_pruned_traced_model_needs_example_inputs(tmp_path):
+    base, x = ResidualNet().eval(), torch.randn(2, 3, 8, 8)
+    path = tmp_path / "task.safetensors"
+    _save(_trained(base, spa.SPLoRAConfig(rank=2), x), base, x, path)
+    with pytest.raises(ConfigError, match="pass example_inputs"):
         load_task(base, path, trainable=True)
