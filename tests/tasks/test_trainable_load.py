@@ -17,7 +17,7 @@ from spa.errors import BundleError, ConfigError
 from spa.pruning import apply_masks, channel_groups, compute_masks
 from spa.tasks import load_task, save_task
 
-from .._transformers import bert
+from .._transformers import CASES
 from ..conftest import ResidualNet
 from .helpers import outputs
 
@@ -48,11 +48,14 @@ def _save(model, base, x, path) -> None:
 
 
 def _cases():
+    """A small CNN and every tiny `transformers` family (each well under a second)."""
     cnn = (ResidualNet, lambda: torch.randn(2, 3, 8, 8))
-    text = (lambda: bert().eval(), lambda: torch.randn(2, 5, 32))
-    return [pytest.param(*cnn, c, id=f"cnn-{type(c).__name__}") for c in CONFIGS] + [
-        pytest.param(*text, c, id=f"bert-{type(c).__name__}") for c in CONFIGS
-    ]
+    cases = [pytest.param(*cnn, c, id=f"cnn-{type(c).__name__}") for c in CONFIGS]
+    for case in CASES:
+        for config in CONFIGS:
+            name = f"{case.family}-{type(config).__name__}"
+            cases.append(pytest.param(case.build, case.inputs, config, id=name))
+    return cases
 
 
 @pytest.mark.parametrize(("make", "inputs", "config"), _cases())
