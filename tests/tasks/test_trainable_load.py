@@ -14,23 +14,19 @@ from torch import nn
 import spa
 from spa.deploy import compacted
 from spa.errors import BundleError, ConfigError
-from spa.pruning import apply_masks, channel_groups, compute_masks
 from spa.tasks import load_task, save_task
 
 from .._transformers import CASES
 from ..conftest import ResidualNet
-from .helpers import outputs
+from .helpers import outputs, pruned_task
 
 CONFIGS = [spa.SPLoRAConfig(rank=2), spa.FinePruningConfig()]
 
 
 def _trained(base: nn.Module, config, x: torch.Tensor) -> nn.Module:
-    """A pruned task model whose factors, fine-pruned weights, norms and head moved."""
+    """A pruned task model whose factors, fine-pruned weights, norms and biases moved."""
     torch.manual_seed(1)
-    model = spa.task_model(base, config)
-    groups = channel_groups(model, (x,))
-    scores = {i: torch.rand(g.size) for i, g in enumerate(groups)}
-    apply_masks(model, compute_masks(groups, scores, 0.5))
+    model = pruned_task(base, x, config, 0.5)
     masks = [m for _, layer in spa.adapter_layers(model) for m in layer.masks().values()]
     assert not all(bool(m.all()) for m in masks), "the task must be pruned"
     with torch.no_grad():
