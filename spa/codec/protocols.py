@@ -68,6 +68,8 @@ class LayerPlan(Protocol):
 SaveLayer = Callable[[str, nn.Module, nn.Module, "BundleWriter"], tuple[Entry, int]]
 # (bundle, entry, base layer or None) -> validated plan; raises BundleError
 PlanLayer = Callable[[StoredBundle, Entry, nn.Module | None], LayerPlan]
+# (validated plan, full-size adapter layer of the kind) -> None; writes the plan into the layer
+RestoreLayer = Callable[[LayerPlan, nn.Module], None]
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,12 @@ class LayerCodec:
         plan: validates an entry against its base layer without building anything.
         sections: metadata lists the codec fills through `BundleWriter.share` (SPLoPA's
             "banks"); every bundle carries each registered section, empty when unused.
+        restore: writes a validated plan into a full-size, freshly adapted layer of the kind
+            (masks from the kept indices, stored tensors scattered to the kept positions), for
+            `load_task(..., trainable=True)`; None: the kind cannot be reloaded for training.
     """
 
     save: SaveLayer
     plan: PlanLayer
     sections: tuple[str, ...] = ()
+    restore: RestoreLayer | None = None

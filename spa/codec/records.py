@@ -255,6 +255,16 @@ def set_tensor(module: nn.Module, name: str, role: str, tensor: torch.Tensor | N
         module._buffers[name] = tensor
 
 
+def replace_parameter(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+    """Install `tensor` as parameter `name` of `module`, trainable iff the old one was.
+
+    The old parameter object (possibly shared with a base model) is not modified.
+    """
+    old = module._parameters.get(name)
+    trains = old is not None and old.requires_grad
+    module._parameters[name] = None if tensor is None else nn.Parameter(tensor, trains)
+
+
 def same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     """True if both are None, or have equal dtype, shape and values."""
     if a is None or b is None:

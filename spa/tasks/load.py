@@ -42,6 +42,7 @@ from spa.tasks.schema import (
     trained_groups,
 )
 from spa.tasks.signing import KeySource, trusted_key_set, verify_bundle
+from spa.tasks.trainable import build_trainable
 
 
 @dataclass
@@ -308,6 +309,8 @@ def load_task(
     finalize: Callable[[nn.Module], nn.Module] | None = None,
     trusted_keys: KeySource | Iterable[KeySource] | None = None,
     task_name: str | None = None,
+    trainable: bool = False,
+    example_inputs: Any = None,
 ) -> nn.Module:
     """Load the task bundle at `path` onto `base_model`: the fused, compacted task model.
 
@@ -326,6 +329,12 @@ def load_task(
             before any tensor is read. None (default) accepts unsigned bundles.
         task_name: the task the signature must name (default: the file name without
             `.safetensors`, as `spa.save_task` signed it); used with `trusted_keys` only.
+        trainable: instead, the full-size adapted model to continue training (see
+            `spa.tasks.trainable`): the recorded kind's layers with the stored masks and
+            tensors, the same outputs; `finalize` does not apply. Save it again with
+            `spa.save_task(spa.compacted(model), ...)`.
+        example_inputs: with `trainable`, a batch to trace the channel groups of a pruned task
+            (not needed for described transformer families).
 
     Returns:
         The task model, in eval mode.
@@ -343,4 +352,6 @@ def load_task(
         checks.insert(0, functools.partial(verify_bundle, trusted=trusted, task=expected))
     bundle = read_bundle(path, check=lambda described: [check(described) for check in checks])
     plan = plan_task(base_model, bundle, strict_fingerprint=strict_fingerprint)
+    if trainable:
+        return build_trainable(base_model, plan, example_inputs)
     return build_task(base_model, plan, finalize=finalize)

@@ -45,9 +45,9 @@ from spa.codec.fields import (
     one_of,
 )
 from spa.codec.protocols import Entry, LayerCodec, StoredBundle, WorkBuffers
-from spa.codec.records import attribute_changes, same_tensor
+from spa.codec.records import attribute_changes, replace_parameter, same_tensor
 from spa.codec.writer import BundleWriter
-from spa.errors import UnsupportedLayerError
+from spa.errors import BundleError, UnsupportedLayerError
 
 
 def save_splora(
@@ -294,5 +294,52 @@ class ChannelGather:
         return out, None if self.bias is None else self.bias.clone()
 
 
+def _kept(selection: torch.Tensor | None, mask: torch.Tensor, device) -> torch.Tensor:
+    """Base positions of the kept channels: the entry's selection where its mask is set."""
+    mask = mask.to(device)
+    if selection is None:
+        return mask.nonzero().flatten()
+    return selection.to(device)[mask]
+
+
+def restore_splora(plan: ChannelLayerPlan, layer: SPLoRALayer) -> None:
+    """Write a validated entry into full-size `layer`: masks keep the entry's kept channels, the
+    stored factors, fine-pruned weight and bias go to their kept positions (Eq. 4 unchanged).
+
+    Raises:
+        BundleError: if the layer's rank is not the entry's.
+    """
+    entry, tensors = plan.entry, plan.tensors
+    if layer.rank != entry["rank"]:
+        raise BundleError(
+            f"layer {entry['path']!r}: the bundle records rank {entry['rank']}, the adapted "
+            f"layer has rank {layer.rank}"
+        )
+    base_weight = layer.base.weight.detach()
+    dtype, device = base_weight.dtype, base_weight.device
+    rows = _kept(plan.rows, plan.out_mask, device)
+    cols = _kept(plan.cols, plan.in_mask, device)
+    with torch.no_grad():
+        for mask, kept in ((layer.out_mask, rows), (layer.in_mask, cols)):
+            mask.zero_()
+            mask[kept] = True
+        if layer.rank > 0:
+            layer.down.zero_()
+            layer.up.zero_()
+            layer.down[rows] = tensors["down"].to(device, dtype)
+            layer.up[:, cols] = tensors["up"].to(device, dtype)
+        if "weight" in tensors:
+            weight = base_weight.clone()
+            weight[rows[:, None], cols] = tensors["weight"].to(device, dtype)
+            replace_parameter(layer.base, "weight", weight)
+        bias_kind = entry.get("bias", default_bias(plan.base))
+        if bias_kind == "none":
+            replace_parameter(layer.base, "bias", None)
+        elif bias_kind == "stored":
+            bias = torch.zeros(len(layer.out_mask), dtype=dtype, device=device)
+            bias[rows] = tensors["bias"].to(device, dtype)
+            replace_parameter(layer.base, "bias", bias)
+
+
 # SPLoRA's codec, also fine-pruning's (its rank-0 form).
-SPLORA_CODEC = LayerCodec(save=save_splora, plan=plan_splora)
+SPLORA_CODEC = LayerCodec(save=save_splora, plan=plan_splora, restore=restore_splora)
