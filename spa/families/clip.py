@@ -3,8 +3,10 @@
 
 The stream is written by the patch convolution (or token embedding) plus learned positions, a
 bare class embedding (one value per channel) where the model has one, and normalised by
-`pre_layrnorm` (CLIP vision), `post_layernorm` / `final_layer_norm`. SigLIP's attention-pooling
-head (`vision_use_head`) is not described: a model with it is not of this family.
+`pre_layrnorm` (CLIP vision; OWL-ViT's `pre_layernorm`), `post_layernorm` or
+`final_layer_norm`. SigLIP's attention-pooling head (`vision_use_head`: an
+`nn.MultiheadAttention` probe with a packed `in_proj_weight`, a norm and an MLP of its own) is
+not on the described stream: a model with it keeps its hidden size (heads and FFN still prune).
 """
 
 from spa.families.description import (
@@ -37,12 +39,13 @@ CLIP = FAMILIES.register("clip")(
         config_head_dim=None,  # CLIPAttention derives it as hidden_size / heads
         stream=StreamDescription(
             block_norms=("layer_norm1", "layer_norm2"),
-            norms=(r"(^|\.)(pre_layrnorm|post_layernorm|final_layer_norm)$",),
+            norms=(r"(^|\.)(pre_layrnorm|pre_layernorm|post_layernorm|final_layer_norm)$",),
             tensors={
                 r"(^|\.)embeddings\.class_embedding$": 0,
                 r"(^|\.)embeddings\.(position|token)_embedding\.weight$": 1,
             },
             writers=(r"(^|\.)embeddings\.patch_embedding$",),
+            unsliced={r"(^|\.)head\.attention$": "SigLIP's attention-pooling head"},
         ),
         examples=(
             Example(

@@ -97,7 +97,10 @@ _EXPERTS = (
 _LIMITS = {
     "bert": {"export": ("ffn",), "note": _DERIVED},
     "clip-vision": {"export": ("ffn",), "note": _DERIVED},
-    "siglip-vision": {"export": ("ffn",), "note": f"{_DERIVED}; without its attention-pooling head"},
+    "siglip-vision": {
+        "export": ("ffn",),
+        "note": f"{_DERIVED}; hidden: without its attention-pooling head",
+    },
     "bloom": {
         "units": ("ffn", "hidden"),
         "export": (),
