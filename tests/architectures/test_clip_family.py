@@ -40,6 +40,8 @@ ENCODERS = {
     "altclip-vision": ("AltCLIPVisionModel", "AltCLIPVisionConfig", VISION),
     "git-vision": ("GitVisionModel", "GitVisionConfig", VISION),
     "owlv2-vision": ("Owlv2VisionModel", "Owlv2VisionConfig", VISION),
+    "chinese-clip-vision": ("ChineseCLIPVisionModel", "ChineseCLIPVisionConfig", VISION),
+    "xclip-text": ("XCLIPTextModel", "XCLIPTextConfig", TEXT),
 }
 
 
