@@ -1,7 +1,7 @@
 """The CLIP-style encoder family beyond its registered examples: bare CLIP-shaped encoders
-(CLIP text, and vision towers of other architectures that need no family of their own) with a
-linear probe, pruned on heads, FFN and hidden size; SigLIP's attention-pooling head refused for
-the hidden size in one line."""
+(CLIP text, and towers of other architectures that need no family of their own) with a linear
+probe, and encoders whose own projection is the task head, pruned on heads, FFN and hidden size
+(masked == compacted); SigLIP's attention-pooling head refused for the hidden size in one line."""
 
 from __future__ import annotations
 
@@ -77,6 +77,63 @@ def test_clip_shaped_encoder_is_matched_and_masked_equals_compacted(name):
         assert_close_scaled(compacted(x), masked)
     hidden = compacted.encoder.config.hidden_size
     assert compacted.classifier.in_features < hidden  # the probe reads the narrower stream
+
+
+class Output(nn.Module):
+    """A bare encoder whose own output projection is the task head (its pooled embeddings)."""
+
+    def __init__(self, encoder: nn.Module, key: str, output: str) -> None:
+        super().__init__()
+        self.encoder, self.key, self.output = encoder, key, output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.encoder(**{self.key: x}), self.output)
+
+
+# (model class, config class, options, output): encoders ending in their own projection.
+PROJECTED = {
+    "clip-vision-projection": (
+        "CLIPVisionModelWithProjection",
+        "CLIPVisionConfig",
+        {**VISION, "projection_dim": 3},
+        "image_embeds",
+    ),
+    "clip-text-projection": (
+        "CLIPTextModelWithProjection",
+        "CLIPTextConfig",
+        {**TEXT, "projection_dim": 3},
+        "text_embeds",
+    ),
+    "siglip-text": (
+        "SiglipTextModel",
+        "SiglipTextConfig",
+        {**TEXT, "projection_size": 3},
+        "pooler_output",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PROJECTED))
+def test_clip_shaped_encoder_with_its_projection_as_task_head_masked_equals_compacted(name):
+    torch.manual_seed(0)
+    model, config, options, output = PROJECTED[name]
+    encoder = getattr(transformers, model)(getattr(transformers, config)(**options))
+    text = "Text" in model
+    wrapped = Output(encoder, "input_ids" if text else "pixel_values", output).eval()
+    assert describe(wrapped).name == "clip"
+
+    def inputs() -> torch.Tensor:
+        return torch.randint(1, 40, (2, 6)) if text else torch.randn(2, 3, 32, 32)
+
+    _, adapted, x, y = adapted_after_step(wrapped, inputs)
+    groups = channel_groups(adapted, x, units=("heads", "ffn", "hidden"))
+    scores = score(adapted, "taylor", groups, data=[(x, y)])
+    masks = compute_masks(groups, scores, 0.5, ranking="local", round_to={"hidden": 4})
+    apply_masks(adapted, masks)
+    assert any(sum(g.kept) < g.size for g in refresh_groups(adapted, groups) if g.unit == "hidden")
+    with torch.no_grad():
+        assert_close_scaled(compact(copy.deepcopy(adapted), x)(x), adapted(x))
 
 
 def _siglip_with_pooling_head() -> tuple[nn.Module, callable]:
