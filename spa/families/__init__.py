@@ -15,6 +15,7 @@ from spa.families import (  # noqa: E402,F401  (registrations)
     beit,
     bert,
     bloom,
+    clip,
     falcon,
     gpt2,
     gpt_neox,

@@ -166,6 +166,9 @@ class StreamDescription:
         merging: the patch merges between stages (Swin).
         readers: further layers in each block that read the stream (paths relative to the
             block; their input columns are sliced): Qwen2-MoE's `mlp.shared_expert_gate`.
+        unsliced: model-level modules that use the stream in a way the description does not
+            slice (regex -> what they do): a model with one keeps its hidden size (SigLIP's
+            attention-pooling head).
     """
 
     block_norms: tuple[str, ...]
@@ -177,9 +180,11 @@ class StreamDescription:
     stages: str | None = None
     merging: MergeDescription | None = None
     readers: tuple[str, ...] = ()
+    unsliced: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
+        object.__setattr__(self, "unsliced", MappingProxyType(dict(self.unsliced)))
 
 
 @dataclass(frozen=True, kw_only=True)

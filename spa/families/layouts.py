@@ -95,12 +95,12 @@ def _ffn_paths(
 
 
 def config_of(model: nn.Module):
-    """The first `transformers` config (an object with a `model_type`) found in `model`."""
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if getattr(config, "model_type", None):
-            return config
-    return None
+    """The first `transformers` config (an object with a `model_type`) found in `model`, past
+    composite ones (CLIP's, with `sub_configs`) to the one of the sub-model that has the blocks."""
+    configs = [getattr(module, "config", None) for module in model.modules()]
+    configs = [config for config in configs if getattr(config, "model_type", None)]
+    plain = [config for config in configs if not getattr(config, "sub_configs", None)]
+    return (plain or configs or [None])[0]
 
 
 def join_path(block: str, relative: str | None) -> str | None:

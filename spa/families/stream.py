@@ -92,6 +92,13 @@ def stream_layouts(
             "size cannot be pruned; prune units=('heads', 'ffn') instead"
         )
     modules = dict(model.named_modules())
+    for pattern, what in stream.unsliced.items():
+        for path in _search(modules, pattern):
+            raise ConfigError(
+                f"model family {family.name!r}: {path} ({what}) reads the residual stream in a "
+                "way spa does not slice, so the hidden size cannot be pruned; prune "
+                "units=('heads', 'ffn') instead"
+            )
     stages: dict[str, list[StreamMember]] = {}
     layouts = block_layouts(model, family)
     # A "head" inside a block (a bare encoder's last projection) is one of its projections.

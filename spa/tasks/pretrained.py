@@ -38,7 +38,7 @@ from spa._files import umask as _umask
 from spa.adapters.sharing import shared_copy
 from spa.deploy import fuse
 from spa.errors import ConfigError, SpaWarning
-from spa.families import config_values, describe
+from spa.families import config_of, config_values, describe
 from spa.pruning import compact, remove_empty_units
 from spa.tasks.rebuild import rebuild
 
@@ -191,7 +191,7 @@ def _check_destination(target: Path, overwrite: bool) -> None:
 def _example_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
     """Two small inputs for the model's main input (token ids or pixels), from a fixed seed."""
     name = getattr(model, "main_input_name", "input_ids")
-    config = model.config
+    config = config_of(model)  # a composite config's (CLIP's) sub-model config with the sizes
     generator = torch.Generator().manual_seed(0)
     if name == "input_ids" and isinstance(getattr(config, "vocab_size", None), int):
         return {name: torch.randint(0, config.vocab_size, (2, 8), generator=generator)}
@@ -241,10 +241,11 @@ def _exported_config(plain: nn.Module):
     config = copy.deepcopy(plain.config)
     family = describe(plain)
     if family is not None:
-        values = config_values(plain, family, config)
+        target = _sized_config(plain, config)
+        values = config_values(plain, family, target)
         try:
             for key, value in values.items():
-                setattr(config, key, value)
+                setattr(target, key, value)
             config.validate()  # transformers' own checks of the new combination
         except (ValueError, TypeError, StrictDataclassError) as error:
             cause = str(getattr(error, "__cause__", None) or error).strip().splitlines()[-1]
@@ -259,6 +260,16 @@ def _exported_config(plain: nn.Module):
         # An adapted (fused) LM head no longer equals the input embedding it was tied to.
         config.tie_word_embeddings = outputs.weight is tied or torch.equal(outputs.weight, tied)
     config.architectures = [type(plain).__name__]
+    return config
+
+
+def _sized_config(plain: nn.Module, config):
+    """The part of `config` (a copy of `plain.config`) that holds the block sizes: the config
+    itself, or the sub-config (CLIP's `vision_config`) its sub-model with the blocks reads."""
+    sized = config_of(plain)
+    for key in getattr(plain.config, "sub_configs", None) or {}:
+        if getattr(plain.config, key, None) is sized:
+            return getattr(config, key)
     return config
 
 

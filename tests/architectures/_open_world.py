@@ -62,8 +62,9 @@ class Architecture:
     def inputs(self, batch: int = 2) -> torch.Tensor:
         """Pixels for image models, else token ids (embeddings would fix the hidden size)."""
         if self.example.kind == "image":
-            size = self.example.options["image_size"]
-            return torch.randn(batch, self.example.options.get("num_channels", 3), size, size)
+            options = self.example.options.get("vision_config", self.example.options)
+            size = options["image_size"]
+            return torch.randn(batch, options.get("num_channels", 3), size, size)
         return torch.randint(3, 40, (batch, 6))
 
 
@@ -95,6 +96,11 @@ _EXPERTS = (
 )
 _LIMITS = {
     "bert": {"export": ("ffn",), "note": _DERIVED},
+    "clip-vision": {"export": ("ffn",), "note": _DERIVED},
+    "siglip-vision": {
+        "export": ("ffn",),
+        "note": f"{_DERIVED}; hidden: without its attention-pooling head",
+    },
     "bloom": {
         "units": ("ffn", "hidden"),
         "export": (),
