@@ -138,8 +138,10 @@ def main() -> None:
     stages.run("masks", mask)
     with tempfile.TemporaryDirectory() as directory:
         bundle = Path(directory) / "task.safetensors"
-        # spa.compacted compacts a copy sharing the weights: the base plus the kept weights.
-        stages.run("bundle", lambda: spa.save_task(spa.compacted(task), bundle, base_model=base))
+        # spa.compacted_for_save compacts a copy whose frozen base weights are placeholders:
+        # the base plus the trained tensors, no kept base weights.
+        for_save = lambda: spa.compacted_for_save(task, base)  # noqa: E731
+        stages.run("bundle", lambda: spa.save_task(for_save(), bundle, base_model=base))
         print(f"bundle: {bundle.stat().st_size / 2**20:.1f} MiB")
         base = None  # from here on the task model alone: compaction frees each base weight
         stages.run("compact", lambda: spa.compact(task))

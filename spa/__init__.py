@@ -42,7 +42,16 @@ _LAZY = {
     ),
     **dict.fromkeys(("Plan", "plan"), "spa.pruning.plan"),
     **dict.fromkeys(
-        ("compact", "compact_blocks", "compacted", "fuse", "optimize_for_inference"), "spa.deploy"
+        (
+            "compact",
+            "compact_blocks",
+            "compacted",
+            "compacted_for_save",
+            "compacted_for_save",
+            "fuse",
+            "optimize_for_inference",
+        ),
+        "spa.deploy",
     ),
     **dict.fromkeys(("count_flops", "count_macs", "density"), "spa.flops"),
     **dict.fromkeys(
@@ -69,7 +78,14 @@ if TYPE_CHECKING:
         shared_copy,
         task_model,
     )
-    from spa.deploy import compact, compact_blocks, compacted, fuse, optimize_for_inference
+    from spa.deploy import (
+        compact,
+        compact_blocks,
+        compacted,
+        compacted_for_save,
+        fuse,
+        optimize_for_inference,
+    )
     from spa.flops import count_flops, count_macs, density
     from spa.pruning.plan import Plan, plan
     from spa.tasks import (

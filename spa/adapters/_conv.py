@@ -279,7 +279,10 @@ def rebuild_layer(base: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
         )
     with torch.no_grad():
         layer.weight.copy_(weight)
-        if bias is not None:
+        if bias is not None and weight.is_meta and not bias.is_meta:
+            # a `meta` weight placeholder (spa.compacted_for_save): the bias keeps its values
+            layer.bias = nn.Parameter(bias.detach().clone())
+        elif bias is not None:
             layer.bias.copy_(bias)
     layer.train(base.training)
     return layer

@@ -7,6 +7,8 @@
      described transformer families included) from the adapted model, in place, which then
      fuses; `compacted(model)` returns a compacted copy (or `model` itself when nothing is
      masked), the form `spa.save_task` takes: `save_task(compacted(model), path, base_model=b)`;
+     `compacted_for_save(model, b)` is the same for saving only, holding no copy of a base
+     weight (placeholders on `meta`), the form for models near the memory's size;
    - block pruning: `compact_blocks(model, example_inputs)` fuses a copy and removes the heads
      and FFN neurons whose blocks are all pruned, for every described family, with a report of
      parameters and FLOPs before and after (`spa.deploy.blocks`); `without_empty_units` does
@@ -26,7 +28,7 @@ moving them here would make `spa.pruning` import `spa.deploy`, against the impor
 """
 
 from spa.deploy.blocks import CompactionReport, compact_blocks
-from spa.deploy.compacted import compacted, has_pruned_channels
+from spa.deploy.compacted import compacted, compacted_for_save, has_pruned_channels
 from spa.deploy.fuse import fuse, fused_layer
 from spa.deploy.optimise import fold_batchnorm, optimize_for_inference
 from spa.pruning.compaction import compact
@@ -38,6 +40,7 @@ __all__ = [
     "compact",
     "compact_blocks",
     "compacted",
+    "compacted_for_save",
     "fold_batchnorm",
     "fuse",
     "fused_layer",

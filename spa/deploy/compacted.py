@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from spa.adapters.protocols import ChannelMasked
+from spa.adapters.transposed import linear_view
 from spa.adapters.sharing import shared_copy
 from spa.pruning.compaction import compact
 from spa.pruning.module_masks import module_mask, parameter_masks
@@ -47,3 +49,57 @@ def compacted(model: nn.Module, example_inputs: object = None) -> nn.Module:
     # The copy shares the frozen weights (compaction slices into new tensors and writes into
     # none): the kept weights are the only new memory (issue 22).
     return compact(shared_copy(model, frozen_only=True), example_inputs)
+
+
+def _is_base_storage(weight: torch.Tensor, base_weight: torch.Tensor | None) -> bool:
+    """True if `weight` is exactly the base tensor's memory (same storage, offset, layout)."""
+    return (
+        base_weight is not None
+        and not weight.requires_grad
+        and weight.data_ptr() == base_weight.data_ptr()
+        and weight.shape == base_weight.shape
+        and weight.stride() == base_weight.stride()
+        and weight.dtype == base_weight.dtype
+    )
+
+
+def _frozen_placeholders(model: nn.Module, base_model: nn.Module) -> None:
+    """Put a `meta` tensor in place of every channel-masked layer's frozen base weight that is
+    the base model's own storage (the copy's layers are its own; the original is untouched)."""
+    base_modules = dict(base_model.named_modules())
+    for name, module in model.named_modules():
+        base = base_modules.get(name)
+        if not isinstance(module, ChannelMasked) or base is None:
+            continue
+        weight = module.base.weight
+        if _is_base_storage(weight, getattr(linear_view(base), "weight", None)):
+            placeholder = torch.empty_like(weight, device="meta")
+            module.base.weight = nn.Parameter(placeholder, requires_grad=False)
+
+
+def compacted_for_save(model: nn.Module, base_model: nn.Module) -> nn.Module:
+    """A compacted copy of `model` for `spa.save_task` only, that allocates no base weight.
+
+    A bundle does not store the frozen base weights of adapter layers, only which of their
+    channels are kept, so this copy holds a `meta` placeholder for each frozen base weight
+    that is `base_model`'s own storage (same `data_ptr`, shape and strides) and compaction
+    slices the placeholders instead of the weights: saving then needs the base and the small
+    trained tensors only, not the kept base weights as well (issue 22). The layer codecs read
+    a placeholder as the base's kept values. The copy cannot run: use `spa.compacted` for a
+    model to evaluate. `model` is unchanged.
+
+    Args:
+        model: a trained task model, possibly with masked channels, sharing `base_model`'s
+            frozen weights (`spa.adapters.task_model`).
+        base_model: the plain base model passed to `spa.save_task`.
+
+    Returns:
+        `model` itself if no channel is masked out, else the placeholder-holding compacted copy;
+        `spa.save_task(compacted_for_save(model, base), path, base_model=base)` writes the same
+        bytes as `spa.save_task(spa.compacted(model), path, base_model=base)`.
+    """
+    if not has_pruned_channels(model):
+        return model
+    copy = shared_copy(model, frozen_only=True)
+    _frozen_placeholders(copy, base_model)
+    return compact(copy)

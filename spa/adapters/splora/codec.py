@@ -71,11 +71,14 @@ def save_splora(
             entry[key] = True
             writer.add_mask(f"{name}:{key}", mask)
     rows, cols = out_mask.nonzero().flatten(), in_mask.nonzero().flatten()
-    retained = select(weight.to(device), rows, cols)
-    reference = select(select(base_weight, out_indices, in_indices), rows, cols)
-    if not same_tensor(retained, reference):
-        entry["weight"] = True
-        writer.add(f"layers.{name}.weight", retained)  # (kept out, kept in, *kernel)
+    # A meta weight (`spa.deploy.compacted_for_save`) is a placeholder for the base's own kept
+    # values: nothing to compare, nothing to store.
+    if not weight.is_meta:
+        retained = select(weight.to(device), rows, cols)
+        reference = select(select(base_weight, out_indices, in_indices), rows, cols)
+        if not same_tensor(retained, reference):
+            entry["weight"] = True
+            writer.add(f"layers.{name}.weight", retained)  # (kept out, kept in, *kernel)
     bias, base_bias = layer.base.bias, base.bias
     if bias is None:
         if base.bias is not None:

@@ -261,8 +261,10 @@ class SPLoRALayer(nn.Module):
         the same type; the original base module is not modified.
         """
         weight = self.base.weight
-        out_positions = _all(weight.shape[0], weight) if out_positions is None else out_positions
-        in_positions = _all(weight.shape[1], weight) if in_positions is None else in_positions
+        # Positions live with the masks (a weight may be a `meta` placeholder, compacted_for_save)
+        mask = self.out_mask
+        out_positions = _all(weight.shape[0], mask) if out_positions is None else out_positions
+        in_positions = _all(weight.shape[1], mask) if in_positions is None else in_positions
         new_weight = weight[out_positions][:, in_positions]
         bias = self.base.bias
         new_bias = None if bias is None else bias[out_positions]
