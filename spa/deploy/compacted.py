@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from spa.adapters.protocols import ChannelMasked
-from spa.adapters.transposed import linear_view
 from spa.adapters.sharing import shared_copy
+from spa.adapters.transposed import linear_view
 from spa.pruning.compaction import compact
 from spa.pruning.module_masks import module_mask, parameter_masks
 
