@@ -85,9 +85,12 @@ class LayerCodec:
         restore: writes a validated plan into a full-size, freshly adapted layer of the kind
             (masks from the kept indices, stored tensors scattered to the kept positions), for
             `load_task(..., trainable=True)`; None: the kind cannot be reloaded for training.
+        meta_base_weights: `save` reads a frozen base weight on the `meta` device as the base
+            layer's own values (`spa.compacted_for_save` puts such placeholders in its copy).
     """
 
     save: SaveLayer
     plan: PlanLayer
     sections: tuple[str, ...] = ()
     restore: RestoreLayer | None = None
+    meta_base_weights: bool = False

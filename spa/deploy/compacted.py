@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from spa.adapters.protocols import ChannelMasked
+from spa.adapters.registry import ADAPTER_KINDS
 from spa.adapters.sharing import shared_copy
 from spa.adapters.transposed import linear_view
 from spa.pruning.compaction import compact
@@ -63,13 +64,19 @@ def _is_base_storage(weight: torch.Tensor, base_weight: torch.Tensor | None) -> 
     )
 
 
+def _reads_meta(layer: nn.Module) -> bool:
+    """True if the codec of `layer`'s adapter kind reads a `meta` base weight as the base's."""
+    kind = ADAPTER_KINDS.get(layer.kind) if layer.kind in ADAPTER_KINDS else None
+    return kind is not None and kind.codec is not None and kind.codec.meta_base_weights
+
+
 def _frozen_placeholders(model: nn.Module, base_model: nn.Module) -> None:
     """Put a `meta` tensor in place of every channel-masked layer's frozen base weight that is
     the base model's own storage (the copy's layers are its own; the original is untouched)."""
     base_modules = dict(base_model.named_modules())
     for name, module in model.named_modules():
         base = base_modules.get(name)
-        if not isinstance(module, ChannelMasked) or base is None:
+        if not isinstance(module, ChannelMasked) or base is None or not _reads_meta(module):
             continue
         weight = module.base.weight
         if _is_base_storage(weight, getattr(linear_view(base), "weight", None)):
@@ -83,10 +90,11 @@ def compacted_for_save(model: nn.Module, base_model: nn.Module) -> nn.Module:
     A bundle does not store the frozen base weights of adapter layers, only which of their
     channels are kept, so this copy holds a `meta` placeholder for each frozen base weight
     that is `base_model`'s own storage (same `data_ptr`, shape and strides) and compaction
-    slices the placeholders instead of the weights: saving then needs the base and the small
-    trained tensors only, not the kept base weights as well (issue 22). The layer codecs read
-    a placeholder as the base's kept values. The copy cannot run: use `spa.compacted` for a
-    model to evaluate. `model` is unchanged.
+    slices the placeholders instead of the weights (layers of kinds whose codec reads them,
+    `LayerCodec.meta_base_weights`; others are sliced as `spa.compacted` slices them): saving
+    then needs the base and the small trained tensors only, not the kept base weights as well
+    (issue 22). The copy cannot run: use `spa.compacted` for a model to evaluate. `model` is
+    unchanged.
 
     Args:
         model: a trained task model, possibly with masked channels, sharing `base_model`'s

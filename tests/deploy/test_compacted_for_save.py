@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 import spa
+from spa.adapters.registry import ADAPTER_KINDS
 from spa.models.tiny_lm import tiny_llama
 from spa.pruning import apply_masks, channel_groups, compute_masks, score
 from spa.tasks import load_task, save_task
@@ -108,3 +110,12 @@ def test_unmasked_model_is_returned_itself():
     base = _mlp().eval()
     model = spa.task_model(base, spa.SPLoRAConfig(rank=2))
     assert spa.compacted_for_save(model, base) is model
+
+
+def test_kinds_whose_codec_reads_no_placeholder_are_sliced(monkeypatch):
+    base, model, _ = _task("llama")
+    kind = ADAPTER_KINDS.get("splora")
+    codec = dataclasses.replace(kind.codec, meta_base_weights=False)
+    monkeypatch.setattr(ADAPTER_KINDS, "get", lambda name: dataclasses.replace(kind, codec=codec))
+    for_save = spa.compacted_for_save(model, base)
+    assert not any(layer.base.weight.is_meta for _, layer in spa.adapter_layers(for_save))

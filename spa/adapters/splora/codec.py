@@ -345,4 +345,6 @@ def restore_splora(plan: ChannelLayerPlan, layer: SPLoRALayer) -> None:
 
 
 # SPLoRA's codec, also fine-pruning's (its rank-0 form).
-SPLORA_CODEC = LayerCodec(save=save_splora, plan=plan_splora, restore=restore_splora)
+SPLORA_CODEC = LayerCodec(
+    save=save_splora, plan=plan_splora, restore=restore_splora, meta_base_weights=True
+)
