@@ -32,8 +32,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from spa.errors import BundleError, ConfigError
-from spa.serve.batching import MicroBatcher
-from spa.serve.codec import InputSpec, RequestError, decode_inputs, encode_outputs, media_type
+from spa.serve.batching import Inputs, MicroBatcher
+from spa.serve.codec import (
+    InputSpec,
+    RequestError,
+    decode_inputs,
+    encode_outputs,
+    media_type,
+    primary_output,
+)
 from spa.serve.metrics import CONTENT_TYPE, UNKNOWN_TASK, ServerMetrics
 from spa.serve.settings import ServeSettings
 from spa.tasks import TaskHost
@@ -99,7 +106,7 @@ def create_app(host: TaskHost, settings: ServeSettings | None = None) -> FastAPI
     async def lifespan(app: FastAPI):
         executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="spa-serve")
         app.state.batcher = MicroBatcher(
-            lambda task, inputs: host(task, inputs),
+            lambda task, inputs: run_task(host, task, inputs),
             executor,
             settings.max_batch,
             settings.max_wait_ms / 1000,
@@ -199,13 +206,27 @@ async def _off_loop(size: int, function: Callable[..., T], *arguments: Any) -> T
     return await asyncio.get_running_loop().run_in_executor(None, function, *arguments)
 
 
+def run_task(host: TaskHost, task: str, inputs: Inputs) -> Any:
+    """Task `task`'s answer on `inputs`: named inputs go in as keyword arguments, and a
+    mapping output (`ModelOutput`) gives its `primary_output`."""
+    if isinstance(inputs, dict):
+        return primary_output(host(task, **inputs))
+    return primary_output(host(task, inputs))
+
+
+def _shapes(inputs: Inputs) -> str:
+    if isinstance(inputs, dict):
+        return ", ".join(f"{name} {list(t.shape)}" for name, t in inputs.items())
+    return f"of shape {list(inputs.shape)}"
+
+
 def _check_changes_allowed(settings: ServeSettings) -> None:
     if not settings.allow_task_changes:
         raise RequestError(403, "this server does not allow adding or removing tasks")
 
 
 async def _run(
-    batcher: MicroBatcher, host: TaskHost, name: str, inputs: torch.Tensor, settings: ServeSettings
+    batcher: MicroBatcher, host: TaskHost, name: str, inputs: Inputs, settings: ServeSettings
 ) -> torch.Tensor:
     """Task `name`'s outputs on `inputs`, mapping failures to one-line request errors."""
     try:
@@ -215,10 +236,10 @@ async def _run(
             raise _unknown(host, name) from None
         raise RequestError(503, _one_line(error)) from None  # e.g. the base model changed
     except Exception as error:
-        if settings.input_shape is None:  # the shape was not checked up front: the caller's fault
+        if settings.input_shape is None or isinstance(inputs, dict):  # not checked up front
             raise RequestError(
                 422,
-                f"task {name!r} cannot run on inputs of shape {list(inputs.shape)} "
+                f"task {name!r} cannot run on inputs {_shapes(inputs)} "
                 f"({type(error).__name__}: {_one_line(error)})",
             ) from None
         raise RequestError(500, f"task {name!r} failed: {_one_line(error)}") from None

@@ -1,11 +1,12 @@
 """`MicroBatcher`: concurrent requests for the same task run as one forward pass.
 
 Each task has a queue and, while it has requests, one worker coroutine: it takes the oldest
-request, waits up to `max_wait` for others of the same sample shape and dtype to join, up to
-`max_batch` samples, concatenates them along the batch axis, runs them in a thread pool (so the
-event loop keeps accepting requests and other tasks' batches run in parallel) and splits the
-outputs back. A batch that fails is rerun request by request, so one bad request never fails
-the others it was batched with. Different tasks never share a batch.
+request, waits up to `max_wait` for others of the same signature (sample shape and dtype; for
+named inputs, the names and each one's sample shape and dtype) to join, up to `max_batch`
+samples, concatenates them along the batch axis (each named input on its own), runs them in
+a thread pool (so the event loop keeps accepting requests and other tasks' batches run in
+parallel) and splits the outputs back. A batch that fails is rerun request by request, so one
+bad request never fails the others it was batched with. Different tasks never share a batch.
 """
 
 from __future__ import annotations
@@ -21,18 +22,45 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-Run = Callable[[str, torch.Tensor], torch.Tensor]
+Inputs = torch.Tensor | dict[str, torch.Tensor]
+"""One request's input batch: a tensor (positional) or named tensors (keyword arguments)."""
+Run = Callable[[str, Inputs], torch.Tensor]
+
+
+def signature(inputs: Inputs) -> tuple:
+    """What requests must share to be batched: each tensor's name, sample shape and dtype."""
+    named = inputs.items() if isinstance(inputs, dict) else [(None, inputs)]
+    return tuple((name, tuple(t.shape[1:]), t.dtype) for name, t in named)
+
+
+def batch_size(inputs: Inputs) -> int:
+    """The number of samples in `inputs` (named inputs share it)."""
+    tensor = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+    return tensor.shape[0]
+
+
+def concatenate(parts: list[Inputs]) -> Inputs:
+    """`parts` (of one signature) joined along the batch axis, each named input on its own."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], dict):
+        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+    return torch.cat(parts)
 
 
 @dataclass
 class _Request:
-    inputs: torch.Tensor
+    inputs: Inputs
     future: asyncio.Future
+    key: tuple = ()
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        self.key, self.size = signature(self.inputs), batch_size(self.inputs)
 
     def fits(self, other: _Request) -> bool:
-        """True if the two can share a batch (same sample shape and dtype)."""
-        a, b = self.inputs, other.inputs
-        return a.shape[1:] == b.shape[1:] and a.dtype == b.dtype
+        """True if the two can share a batch (same signature)."""
+        return self.key == other.key
 
 
 @dataclass
@@ -68,8 +96,8 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._queues: dict[str, _Queue] = {}
 
-    async def submit(self, task: str, inputs: torch.Tensor) -> torch.Tensor:
-        """The outputs of `task` on `inputs` (a batch), computed in a batch with others.
+    async def submit(self, task: str, inputs: Inputs) -> torch.Tensor:
+        """The outputs of `task` on `inputs` (a batch, or named batches), batched with others.
 
         Raises:
             Exception: whatever `run` raised for this request.
@@ -101,7 +129,7 @@ class MicroBatcher:
 
     def _ready(self, queue: _Queue) -> int:
         first = queue.requests[0]
-        return sum(r.inputs.shape[0] for r in queue.requests if r.fits(first))
+        return sum(r.size for r in queue.requests if r.fits(first))
 
     async def _gather(self, queue: _Queue) -> None:
         """Wait until the oldest request's batch is full or has waited `max_wait`."""
@@ -120,10 +148,10 @@ class MicroBatcher:
     def _take(self, queue: _Queue) -> list[_Request]:
         """The oldest request and the later ones that fit with it, up to `max_batch` samples."""
         first = queue.requests.popleft()
-        batch, samples, kept = [first], first.inputs.shape[0], deque()
+        batch, samples, kept = [first], first.size, deque()
         while queue.requests:
             request = queue.requests.popleft()
-            size = request.inputs.shape[0]
+            size = request.size
             if request.fits(first) and samples + size <= self.max_batch:
                 batch.append(request)
                 samples += size
@@ -138,8 +166,8 @@ class MicroBatcher:
         live = [r for r in batch if not r.future.done()]  # a client may have gone away
         if not live:
             return
-        sizes = [r.inputs.shape[0] for r in live]
-        inputs = live[0].inputs if len(live) == 1 else torch.cat([r.inputs for r in live])
+        sizes = [r.size for r in live]
+        inputs = concatenate([r.inputs for r in live])
         try:
             outputs = await loop.run_in_executor(self._executor, self._checked, task, inputs)
         except Exception as error:
@@ -157,13 +185,14 @@ class MicroBatcher:
         for request, part in zip(live, torch.split(outputs, sizes), strict=True):
             _resolve(request.future, result=part)
 
-    def _checked(self, task: str, inputs: torch.Tensor) -> torch.Tensor:
+    def _checked(self, task: str, inputs: Inputs) -> torch.Tensor:
         outputs = self._run(task, inputs)
+        samples = batch_size(inputs)
         if not isinstance(outputs, torch.Tensor) or outputs.dim() < 1:
             raise TypeError(f"task {task!r} returned {type(outputs).__name__}, not a tensor")
-        if outputs.shape[0] != inputs.shape[0]:
+        if outputs.shape[0] != samples:
             raise ValueError(
-                f"task {task!r} returned {outputs.shape[0]} outputs for {inputs.shape[0]} samples"
+                f"task {task!r} returned {outputs.shape[0]} outputs for {samples} samples"
             )
         return outputs
 

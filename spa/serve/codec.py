@@ -2,19 +2,28 @@
 server's input shape and dtype before anything reaches a model.
 
 JSON: `{"inputs": <nested list, batch first>}` (optionally `"dtype"`, which must be the
-server's); the answer is `{"task": ..., "shape": [...], "outputs": <nested list>}`.
+server's), or named inputs `{"inputs": {"input_ids": [[...]], "attention_mask": [[...]]}}`,
+passed to the model as keyword arguments (integer lists become int64, float lists the server's
+float dtype); the answer is `{"task": ..., "shape": [...], "outputs": <nested list>}`.
 safetensors (`Content-Type: application/x-safetensors` or `application/octet-stream`): one
-tensor named `inputs`; the answer is a safetensors file with one tensor `outputs`.
+tensor named `inputs`, or several named tensors (keyword arguments, dtypes kept); the answer is
+a safetensors file with one tensor `outputs`.
+
+Named inputs must share their batch size. A model returning a mapping (a `transformers`
+`ModelOutput`) answers with its `logits`, or else its first tensor field (`primary_output`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from spa.errors import SpaError
+from spa.serve.batching import Inputs
 
 JSON = "application/json"
 SAFETENSORS = "application/x-safetensors"
@@ -64,6 +73,37 @@ class InputSpec:
             )
         return inputs
 
+    def check_named(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`inputs` if every name is a keyword and every tensor a batch of the same size.
+
+        Named inputs keep their own dtypes and trailing shapes (the model checks them).
+
+        Raises:
+            RequestError: 422 naming the input at fault.
+        """
+        sizes = {}
+        for name, tensor in inputs.items():
+            if not name.isidentifier():
+                raise RequestError(422, f"input name {name!r} is not a keyword argument name")
+            if tensor.dim() < 1 or tensor.shape[0] < 1:
+                raise RequestError(
+                    422, f"input {name!r} must be a non-empty batch, got shape {list(tensor.shape)}"
+                )
+            sizes[name] = tensor.shape[0]
+        if len(set(sizes.values())) > 1:
+            raise RequestError(422, f"named inputs have different batch sizes {sizes}")
+        return inputs
+
+
+def primary_output(outputs: Any) -> Any:
+    """A model's answer tensor: `outputs` itself, or a mapping's (`ModelOutput`'s) `logits`,
+    or else its first tensor field; anything else is returned unchanged (and refused later)."""
+    if not isinstance(outputs, Mapping):
+        return outputs
+    if isinstance(outputs.get("logits"), torch.Tensor):
+        return outputs["logits"]
+    return next((v for v in outputs.values() if isinstance(v, torch.Tensor)), outputs)
+
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
@@ -83,17 +123,19 @@ def media_type(content_type: str | None) -> str:
     raise RequestError(415, f"unsupported Content-Type {kind!r}; use {JSON} or {SAFETENSORS}")
 
 
-def decode_inputs(body: bytes, kind: str, spec: InputSpec) -> torch.Tensor:
-    """The input batch of a request body, checked against `spec`.
+def decode_inputs(body: bytes, kind: str, spec: InputSpec) -> Inputs:
+    """The input batch of a request body (a tensor or named tensors), checked against `spec`.
 
     Raises:
         RequestError: 400 for a malformed body, 422 for a wrong shape or dtype.
     """
     inputs = _from_json(body, spec) if kind == JSON else _from_safetensors(body)
+    if isinstance(inputs, dict):
+        return spec.check_named(inputs)
     return spec.check(inputs)
 
 
-def _from_json(body: bytes, spec: InputSpec) -> torch.Tensor:
+def _from_json(body: bytes, spec: InputSpec) -> Inputs:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -107,18 +149,36 @@ def _from_json(body: bytes, spec: InputSpec) -> torch.Tensor:
     if dtype != _name(spec.dtype):
         raise RequestError(422, f"inputs have dtype {dtype!r}, expected {_name(spec.dtype)}")
     values = document["inputs"]
+    if isinstance(values, dict) and values:
+        return {str(name): _named_tensor(name, value, spec) for name, value in values.items()}
     if not isinstance(values, list):
-        raise RequestError(400, '"inputs" must be a nested list of numbers, batch first')
+        raise RequestError(
+            400, '"inputs" must be a nested list of numbers, batch first, or an object of them'
+        )
+    return _tensor('"inputs"', values, spec.dtype)
+
+
+def _named_tensor(name: str, values: Any, spec: InputSpec) -> torch.Tensor:
+    """Named input `name`: int64 for integer lists, the server's float dtype for floats."""
+    if not isinstance(values, list):
+        raise RequestError(400, f"input {name!r} must be a nested list of numbers, batch first")
+    tensor = _tensor(f"input {name!r}", values, None)
+    if tensor.is_floating_point():
+        float_dtype = spec.dtype if spec.dtype.is_floating_point else torch.float32
+        tensor = tensor.to(float_dtype)
+    return tensor
+
+
+def _tensor(label: str, values: list, dtype: torch.dtype | None) -> torch.Tensor:
     try:
-        return torch.tensor(values, dtype=spec.dtype)
+        return torch.tensor(values, dtype=dtype)
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise RequestError(
-            400, f'"inputs" is not a rectangular array of numbers ({reason})'
-        ) from None
+        message = f"{label} is not a rectangular array of numbers ({reason})"
+        raise RequestError(400, message) from None
 
 
-def _from_safetensors(body: bytes) -> torch.Tensor:
+def _from_safetensors(body: bytes) -> Inputs:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -126,11 +186,11 @@ def _from_safetensors(body: bytes) -> torch.Tensor:
         tensors = load(body)
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
         raise RequestError(400, f"the body is not a safetensors file ({error})") from None
-    if set(tensors) != {"inputs"}:
-        raise RequestError(
-            400, f"the safetensors body must hold one tensor 'inputs', got {sorted(tensors)[:5]}"
-        )
-    return tensors["inputs"]
+    if not tensors:
+        raise RequestError(400, "the safetensors body holds no tensor")
+    if set(tensors) == {"inputs"}:
+        return tensors["inputs"]
+    return dict(sorted(tensors.items()))
 
 
 def encode_outputs(task: str, outputs: torch.Tensor, kind: str) -> tuple[bytes, str]:
