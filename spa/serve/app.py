@@ -18,6 +18,7 @@ finish when the server shuts down gracefully (uvicorn waits for them, then the b
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import tempfile
 import time
@@ -207,11 +208,30 @@ async def _off_loop(size: int, function: Callable[..., T], *arguments: Any) -> T
 
 
 def run_task(host: TaskHost, task: str, inputs: Inputs) -> Any:
-    """Task `task`'s answer on `inputs`: named inputs go in as keyword arguments, and a
-    mapping output (`ModelOutput`) gives its `primary_output`."""
-    if isinstance(inputs, dict):
-        return primary_output(host(task, **inputs))
-    return primary_output(host(task, inputs))
+    """Task `task`'s answer on `inputs`: named inputs go in as keyword arguments (only those
+    the model's `forward` names; a `**kwargs` catch-all does not count, as it would silently
+    drop a misspelt name), and a mapping output (`ModelOutput`) gives its `primary_output`.
+
+    Raises:
+        TypeError: for a name the model's `forward` does not take.
+    """
+    if not isinstance(inputs, dict):
+        return primary_output(host(task, inputs))
+    model = host.model(task)
+    _check_keywords(model, inputs)
+    with torch.no_grad():
+        return primary_output(model(**inputs))
+
+
+def _check_keywords(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    parameters = inspect.signature(model.forward).parameters.values()
+    taken = [p.name for p in parameters if p.kind in keywords]
+    unknown = sorted(set(inputs) - set(taken))
+    if unknown:
+        raise TypeError(
+            f"the model takes no input(s) {unknown}; its inputs are {', '.join(taken[:12])}"
+        )
 
 
 def _shapes(inputs: Inputs) -> str:

@@ -81,3 +81,34 @@ def test_a_lone_request_is_answered_after_max_wait(max_wait):
     answers, calls = _batches(requests, max_batch=8, max_wait=max_wait)
     _check(requests, answers)
     assert calls == [("b", 2, (4,))]
+
+
+def test_named_inputs_are_concatenated_per_name_and_grouped_by_signature():
+    calls = []
+
+    def run(task: str, inputs: dict) -> torch.Tensor:
+        calls.append({name: tuple(t.shape) for name, t in inputs.items()})
+        return inputs["x"].sum(1) * inputs["w"].sum(1)  # couples the names row by row
+
+    def named(rows: int, width: int, w_name: str = "w") -> dict:
+        return {"x": torch.randn(rows, width), w_name: torch.randn(rows, 2)}
+
+    requests = [named(1, 3), named(2, 3), named(1, 5), named(1, 3, "v")]
+
+    async def main():
+        with ThreadPoolExecutor(2) as executor:
+            batcher = MicroBatcher(run, executor, 8, 0.05)
+            return await asyncio.gather(
+                *(batcher.submit("a", r) for r in requests), return_exceptions=True
+            )
+
+    answers = asyncio.run(main())
+    for request, answer in zip(requests[:3], answers[:3], strict=True):
+        assert torch.allclose(answer, request["x"].sum(1) * request["w"].sum(1))
+    assert isinstance(answers[3], KeyError)  # its own batch: "w" is missing only there
+    assert sorted(map(str, calls)) == sorted(
+        map(
+            str,
+            [{"x": (3, 3), "w": (3, 2)}, {"x": (1, 5), "w": (1, 2)}, {"x": (1, 3), "v": (1, 2)}],
+        )
+    )
