@@ -116,18 +116,8 @@ class CausalLMSession(ChannelSessionSteps):
         """One epoch of next-token training (in a distributed run each rank trains on its share
         of every global batch, gradients averaged by DDP); returns lr and the mean loss per
         token of this rank's share."""
-        run = self.start_epoch(step, epoch, self.data.train)
-        with self.distillation() as distiller:
-            loss = train_lm_epoch(
-                run.training,
-                run.loader,
-                self.optimizer,
-                device=self.config.train.device,
-                max_batches=self.config.train.max_batches_per_epoch,
-                description=run.description,
-                distiller=distiller,
-            )
-        return {"lr": run.lr, "loss": loss}
+        loss, lr = self.run_epoch(step, epoch, self.data.train, train_lm_epoch)
+        return {"lr": lr, "loss": loss}
 
     def evaluate(self) -> Evaluation:
         """Perplexity on the evaluation blocks; the loss is its logarithm (nats per token)."""

@@ -3,7 +3,7 @@ deployable model and bundle, and checkpoints that carry the channel masks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +98,24 @@ class ChannelSessionSteps:
             f"seed {self.seed} density {step.target_density:.0%} epoch {epoch + 1}/{step.epochs}"
         )
         return Epoch(self.training, loader, lr, description)
+
+    def run_epoch(
+        self, step: Step, epoch: int, train_set: Any, epoch_function: Callable[..., Any]
+    ) -> tuple[Any, float]:
+        """One epoch of `epoch_function` (`train_epoch` or `train_lm_epoch`) over `train_set`,
+        distilled when a teacher exists; returns its result and the epoch's learning rate."""
+        run = self.start_epoch(step, epoch, train_set)
+        with self.distillation() as distiller:
+            result = epoch_function(
+                run.training,
+                run.loader,
+                self.optimizer,
+                device=self.config.train.device,
+                max_batches=self.config.train.max_batches_per_epoch,
+                description=run.description,
+                distiller=distiller,
+            )
+        return result, run.lr
 
     def finish_training(self, step: Step) -> None:
         """Nothing to do: iterative masks are final when set."""

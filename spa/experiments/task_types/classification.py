@@ -55,18 +55,8 @@ class ClassificationSession(ChannelSessionSteps):
     def train_epoch(self, step: Step, epoch: int) -> dict[str, Any]:
         """One epoch with the paper's per-block learning-rate schedule; returns lr, loss,
         accuracy (on the training batches)."""
-        run = self.start_epoch(step, epoch, self.train_set)
-        with self.distillation() as distiller:
-            stats = train_epoch(
-                run.training,
-                run.loader,
-                self.optimizer,
-                device=self.config.train.device,
-                max_batches=self.config.train.max_batches_per_epoch,
-                description=run.description,
-                distiller=distiller,
-            )
-        return {"lr": run.lr, "loss": stats.loss, "accuracy": stats.accuracy}
+        stats, lr = self.run_epoch(step, epoch, self.train_set, train_epoch)
+        return {"lr": lr, "loss": stats.loss, "accuracy": stats.accuracy}
 
     def evaluate(self) -> Evaluation:
         """Accuracy and cross-entropy on the evaluation set."""
