@@ -1,9 +1,10 @@
 """Bundle layer codecs' toolkit, below the adapter kinds (STYLE B2).
 
 Each adapter kind writes and reads its own bundle entries (`spa.adapters.<kind>.codec`,
-registered as `AdapterKind.codec`); they need a typed writer (`writer.BundleWriter`), the view
-of a stored bundle they read (`protocols.StoredBundle`), channel selections and checked
-tensors (`entries`), field checks (`fields`) and module-record helpers (`records`). None of
+registered as `AdapterKind.codec`); they need a typed writer (`writer.BundleWriter`: tensors,
+masks, channel selections, shared records), the view of a stored bundle they read
+(`protocols.StoredBundle`), decoded selections and checked tensors (`entries`), field checks
+(`fields`), and module-record and tensor helpers (`records`). None of
 these import `spa.adapters` or `spa.tasks`, so a kind never climbs up to `spa.tasks`.
 """
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the layer codecs: kept base channels, masks, checked tensors."""
+"""The read side of the layer codecs: kept base channels and masks decoded, tensors and base
+layers checked (the write side is `spa.codec.writer`, tensor comparisons `spa.codec.records`)."""
 
 from __future__ import annotations
 
@@ -7,47 +8,7 @@ from torch import nn
 
 from spa.codec.protocols import STORAGE_DTYPES, Entry, StoredBundle
 from spa.codec.records import check_attribute_changes, expected_shapes
-from spa.codec.writer import BundleWriter
-from spa.errors import BundleError, ConfigError
-
-
-def encode_selection(
-    writer: BundleWriter, name: str, side: str, indices: torch.Tensor, size: int
-) -> str:
-    """Record which of the base layer's `size` channels a layer keeps, as cheaply as possible.
-
-    Returns "all" (every channel, in order: nothing stored), "mask" (sorted: a bit-packed mask
-    over the base channels) or "indices" (any other order: int32 indices).
-    """
-    indices = indices.detach().cpu()
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= size):
-        raise ConfigError(
-            f"save_task: {name}: {side}_indices reach {int(indices.max())}, outside the base "
-            f"layer's {size} channels; pass the base model the task was adapted from"
-        )
-    if indices.numel() == size and torch.equal(indices, torch.arange(size)):
-        return "all"
-    if indices.numel() < 2 or bool((indices[1:] > indices[:-1]).all()):
-        mask = torch.zeros(size, dtype=torch.bool)
-        mask[indices] = True
-        writer.add_mask(f"{name}:{side}_kept", mask)
-        return "mask"
-    writer.add(f"layers.{name}.{side}_indices", indices.to(torch.int32))
-    return "indices"
-
-
-def encode_selections(
-    writer: BundleWriter,
-    entry: Entry,
-    out_indices: torch.Tensor,
-    in_indices: torch.Tensor,
-    sizes: tuple[int, int],
-) -> None:
-    """Record in `entry` which base channels a layer keeps on both sides (`encode_selection`)."""
-    for side, indices, size in (("out", out_indices, sizes[0]), ("in", in_indices, sizes[1])):
-        selection = encode_selection(writer, entry["path"], side, indices, size)
-        if selection != "all":
-            entry[f"{side}_selection"] = selection
+from spa.errors import BundleError
 
 
 def bundle_error(bundle: StoredBundle, message: str) -> BundleError:
@@ -144,27 +105,6 @@ def expect(
         raise bundle_error(bundle, f"tensor {name!r} is stored as {tensor.dtype}, expected {dtype}")
     bundle.used.add(name)
     return tensor
-
-
-def select(
-    weight: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None
-) -> torch.Tensor:
-    """`weight[rows][:, cols]` in one gather (a new tensor; None selects everything)."""
-    if rows is None and cols is None:
-        return weight.detach().clone()
-    if rows is None:
-        return weight.detach().index_select(1, cols.to(weight.device))
-    if cols is None:
-        return weight.detach().index_select(0, rows.to(weight.device))
-    weight = weight.detach()
-    rows, cols = rows.to(weight.device), cols.to(weight.device)
-    if weight.dim() > 2 and weight[0, 0].numel() > 1:
-        # One gather of whole kernels: flat (out * in, taps) rows, much faster than two passes.
-        out_channels, in_channels = weight.shape[:2]
-        flat = (rows[:, None] * in_channels + cols).reshape(-1)
-        kernels = weight.reshape(out_channels * in_channels, -1).index_select(0, flat)
-        return kernels.reshape(len(rows), len(cols), *weight.shape[2:])
-    return weight.index_select(0, rows).index_select(1, cols)
 
 
 def check_base_layer(

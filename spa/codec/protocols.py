@@ -80,8 +80,9 @@ class LayerCodec:
         save: records a layer relative to its base layer into the writer; returns its entry
             and its retained weights.
         plan: validates an entry against its base layer without building anything.
-        sections: metadata lists the codec fills through `BundleWriter.share` (SPLoPA's
-            "banks"); every bundle carries each registered section, empty when unused.
+        sections: metadata lists the codec fills through `BundleWriter.share` and
+            `add_record` (SPLoPA's "banks"); every bundle carries each registered section,
+            empty when unused.
         restore: writes a validated plan into a full-size, freshly adapted layer of the kind
             (masks from the kept indices, stored tensors scattered to the kept positions), for
             `load_task(..., trainable=True)`; None: the kind cannot be reloaded for training.

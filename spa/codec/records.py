@@ -294,3 +294,24 @@ def narrowing(tensor: torch.Tensor, base: torch.Tensor | None) -> tuple[int, tor
     if len(kept) != wanted.shape[0]:
         return None
     return axis, torch.tensor(kept, dtype=torch.int64)
+
+
+def select(
+    weight: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None
+) -> torch.Tensor:
+    """`weight[rows][:, cols]` in one gather (a new tensor; None selects everything)."""
+    if rows is None and cols is None:
+        return weight.detach().clone()
+    if rows is None:
+        return weight.detach().index_select(1, cols.to(weight.device))
+    if cols is None:
+        return weight.detach().index_select(0, rows.to(weight.device))
+    weight = weight.detach()
+    rows, cols = rows.to(weight.device), cols.to(weight.device)
+    if weight.dim() > 2 and weight[0, 0].numel() > 1:
+        # One gather of whole kernels: flat (out * in, taps) rows, much faster than two passes.
+        out_channels, in_channels = weight.shape[:2]
+        flat = (rows[:, None] * in_channels + cols).reshape(-1)
+        kernels = weight.reshape(out_channels * in_channels, -1).index_select(0, flat)
+        return kernels.reshape(len(rows), len(cols), *weight.shape[2:])
+    return weight.index_select(0, rows).index_select(1, cols)

@@ -27,12 +27,10 @@ from spa.codec.entries import (
     bundle_error,
     check_base_layer,
     decode_selection,
-    encode_selection,
-    select,
 )
 from spa.codec.fields import Check, check_fields, is_object, is_shape, is_text, one_of
 from spa.codec.protocols import Entry, StoredBundle
-from spa.codec.records import attribute_changes, same_tensor
+from spa.codec.records import attribute_changes, same_tensor, select
 from spa.codec.writer import BundleWriter
 from spa.errors import ConfigError, SpaError
 
@@ -73,9 +71,7 @@ def save_generic(
     rows, cols = _selections(layer, base)
     for side, indices, size in (("out", rows, base_weight.shape[0]), ("in", cols, size_in(base))):
         if indices is not None:
-            selection = encode_selection(writer, name, side, indices, size)
-            if selection != "all":
-                entry[f"{side}_selection"] = selection
+            writer.add_selection(entry, side, indices, size)
     references = {"base.weight": select(base_weight, rows, cols)}
     if base.bias is not None:
         references["base.bias"] = base.bias.detach() if rows is None else base.bias[rows]

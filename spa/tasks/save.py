@@ -1,9 +1,10 @@
 """`save_task`: write what a compacted task model changed relative to its base into a bundle.
 
-The writer only writes: compaction (`spa.compacted` / `spa.compact`), accounting
-(`spa.accounting`), density and fingerprints (`spa.tasks.fingerprint`) come from their own
-modules; adapter layers are written by their kind's codec (`AdapterKind.codec`). Steps: check
-the inputs, record the layers and the modules (`spa.tasks.save_layers`), assemble the metadata
+The writer only writes: compaction (`spa.compacted` / `spa.compact`) happens before; the checks
+(`spa.tasks.save_checks`) and the facts it records (accounting, density, fingerprints:
+`spa.tasks.facts`) come from their own modules, one call each; adapter layers are written by
+their kind's codec (`AdapterKind.codec`). Steps, each only calling further down: check the
+inputs, record the layers and the modules (`spa.tasks.save_layers`), assemble the metadata
 (`spa.tasks.save_metadata`), write atomically (`spa.tasks.format.write_bundle`).
 
 Precision: float32 storage is lossless. `torch.float16` rounds every stored value with a
@@ -30,59 +31,15 @@ import torch
 from torch import nn
 
 from spa._checks import require_module
-from spa.accounting import learned_parameters
-from spa.adapters.density import layers_density
-from spa.adapters.protocols import is_adapted
 from spa.codec.writer import BundleWriter
-from spa.deploy.compacted import has_module_masks, has_pruned_channels
-from spa.errors import ConfigError
-from spa.tasks.expert_view import split_view
-from spa.tasks.fingerprint import describe_architecture, fingerprint, structure_fingerprint
-from spa.tasks.format import STORAGE_DTYPES, Bundle, write_bundle
-from spa.tasks.runnable import check_runnable
-from spa.tasks.save_layers import NormStatistics, check_structure, record_layers, record_modules
-from spa.tasks.save_metadata import (
-    BundleOptions,
-    TaskFacts,
-    adapter_description,
-    bundle_metadata,
-    unchanged_needed,
-)
+from spa.tasks.facts import TaskFacts, task_facts
+from spa.tasks.format import Bundle, write_bundle
+from spa.tasks.save_checks import check_save
+from spa.tasks.save_layers import NormStatistics, record_layers, record_modules
+from spa.tasks.save_metadata import BundleOptions, bundle_metadata
 from spa.tasks.signing import PrivateKeySource, signer
 
 logger = logging.getLogger(__name__)
-
-
-def _check_inputs(
-    model: nn.Module, base_model: nn.Module, options: BundleOptions, keep_masks: bool
-) -> None:
-    """Refuse invalid options, an adapted base and a model that is not compacted."""
-    if options.dtype not in STORAGE_DTYPES.values():
-        raise ConfigError(
-            f"save_task: dtype must be one of {list(STORAGE_DTYPES)}, got {options.dtype}"
-        )
-    if options.norm_statistics not in ("folded", "exact"):
-        raise ConfigError(
-            "save_task: norm_statistics must be 'folded' or 'exact', got "
-            f"{options.norm_statistics!r}"
-        )
-    if is_adapted(base_model):
-        raise ConfigError(
-            "save_task: base_model contains adapter layers; pass the plain base model the task "
-            "was adapted from (e.g. keep a copy before calling spa.adapt)"
-        )
-    if not has_pruned_channels(model):
-        return
-    if not keep_masks:
-        raise ConfigError(
-            "save_task: the model has masked channels, it is not compacted; call "
-            "spa.compacted(model) first (or spa.compact(model) in place)"
-        )
-    if has_module_masks(model):
-        raise ConfigError(
-            "save_task: the model has spa.pruning hook masks on norm/head layers, which a "
-            "bundle cannot hold; call spa.compacted(model) first"
-        )
 
 
 def save_task(
@@ -96,6 +53,7 @@ def save_task(
     model_options: dict[str, Any] | None = None,
     keep_masks: bool = False,
     signing_key: PrivateKeySource | None = None,
+    facts: TaskFacts | None = None,
 ) -> Bundle:
     """Write the compacted task `model` as a bundle of what it changed relative to `base_model`.
 
@@ -112,6 +70,8 @@ def save_task(
         keep_masks: store the channel masks of a model that is not compacted as they are (the
             loaded model keeps zeroed channels) instead of refusing it.
         signing_key: optional Ed25519 private key (object, PEM path or bytes) to sign with.
+        facts: `spa.tasks.facts.task_facts(model, base_model)`, if the caller has it already
+            (computed here otherwise).
 
     Returns:
         The written `Bundle` (metadata, tensors, size on disk).
@@ -124,27 +84,15 @@ def save_task(
     require_module(base_model, "save_task: base_model")
     names = {"model_name": model_name, "model_options": model_options}
     options = BundleOptions(dtype=dtype, norm_statistics=norm_statistics, **names)
-    _check_inputs(model, base_model, options, keep_masks)
+    pairs = check_save(model, base_model, keep_masks)
     sign = None if signing_key is None else signer(signing_key)
-    base_model = split_view(base_model)  # 3-D experts as spa.adapt split them
-    base_modules = dict(base_model.named_modules())
-    check_structure(model, base_modules)
-    check_runnable(model)  # head shapes: a bundle that would fail in the model's head reshape
+    facts = task_facts(model, base_model) if facts is None else facts
     writer = BundleWriter(dtype=dtype)
     with torch.no_grad():
-        layers, adapters = record_layers(model, base_modules, writer)
-        modules = record_modules(model, base_modules, writer, norm_statistics)
-    adapter = adapter_description(model)
-    modules += unchanged_needed(base_model, adapter, layers, modules)
-    facts = TaskFacts(
-        architecture=describe_architecture(base_model),
-        base_fingerprint=fingerprint(base_model),
-        base_structure=structure_fingerprint(base_model),
-        density=layers_density(adapters),
-        learned=learned_parameters(model),
+        entries = record_layers(pairs, writer), record_modules(pairs, writer, norm_statistics)
+    bundle = Bundle(
+        metadata=bundle_metadata(options, facts, writer, entries), tensors=writer.tensors
     )
-    metadata = bundle_metadata(options, facts, adapter, writer, (layers, modules))
-    bundle = Bundle(metadata=metadata, tensors=writer.tensors)
     size = write_bundle(path, bundle, sign=sign)
     logger.info("saved task bundle %s (%d bytes, dParams %d)", path, size, facts.learned.total)
     return bundle

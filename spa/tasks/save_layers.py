@@ -1,6 +1,7 @@
 """The layer and module records of a bundle: what a compacted task model changed, per module.
 
-Adapter layers are written by their kind's codec (`spa.tasks.codecs.codec_for`); every other
+The modules come paired with their base modules (`spa.tasks.save_checks.check_save`). Adapter
+layers are written by their kind's codec (`spa.tasks.codecs.codec_for`); every other
 module records the tensors and shape attributes that differ from the base module. A base tensor
 that pruning only narrowed (an embedding table of a pruned hidden size) is stored as its kept
 indices; an eval-mode BatchNorm can be folded to its per-channel scale and shift.
@@ -14,88 +15,40 @@ import torch
 from torch import nn
 
 from spa.adapters.protocols import AdapterLayer
-from spa.adapters.transposed import linear_view
 from spa.codec.protocols import Entry
 from spa.codec.records import attribute_changes, direct_tensors, narrowing, same_tensor
 from spa.codec.writer import BundleWriter
-from spa.errors import ConfigError
 from spa.tasks.codecs import codec_for
+from spa.tasks.save_checks import ModulePair
 
 NormStatistics = Literal["folded", "exact"]
 _NORM_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
-def _top_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """`(name, module)` of every module that is not inside an adapter layer."""
-    found, covered = [], []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix) for prefix in covered):
-            continue
-        if isinstance(module, AdapterLayer):
-            covered.append(name + ".")
-        found.append((name, module))
-    return found
-
-
-def check_structure(model: nn.Module, base_modules: dict[str, nn.Module]) -> None:
-    """Refuse a task model whose module tree is not the base's (adapter layers aside).
-
-    Raises:
-        ConfigError: naming the first module that differs or the base modules that are missing.
-    """
-    for name, module in _top_modules(model):
-        base = base_modules.get(name)
-        same_type = base is not None and type(base) is type(module)
-        if isinstance(module, AdapterLayer):
-            module, base = module.base, linear_view(base)
-            # Compaction rebuilds a conv/linear subclass as the plain torch type it derives from.
-            same_type = base is not None and isinstance(base, type(module))
-        if not same_type:
-            found = "missing" if base is None else f"a {type(base).__name__}"
-            raise ConfigError(
-                f"save_task: module {name or '<root>'!r} is a {type(module).__name__} in the task "
-                f"model but {found} in the base model; a bundle records changed tensors and "
-                "shapes only, so the task model must have the base's module tree"
-            )
-    missing = sorted(set(base_modules) - {name for name, _ in model.named_modules()})
-    if missing:
-        raise ConfigError(
-            f"save_task: base module(s) {missing[:5]} are missing from the task model; pass the "
-            "base model the task was adapted from"
-        )
-
-
-def record_layers(
-    model: nn.Module, base_modules: dict[str, nn.Module], writer: BundleWriter
-) -> tuple[list[Entry], list[nn.Module]]:
-    """Write every adapter layer with its kind's codec; return the entries and the layers."""
-    entries, layers = [], []
-    for name, module in _top_modules(model):
-        if isinstance(module, AdapterLayer):
-            base = linear_view(base_modules[name])  # a transformers Conv1D base: its Linear
-            entry, _ = codec_for(module.kind).save(name, module, base, writer)
-            entries.append(entry)
-            layers.append(module)
-    return entries, layers
+def record_layers(pairs: list[ModulePair], writer: BundleWriter) -> list[Entry]:
+    """Write every adapter layer with its kind's codec; return their entries."""
+    return [
+        codec_for(pair.module.kind).save(pair.path, pair.module, pair.base, writer)[0]
+        for pair in pairs
+        if isinstance(pair.module, AdapterLayer)
+    ]
 
 
 def record_modules(
-    model: nn.Module,
-    base_modules: dict[str, nn.Module],
-    writer: BundleWriter,
-    norm_statistics: NormStatistics,
+    pairs: list[ModulePair], writer: BundleWriter, norm_statistics: NormStatistics
 ) -> list[Entry]:
     """Write what every non-adapter module changed; return the entries of changed modules."""
     entries = []
-    for name, module in _top_modules(model):
-        if not isinstance(module, AdapterLayer):
-            base = base_modules[name]
-            if norm_statistics == "folded" and _is_foldable(module) and _is_foldable(base):
-                entry = _record_folded(name, module, base, writer)
-            else:
-                entry = _record_module(name, module, base, writer)
-            if entry is not None:
-                entries.append(entry)
+    for pair in pairs:
+        name, module, base = pair.path, pair.module, pair.base
+        if isinstance(module, AdapterLayer):
+            continue
+        if norm_statistics == "folded" and _is_foldable(module) and _is_foldable(base):
+            entry = _record_folded(name, module, base, writer)
+        else:
+            entry = _record_module(name, module, base, writer)
+        if entry is not None:
+            entries.append(entry)
     return entries
 
 

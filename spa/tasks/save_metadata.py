@@ -1,8 +1,8 @@
-"""The metadata document of a bundle, from facts other modules computed about the task.
+"""The metadata document of a bundle, from the writer's records and facts computed elsewhere.
 
-Accounting (`spa.accounting`), density (`spa.adapters.density`) and fingerprints
-(`spa.tasks.fingerprint`) are computed by their own modules and handed in as `TaskFacts`; this
-module only arranges them with the layer and module entries into the document.
+Accounting, density, fingerprints and the trained modules come from their own modules as
+`spa.tasks.facts.TaskFacts`; this module arranges them with the caller's options, the layer and
+module entries, the codecs' shared records and the bit-packed masks into the document.
 """
 
 from __future__ import annotations
@@ -11,69 +11,44 @@ import dataclasses
 from typing import Any
 
 import torch
-from torch import nn
 
 from spa._version import __version__
-from spa.accounting import LearnedParameters
-from spa.adapters.inject import adapt_report
-from spa.codec.protocols import Entry
+from spa.codec.protocols import STORAGE_DTYPES, Entry
 from spa.codec.writer import BundleWriter
+from spa.errors import ConfigError
+from spa.tasks.bitmasks import pack_masks
 from spa.tasks.codecs import codec_sections
-from spa.tasks.format import FORMAT_NAME, FORMAT_VERSION, MASKS_TENSOR, pack_masks
+from spa.tasks.facts import TaskFacts
+from spa.tasks.format import FORMAT_NAME, FORMAT_VERSION, MASKS_TENSOR
 from spa.tasks.save_layers import NormStatistics
-from spa.tasks.schema import needed_modules, trained_groups
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TaskFacts:
-    """What other modules computed about a task model and its base, for the metadata.
-
-    Attributes:
-        architecture: `describe_architecture(base)`.
-        base_fingerprint: `fingerprint(base)` (its weights).
-        base_structure: `structure_fingerprint(base)` (its module tree and shapes).
-        density: `layers_density` of the adapter layers.
-        learned: `learned_parameters(model)` (dParams, DESIGN §2).
-    """
-
-    architecture: str
-    base_fingerprint: str
-    base_structure: str
-    density: float
-    learned: LearnedParameters
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BundleOptions:
-    """The caller's options a bundle records (see `spa.save_task`)."""
+    """The caller's options a bundle records (see `spa.save_task`).
+
+    Raises:
+        ConfigError: for a dtype that is not a storage dtype or unknown norm statistics.
+    """
 
     dtype: torch.dtype
     norm_statistics: NormStatistics
     model_name: str | None
     model_options: dict[str, Any] | None
 
-
-def adapter_description(model: nn.Module) -> Entry | None:
-    """The adapter config and task head `spa.adapt` recorded on `model` (None if not adapted)."""
-    report = adapt_report(model)
-    if report is None:
-        return None
-    config = dataclasses.asdict(report.config)
-    return {"type": type(report.config).__name__, "config": config, "head": list(report.head)}
-
-
-def unchanged_needed(
-    base_model: nn.Module, adapter: Entry | None, layers: list[Entry], modules: list[Entry]
-) -> list[Entry]:
-    """Entries of trained modules that did not change (recorded, so dropping one is detected)."""
-    groups, head = trained_groups({"adapter": adapter})
-    recorded = {entry["path"] for entry in layers + modules}
-    paths = [entry["path"] for entry in layers]
-    needed = needed_modules(base_model, groups, head, paths)
-    return [{"path": name} for name in needed if name not in recorded]
+    def __post_init__(self) -> None:
+        if self.dtype not in STORAGE_DTYPES.values():
+            raise ConfigError(
+                f"save_task: dtype must be one of {list(STORAGE_DTYPES)}, got {self.dtype}"
+            )
+        if self.norm_statistics not in ("folded", "exact"):
+            raise ConfigError(
+                "save_task: norm_statistics must be 'folded' or 'exact', got "
+                f"{self.norm_statistics!r}"
+            )
 
 
-def pack_writer_masks(writer: BundleWriter) -> list[list[Any]]:
+def _packed_masks(writer: BundleWriter) -> list[list[Any]]:
     """Bit-pack the writer's masks into its tensors; return the masks' layout."""
     packed, layout = pack_masks(writer.masks)
     if packed is not None:
@@ -84,12 +59,17 @@ def pack_writer_masks(writer: BundleWriter) -> list[list[Any]]:
 def bundle_metadata(
     options: BundleOptions,
     facts: TaskFacts,
-    adapter: Entry | None,
     writer: BundleWriter,
     entries: tuple[list[Entry], list[Entry]],
 ) -> dict[str, Any]:
-    """The bundle's metadata document; `entries` are the layer and the module entries."""
+    """The bundle's metadata document; `entries` are the layer and the module entries.
+
+    Trained modules that did not change are recorded too (a path alone), so a bundle that drops
+    one is refused instead of silently reusing the base's values.
+    """
     layers, modules = entries
+    recorded = {entry["path"] for entry in layers + modules}
+    unchanged = [{"path": name} for name in facts.trained_modules if name not in recorded]
     sections = {name: writer.sections.get(name, []) for name in codec_sections()}
     return {
         "format": FORMAT_NAME,
@@ -100,14 +80,14 @@ def bundle_metadata(
         "model_options": options.model_options,
         "base_fingerprint": facts.base_fingerprint,
         "base_structure": facts.base_structure,
-        "adapter": adapter,
+        "adapter": facts.adapter,
         "dtype": str(options.dtype).removeprefix("torch."),
         "norm_statistics": options.norm_statistics,
         "density": facts.density,
         "dparams": facts.learned.total,
         "dparams_by_kind": dict(facts.learned.by_kind),
         "layers": layers,
-        "modules": modules,
+        "modules": modules + unchanged,
         **sections,
-        "masks": pack_writer_masks(writer),
+        "masks": _packed_masks(writer),
     }

@@ -31,9 +31,7 @@ from spa.codec.entries import (
     decode_mask,
     decode_selection,
     default_bias,
-    encode_selections,
     expect,
-    select,
     shape_mismatch,
 )
 from spa.codec.fields import (
@@ -47,7 +45,7 @@ from spa.codec.fields import (
     one_of,
 )
 from spa.codec.protocols import Entry, LayerCodec, StoredBundle
-from spa.codec.records import attribute_changes, same_tensor
+from spa.codec.records import attribute_changes, same_tensor, select
 from spa.codec.writer import BundleWriter
 
 # The metadata section holding each prototype bank once.
@@ -62,18 +60,18 @@ def _indices(layer: nn.Module, side: str, size: int, device: torch.device) -> to
 def _bank_key(layer: SPLoPALinear, writer: BundleWriter) -> str:
     """The key of the layer's prototype bank; the first layer of a bank stores it."""
     bank = layer.prototypes
-
-    def record(key: str) -> Entry:
+    key, first = writer.share(BANKS, bank, "bank")
+    if first:
         writer.add(f"banks.{key}.row_factors", bank.row_factors)  # (R, p, r)
         writer.add(f"banks.{key}.col_factors", bank.col_factors)  # (R, q, r)
-        return {
+        record = {
             "key": key,
             "block_shape": list(bank.block_shape),
             "num_prototypes": bank.num_prototypes,
             "prototype_rank": bank.prototype_rank,
         }
-
-    return writer.share(BANKS, bank, "bank", record)
+        writer.add_record(BANKS, record)
+    return key
 
 
 def save_splopa(
@@ -94,7 +92,7 @@ def save_splopa(
     }
     out_indices = _indices(layer, "out", weight.shape[0], device)
     in_indices = _indices(layer, "in", weight.shape[1], device)
-    encode_selections(writer, entry, out_indices, in_indices, tuple(base_weight.shape[:2]))
+    writer.add_selections(entry, out_indices, in_indices, tuple(base_weight.shape[:2]))
     block_mask = layer.block_mask.to(device)
     if not bool(block_mask.all()):
         entry[BLOCK_MASK] = True

@@ -30,9 +30,7 @@ from spa.codec.entries import (
     decode_mask,
     decode_selection,
     default_bias,
-    encode_selections,
     expect,
-    select,
 )
 from spa.codec.fields import (
     Check,
@@ -45,7 +43,7 @@ from spa.codec.fields import (
     one_of,
 )
 from spa.codec.protocols import Entry, LayerCodec, StoredBundle, WorkBuffers
-from spa.codec.records import attribute_changes, replace_parameter, same_tensor
+from spa.codec.records import attribute_changes, replace_parameter, same_tensor, select
 from spa.codec.writer import BundleWriter
 from spa.errors import BundleError, UnsupportedLayerError
 
@@ -64,7 +62,7 @@ def save_splora(
         "base_shape": list(base_weight.shape),
     }
     out_indices, in_indices = layer.out_indices.to(device), layer.in_indices.to(device)
-    encode_selections(writer, entry, out_indices, in_indices, tuple(base_weight.shape[:2]))
+    writer.add_selections(entry, out_indices, in_indices, tuple(base_weight.shape[:2]))
     out_mask, in_mask = layer.out_mask.to(device), layer.in_mask.to(device)
     for key, mask in ((OUT_MASK, out_mask), (IN_MASK, in_mask)):
         if not bool(mask.all()):
