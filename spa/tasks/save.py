@@ -90,9 +90,8 @@ def save_task(
     writer = BundleWriter(dtype=dtype)
     with torch.no_grad():
         entries = record_layers(pairs, writer), record_modules(pairs, writer, norm_statistics)
-    bundle = Bundle(
-        metadata=bundle_metadata(options, facts, writer, entries), tensors=writer.tensors
-    )
+    metadata = bundle_metadata(options, facts, writer, entries)
+    bundle = Bundle(metadata=metadata, tensors=writer.tensors)
     size = write_bundle(path, bundle, sign=sign)
     logger.info("saved task bundle %s (%d bytes, dParams %d)", path, size, facts.learned.total)
     return bundle
