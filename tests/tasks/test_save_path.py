@@ -1,7 +1,8 @@
 """The path of a model through `save_task` goes down the save layers only, through <= 12 places.
 
 The metric (issue 20, item 4): `save_task` is profiled (`sys.setprofile`) on a compacted SPLoRA
-ConvNet (also signed), a compacted fine-pruned ConvNet and a SPLoPA MLP, once computing its
+ConvNet (also signed), a compacted fine-pruned ConvNet, a SPLoPA and a block fine-pruned MLP
+(the generic codec) and a tiny Llama with pruned heads, FFN and hidden size, once computing its
 facts and once handed them (`facts=`). A *place* is a spa module whose code runs while
 `save_task` runs; its *functions* are the named functions entered there (comprehensions and
 lambdas belong to their function).
@@ -44,14 +45,20 @@ import spa
 from spa.tasks import save_task
 from spa.tasks.facts import task_facts
 
+from .._transformers import llama
 from ..conftest import ConvNet, mlp
+from ..families.test_pretrained import pruned
 from .helpers import pruned_task, trained_task
 
 SPA = Path(spa.__file__).parent
 LAYERS = (
     ("save", ("spa/tasks/save.py",)),
     ("steps", ("spa/tasks/save_layers.py", "spa/tasks/save_metadata.py", "spa/tasks/codecs.py")),
-    ("kind codec", ("spa/adapters/*/codec.py", "spa/tasks/generic_layers.py")),
+    # A kind's codec; the generic codec with the `layer_options` hook of a kind without one.
+    (
+        "kind codec",
+        ("spa/adapters/*/codec.py", "spa/tasks/generic_layers.py", "spa/adapters/*/__init__.py"),
+    ),
     ("codec toolkit", ("spa/codec/*.py",)),
     ("format", ("spa/tasks/format.py", "spa/tasks/bitmasks.py", "spa/tasks/signing.py")),
     ("files", ("spa/_files.py",)),
@@ -178,11 +185,18 @@ def subjects() -> dict[str, tuple]:
     base = mlp(in_features=12, hidden=16).eval()
     config = spa.SPLoPAConfig(block_shape=(4, 4), num_prototypes=3, prototype_rank=2)
     made["splopa"] = (trained_task(base, config, torch.randn(4, 12)), base, {})
+    config = spa.BlockFinePruningConfig(block_shape=(4, 4))
+    made["block-fine-pruning"] = (trained_task(base, config, torch.randn(4, 12)), base, {})
+    base = llama().eval()
+    model = pruned(base, units=("heads", "ffn", "hidden"), density=0.5)
+    made["llama"] = (spa.compacted(model), base, {})
     return made
 
 
 @pytest.mark.parametrize("given", [False, True], ids=["facts-computed", "facts-given"])
-@pytest.mark.parametrize("case", ["splora", "fine-pruning", "splora-signed", "splopa"])
+@pytest.mark.parametrize(
+    "case", ["splora", "fine-pruning", "splora-signed", "splopa", "block-fine-pruning", "llama"]
+)
 def test_save_task_path_goes_down_the_layers_through_at_most_12_places(
     subjects, tmp_path, case, given
 ):
