@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "SpaError",
     "ConfigError",
+    "RankError",
     "UnsupportedLayerError",
     "NoTargetsError",
     "BundleError",
@@ -23,6 +24,10 @@ class SpaError(Exception):
 
 class ConfigError(SpaError, ValueError):
     """A configuration value is invalid; the message names the field, value and allowed range."""
+
+
+class RankError(ConfigError):
+    """An adapter rank wider than every layer it would adapt; the message names the widest."""
 
 
 class UnsupportedLayerError(SpaError, TypeError):

@@ -11,6 +11,7 @@ from spa._checks import require_module
 from spa.adapters.config import AdapterConfig
 from spa.adapters.modules import find_head, in_head, is_norm, matches, replace_module
 from spa.adapters.protocols import AdapterLayer, is_adapted
+from spa.adapters.rank_bounds import rank_caps, warn_capped
 from spa.adapters.registry import kind_for_config
 from spa.adapters.transposed import as_linear, is_transposed_linear
 from spa.errors import ConfigError, NoTargetsError, SpaError
@@ -36,11 +37,16 @@ class AdaptReport:
     linearised: list[str] = field(default_factory=list)
     # 3-D experts modules split into per-expert Linear layers (spa.families.experts).
     split_experts: list[str] = field(default_factory=list)
+    # Adapted layers whose asked rank exceeded their width -> the rank they got (issue 24).
+    capped_ranks: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         """A human-readable multi-line summary."""
         lines = [f"adapted {len(self.adapted)} layer(s) with {type(self.config).__name__}"]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
+        lines += [
+            f"  rank capped at {name}'s width: {rank}" for name, rank in self.capped_ranks.items()
+        ]
         lines += [
             f"  trainable {group}: {len(names)} parameter tensor(s)"
             for group, names in self.trainable.items()
@@ -107,30 +113,6 @@ def _has_matrix_weight(module: nn.Module) -> bool:
     return weight is not None and weight.dim() >= 2
 
 
-def _check_rank(config: AdapterConfig, candidates: list[tuple[str, nn.Module]]) -> None:
-    """Refuse a `rank` larger than the widest target layer's weight matrix (its larger side).
-
-    A rank above both sides of every `n x m` matrix (`out x in/groups` for convolutions) cannot
-    add capacity, only parameters and memory (issue 24: rank 100000 passed 2 GB). Narrower
-    layers among wider ones keep the rank (a small first convolution beside wide blocks).
-
-    Raises:
-        ConfigError: naming the widest layer, its matrix shape and the largest accepted rank.
-    """
-    rank = getattr(config, "rank", None)
-    if not isinstance(rank, int) or not candidates:
-        return
-    sides = {name: tuple(module.weight.shape[:2]) for name, module in candidates}
-    widest = max(sides, key=lambda name: max(sides[name]))
-    rows, columns = sides[widest]
-    if rank > max(rows, columns):
-        raise ConfigError(
-            f"adapt: rank {rank} exceeds the width of every layer to adapt (the widest, "
-            f"{widest!r}, has a {rows} x {columns} weight matrix: rank at most "
-            f"{max(rows, columns)}); lower the rank"
-        )
-
-
 def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Replace every eligible layer of `model` by an adapter layer and freeze the base weights.
 
@@ -145,7 +127,13 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     parameters and `config.trainable` groups are unfrozen. The model is modified in place and
     returned; `adapt_report(model)` gives the `AdaptReport`.
 
+    A kind with a per-layer rank (SPLoRA) gives each layer at most its width, `min(out,
+    in/groups)` of its weight matrix (a larger rank adds parameters, never capacity): capped
+    layers are listed in `AdaptReport.capped_ranks` and named in one `SpaWarning`
+    (`spa.adapters.rank_bounds`).
+
     Raises:
+        RankError: if the rank exceeds the width of every layer to adapt (a `ConfigError`).
         ConfigError: if the model is already adapted, a selection matches nothing, or no kind
             accepts `config`.
         NoTargetsError: if no layer could be adapted.
@@ -187,7 +175,7 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
             )
             continue
         candidates.append((name, module))
-    _check_rank(config, candidates)
+    caps = rank_caps(kind, config, candidates)
     context: dict = {}
     for name, module in candidates:
         try:
@@ -205,6 +193,8 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
             f"{config.target_modules!r}, exclude_modules={config.exclude_modules!r}); skipped: "
             f"{report.skipped or 'none'}"
         )
+    report.capped_ranks = {name: caps[name][1] for name in report.adapted if name in caps}
+    warn_capped({name: caps[name] for name in report.capped_ranks}, len(report.adapted))
     report.trainable = set_trainable(model, config.trainable, head)
     setattr(model, _REPORT_ATTRIBUTE, report)
     logger.info(report.summary())

@@ -43,6 +43,9 @@ class AdapterKind:
             layers), "block" (block criteria, `BlockMasked` layers) or "none".
         label: table label of a run, a `str.format` template over the config's fields (e.g.
             "SPLoRA r{rank}"); the kind's name if omitted.
+        layer_rank: `(base module, config) -> rank` the config's `rank` asks of one layer,
+            before `spa.adapters.rank_bounds` caps it at the layer's width (`make_layer` builds
+            with `capped_rank`); None for kinds without a per-layer rank.
     """
 
     name: str
@@ -54,6 +57,7 @@ class AdapterKind:
     from_bundle: Callable[[nn.Module, dict[str, Any], str], nn.Module] | None = None
     pruning: PruningKind = "channel"
     label: str | None = None
+    layer_rank: Callable[[nn.Module, Any], int] | None = None
 
     def __post_init__(self) -> None:
         if self.pruning not in PRUNING_KINDS:

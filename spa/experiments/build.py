@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from spa.adapters import adapt
-from spa.errors import ConfigError
+from spa.errors import ConfigError, RankError
+from spa.experiments._typecheck import config_key_error
 from spa.experiments.config import (
     AdapterSection,
     DataConfig,
@@ -183,8 +184,15 @@ def adapter_config(section: AdapterSection, head: str) -> Any:
 
 
 def adapt_model(model: nn.Module, config: ExperimentConfig) -> nn.Module:
-    """Adapt `model` in place for the config's adapter kind and return it."""
-    return adapt(model, adapter_config(config.adapter, config.model.head))
+    """Adapt `model` in place for the config's adapter kind and return it.
+
+    Raises:
+        ConfigError: naming `adapter.rank` for a rank wider than every layer of the model.
+    """
+    try:
+        return adapt(model, adapter_config(config.adapter, config.model.head))
+    except RankError as error:
+        raise config_key_error("adapter.rank", str(error)) from None
 
 
 def method_label(section: AdapterSection) -> str:

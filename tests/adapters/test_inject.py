@@ -103,9 +103,9 @@ def test_adapt_shared_prototypes_use_one_bank():
 
 
 def test_adapt_rank_fraction_sets_rank_per_layer():
-    model = nn.Sequential(nn.Linear(4, 20), nn.Linear(20, 10), nn.Linear(10, 2))
+    model = nn.Sequential(nn.Linear(8, 20), nn.Linear(20, 10), nn.Linear(10, 2))
     spa.adapt(model, spa.SPLoRAConfig(rank_fraction=0.25))
-    assert (model[0].rank, model[1].rank) == (5, 2)
+    assert (model[0].rank, model[1].rank) == (5, 2)  # round(0.25 * out), within min(out, in)
 
 
 def test_adapt_transformers_bert_and_vit():

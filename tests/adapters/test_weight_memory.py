@@ -105,10 +105,10 @@ def _conv_eq4(layer, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("groups", [1, 2, 4])
 def test_splora_without_a_weight_cache_computes_eq4_and_its_gradients(dims, groups):
-    base = CONVS[dims](4, 8, 3, padding=1, groups=groups)
+    base = CONVS[dims](8, 8, 3, padding=1, groups=groups)  # in/groups >= 2: rank 2 fits
     model = spa.cache_fused_weights(_masked(_splora(), base), False)
     layer = model[0]
-    x = torch.randn(2, 4, *([5] * dims))
+    x = torch.randn(2, 8, *([5] * dims))
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), _conv_eq4(layer, x), rtol=1e-5, atol=1e-5)
     model.train()(x).square().sum().backward()

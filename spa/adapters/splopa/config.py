@@ -29,8 +29,8 @@ class SPLoPAConfig:
 
     Args:
         block_shape: `(p, q)` rows and columns of a block; both > 0.
-        num_prototypes: `R` (> 0).
-        prototype_rank: `r` of each prototype (> 0).
+        num_prototypes: `R`, in [1, p q] (more cannot span more of a block's `p q` entries).
+        prototype_rank: `r` of each prototype, in [1, min(p, q)] (a `p x q` prototype's rank).
         shared_prototypes: share one prototype bank across all adapted layers.
         init_range: block weights `B ~ U(-init_range, init_range)`; > 0.
         target_modules: as in `SPLoRAConfig`.
@@ -55,3 +55,25 @@ class SPLoPAConfig:
         check_positive("prototype_rank", self.prototype_rank)
         check_positive("init_range", self.init_range, float)
         check_common(self)
+        _check_prototype_sizes(self.block_shape, self.num_prototypes, self.prototype_rank)
+
+
+def _check_prototype_sizes(block_shape: tuple[int, int], count: int, rank: int) -> None:
+    """Refuse prototype sizes beyond what a `p x q` block can use (issue 24).
+
+    A prototype `p_i q_i^T` has rank at most `min(p, q)`, and a block's update `sum_i b_i P_i`
+    lies in the `p q`-dimensional space of `p x q` matrices: more prototypes, or a higher
+    prototype rank, add parameters and memory, never capacity.
+    """
+    rows, cols = block_shape
+    if rank > min(rows, cols):
+        raise ConfigError(
+            f"prototype_rank {rank} exceeds the width of a {rows} x {cols} block (rank at most "
+            f"{min(rows, cols)}); lower prototype_rank or enlarge block_shape"
+        )
+    if count > rows * cols:
+        raise ConfigError(
+            f"num_prototypes {count} exceeds the {rows * cols} dimensions of a {rows} x {cols} "
+            f"block (at most {rows * cols} prototypes can differ); lower num_prototypes or "
+            "enlarge block_shape"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from spa.adapters._conv import SUPPORTED_LAYERS
+from spa.adapters.rank_bounds import capped_rank
 from spa.adapters.registry import AdapterKind, register_kind
 from spa.adapters.splora.codec import SPLORA_CODEC
 from spa.adapters.splora.config import SPLoRAConfig
@@ -12,10 +13,15 @@ from spa.adapters.splora.equation import splora_weight
 from spa.adapters.splora.layer import SPLoRALayer
 
 
-def _make_layer(module: nn.Module, config: SPLoRAConfig, name: str, context: dict) -> SPLoRALayer:
-    rank = config.rank
+def _layer_rank(module: nn.Module, config: SPLoRAConfig) -> int:
+    """The rank `config` asks of `module`, before the width cap."""
     if config.rank_fraction is not None:
-        rank = max(1, round(config.rank_fraction * module.weight.shape[0]))
+        return max(1, round(config.rank_fraction * module.weight.shape[0]))
+    return config.rank
+
+
+def _make_layer(module: nn.Module, config: SPLoRAConfig, name: str, context: dict) -> SPLoRALayer:
+    rank = capped_rank(module, _layer_rank(module, config))
     return SPLoRALayer(module, rank=rank, init_range=config.init_range, name=name)
 
 
@@ -28,6 +34,7 @@ SPLORA = register_kind(
         layer_types=SUPPORTED_LAYERS,
         make_layer=_make_layer,
         codec=SPLORA_CODEC,
+        layer_rank=_layer_rank,
     )
 )
 
