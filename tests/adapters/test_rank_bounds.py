@@ -137,9 +137,7 @@ def test_the_issue_base_at_its_widest_rank_learns_the_capped_count_less_than_fin
         ("num_prototypes", 33, "num_prototypes 33 exceeds the 32 dimensions of a 4 x 8 block"),
     ],
 )
-def test_splopa_prototype_sizes_beyond_a_block_are_refused_naming_the_field(
-    field, value, message
-):
+def test_splopa_prototype_sizes_beyond_a_block_are_refused_naming_the_field(field, value, message):
     sizes = {"num_prototypes": 8, "prototype_rank": 1}
     spa.SPLoPAConfig(block_shape=(4, 8), **{**sizes, field: value - 1})
     with pytest.raises(ConfigError, match=message):
