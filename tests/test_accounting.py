@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -26,6 +28,18 @@ def test_resnet50_splora_full_density_is_the_paper_count_less_the_stem_s_unusabl
     assert len(model.spa_report.adapted) == 53
     assert model.spa_report.capped_ranks == {"conv1": 3}
     assert spa.count_learned_parameters(model) == paper - (rank - 3) * (64 + 3)
+
+
+@pytest.mark.parametrize("rank,paper", [(8, 466_338), (32, 1_644_522)])
+def test_resnet50_splora_uncapped_is_the_paper_count(rank, paper):
+    # DESIGN §2's check: with cap_rank=False every conv, the 64 x 3 stem included, gets rank r.
+    model = resnet50(num_classes=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is capped, so nothing is warned
+        spa.adapt(model, spa.SPLoRAConfig(rank=rank, cap_rank=False))
+    assert model.spa_report.capped_ranks == {}
+    assert model.get_submodule("conv1").rank == rank
+    assert spa.count_learned_parameters(model) == paper
 
 
 def test_resnet50_splora_count_matches_formula_sum():

@@ -51,7 +51,8 @@ def rank_caps(
         candidates: `(dotted name, base module)` of the layers about to be adapted.
 
     Returns:
-        Layer name -> (asked rank, width) for every layer that gets its width instead.
+        Layer name -> (asked rank, width) for every layer that gets its width instead (none
+        when the config's `cap_rank` is False).
 
     Raises:
         RankError: if every asked rank exceeds the widest layer, naming that layer.
@@ -68,6 +69,8 @@ def rank_caps(
             f"widest is {_describe(widest, module)}, a rank's limit being min(out, in/groups) "
             "of its weight matrix); lower the rank"
         )
+    if not getattr(config, "cap_rank", True):
+        return {}  # the paper's counting: the asked rank everywhere (refused above if useless)
     return {name: (asked[name], widths[name]) for name in asked if asked[name] > widths[name]}
 
 

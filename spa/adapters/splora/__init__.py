@@ -21,7 +21,8 @@ def _layer_rank(module: nn.Module, config: SPLoRAConfig) -> int:
 
 
 def _make_layer(module: nn.Module, config: SPLoRAConfig, name: str, context: dict) -> SPLoRALayer:
-    rank = capped_rank(module, _layer_rank(module, config))
+    rank = _layer_rank(module, config)
+    rank = capped_rank(module, rank) if config.cap_rank else rank
     return SPLoRALayer(module, rank=rank, init_range=config.init_range, name=name)
 
 

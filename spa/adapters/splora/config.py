@@ -26,6 +26,11 @@ class SPLoRAConfig:
             parameters), "head" (the task head), "bias" (every bias), "all".
         head_modules: the task head (regex or suffixes); None means the last `nn.Linear`, an
             empty list a model without a head (a bare encoder: every layer is adapted).
+        cap_rank: give each layer at most its width, `min(out, in/groups)` of the matrix the
+            adapter updates (a larger rank adds parameters, never capacity); False keeps the
+            asked rank on every layer, as the paper counts (ResNet-50 at r=8: 466,338 learned
+            parameters, with rank 8 on the 64 x 3 stem). A rank wider than every layer is
+            refused either way.
     """
 
     rank: int = 8
@@ -35,6 +40,7 @@ class SPLoRAConfig:
     exclude_modules: ModuleSelection = None
     trainable: tuple[str, ...] = ("norm", "head")
     head_modules: ModuleSelection = None
+    cap_rank: bool = True
 
     def __post_init__(self) -> None:
         check_positive("rank", self.rank)
