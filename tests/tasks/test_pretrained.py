@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +16,6 @@ import spa
 import spa.tasks.pretrained
 import spa.tasks.rebuild
 from spa.errors import ConfigError
-from spa.families import describe
 from spa.models.tiny_lm import tiny_llama
 from spa.pruning import apply_masks, channel_groups, compute_masks
 from tests._transformers import FFN, bert, gpt2
@@ -91,10 +89,9 @@ def test_a_model_that_is_not_a_transformers_model_is_refused(tmp_path):
 
 
 def test_a_shape_the_config_does_not_describe_is_refused_before_writing(tmp_path, monkeypatch):
-    # A GPT-2 description that forgot its FFN config attribute: the strict rebuild catches it.
+    # Config values that forgot the FFN width: the strict rebuild catches it.
     model = pruned(gpt2().model, units=("ffn",), density=0.75)
-    forgetful = dataclasses.replace(describe(model), config_intermediate=None)
-    monkeypatch.setattr(spa.tasks.pretrained, "describe", lambda _: forgetful)
+    monkeypatch.setattr(spa.tasks.pretrained, "config_values", lambda *_: {})
     with pytest.raises(ConfigError, match=r"transformer.h.0.mlp.c_fc.weight has shape"):
         spa.save_pretrained(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -223,7 +220,8 @@ def test_a_hidden_size_the_config_refuses_is_refused_naming_round_to(tmp_path):
 
 def test_bert_with_a_pruned_hidden_size_is_refused_naming_the_option(tmp_path):
     model = pruned(bert().model, units=("hidden",), density=0.75)
-    with pytest.raises(ConfigError, match=r"keeps \d+ of 32 hidden channels.*units=\('ffn',\)"):
+    message = r"bert.pooler.dense writes 32 channels.*hidden size unpruned \(units without"
+    with pytest.raises(ConfigError, match=message):
         spa.save_pretrained(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 
