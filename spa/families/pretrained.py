@@ -51,7 +51,8 @@ def pretrained_round_to(model: nn.Module, family: Family | None = None) -> dict[
         family: its description; None finds it (`spa.families.describe`).
 
     Returns:
-        `{"hidden": n}` for families whose hidden size can be pruned, else `{}`: pass it to
+        `{"hidden": n}` where the hidden size can be pruned and is heads x head_dim (else
+        `{}`: a config that can describe the model reads its head size itself); pass it to
         `compute_masks(..., ranking="local", round_to=...)` or `ChannelPruningConfig`.
 
     Raises:
@@ -67,8 +68,10 @@ def pretrained_round_to(model: nn.Module, family: Family | None = None) -> dict[
         return {}
     layout = block_layouts(model, family)[0]
     rows = module_rows(model)
-    heads = head_rows(layout, rows)
-    return {"hidden": rows(layout.output) // heads.kv_heads}
+    heads, hidden = head_rows(layout, rows), rows(layout.output)
+    if heads.width != hidden:  # the head size is not hidden / heads: nothing to keep equal
+        return {}
+    return {"hidden": hidden // heads.kv_heads}
 
 
 def config_values(model: nn.Module, family: Family, config: Any) -> dict[str, int]:
