@@ -177,3 +177,20 @@ def test_what_the_config_cannot_describe_is_refused_in_one_line_before_writing(
         spa.save_pretrained(model, tmp_path / "out")
     assert "\n" not in str(refusal.value)
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left behind
+
+
+@pytest.mark.slow
+def test_deit_heads_export_through_the_head_dim_its_model_code_reads(tmp_path):
+    # DeiTConfig has no head_dim field, but DeiT's attention reads `config.head_dim` when set:
+    # heads alone export, the hidden size untouched (a family no issue names).
+    from tests._transformers import deit
+
+    model = _masked(_adapted(deit().model), ("heads",), ranking="local")
+    pixels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    spa.save_pretrained(model, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["head_dim"], config["hidden_size"]) == (8, 32)
+    assert 0 < config["num_attention_heads"] < 4
+    loaded = transformers.DeiTForImageClassification.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        _close(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
