@@ -53,6 +53,7 @@ _LAZY = {
         "spa.deploy",
     ),
     **dict.fromkeys(("count_flops", "count_macs", "density"), "spa.flops"),
+    "pretrained_round_to": "spa.families",
     **dict.fromkeys(
         ("TaskHost", "TaskReport", "load_task", "read_bundle", "save_pretrained", "save_task"),
         "spa.tasks",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:
         fuse,
         optimize_for_inference,
     )
+    from spa.families import pretrained_round_to
     from spa.flops import count_flops, count_macs, density
     from spa.pruning.plan import Plan, plan
     from spa.tasks import (
@@ -147,6 +149,7 @@ __all__ = [
     "load_task",
     "optimize_for_inference",
     "plan",
+    "pretrained_round_to",
     "read_bundle",
     "save_pretrained",
     "save_task",

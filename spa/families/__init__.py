@@ -40,7 +40,7 @@ from spa.families.description import (
 from spa.families.experts import SplitExperts, split_experts
 from spa.families.layouts import BlockLayout, block_layouts, config_of, ffn_layouts
 from spa.families.match import describe, explain, mismatches, per_head_axes
-from spa.families.pretrained import config_values
+from spa.families.pretrained import config_values, pretrained_round_to
 from spa.families.rows import HeadRows, ffn_neurons, head_rows, module_rows, neuron_rows
 from spa.families.stream import StreamLayout, sliced_tensor_axes, stream_layouts, stream_tensors
 from spa.families.sync import head_counts, sync_attributes
@@ -69,6 +69,7 @@ __all__ = [
     "module_rows",
     "neuron_rows",
     "per_head_axes",
+    "pretrained_round_to",
     "SplitExperts",
     "sliced_tensor_axes",
     "split_experts",

@@ -109,6 +109,9 @@ class FeedForwardDescription:
         experts: attribute of `module` with its number of experts, for a mixture of experts
             (`spa.families.experts.SplitExperts`): `inputs` and `output` then name expert
             `{expert}`'s projections, and each expert is one FFN of the block.
+        config_width: config attribute with this FFN's width, for a `Family.extra_ffns` entry
+            (Qwen2-MoE's `shared_expert_intermediate_size`); the main FFN's is
+            `Family.config_intermediate`. None: `spa.save_pretrained` does not write it.
     """
 
     module: str
@@ -118,6 +121,7 @@ class FeedForwardDescription:
     attributes: Mapping[str, Quantity] = field(default_factory=dict)
     chunks: int = 1
     experts: str | None = None
+    config_width: str | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -208,6 +212,8 @@ class Family:
             None where it derives it as hidden size / heads, so a config of the family cannot
             express removed heads (see `spa.families.pretrained`).
         config_hidden: config attribute with the hidden size.
+        config_hidden_also: further config attributes that hold the hidden size where they
+            equal it (OPT's `word_embed_proj_dim`); `spa.save_pretrained` sets them with it.
         stream: where the residual stream is read and written besides the block projections;
             None where the hidden size cannot be pruned.
         variant_of: the family this one refines (a model that fits both is of the variant).
@@ -229,6 +235,7 @@ class Family:
     config_intermediate: str | None = "intermediate_size"
     config_head_dim: str | None = None
     config_hidden: str = "hidden_size"
+    config_hidden_also: tuple[str, ...] = ()
     stream: StreamDescription | None = None
     variant_of: str | None = None
     examples: tuple[Example, ...] = ()

@@ -59,8 +59,10 @@ QWEN2_MOE = FAMILIES.register("qwen2-moe")(
                 inputs=("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj"),
                 output="mlp.shared_expert.down_proj",
                 activation="mlp.shared_expert.act_fn",
+                config_width="shared_expert_intermediate_size",
             ),
         ),
+        config_intermediate="moe_intermediate_size",  # the routed experts' width
         stream=dataclasses.replace(MIXTRAL.stream, readers=("mlp.shared_expert_gate",)),
         untouched=("mlp.gate", "mlp.shared_expert_gate"),
         examples=(

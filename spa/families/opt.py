@@ -29,6 +29,7 @@ OPT = FAMILIES.register("opt")(
         ),
         config_intermediate="ffn_dim",
         config_head_dim=None,  # OPTAttention derives it as hidden_size / heads
+        config_hidden_also=("word_embed_proj_dim",),  # the embeddings' width
         stream=StreamDescription(
             block_norms=("self_attn_layer_norm", "final_layer_norm"),
             norms=(r"(^|\.)decoder\.final_layer_norm$",),

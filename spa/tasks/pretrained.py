@@ -2,9 +2,11 @@
 
 The model (adapted and masked, or a task from `load_task` / `TaskHost`) is compacted and fused
 on a copy (`spa.compact`, `spa.fuse`), its config gets the new head / key-value head / FFN
-counts (`spa.families.config_values`, which refuses layers of different shapes), and a model of
-the same `transformers` class is built from that config, loaded strictly with the fused weights
-(transposed back for GPT-2's `Conv1D`) and compared with the input model on a small input. The
+counts (`spa.families.config_values`, which refuses layers of different shapes and shapes the
+config cannot describe), and a model of the same `transformers` class is built from that
+config, loaded strictly with the fused weights (transposed back for GPT-2's `Conv1D`; split
+experts stacked back into 3-D tensors, `spa.tasks.stacked_experts`) and compared with the
+input model on a small input. The
 directory (`config.json`, `model.safetensors`, ...) is written by `transformers`' own
 `save_pretrained` into a temporary directory beside the destination, loaded back with
 `from_pretrained` and compared again, and only then renamed into place: a refused or failed
@@ -60,7 +62,8 @@ def save_pretrained(
 
     Args:
         model: a `transformers` model (`PreTrainedModel`), adapted and masked (channel pruning
-            of heads / FFN neurons with `ranking="local"`), or a task model from `load_task`.
+            with `ranking="local"`, and `round_to=spa.pretrained_round_to(model)` where heads
+            and the hidden size are pruned), or a task model from `load_task`.
         directory: the destination; created atomically (a temporary directory beside it is
             renamed into place).
         example_inputs: a batch to compare outputs on (a tensor for the model's main input, a

@@ -12,6 +12,7 @@ from torch import nn
 
 from spa.adapters.transposed import is_transposed_linear, weight_in_layout
 from spa.errors import ConfigError
+from spa.tasks.stacked_experts import stack_experts
 
 
 def rebuild(plain: nn.Module, config) -> tuple[nn.Module, list[str]]:
@@ -31,12 +32,12 @@ def rebuild(plain: nn.Module, config) -> tuple[nn.Module, list[str]]:
         rebuilt = type(plain)(config)
     loaded = _loaded_buffers(rebuilt)
     modules = dict(plain.named_modules())
-    state = plain.state_dict()
+    wanted = rebuilt.state_dict()
+    state = stack_experts(plain, plain.state_dict(), wanted)
     for name, module in rebuilt.named_modules():
         key = f"{name}.weight" if name else "weight"
         if is_transposed_linear(module) and isinstance(modules.get(name), nn.Linear):
             state[key] = weight_in_layout(module, state[key])
-    wanted = rebuilt.state_dict()
     config_class = type(config).__name__
     for key, tensor in wanted.items():
         if key not in state:
@@ -48,7 +49,9 @@ def rebuild(plain: nn.Module, config) -> tuple[nn.Module, list[str]]:
             raise ConfigError(
                 f"save_pretrained: {key} has shape {tuple(state[key].shape)}, a "
                 f"{type(plain).__name__} built from the exported {config_class} has "
-                f"{tuple(tensor.shape)}; the config cannot describe this model"
+                f"{tuple(tensor.shape)}; the config cannot describe this model (where "
+                "transformers derives the head size as hidden / heads, prune heads and the "
+                "hidden size together: ranking='local', round_to=spa.pretrained_round_to(model))"
             )
     extra = sorted(set(state) - set(wanted))
     if extra:
@@ -115,10 +118,31 @@ def _take_buffers(
             if value is not None and _rounded(source, value):
                 recomputed.append(name)
             else:
+                _check_recomputed(name, source, value)
                 rebuilt.get_submodule(owner)._buffers[key] = source.clone()
     if any(t.is_meta for t in [*rebuilt.parameters(), *rebuilt.buffers()]):
         return None
     return recomputed
+
+
+def _check_recomputed(name: str, source: torch.Tensor, value: torch.Tensor | None) -> None:
+    """Refuse a buffer that `transformers` recomputes from the exported config to another value
+    than the model's (Gemma's `embed_scale`, sqrt of the hidden size, after hidden pruning)."""
+    if value is None or source.shape != value.shape:
+        return
+    reference = source.to(device=value.device, dtype=value.dtype)
+    if torch.allclose(reference, value, rtol=1e-6, atol=0.0):
+        return
+    shown = (
+        f"{value.item():.6g} (the model has {reference.item():.6g})"
+        if value.numel() == 1
+        else f"values up to {float((value - reference).abs().max()):.3g} away from the model's"
+    )
+    raise ConfigError(
+        f"save_pretrained: transformers computes the buffer {name} from the exported config as "
+        f"{shown}: it follows a pruned size, so the config cannot describe this model; prune "
+        "without that unit (e.g. keep the hidden size) or save a task bundle (spa.save_task)"
+    )
 
 
 def _rounded(source: torch.Tensor, value: torch.Tensor) -> bool:

@@ -33,9 +33,13 @@ class Architecture:
         example: how to build it.
         family: the family `describe` must find by structure.
         units: the units pruned end to end.
-        export: the units after whose pruning `spa.save_pretrained` writes a directory plain
-            `transformers` reloads (empty: none).
-        note: why a unit or export is missing (README).
+        export: the units after whose pruning (together, `ranking="local"`,
+            `round_to=spa.pretrained_round_to(model)`) `spa.save_pretrained` writes a directory
+            plain `transformers` reloads (empty: none).
+        refused: units after whose pruning alone `spa.save_pretrained` refuses in one line
+            before writing anything, because the config cannot describe the result.
+        refusal: why (README).
+        note: why a unit is missing, or other limits (README).
     """
 
     name: str
@@ -43,6 +47,8 @@ class Architecture:
     family: str
     units: tuple[str, ...] = ALL_UNITS
     export: tuple[str, ...] = ALL_UNITS
+    refused: tuple[str, ...] = ()
+    refusal: str = ""
     note: str = ""
 
     @property
@@ -89,39 +95,49 @@ def _plain_linears(model: nn.Module) -> None:
 
 
 # What an example cannot do, declared per example name (README notes).
-_DERIVED = "export: the config derives head_dim as hidden / heads"
-_SCALED = "export: the embeddings are scaled by sqrt(config hidden size)"
-_EXPERTS = (
-    "experts split into per-expert layers by `spa.adapt`; export: experts may keep different widths"
-)
+_ALONE = {
+    "refused": ("heads", "hidden"),
+    "refusal": "heads or hidden alone: the config derives head_dim = hidden / heads",
+}
+_SCALED = {
+    "export": ("heads", "ffn"),
+    "refused": ("hidden",),
+    "refusal": "hidden: the embeddings are scaled by sqrt(config hidden size)",
+}
+_POOLED = "heads or hidden: the config derives head_dim = hidden / heads and gives the"
+_EXPERTS = "experts split into per-expert layers by `spa.adapt`; export pads them to one width"
 _LIMITS = {
-    "bert": {"export": ("ffn",), "note": _DERIVED},
-    "clip-vision": {"export": ("ffn",), "note": _DERIVED},
-    "siglip-vision": {
-        "export": ("ffn",),
-        "note": f"{_DERIVED}; hidden: without its attention-pooling head",
-    },
+    "bert": {"export": ("ffn",), **_ALONE, "refusal": f"{_POOLED} pooler hidden outputs"},
+    "clip-vision": _ALONE,
+    "siglip-vision": {**_ALONE, "note": "hidden: without its attention-pooling head"},
     "bloom": {
         "units": ("ffn", "hidden"),
         "export": (),
-        "note": "heads: ALiBi slopes follow the head count; export: the config has no FFN width",
+        "refused": ("ffn", "hidden"),
+        "refusal": "the config has no FFN width, and head_dim = hidden / heads with fixed heads",
+        "note": "heads: ALiBi slopes follow the head count",
     },
-    "falcon": {"export": ("ffn",), "note": f"FalconLinear run as nn.Linear; {_DERIVED}"},
+    "falcon": {**_ALONE, "note": "FalconLinear run as nn.Linear"},
     "falcon-multi-query": {
         "units": ("ffn", "hidden"),
         "export": ("ffn",),
+        "refused": ("hidden",),
+        "refusal": "hidden: head_dim = hidden / heads with fixed heads",
         "note": "heads: one key/value head read by all heads (one channel)",
     },
-    "gemma2": {"export": ("heads", "ffn"), "note": _SCALED},
-    "gemma3": {"export": ("heads", "ffn"), "note": _SCALED},
-    "gpt2": {"export": ("ffn",), "note": _DERIVED},
-    "mixtral": {"export": (), "note": _EXPERTS},
-    "qwen2_moe": {"export": (), "note": f"{_EXPERTS}; shared expert"},
-    "gpt_neox": {"export": ("ffn",), "note": _DERIVED},
-    "modernbert": {"export": ("ffn",), "note": _DERIVED},
-    "opt": {"export": ("ffn",), "note": _DERIVED},
-    "swin": {"export": (), "note": "export: per-stage config lists"},
-    "vit": {"export": ("ffn",), "note": _DERIVED},
+    "gemma2": _SCALED,
+    "gemma3": _SCALED,
+    "gpt2": _ALONE,
+    "mixtral": {"note": _EXPERTS},
+    "qwen2_moe": {"note": f"{_EXPERTS}; shared expert"},
+    "gpt_neox": _ALONE,
+    "modernbert": {"export": ("ffn",), **_ALONE, "refusal": f"{_POOLED} head hidden outputs"},
+    "opt": _ALONE,
+    "swin": {
+        "export": (),
+        "refused": ALL_UNITS,
+        "refusal": "the config holds per-stage lists (num_heads, mlp_ratio x stage width)",
+    },
 }
 
 
@@ -144,11 +160,7 @@ NAMED = [
     Architecture("qwen2", _decoder("Qwen2Config", "Qwen2ForCausalLM"), "llama"),
     Architecture("mistral", _decoder("MistralConfig", "MistralForCausalLM"), "llama"),
     Architecture(
-        "gemma",
-        _decoder("GemmaConfig", "GemmaForCausalLM", head_dim=16),
-        "llama",
-        export=("heads", "ffn"),
-        note=_SCALED,
+        "gemma", _decoder("GemmaConfig", "GemmaForCausalLM", head_dim=16), "llama", **_SCALED
     ),
     Architecture("granite", _decoder("GraniteConfig", "GraniteForCausalLM"), "llama"),
     Architecture(
@@ -159,9 +171,15 @@ NAMED = [
         export=("heads", "ffn"),
         note="hidden: its LayerNorms have no weight",
     ),
-    Architecture("stablelm", _decoder("StableLmConfig", "StableLmForCausalLM"), "llama"),
+    Architecture("stablelm", _decoder("StableLmConfig", "StableLmForCausalLM"), "llama", **_ALONE),
     # HeliumConfig defaults head_dim to 128; its o_proj is hidden x hidden, so keep them equal.
-    Architecture("helium", _decoder("HeliumConfig", "HeliumForCausalLM", head_dim=8), "llama"),
+    Architecture(
+        "helium",
+        _decoder("HeliumConfig", "HeliumForCausalLM", head_dim=8),
+        "llama",
+        refused=("heads", "hidden"),
+        refusal="heads or hidden alone: the config makes o_proj hidden x hidden",
+    ),
     Architecture("smollm3", _decoder("SmolLM3Config", "SmolLM3ForCausalLM"), "llama"),
     Architecture("nemotron", _decoder("NemotronConfig", "NemotronForCausalLM"), "llama-up-down"),
 ]
@@ -189,20 +207,27 @@ def markdown_table() -> str:
     """The README's supported-architecture table, rendered from `cases()`."""
     rows = [
         "| architecture | transformers class | family | pruned units | KV-cache generation "
-        "| `save_pretrained` reloads after | note |",
+        "| `save_pretrained` (plain `transformers` reload) | note |",
         "|---|---|---|---|---|---|---|",
     ]
     for case in cases():
         generation = "same tokens" if case.decoder else "n/a"
-        export = ", ".join(case.export) or "no"
         units = ", ".join(case.units)
         rows.append(
             f"| {case.name} | `{case.example.model}` | {case.family} | {units} | {generation} "
-            f"| {export} | {case.note} |"
+            f"| {_export_cell(case)} | {case.note} |"
         )
     for name, (example, reason) in UNMATCHED.items():
         rows.append(f"| {name} | `{example.model}` | none | traced | | | {reason} |")
     return "\n".join(rows)
+
+
+def _export_cell(case: Architecture) -> str:
+    """ "reloads after ..." and "refused: reason" for the README's `save_pretrained` column."""
+    cells = [f"reloads after {' + '.join(case.export)}"] if case.export else []
+    if case.refused:
+        cells.append(f"refused: {case.refusal}")
+    return "; ".join(cells)
 
 
 def main(paths: list[str]) -> None:

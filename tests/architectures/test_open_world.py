@@ -36,11 +36,13 @@ def _trained(case: Architecture):
     return adapted_after_step(case.build(), case.inputs)
 
 
-def _prune(model, x, y, units, criterion="taylor"):
-    """Local ranking at density 0.3 (uniform layers), the hidden size a multiple of 4."""
+def _prune(model, x, y, units, criterion="taylor", round_to=None):
+    """Local ranking at density 0.3 (uniform layers), the hidden size a multiple of 4 (or of
+    `round_to`)."""
     groups = channel_groups(model, x, units=units)
     scores = score(model, criterion, groups, data=[(x, y)])
-    masks = compute_masks(groups, scores, 0.3, ranking="local", round_to={"hidden": 4})
+    round_to = {"hidden": 4} if round_to is None else round_to
+    masks = compute_masks(groups, scores, 0.3, ranking="local", round_to=round_to)
     apply_masks(model, masks)
     return refresh_groups(model, groups)
 
@@ -85,17 +87,43 @@ def test_architecture_masked_equals_compacted_fused_loaded_and_hosted(case, tmp_
 @pytest.mark.parametrize("case", [c for c in CASES if c.export], ids=lambda c: c.name)
 def test_architecture_save_pretrained_reloads_in_plain_transformers(case, tmp_path):
     _, model, x, y = _trained(case)
-    _prune(model, x, y, case.export, criterion="weight")
+    groups = _prune(model, x, y, case.export, "weight", spa.pretrained_round_to(model))
+    for unit in case.export:  # every exported unit really lost channels somewhere
+        assert any(sum(g.kept) < g.size for g in groups if g.unit == unit), unit
     hf_model = model.model
     with torch.no_grad():
         expected = model(x)
+        compacted = compact(copy.deepcopy(model), x)(x)
     spa.save_pretrained(hf_model, tmp_path / "export")
     reloaded = getattr(transformers, case.example.model).from_pretrained(tmp_path / "export")
     with torch.no_grad():
-        assert_close_scaled(type(model)(reloaded.eval(), model.kind)(x), expected)
+        got = type(model)(reloaded.eval(), model.kind)(x)
+    assert_close_scaled(got, expected)
+    assert_close_scaled(got, compacted)
     assert sum(p.numel() for p in reloaded.parameters()) < sum(
         p.numel() for p in case.build().parameters()
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("case", "unit"),
+    [(c, unit) for c in CASES for unit in c.refused],
+    ids=lambda value: value if isinstance(value, str) else value.name,
+)
+def test_architecture_save_pretrained_refuses_what_its_config_cannot_describe(case, unit, tmp_path):
+    _, model, x, y = _trained(case)
+    _prune(model, x, y, (unit,), "weight")
+    with pytest.raises(spa.errors.ConfigError) as refusal:
+        spa.save_pretrained(model.model, tmp_path / "export")
+    assert "\n" not in str(refusal.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left behind
+
+
+def test_every_refused_export_names_its_reason():
+    for case in CASES:
+        assert bool(case.refused) == bool(case.refusal), case.name
+        assert set(case.units) <= {*case.export, *case.refused}, case.name
 
 
 def test_readme_architecture_table_is_generated_from_the_cases():

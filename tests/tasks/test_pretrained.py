@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,12 +16,12 @@ import torch
 import spa
 import spa.tasks.pretrained
 import spa.tasks.rebuild
-from spa.errors import ConfigError
-from spa.families import describe
+from spa.errors import ConfigError, SpaWarning
 from spa.models.tiny_lm import tiny_llama
 from spa.pruning import apply_masks, channel_groups, compute_masks
 from tests._transformers import FFN, bert, gpt2
 from tests.families.test_pretrained import pruned
+from tests.tasks.test_pretrained_open import _uneven_experts
 
 GENERATE = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
 
@@ -91,10 +91,9 @@ def test_a_model_that_is_not_a_transformers_model_is_refused(tmp_path):
 
 
 def test_a_shape_the_config_does_not_describe_is_refused_before_writing(tmp_path, monkeypatch):
-    # A GPT-2 description that forgot its FFN config attribute: the strict rebuild catches it.
+    # Config values that forgot the FFN width: the strict rebuild catches it.
     model = pruned(gpt2().model, units=("ffn",), density=0.75)
-    forgetful = dataclasses.replace(describe(model), config_intermediate=None)
-    monkeypatch.setattr(spa.tasks.pretrained, "describe", lambda _: forgetful)
+    monkeypatch.setattr(spa.tasks.pretrained, "config_values", lambda *_: {})
     with pytest.raises(ConfigError, match=r"transformer.h.0.mlp.c_fc.weight has shape"):
         spa.save_pretrained(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -130,9 +129,9 @@ def test_an_lm_head_that_left_its_tied_embedding_is_saved_untied(tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Llama (heads + FFN, and heads + FFN + hidden size), GPT-2 and BERT (FFN: their configs
-    derive the head size) exported by spa and loaded back by a Python process that never
-    imports spa."""
+    """Llama (heads + FFN, and heads + FFN + hidden size), GPT-2 (FFN; heads with the hidden
+    size), Mixtral (uneven experts) and BERT (FFN) exported by spa and loaded back by a Python
+    process that never imports spa."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("pretrained")
     models = {
@@ -142,6 +141,17 @@ def exported(tmp_path_factory):
             "AutoModelForCausalLM",
         ),
         "gpt2": (pruned(gpt2().model, units=("ffn",), density=0.75), "AutoModelForCausalLM"),
+        # GPT-2 derives the head size as n_embd / n_head: heads and hidden size together.
+        "gpt2-heads-hidden": (
+            pruned(
+                gpt2().model,
+                units=("heads", "hidden"),
+                round_to=spa.pretrained_round_to(gpt2().model),
+            ),
+            "AutoModelForCausalLM",
+        ),
+        # Experts of different widths, padded with zero neurons into transformers' 3-D tensors.
+        "mixtral": (_uneven_experts("mixtral"), "AutoModelForCausalLM"),
         "bert": (
             pruned(bert().model, units=("ffn",), density=0.75),
             "AutoModelForSequenceClassification",
@@ -150,7 +160,9 @@ def exported(tmp_path_factory):
     cases, expected = {}, {}
     for name, (model, auto) in models.items():
         ids = torch.randint(1, model.config.vocab_size, (2, 7))
-        spa.save_pretrained(model, root / name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SpaWarning)  # the experts' padding
+            spa.save_pretrained(model, root / name)
         cases[name] = {"auto": auto, "directory": str(root / name), "input_ids": ids}
         expected[name] = {"logits": _logits(model, ids), "model": model}
     prompt = torch.randint(1, 256, (1, 4))
@@ -173,7 +185,9 @@ def exported(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["llama", "llama-hidden", "gpt2", "bert"])
+@pytest.mark.parametrize(
+    "name", ["llama", "llama-hidden", "gpt2", "gpt2-heads-hidden", "mixtral", "bert"]
+)
 def test_transformers_alone_loads_the_export_with_spa_outputs(exported, name):
     root, expected, results = exported
     assert results["spa_imported"] is False
@@ -187,6 +201,8 @@ def test_exported_configs_hold_the_kept_counts(exported):
     root, expected, _ = exported
     llama = _config(root / "llama")
     assert (llama["num_attention_heads"], llama["num_key_value_heads"]) == (2, 1)
+    gpt2_config = _config(root / "gpt2-heads-hidden")  # head size n_embd / n_head: still 8
+    assert 0 < gpt2_config["n_head"] < 4 and gpt2_config["n_embd"] == 8 * gpt2_config["n_head"]
     assert (llama["intermediate_size"], llama["head_dim"], llama["hidden_size"]) == (64, 16, 64)
     hidden = expected["llama-hidden"]["model"]
     kept = int(hidden.model.norm.spa_out_mask.sum())  # the final RMSNorm's hidden channels
@@ -223,7 +239,8 @@ def test_a_hidden_size_the_config_refuses_is_refused_naming_round_to(tmp_path):
 
 def test_bert_with_a_pruned_hidden_size_is_refused_naming_the_option(tmp_path):
     model = pruned(bert().model, units=("hidden",), density=0.75)
-    with pytest.raises(ConfigError, match=r"keeps \d+ of 32 hidden channels.*units=\('ffn',\)"):
+    message = r"bert.pooler.dense writes 32 channels.*hidden size unpruned \(units without"
+    with pytest.raises(ConfigError, match=message):
         spa.save_pretrained(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 
