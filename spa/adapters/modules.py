@@ -29,6 +29,27 @@ def is_norm(module: nn.Module) -> bool:
     return "Norm" in type(module).__name__ and weight is not None and weight.dim() == 1
 
 
+def is_weightless_norm(module: nn.Module) -> bool:
+    """True for a norm class without tensors that normalises one last axis of the size in its
+    `normalized_shape` (OLMo's `OlmoLayerNorm`, which has no weight and no bias)."""
+    shape = getattr(module, "normalized_shape", None)
+    return (
+        "Norm" in type(module).__name__
+        and not isinstance(module, NORM_TYPES)
+        and not module._parameters
+        and isinstance(shape, tuple)
+        and len(shape) == 1
+        and isinstance(shape[0], int)
+    )
+
+
+def norm_channels(module: nn.Module) -> int:
+    """The channels of a last-axis norm (`is_last_axis_norm`): its weight's, or for a weightless
+    norm its `normalized_shape`'s."""
+    weight = getattr(module, "weight", None)
+    return module.normalized_shape[-1] if weight is None else weight.shape[-1]
+
+
 def matches(name: str, selection: ModuleSelection) -> bool:
     """True if dotted `name` is selected by a regex (searched) or a list of name suffixes."""
     if selection is None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from spa.adapters.modules import is_weightless_norm, norm_channels
 from spa.adapters.transposed import is_transposed_linear, out_features
 from spa.errors import ConfigError
 from spa.families.description import Family
@@ -186,12 +187,13 @@ def _size(model: nn.Module, path: str, role: str, axis: int | None, parts: int =
         return tensor_at(model, path).shape[axis]
     module = model.get_submodule(path)
     if role == "norm":
-        if getattr(module, "weight", None) is None:
+        if getattr(module, "weight", None) is None and not is_weightless_norm(module):
             raise ConfigError(
-                f"{path}: a {type(module).__name__} without a weight cannot be marked as a "
-                "member of the hidden size; prune units=('heads', 'ffn') instead"
+                f"{path}: a {type(module).__name__} without a weight or a one-axis "
+                "normalized_shape cannot be marked as a member of the hidden size; prune "
+                "units=('heads', 'ffn') instead"
             )
-        return module.weight.shape[-1]
+        return norm_channels(module)
     base = getattr(module, "base", module)
     if role == "out":
         return out_features(base)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from spa.adapters._conv import groups_of, overridden_method
+from spa.adapters.modules import norm_channels
 from spa.adapters.protocols import ChannelMasked, channel_layers
 from spa.errors import SpaWarning
 from spa.pruning.module_masks import layer_norm_dim, module_mask, parameter_dim
@@ -176,7 +177,7 @@ def mask_size(module: nn.Module, role: Role) -> int:
     if isinstance(module, nn.LayerNorm):
         return module.normalized_shape[-1]
     if is_last_axis_norm(module):
-        return module.weight.shape[-1]
+        return norm_channels(module)
     if isinstance(module, LAYER_TYPES):
         return module.weight.shape[0]
     return module.num_features

@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spa.adapters.modules import NORM_TYPES, is_norm, narrow_tensor
+from spa.adapters.modules import (
+    NORM_TYPES,
+    is_norm,
+    is_weightless_norm,
+    narrow_tensor,
+    norm_channels,
+)
 
 
 def is_last_axis_norm(module: nn.Module) -> bool:
@@ -27,7 +33,7 @@ def is_last_axis_norm(module: nn.Module) -> bool:
     """
     if isinstance(module, nn.LayerNorm):
         return getattr(module, "data_format", "channels_last") == "channels_last"
-    return is_norm(module) and not isinstance(module, NORM_TYPES)
+    return (is_norm(module) and not isinstance(module, NORM_TYPES)) or is_weightless_norm(module)
 
 
 def _vectors(module: nn.Module, size: int) -> dict[str, torch.Tensor]:
@@ -96,7 +102,7 @@ def slice_norm(module: nn.Module, removed: list[int]) -> None:
         module: a last-axis norm Torch-Pruning has no pruning function for (an RMSNorm).
         removed: channel indices to remove.
     """
-    size = module.weight.shape[-1]
+    size = norm_channels(module)
     kept = torch.tensor(sorted(set(range(size)) - set(removed)), dtype=torch.long)
     for name in _vectors(module, size):
         narrow_tensor(module, name, kept, 0)

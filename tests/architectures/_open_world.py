@@ -167,9 +167,7 @@ NAMED = [
         "olmo",
         _decoder("OlmoConfig", "OlmoForCausalLM"),
         "llama",
-        units=("heads", "ffn"),
-        export=("heads", "ffn"),
-        note="hidden: its LayerNorms have no weight",
+        note="LayerNorms without a weight, masked over the kept channels",
     ),
     Architecture("stablelm", _decoder("StableLmConfig", "StableLmForCausalLM"), "llama", **_ALONE),
     # HeliumConfig defaults head_dim to 128; its o_proj is hidden x hidden, so keep them equal.
