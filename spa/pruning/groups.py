@@ -40,7 +40,13 @@ from spa.pruning.module_masks import parameter_dim, resume_hooks, suspend_hooks
 from spa.pruning.norms import bare_norm_weight, is_last_axis_norm, slice_norm
 from spa.pruning.parameter_uses import parameter_problem, reshaped
 from spa.pruning.traced_heads import head_links
-from spa.pruning.tracing import DEFAULT_TIME_LIMIT, cache_off, model_label, time_bound
+from spa.pruning.tracing import (
+    DEFAULT_TIME_LIMIT,
+    cache_off,
+    gathered_tables,
+    model_label,
+    time_bound,
+)
 from spa.pruning.trial import keep_compactable
 from spa.pruning.units import DEFAULT_UNITS, unit_groups
 
@@ -293,6 +299,14 @@ def channel_groups(
         )
     model_type = getattr(config_of(model), "model_type", None)
     what = model_label(model)
+    gathered = gathered_tables(model)
+    if gathered:
+        raise UnsupportedLayerError(
+            f"channel_groups: Torch-Pruning cannot trace {what}: it gathers per-head biases "
+            f"through index buffers ({', '.join(gathered[:2])}"
+            f"{', ...' if len(gathered) > 2 else ''}), which its graph cannot slice; its family "
+            f"is not described (described: {', '.join(FAMILIES)}): add a spa.families.Family for it"
+        )
     logger.info("tracing %s with Torch-Pruning (time limit %s s)", what, time_limit)
     started = time.perf_counter()
     with cache_off(model):

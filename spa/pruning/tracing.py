@@ -14,6 +14,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from spa.errors import UnsupportedLayerError
@@ -75,6 +76,32 @@ def time_bound(seconds: float | None, what: str) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def gathered_tables(model: nn.Module) -> list[str]:
+    """Modules holding a table of biases read through an integer index buffer of their own
+    (LeViT's `attention_biases[:, attention_bias_idxs]`, relative position bias tables).
+
+    Torch-Pruning 1.6 does not settle on such a gather (LeViT traces for many minutes) and
+    could not slice the table per head if it did, so a model with one is refused before tracing.
+
+    Returns:
+        `"path (table[index])"` for each such module.
+    """
+    found = []
+    for path, module in model.named_modules():
+        tables = [n for n, p in module._parameters.items() if p is not None and p.dim() >= 2]
+        indices = [
+            name
+            for name, buffer in module._buffers.items()
+            if buffer is not None
+            and buffer.dim() >= 2
+            and not buffer.is_floating_point()
+            and buffer.dtype != torch.bool
+        ]
+        if tables and indices and not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            found.append(f"{path or type(module).__name__} ({tables[0]}[{indices[0]}])")
+    return found
 
 
 def model_label(model: nn.Module) -> str:

@@ -7,6 +7,7 @@ prune are refused in one line before any mask is applied."""
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 
 import pytest
@@ -81,4 +82,18 @@ def test_traced_architecture_refused_in_one_line_before_any_mask(name, monkeypat
         channel_groups(model, arch.inputs(), time_limit=2.0)
     assert "\n" not in str(caught.value)
     assert f"'{name.split('_')[0]}' model" in str(caught.value)
+    assert all(bool(layer.out_mask.all()) for _, layer in spa.adapter_layers(model))
+
+
+def test_levit_is_refused_by_its_structure_before_tracing_in_one_line(monkeypatch):
+    """LeViT's per-head attention biases are gathered through an index buffer; Torch-Pruning
+    never settles on that graph, so the refusal comes from the structure, with the default
+    time limit, in well under a second of tracing."""
+    traced_path(monkeypatch)
+    arch = ARCHS["levit"]
+    model = spa.adapt(arch.build(), spa.SPLoRAConfig(rank=2))
+    started = time.perf_counter()
+    with pytest.raises(UnsupportedLayerError, match=r"attention_biases\[attention_bias_idxs\]"):
+        channel_groups(model, arch.inputs())
+    assert time.perf_counter() - started < 5.0
     assert all(bool(layer.out_mask.all()) for _, layer in spa.adapter_layers(model))
