@@ -202,14 +202,15 @@ def unit_groups(
     unknown = [unit for unit in units if unit not in UNITS]
     if unknown or not units:
         raise ConfigError(f"units must be a non-empty selection of {list(UNITS)}, got {units!r}")
+    layouts = block_layouts(model, family)
     if "heads" in units and family.attention.fixed_heads:
         raise ConfigError(
-            f"model family {family.name!r}: attention heads cannot be pruned: "
-            f"{family.attention.fixed_heads}; prune units=('ffn',) or ('ffn', 'hidden')"
+            f"{layouts[0].attention} (model family {family.name!r}): attention heads cannot be "
+            f"pruned: {family.attention.fixed_heads}; prune units=('ffn',) or ('ffn', 'hidden')"
         )
     layers = layer_table(model)
     groups = []
-    for layout in block_layouts(model, family):
+    for layout in layouts:
         for unit in ("heads", "ffn"):
             if unit not in units:
                 continue

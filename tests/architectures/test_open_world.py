@@ -13,10 +13,12 @@ import torch
 import transformers
 
 import spa
+from spa.errors import ConfigError
 from spa.families import FAMILIES, describe, explain
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups, score
 from tests._transformers import adapted_after_step, assert_close_scaled, assert_same_generation
 from tests.architectures._open_world import (
+    ALL_UNITS,
     NAMED,
     UNMATCHED,
     Architecture,
@@ -81,6 +83,20 @@ def test_architecture_masked_equals_compacted_fused_loaded_and_hosted(case, tmp_
         assert_close_scaled(host.model("task")(x), masked)
     if case.decoder:
         assert_same_generation(model, compacted, base, tmp_path / "generation.safetensors")
+
+
+FIXED_HEADS = [case for case in CASES if FAMILIES.get(case.family).attention.fixed_heads]
+
+
+@pytest.mark.parametrize("case", FIXED_HEADS, ids=lambda c: c.name)
+def test_architecture_with_fixed_heads_refuses_heads_in_one_line_before_any_mask(case):
+    _, model, x, _ = _trained(case)
+    with pytest.raises(ConfigError, match=r"\.0\..*heads cannot be pruned") as caught:
+        channel_groups(model, x, units=ALL_UNITS)
+    assert "\n" not in str(caught.value) and "heads" not in case.units
+    assert all(bool(layer.out_mask.all()) for _, layer in spa.adapter_layers(model))
+    units = {group.unit for group in channel_groups(model, x, units=case.units)}
+    assert units == set(case.units)  # FFN and hidden size still prune (end to end above)
 
 
 @pytest.mark.slow
