@@ -36,7 +36,10 @@ class Net(nn.Module):
             out = self.model(inputs_embeds=x, use_cache=False)
         else:
             out = self.model(input_ids=x, use_cache=False)
-        return out.logits[:, -1] if self.kind == "decoder" else out.logits
+        if self.kind == "decoder":
+            return out.logits[:, -1]
+        # A token classifier (T5's encoder): its labels averaged over the positions.
+        return out.logits.mean(1) if out.logits.dim() == 3 else out.logits
 
 
 # The sizes every tiny model shares, under the names most `transformers` configs use.

@@ -26,6 +26,7 @@ from spa.families import (  # noqa: E402,F401  (registrations)
     opt,
     phi3,
     swin,
+    t5,
     vit,
 )
 from spa.families.description import (

@@ -54,6 +54,16 @@ class AttentionDescription:
             (Phi-3 reads `config.num_attention_heads`); compaction gives the module its own
             copy of the config holding its block's counts.
         fixed_heads: why heads cannot be removed in this family (None: they can).
+        optional_per_head: per-head tensors (like `per_head`) that only some blocks have, e.g.
+            T5's relative attention bias, in its first block only.
+        tied_heads: why every block must keep the same heads (None: each block its own). T5
+            computes its position bias in the first block and passes it to every later one,
+            so heads form one unit group across all blocks: group channel `j` is key/value
+            head `j` of every block.
+        joint_norms: norms over all query (or key) heads together (path -> "query" or
+            "key"), channel for channel with that projection's rows (OLMo2's `q_norm` /
+            `k_norm`): their channels go with their heads, and a masked one normalises over
+            the kept channels only, as the compacted one does.
     """
 
     module: str
@@ -70,6 +80,9 @@ class AttentionDescription:
     head_norms: tuple[str, ...] = ()
     config_attributes: Mapping[str, Quantity] = field(default_factory=dict)
     fixed_heads: str | None = None
+    optional_per_head: Mapping[str, int] = field(default_factory=dict)
+    tied_heads: str | None = None
+    joint_norms: Mapping[str, Literal["query", "key"]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.qkv_layout not in ("blocked", "grouped"):
@@ -83,15 +96,24 @@ class AttentionDescription:
                 "AttentionDescription: give either query, key and value or one fused qkv, got "
                 f"query={self.query!r}, key={self.key!r}, value={self.value!r}, qkv={self.qkv!r}"
             )
-        for path, axis in self.per_head.items():
+        for path, axis in {**self.per_head, **self.optional_per_head}.items():
             if not isinstance(axis, int) or isinstance(axis, bool) or axis < 0:
                 raise ConfigError(
                     f"AttentionDescription: per_head[{path!r}] must be a non-negative axis, "
                     f"got {axis!r}"
                 )
+        for path, which in self.joint_norms.items():
+            if which not in ("query", "key") or self.qkv is not None:
+                raise ConfigError(
+                    f"AttentionDescription: joint_norms[{path!r}] must be 'query' or 'key' of "
+                    f"separate q/k/v projections, got {which!r}"
+                )
         object.__setattr__(self, "attributes", _frozen(self.attributes))
         object.__setattr__(self, "config_attributes", _frozen(self.config_attributes))
         object.__setattr__(self, "per_head", MappingProxyType(dict(self.per_head)))
+        optional = MappingProxyType(dict(self.optional_per_head))
+        object.__setattr__(self, "optional_per_head", optional)
+        object.__setattr__(self, "joint_norms", MappingProxyType(dict(self.joint_norms)))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spa.adapters.transposed import out_features
 from spa.errors import ConfigError
 from spa.families.description import Family, FeedForwardDescription
 
@@ -32,6 +33,8 @@ class BlockLayout:
         kv_groups: query heads per key/value head, read where a fused `qkv` needs it, else 1.
         ffn_chunks: equal parts of each FFN input's rows (`FeedForwardDescription.chunks`).
         head_norms: norms over one head's channels (full dotted paths).
+        joint_norms: norms over all query or key heads together (full dotted path, "query"
+            or "key"), see `AttentionDescription.joint_norms`.
         more_ffns: the block's further FFNs (experts after the first, shared experts), each a
             copy of this layout with its own `ffn*` fields (see `ffn_layouts`).
     """
@@ -53,6 +56,7 @@ class BlockLayout:
     kv_groups: int = 1
     ffn_chunks: int = 1
     head_norms: tuple[str, ...] = ()
+    joint_norms: tuple[tuple[str, str], ...] = ()
     more_ffns: tuple[BlockLayout, ...] = ()
 
 
@@ -171,7 +175,16 @@ def block_layouts(
         per_head = tuple(
             (_per_head_tensor(model, family, block, relative, axis), axis)
             for relative, axis in attention.per_head.items()
+        ) + tuple(
+            (_per_head_tensor(model, family, block, relative, axis), axis)
+            for relative, axis in attention.optional_per_head.items()
+            if tensor_at(model, join_path(block, relative)) is not None
         )
+        joint_norms = tuple(
+            (join_path(block, relative), which) for relative, which in attention.joint_norms.items()
+        )
+        for path, which in joint_norms:
+            _check_joint_norm(family, path, modules.get(path), modules[paths[which]])
         layout = BlockLayout(
             path=block,
             head_dim=head_dim,
@@ -179,6 +192,7 @@ def block_layouts(
             qkv_layout=attention.qkv_layout,
             kv_groups=_kv_groups(family, paths["attention"], holder),
             head_norms=head_norms,
+            joint_norms=joint_norms,
             **paths,
             **ffns[0],
         )
@@ -195,6 +209,24 @@ def _check_head_norm(family: Family, path: str, norm: nn.Module, head_dim: int) 
             f"model family {family.name!r}: {path} normalises {weight.shape[-1]} channels, not one "
             f"head's {head_dim}: a norm over several heads together does not fit the family"
         )
+
+
+def _check_joint_norm(
+    family: Family, path: str, norm: nn.Module | None, projection: nn.Module
+) -> None:
+    """A joint norm must exist and normalise as many channels as its projection has rows."""
+    rows = out_features(getattr(projection, "base", projection))
+    weight = getattr(norm, "weight", None)
+    if norm is None or weight is None or tuple(weight.shape) != (rows,):
+        found = "missing" if norm is None else f"{type(norm).__name__} {_shape(weight)}"
+        raise ConfigError(
+            f"model family {family.name!r}: {path} should be a norm over the {rows} rows of "
+            f"its projection (all heads together), found {found}"
+        )
+
+
+def _shape(tensor: torch.Tensor | None) -> str:
+    return "without a weight" if tensor is None else f"of {tuple(tensor.shape)} channels"
 
 
 def _kv_groups(family: Family, path: str, holder: nn.Module) -> int:

@@ -76,7 +76,8 @@ def _undescribed(model: nn.Module, family: Family, blocks: list[str]) -> list[st
         attention.qkv,
         attention.output,
         *attention.head_norms,
-        *(path.rpartition(".")[0] for path in attention.per_head),
+        *(path.rpartition(".")[0] for path in (*attention.per_head, *attention.optional_per_head)),
+        *attention.joint_norms,
         *(
             path
             for part in (ffn, *family.extra_ffns)
@@ -158,6 +159,6 @@ def per_head_axes(model: nn.Module) -> dict[str, int]:
     Empty for a model of no described family or a family without per-head tensors.
     """
     family = describe(model)
-    if family is None or not family.attention.per_head:
+    if family is None or not (family.attention.per_head or family.attention.optional_per_head):
         return {}
     return {path: axis for layout in block_layouts(model, family) for path, axis in layout.per_head}

@@ -45,11 +45,12 @@ def sequential_blocks(model: nn.Module) -> list[str] | None:
     Returns:
         The block paths in order, when the model is of a described family and its blocks are
         the items 0..n-1 of one container (so block `i`'s output is block `i + 1`'s input);
-        None otherwise (no family, or stages with other modules between them, as in Swin).
+        None otherwise (no family, stages with other modules between them, as in Swin, or
+        blocks that pass each other more than hidden states, as T5's position bias).
     """
     family = describe(model)
-    if family is None:
-        return None
+    if family is None or family.attention.tied_heads:
+        return None  # tied heads: blocks pass more than hidden states (T5's position bias)
     paths = [layout.path for layout in block_layouts(model, family)]
     parents = {path.rpartition(".")[0] for path in paths}
     indices = [path.rpartition(".")[2] for path in paths]

@@ -170,7 +170,9 @@ def remove_empty_units(model: nn.Module) -> UnitRemoval:
     if is_adapted(model) or any(hasattr(m, "block_mask") for m in model.modules()):
         raise ConfigError("remove_empty_units: fuse the model first (spa.fuse(model))")
     report = UnitRemoval(parameters_before=sum(p.numel() for p in model.parameters()))
-    groups = unit_groups(model, family, ("ffn",) if family.attention.fixed_heads else DEFAULT_UNITS)
+    # Heads fixed, or tied across blocks (dead in one block is not dead in all): FFN only.
+    fixed = family.attention.fixed_heads or family.attention.tied_heads
+    groups = unit_groups(model, family, ("ffn",) if fixed else DEFAULT_UNITS)
     layouts = {layout.path: layout for layout in block_layouts(model, family)}
     masks: dict[str, dict[str, torch.Tensor]] = {}
     for group in groups:

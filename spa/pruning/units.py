@@ -76,6 +76,13 @@ def _head_slices(model: nn.Module, layout: BlockLayout) -> tuple[int, list[_Slic
             add(heads.output, "in", heads.output_columns(head), j)
         add(heads.key, "out", heads.key_rows(j), j)
         add(heads.value, "out", heads.value_rows(j), j)
+    for path, which in layout.joint_norms:  # OLMo2's q/k norms over all heads together
+        for j in range(heads.kv_heads):
+            if which == "key":
+                add(path, "norm", heads.key_rows(j), j)
+            for head in range(j * heads.groups, (j + 1) * heads.groups):
+                if which == "query":
+                    add(path, "norm", heads.query_rows(head), j)
     slices = []
     for (path, role), pairs in per_path.items():
         pairs.sort()
@@ -178,6 +185,23 @@ def _group(model: nn.Module, unit: str, size: int, slices: list[_Slice], axes, l
     )
 
 
+def _tied_heads(model: nn.Module, family: Family, layouts: list[BlockLayout], layers):
+    """One heads group over every block (`AttentionDescription.tied_heads`): channel `j` is
+    key/value head `j` of each block, so every block keeps the same heads."""
+    sizes, slices, axes = set(), [], {}
+    for layout in layouts:
+        size, found = _head_slices(model, layout)
+        sizes.add(size)
+        slices += found
+        axes.update(layout.per_head)
+    if len(sizes) != 1:
+        raise ConfigError(
+            f"model family {family.name!r}: its blocks must keep the same heads "
+            f"({family.attention.tied_heads}), but they have {sorted(sizes)} key/value heads"
+        )
+    return _group(model, "heads", sizes.pop(), slices, axes, layers)
+
+
 def unit_groups(
     model: nn.Module, family: Family, units: Sequence[str] = DEFAULT_UNITS
 ) -> list[ChannelGroup]:
@@ -210,9 +234,11 @@ def unit_groups(
         )
     layers = layer_table(model)
     groups = []
+    if "heads" in units and family.attention.tied_heads:
+        groups.append(_tied_heads(model, family, layouts, layers))
     for layout in layouts:
         for unit in ("heads", "ffn"):
-            if unit not in units:
+            if unit not in units or (unit == "heads" and family.attention.tied_heads):
                 continue
             # One FFN group per expert and shared expert of a mixture of experts.
             for part in ffn_layouts(layout) if unit == "ffn" else (layout,):
