@@ -54,6 +54,8 @@ class AttentionDescription:
             (Phi-3 reads `config.num_attention_heads`); compaction gives the module its own
             copy of the config holding its block's counts.
         fixed_heads: why heads cannot be removed in this family (None: they can).
+        per_kv_head: tensors with one slice per key/value head (path -> its axis), e.g. Cohere's
+            key norm weight `(kv_heads, head_dim)`, sliced with their key/value heads.
         optional_per_head: per-head tensors (like `per_head`) that only some blocks have, e.g.
             T5's relative attention bias, in its first block only.
         tied_heads: why every block must keep the same heads (None: each block its own). T5
@@ -80,6 +82,7 @@ class AttentionDescription:
     head_norms: tuple[str, ...] = ()
     config_attributes: Mapping[str, Quantity] = field(default_factory=dict)
     fixed_heads: str | None = None
+    per_kv_head: Mapping[str, int] = field(default_factory=dict)
     optional_per_head: Mapping[str, int] = field(default_factory=dict)
     tied_heads: str | None = None
     joint_norms: Mapping[str, Literal["query", "key"]] = field(default_factory=dict)
@@ -96,7 +99,7 @@ class AttentionDescription:
                 "AttentionDescription: give either query, key and value or one fused qkv, got "
                 f"query={self.query!r}, key={self.key!r}, value={self.value!r}, qkv={self.qkv!r}"
             )
-        for path, axis in {**self.per_head, **self.optional_per_head}.items():
+        for path, axis in {**self.per_head, **self.per_kv_head, **self.optional_per_head}.items():
             if not isinstance(axis, int) or isinstance(axis, bool) or axis < 0:
                 raise ConfigError(
                     f"AttentionDescription: per_head[{path!r}] must be a non-negative axis, "
@@ -111,6 +114,7 @@ class AttentionDescription:
         object.__setattr__(self, "attributes", _frozen(self.attributes))
         object.__setattr__(self, "config_attributes", _frozen(self.config_attributes))
         object.__setattr__(self, "per_head", MappingProxyType(dict(self.per_head)))
+        object.__setattr__(self, "per_kv_head", MappingProxyType(dict(self.per_kv_head)))
         optional = MappingProxyType(dict(self.optional_per_head))
         object.__setattr__(self, "optional_per_head", optional)
         object.__setattr__(self, "joint_norms", MappingProxyType(dict(self.joint_norms)))

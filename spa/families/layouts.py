@@ -29,6 +29,7 @@ class BlockLayout:
         ffn_output: its column-side projection (down).
         ffn_activation: its activation module, if described.
         per_head: per-head tensors (full dotted path of a parameter or buffer, head axis).
+        per_kv_head: tensors with one slice per key/value head (full dotted path, axis).
         qkv_layout: the fused projection's row order (`AttentionDescription.qkv_layout`).
         kv_groups: query heads per key/value head, read where a fused `qkv` needs it, else 1.
         ffn_chunks: equal parts of each FFN input's rows (`FeedForwardDescription.chunks`).
@@ -52,6 +53,7 @@ class BlockLayout:
     ffn_output: str
     ffn_activation: str | None = None
     per_head: tuple[tuple[str, int], ...] = ()
+    per_kv_head: tuple[tuple[str, int], ...] = ()
     qkv_layout: str = "blocked"
     kv_groups: int = 1
     ffn_chunks: int = 1
@@ -180,6 +182,10 @@ def block_layouts(
             for relative, axis in attention.optional_per_head.items()
             if tensor_at(model, join_path(block, relative)) is not None
         )
+        per_kv_head = tuple(
+            (_per_head_tensor(model, family, block, relative, axis), axis)
+            for relative, axis in attention.per_kv_head.items()
+        )
         joint_norms = tuple(
             (join_path(block, relative), which) for relative, which in attention.joint_norms.items()
         )
@@ -189,6 +195,7 @@ def block_layouts(
             path=block,
             head_dim=head_dim,
             per_head=per_head,
+            per_kv_head=per_kv_head,
             qkv_layout=attention.qkv_layout,
             kv_groups=_kv_groups(family, paths["attention"], holder),
             head_norms=head_norms,

@@ -4,10 +4,10 @@ A family fits a model when (`mismatches` lists what does not):
 - the model carries a `transformers` config with the family's head-count fields;
 - its block pattern finds blocks, and every described projection, norm and per-head tensor
   exists in every block, with a head dimension and whole heads and neurons in the shapes;
-- every module with parameters inside a block is described (a projection, an FFN layer, a
-  block norm, a per-head norm or tensor): a block with anything else (a router, per-head norm
-  layers, norms over all heads together) is not of the family, since pruning would not know
-  how to slice it.
+- every module with parameters (or a norm without any) inside a block is described (a
+  projection, an FFN layer, a block norm, a per-head or joint norm or tensor): a block with
+  anything else (a router, norms the description does not name) is not of the family, since
+  pruning would not know how to slice it.
 
 `describe` returns the one fitting family; where a family and its variants fit, the most
 specific variant wins; where unrelated families fit, it refuses naming them.
@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
+from spa.adapters.modules import is_weightless_norm
 from spa.errors import ConfigError
 from spa.families.description import FAMILIES, Family
 from spa.families.layouts import block_layouts, config_of, ffn_layouts, join_path
@@ -76,7 +77,10 @@ def _undescribed(model: nn.Module, family: Family, blocks: list[str]) -> list[st
         attention.qkv,
         attention.output,
         *attention.head_norms,
-        *(path.rpartition(".")[0] for path in (*attention.per_head, *attention.optional_per_head)),
+        *(
+            path.rpartition(".")[0]
+            for path in (*attention.per_head, *attention.per_kv_head, *attention.optional_per_head)
+        ),
         *attention.joint_norms,
         *(
             path
@@ -98,7 +102,8 @@ def _undescribed(model: nn.Module, family: Family, blocks: list[str]) -> list[st
                 join_path(join_path(block, relative), n)
                 for n, _ in module.named_parameters(recurse=False)
             ]
-            if all(any(re.search(pattern, path) for pattern in stream) for path in own):
+            weightless = is_weightless_norm(module)  # a norm all the same (OLMo's)
+            if not weightless and all(any(re.search(p, path) for p in stream) for path in own):
                 continue  # no parameters, or only stream tensors (BEiT's layer scales)
             if any(relative == p or relative.startswith(f"{p}.") for p in named):
                 continue
@@ -159,6 +164,13 @@ def per_head_axes(model: nn.Module) -> dict[str, int]:
     Empty for a model of no described family or a family without per-head tensors.
     """
     family = describe(model)
-    if family is None or not (family.attention.per_head or family.attention.optional_per_head):
+    attention = family.attention if family is not None else None
+    if attention is None or not (
+        attention.per_head or attention.per_kv_head or attention.optional_per_head
+    ):
         return {}
-    return {path: axis for layout in block_layouts(model, family) for path, axis in layout.per_head}
+    return {
+        path: axis
+        for layout in block_layouts(model, family)
+        for path, axis in (*layout.per_head, *layout.per_kv_head)
+    }

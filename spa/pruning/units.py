@@ -90,6 +90,8 @@ def _head_slices(model: nn.Module, layout: BlockLayout) -> tuple[int, list[_Slic
     order = list(range(heads.heads))
     channels = [head // heads.groups for head in order]
     slices += [(path, "param", order, channels) for path, _ in layout.per_head]
+    every = list(range(heads.kv_heads))
+    slices += [(path, "param", every, every) for path, _ in layout.per_kv_head]
     return heads.kv_heads, slices
 
 
@@ -193,7 +195,7 @@ def _tied_heads(model: nn.Module, family: Family, layouts: list[BlockLayout], la
         size, found = _head_slices(model, layout)
         sizes.add(size)
         slices += found
-        axes.update(layout.per_head)
+        axes.update({**dict(layout.per_head), **dict(layout.per_kv_head)})
     if len(sizes) != 1:
         raise ConfigError(
             f"model family {family.name!r}: its blocks must keep the same heads "
@@ -243,7 +245,8 @@ def unit_groups(
             # One FFN group per expert and shared expert of a mixture of experts.
             for part in ffn_layouts(layout) if unit == "ffn" else (layout,):
                 size, slices = _BUILDERS[unit](model, part)
-                groups.append(_group(model, unit, size, slices, dict(layout.per_head), layers))
+                axes = {**dict(layout.per_head), **dict(layout.per_kv_head)}
+                groups.append(_group(model, unit, size, slices, axes, layers))
     if "hidden" in units:
         for size, slices, axes in _hidden_slices(model, family):
             groups.append(_group(model, "hidden", size, slices, axes, layers))

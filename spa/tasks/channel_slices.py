@@ -75,8 +75,10 @@ def check_per_head(
             resolved = head_rows(layout, rows)
         except ConfigError as error:
             raise bundle_error(bundle, f"{error}; the bundle was altered") from None
-        projection, heads = resolved.query, resolved.heads
-        for path, axis in layout.per_head:
+        for path, axis, projection, heads in [
+            *((p, a, resolved.query, resolved.heads) for p, a in layout.per_head),
+            *((p, a, resolved.key, resolved.kv_heads) for p, a in layout.per_kv_head),
+        ]:
             shape = shapes[path] if path in shapes else tuple(tensor_at(base_model, path).shape)
             if shape[axis] != heads:
                 raise bundle_error(

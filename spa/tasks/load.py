@@ -187,7 +187,11 @@ def plan_task(
     family = describe(base_model)
     if family is not None and family.attention.config_attributes:
         plan.config_family = family
-    if family is not None and family.attention.per_head:  # without resolving the blocks again
+    attention = family.attention if family is not None else None
+    tables = attention and (
+        attention.per_head or attention.per_kv_head or attention.optional_per_head
+    )
+    if tables:  # without resolving the blocks again
         check_per_head(bundle, base_model, plan.layers, plan.modules)
     _check_needed(bundle, base_model, plan)
     return plan

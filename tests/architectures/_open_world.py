@@ -184,16 +184,7 @@ NAMED = [
 
 
 # Architectures no family fits (each falls back to Torch-Pruning's traced groups), and why.
-UNMATCHED = {
-    "olmo2": (
-        _decoder("Olmo2Config", "Olmo2ForCausalLM"),
-        "q/k norms normalise over all heads together",
-    ),
-    "cohere": (
-        _decoder("CohereConfig", "CohereForCausalLM"),
-        "one norm per block (parallel attention and FFN)",
-    ),
-}
+UNMATCHED: dict[str, tuple[Example, str]] = {}
 
 
 def cases() -> list[Architecture]:

@@ -1,0 +1,36 @@
+"""OLMo2: a Llama-like decoder with post-norms and q/k norms over all heads together.
+
+OLMo2 normalises each block's attention and FFN *outputs* (`post_attention_layernorm`,
+`post_feedforward_layernorm`) and its queries and keys with RMS norms over all heads together
+(`q_norm` / `k_norm`, `heads x head_dim` channels): their channels go with their heads
+(`AttentionDescription.joint_norms`), masked over the kept channels only.
+"""
+
+import dataclasses
+
+from spa.families.description import FAMILIES, Example
+from spa.families.llama import LLAMA
+from spa.families.tiny import DECODER
+
+OLMO2 = FAMILIES.register("olmo2")(
+    dataclasses.replace(
+        LLAMA,
+        name="olmo2",
+        variant_of="llama",
+        attention=dataclasses.replace(
+            LLAMA.attention,
+            head_norms=(),
+            joint_norms={"self_attn.q_norm": "query", "self_attn.k_norm": "key"},
+        ),
+        stream=dataclasses.replace(
+            LLAMA.stream,
+            block_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
+            optional_block_norms=(),
+        ),
+        examples=(
+            Example(
+                model="Olmo2ForCausalLM", config="Olmo2Config", kind="decoder", options=DECODER
+            ),
+        ),
+    )
+)
