@@ -46,6 +46,12 @@ CLIP = FAMILIES.register("clip")(
             },
             writers=(r"(^|\.)embeddings\.patch_embedding$",),
             unsliced={r"(^|\.)head\.attention$": "SigLIP's attention-pooling head"},
+            # CLIPModel: two towers, each its own stream, read by its own projection.
+            stages=r"(?:^|\.)(text_model|vision_model)\.",
+            stage_readers={
+                r"(^|\.)text_projection$": "text_model",
+                r"(^|\.)visual_projection$": "vision_model",
+            },
         ),
         examples=(
             Example(

@@ -191,8 +191,12 @@ class StreamDescription:
         pooler: the projection that reads the stream for the task head (BERT's pooler,
             RoBERTa's and ELECTRA's classification-head `dense`); in a model without one, the
             task head itself reads the stream.
-        stages: for models whose width changes between stages, a regex whose first group,
-            searched in a block's path, names the block's stage (one stream per stage).
+        stages: for models with several streams (widths changing between stages, or towers
+            side by side), a regex whose first group, searched in a block's path, names the
+            block's stage (one stream per stage); a model-level member whose path it matches
+            joins that stage, any other the stage of its width.
+        stage_readers: model-level layers that read one named stage's stream (regex -> stage
+            name): CLIP's `text_projection` and `visual_projection`, one per tower.
         merging: the patch merges between stages (Swin).
         readers: further layers in each block that read the stream (paths relative to the
             block; their input columns are sliced): Qwen2-MoE's `mlp.shared_expert_gate`.
@@ -208,6 +212,7 @@ class StreamDescription:
     writers: tuple[str, ...] = ()
     pooler: str | None = None
     stages: str | None = None
+    stage_readers: Mapping[str, str] = field(default_factory=dict)
     merging: MergeDescription | None = None
     readers: tuple[str, ...] = ()
     unsliced: Mapping[str, str] = field(default_factory=dict)
@@ -215,6 +220,7 @@ class StreamDescription:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
         object.__setattr__(self, "unsliced", MappingProxyType(dict(self.unsliced)))
+        object.__setattr__(self, "stage_readers", MappingProxyType(dict(self.stage_readers)))
 
 
 @dataclass(frozen=True, kw_only=True)

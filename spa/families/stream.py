@@ -70,8 +70,8 @@ def stream_layouts(
     """Resolve `family.stream` on `model`: every module and tensor on each residual stream.
 
     A model has one stream, or one per stage where patch merging changes the width (Swin).
-    Model-level members (embeddings, their norm, the final norm, the head) join the stage of
-    their width.
+    Model-level members (embeddings, their norm, the final norm, the head) join the stage
+    their path names (a tower of a two-tower model), else the stage of their width.
 
     Args:
         model: a model of `family` (adapted or not, masked or compacted).
@@ -140,10 +140,20 @@ def stream_layouts(
     ]
     loose += [(path, "out", None, 1) for p in stream.writers for path in _search(modules, p)]
     loose += [(path, "param", axis, 1) for path, axis in stream_tensors(model, family).items()]
-    loose += [(path, "in", None, 1) for path in (poolers or head)]
+    # Model-level readers of a named stage (CLIP's projections, one per tower).
+    readers = {
+        path: stage
+        for pattern, stage in stream.stage_readers.items()
+        for path in _search(modules, pattern)
+    }
+    loose += [(path, "in", None, 1) for path in readers]
+    loose += [(path, "in", None, 1) for path in (poolers or head) if path not in readers]
+    names = list(stages)
     for member in loose:
         size = _size(model, *member)
-        stage = [i for i, width in enumerate(widths) if width == size]
+        named = readers.get(member[0]) or _named_stage(stream.stages, member[0])
+        stage = [names.index(named)] if named in names else []
+        stage = stage or [i for i, width in enumerate(widths) if width == size]
         if len(stage) != 1:
             raise ConfigError(
                 f"model family {family.name!r}: {member[0]} has {size} channels, which is not "
@@ -161,6 +171,12 @@ def stream_layouts(
                     "its family description"
                 )
     return [StreamLayout(width, tuple(members)) for width, members in zip(widths, per_stage)]
+
+
+def _named_stage(pattern: str | None, path: str) -> str | None:
+    """The stage a model-level member's path names (a tower's embeddings), if any."""
+    found = re.search(pattern, path) if pattern else None
+    return found.group(1) if found else None
 
 
 def _add_merges(family: Family, modules: dict, stages: list[list[StreamMember]]) -> None:

@@ -12,6 +12,7 @@ import torch
 import transformers
 from torch import nn
 
+import spa
 from spa.errors import ConfigError
 from spa.families import describe
 from spa.families.tiny import FEED_FORWARD, TOKENS
@@ -164,3 +165,50 @@ def test_siglip_pooling_head_refuses_the_hidden_size_naming_it_and_keeps_heads_a
     groups = channel_groups(adapted, x, units=("heads", "ffn"))
     # The blocks' heads and FFN neurons: 2 layers x (heads, ffn); none in the pooling head.
     assert sorted(g.unit for g in groups) == ["ffn", "ffn", "heads", "heads"]
+
+
+class _TwoTowers(nn.Module):
+    """CLIPModel scoring images against three fixed captions (the logits per image)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("captions", torch.randint(1, 40, (3, 6)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=self.captions, pixel_values=x).logits_per_image
+
+
+@pytest.mark.slow
+def test_clip_model_prunes_each_towers_hidden_size_as_its_own_stream(tmp_path):
+    """Both towers (equal widths) pruned on heads, FFN and hidden size: one hidden group per
+    tower, each projection's input columns following its own tower; masked == compacted ==
+    fused == loaded bundle == TaskHost."""
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(vision_config=VISION, text_config=TEXT, projection_dim=8)
+    wrapped = _TwoTowers(transformers.CLIPModel(config)).eval()
+    assert describe(wrapped).name == "clip"
+    base, model, x, y = adapted_after_step(wrapped, lambda: torch.randn(2, 3, 32, 32))
+    groups = channel_groups(model, x, units=("heads", "ffn", "hidden"))
+    hidden = [g for g in groups if g.unit == "hidden"]
+    towers = [{m.name.split(".")[1] for m in g.members} for g in hidden]
+    assert towers == [{"text_model", "text_projection"}, {"vision_model", "visual_projection"}]
+    scores = score(model, "taylor", groups, data=[(x, y)])
+    apply_masks(model, compute_masks(groups, scores, 0.5, ranking="local", round_to={"hidden": 4}))
+    groups = refresh_groups(model, groups)
+    kept = [sum(g.kept) for g in groups if g.unit == "hidden"]
+    assert all(k < 32 for k in kept)
+    with torch.no_grad():
+        masked = model(x)
+        compacted = compact(copy.deepcopy(model), x)
+        assert_close_scaled(compacted(x), masked)
+        assert_close_scaled(spa.fuse(copy.deepcopy(compacted))(x), masked)
+    projections = compacted.model.text_projection, compacted.model.visual_projection
+    assert [getattr(p, "base", p).weight.shape[1] for p in projections] == kept
+    path = tmp_path / "task.safetensors"
+    spa.save_task(compacted, path, base_model=base)
+    host = spa.TaskHost(base)
+    host.add_task("task", path)
+    with torch.no_grad():
+        assert_close_scaled(spa.load_task(base, path)(x), masked)
+        assert_close_scaled(host.model("task")(x), masked)
