@@ -20,6 +20,7 @@ from spa.families import (  # noqa: E402,F401  (registrations)
     falcon,
     gpt2,
     gpt_neox,
+    gptj,
     llama,
     llama_ffn,
     modernbert,

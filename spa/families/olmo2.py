@@ -1,4 +1,5 @@
-"""OLMo2: a Llama-like decoder with post-norms and q/k norms over all heads together.
+"""Llama-like decoders with post-norms: OLMo2 (q/k norms over all heads together), and EXAONE 4
+(per-head q/k norms, as Qwen3's).
 
 OLMo2 normalises each block's attention and FFN *outputs* (`post_attention_layernorm`,
 `post_feedforward_layernorm`) and its queries and keys with RMS norms over all heads together
@@ -30,6 +31,24 @@ OLMO2 = FAMILIES.register("olmo2")(
         examples=(
             Example(
                 model="Olmo2ForCausalLM", config="Olmo2Config", kind="decoder", options=DECODER
+            ),
+        ),
+    )
+)
+
+POST_NORM = FAMILIES.register("post-norm")(
+    dataclasses.replace(
+        OLMO2,
+        name="post-norm",
+        variant_of="llama",
+        attention=LLAMA.attention,  # per-head q/k norms, where a model has them
+        examples=(
+            Example(
+                model="Exaone4ForCausalLM",
+                config="Exaone4Config",
+                kind="decoder",
+                options=DECODER,
+                name="exaone4",
             ),
         ),
     )

@@ -131,6 +131,7 @@ _LIMITS = {
     "mixtral": {"note": _EXPERTS},
     "qwen2_moe": {"note": f"{_EXPERTS}; shared expert"},
     "gpt_neox": _ALONE,
+    "gptj": _ALONE,
     "modernbert": {"export": ("ffn",), **_ALONE, "refusal": f"{_POOLED} head hidden outputs"},
     "opt": _ALONE,
     "swin": {
@@ -180,6 +181,23 @@ NAMED = [
     ),
     Architecture("smollm3", _decoder("SmolLM3Config", "SmolLM3ForCausalLM"), "llama"),
     Architecture("nemotron", _decoder("NemotronConfig", "NemotronForCausalLM"), "llama-up-down"),
+    # Decoders no issue names, matched by structure to an existing family.
+    Architecture("seed_oss", _decoder("SeedOssConfig", "SeedOssForCausalLM"), "llama"),
+    Architecture("ernie4_5", _decoder("Ernie4_5Config", "Ernie4_5ForCausalLM"), "llama"),
+    Architecture("olmo3", _decoder("Olmo3Config", "Olmo3ForCausalLM"), "olmo2"),
+    Architecture("cohere2", _decoder("Cohere2Config", "Cohere2ForCausalLM"), "cohere"),
+    Architecture(
+        "qwen3_moe",
+        _decoder(
+            "Qwen3MoeConfig",
+            "Qwen3MoeForCausalLM",
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+        ),
+        "mixtral",
+        note=_EXPERTS,
+    ),
 ]
 
 
