@@ -202,7 +202,20 @@ NAMED = [
 
 
 # Architectures no family fits (each falls back to Torch-Pruning's traced groups), and why.
-UNMATCHED: dict[str, tuple[Example, str]] = {}
+UNMATCHED: dict[str, tuple[Example, str]] = {
+    "diffllama": (
+        _decoder("DiffLlamaConfig", "DiffLlamaForCausalLM"),
+        "differential attention: per-layer lambda parameters on the attention module",
+    ),
+    "bitnet": (
+        _decoder("BitNetConfig", "BitNetForCausalLM"),
+        "sub-norms inside attention and FFN (attn_sub_norm, ffn_sub_norm)",
+    ),
+    "persimmon": (
+        _decoder("PersimmonConfig", "PersimmonForCausalLM"),
+        "fused query_key_value with per-head q/k LayerNorms that have biases",
+    ),
+}
 
 
 def cases() -> list[Architecture]:
