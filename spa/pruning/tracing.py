@@ -79,28 +79,30 @@ def time_bound(seconds: float | None, what: str) -> Iterator[None]:
 
 
 def gathered_tables(model: nn.Module) -> list[str]:
-    """Modules holding a table of biases read through an integer index buffer of their own
-    (LeViT's `attention_biases[:, attention_bias_idxs]`, relative position bias tables).
+    """Modules gathering per-head biases through an integer index buffer of their own: a 2-D
+    table with one row per head (the module's `num_attention_heads` / `num_heads`) whose
+    columns an index buffer picks (LeViT's `attention_biases[:, attention_bias_idxs]`).
 
     Torch-Pruning 1.6 does not settle on such a gather (LeViT traces for many minutes) and
     could not slice the table per head if it did, so a model with one is refused before tracing.
 
     Returns:
-        `"path (table[index])"` for each such module.
+        `"path (table[:, index])"` for each such module.
     """
     found = []
     for path, module in model.named_modules():
-        tables = [n for n, p in module._parameters.items() if p is not None and p.dim() >= 2]
-        indices = [
-            name
+        heads = getattr(module, "num_attention_heads", getattr(module, "num_heads", None))
+        indices = {
+            name: int(buffer.max())
             for name, buffer in module._buffers.items()
-            if buffer is not None
-            and buffer.dim() >= 2
-            and not buffer.is_floating_point()
-            and buffer.dtype != torch.bool
-        ]
-        if tables and indices and not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            found.append(f"{path or type(module).__name__} ({tables[0]}[{indices[0]}])")
+            if buffer is not None and buffer.numel() and buffer.dtype in (torch.int64, torch.int32)
+        }
+        for name, table in module._parameters.items():
+            if table is None or table.dim() != 2 or table.shape[0] != heads:
+                continue
+            index = next((n for n, top in indices.items() if top < table.shape[1]), None)
+            if index is not None:
+                found.append(f"{path or type(module).__name__} ({name}[:, {index}])")
     return found
 
 
