@@ -20,7 +20,13 @@ GLM = FAMILIES.register("glm")(
         ),
         examples=(
             Example(model="GlmForCausalLM", config="GlmConfig", kind="decoder", options=DECODER),
-            Example(model="Glm4ForCausalLM", config="Glm4Config", kind="decoder", options=DECODER),
+            Example(
+                model="Glm4ForCausalLM",
+                config="Glm4Config",
+                kind="decoder",
+                options=DECODER,
+                name="glm4",
+            ),
         ),
     )
 )

@@ -166,6 +166,11 @@ def lrp(
         layer.register_forward_hook(_hook(name, outputs, rule, epsilon))
         for name, layer in layers.items()
     ]
+    handles += [
+        module.register_forward_hook(_differentiable)
+        for module in model.modules()
+        if isinstance(module, nn.Embedding)
+    ]
     training = model.training
     model.eval()
     try:
@@ -184,6 +189,13 @@ def lrp(
     layer_relevance = _layer_relevance(outputs, calls, grads[len(leaves) :])
     input_relevance = _relevance(x, {id(leaf): g for leaf, g in zip(leaves, grads)})
     return Relevance(input=input_relevance, layers=layer_relevance, output=picked.detach())
+
+
+def _differentiable(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Token ids are not differentiable: a frozen embedding's output stands in as a leaf, so
+    relevance reaches the first layers even where nothing before them is trained (OLMo's
+    norms have no weight)."""
+    return output if output.requires_grad else output.detach().requires_grad_(True)
 
 
 def _rule_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -15,7 +15,15 @@ import transformers
 import spa
 from spa.errors import ConfigError
 from spa.families import FAMILIES, describe, explain
-from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups, score
+from spa.pruning import (
+    CRITERIA,
+    apply_masks,
+    channel_groups,
+    compact,
+    compute_masks,
+    refresh_groups,
+    score,
+)
 from tests._transformers import adapted_after_step, assert_close_scaled, assert_same_generation
 from tests.architectures._open_world import (
     ALL_UNITS,
@@ -38,10 +46,14 @@ def _trained(case: Architecture):
     return adapted_after_step(case.build(), case.inputs)
 
 
-def _prune(model, x, y, units, criterion="taylor", round_to=None):
+def _prune(model, x, y, units, criterion="taylor", round_to=None, every=False):
     """Local ranking at density 0.3 (uniform layers), the hidden size a multiple of 4 (or of
-    `round_to`)."""
+    `round_to`); with `every`, each registered criterion first scores every group (finite
+    scores)."""
     groups = channel_groups(model, x, units=units)
+    for other in CRITERIA if every else ():
+        found = score(model, other, groups, data=[(x, y)])
+        assert all(bool(torch.isfinite(found[i]).all()) for i in range(len(groups))), other
     scores = score(model, criterion, groups, data=[(x, y)])
     round_to = {"hidden": 4} if round_to is None else round_to
     masks = compute_masks(groups, scores, 0.3, ranking="local", round_to=round_to)
@@ -65,7 +77,7 @@ def test_architecture_masked_equals_compacted_fused_loaded_and_hosted(case, tmp_
     base, model, x, y = _trained(case)
     with torch.no_grad():
         dense = model(x)
-    groups = _prune(model, x, y, case.units)
+    groups = _prune(model, x, y, case.units, every=True)
     for unit in case.units:  # every unit really lost channels somewhere
         assert any(sum(g.kept) < g.size for g in groups if g.unit == unit), unit
     with torch.no_grad():
