@@ -9,7 +9,10 @@ description, without tracing: one group per block and unit, and one for the hidd
   query, key and value (or in a fused qkv projection, wherever `spa.families.rows` places
   them), the matching
   columns of the output projection and its query heads' slices of every described per-head
-  tensor (role "param", e.g. Swin's relative position bias table, sliced on its head axis).
+  tensor (role "param", e.g. Swin's relative position bias table, sliced on its head axis;
+  one per key/value head for `per_kv_head` tensors) and its channels of every joint q/k norm
+  (role "norm", OLMo2's norms over all heads). Heads tied across blocks (T5) are one group
+  for the whole model: channel `j` is key/value head `j` of every block.
 - "ffn": group channel `i` is neuron `i`: row `i` of every input projection (up, gate; both
   parts of a fused `[gate | up]` projection) and column `i` of the output projection (down).
   A mixture of experts has one group per expert (and per shared expert); its router is left

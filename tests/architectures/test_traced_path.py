@@ -32,7 +32,8 @@ END_TO_END = [
     "t5_encoder",
 ]
 # Refused at channel_groups: Torch-Pruning 1.6 fails on the graph, or never settles on it
-# (grouped-query attention's repeat_kv, LeViT's attention biases); a Family is the way.
+# (grouped-query attention's repeat_kv), or the structure says so before tracing (LeViT's
+# per-head attention biases gathered by an index buffer); a Family is the way.
 REFUSED = ["clip_vision", "beit", "dinov2", "gptj", "gemma", "qwen3", "levit"]
 
 
