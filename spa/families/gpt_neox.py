@@ -1,4 +1,4 @@
-"""GPT-NeoX (Pythia): one fused `query_key_value` whose rows are interleaved per head
+"""GPT-NeoX (Pythia) and Persimmon: one fused `query_key_value` interleaved per head
 (`[q_h | k_h | v_h]` for each head `h`), a dense FFN, LayerNorms."""
 
 from spa.families.description import (
@@ -35,6 +35,39 @@ GPT_NEOX = FAMILIES.register("gpt_neox")(
                 config="GPTNeoXConfig",
                 kind="decoder",
                 options={**FEED_FORWARD, **TOKENS},
+            ),
+        ),
+    )
+)
+
+# Persimmon (Fuyu's decoder): GPT-NeoX's layouts under Llama-like names, and per-head q/k
+# LayerNorms (with biases) shared by all heads.
+PERSIMMON = FAMILIES.register("persimmon")(
+    Family(
+        name="persimmon",
+        blocks=r"(^|\.)layers\.\d+$",
+        attention=AttentionDescription(
+            module="self_attn",
+            head_dim="head_dim",
+            qkv="self_attn.query_key_value",
+            qkv_layout="grouped",
+            output="self_attn.dense",
+            attributes={"num_heads": "heads"},
+            head_norms=("self_attn.q_layernorm", "self_attn.k_layernorm"),
+        ),
+        ffn=dense_4h_ffn("mlp.act"),
+        config_head_dim=None,  # PersimmonAttention derives it as hidden_size / heads
+        stream=StreamDescription(
+            block_norms=("input_layernorm", "post_attention_layernorm"),
+            norms=(r"(^|\.)final_layernorm$",),
+            tensors={r"(^|\.)embed_tokens\.weight$": 1},
+        ),
+        examples=(
+            Example(
+                model="PersimmonForCausalLM",
+                config="PersimmonConfig",
+                kind="decoder",
+                options={**FEED_FORWARD, **TOKENS, "pad_token_id": 0},
             ),
         ),
     )

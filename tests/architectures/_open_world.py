@@ -132,6 +132,7 @@ _LIMITS = {
     "qwen2_moe": {"note": f"{_EXPERTS}; shared expert"},
     "gpt_neox": _ALONE,
     "gptj": _ALONE,
+    "persimmon": _ALONE,
     "modernbert": {"export": ("ffn",), **_ALONE, "refusal": f"{_POOLED} head hidden outputs"},
     "opt": _ALONE,
     "swin": {
@@ -210,10 +211,6 @@ UNMATCHED: dict[str, tuple[Example, str]] = {
     "bitnet": (
         _decoder("BitNetConfig", "BitNetForCausalLM"),
         "sub-norms inside attention and FFN (attn_sub_norm, ffn_sub_norm)",
-    ),
-    "persimmon": (
-        _decoder("PersimmonConfig", "PersimmonForCausalLM"),
-        "fused query_key_value with per-head q/k LayerNorms that have biases",
     ),
 }
 
