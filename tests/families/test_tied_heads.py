@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
+import transformers
 
+import spa
+from spa.errors import ConfigError
 from spa.families import FAMILIES
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, score
 from tests._transformers import adapted_after_step, assert_close_scaled
@@ -51,3 +55,17 @@ def test_untied_heads_keep_one_group_per_block():
     groups = channel_groups(model, x, units=("heads",))
     assert len(groups) == 2
     assert all(len({m.name.split(".layer.")[0] for m in g.members}) == 1 for g in groups)
+
+
+def test_encoder_decoder_t5_prunes_encoder_units_and_refuses_the_hidden_size_in_one_line():
+    torch.manual_seed(0)
+    options = dict(FAMILIES.get("t5").examples[0].options)
+    config = transformers.T5Config(**{**options, "num_decoder_layers": 1})
+    model = spa.adapt(transformers.T5ForConditionalGeneration(config), spa.SPLoRAConfig(rank=2))
+    ids = torch.randint(1, 40, (2, 6))
+    with pytest.raises(ConfigError, match=r"^model family 't5': decoder \(a decoder") as caught:
+        channel_groups(model, ids, units=("hidden",))
+    assert "\n" not in str(caught.value)
+    groups = channel_groups(model, ids, units=("heads", "ffn"))
+    assert [g.unit for g in groups] == ["heads", "ffn", "ffn"]  # tied heads, FFN per block
+    assert all(m.name.startswith("encoder.") for g in groups for m in g.members)
