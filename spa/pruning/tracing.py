@@ -95,7 +95,10 @@ def gathered_tables(model: nn.Module) -> list[str]:
         indices = {
             name: int(buffer.max())
             for name, buffer in module._buffers.items()
-            if buffer is not None and buffer.numel() and buffer.dtype in (torch.int64, torch.int32)
+            if buffer is not None
+            and buffer.numel()
+            and not buffer.is_meta  # no values to read (planning on the meta device)
+            and buffer.dtype in (torch.int64, torch.int32)
         }
         for name, table in module._parameters.items():
             if table is None or table.dim() != 2 or table.shape[0] != heads:
