@@ -105,13 +105,12 @@ def remove_channels(
     Raises:
         ConfigError: if Torch-Pruning has no pruning function for the module type.
     """
-    if is_last_axis_norm(module) and not isinstance(module, nn.LayerNorm):
-        slice_norm(module, [int(i) for i in out_positions])  # RMSNorm: no Torch-Pruning pruner
+    if is_last_axis_norm(module) or isinstance(module, nn.LayerNorm):
+        # RMSNorm has no Torch-Pruning pruner; its LayerNorm pruner permutes the kept channels.
+        slice_norm(module, [int(i) for i in out_positions])
         return
     if isinstance(module, ChannelMasked):
         pruner = _CHANNEL_PRUNER
-    elif isinstance(module, nn.LayerNorm):
-        pruner = tp_function.LayernormPruner(pruning_dim=-1)
     else:
         pruner = tp_function.PrunerBox.get(ops.module2type(module))
     if pruner is None:

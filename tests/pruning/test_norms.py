@@ -84,3 +84,26 @@ def test_masked_norm_is_the_formula_on_kept_channels_and_equals_the_compacted_no
 def test_channel_first_norms_are_not_last_axis_norms():
     for norm in (nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4, affine=True)):
         assert not is_last_axis_norm(norm)
+
+
+# Few kept channels spread over a wide norm: Python's set of them does not iterate in order
+# (Torch-Pruning 1.6's LayerNorm pruner kept that order, so the compacted weight was permuted).
+SPREAD = [10, 11, 13, 15, 26, 27, 29, 31, 42, 43, 45, 47, 58, 59, 61, 63]
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_layer_norm_compacted_keeps_the_spread_channels_in_order(affine):
+    norm = nn.LayerNorm(64, eps=EPS, elementwise_affine=affine)
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 64)
+    kept = torch.tensor(SPREAD)
+    weight, bias = (norm.weight[kept], norm.bias[kept]) if affine else (1.0, 0.0)
+    with torch.no_grad():
+        expected = _layer(x[:, kept], weight, bias)
+    remove_channels(norm, out_positions=sorted(set(range(64)) - set(SPREAD)))
+    assert norm.normalized_shape == (len(SPREAD),)
+    with torch.no_grad():
+        torch.testing.assert_close(norm(x[:, kept]), expected)
