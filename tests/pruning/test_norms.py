@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from transformers.models.convnext.modeling_convnext import ConvNextLayerNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from spa.pruning.groups import remove_channels
@@ -91,18 +92,29 @@ def test_channel_first_norms_are_not_last_axis_norms():
 SPREAD = [10, 11, 13, 15, 26, 27, 29, 31, 42, 43, 45, 47, 58, 59, 61, 63]
 
 
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-def test_layer_norm_compacted_keeps_the_spread_channels_in_order(affine):
-    norm = nn.LayerNorm(64, eps=EPS, elementwise_affine=affine)
+def _spread_norms():
+    """LayerNorms of 64 channels: plain, without affine parameters, and ConvNeXt's over the
+    channel axis of a feature map (`data_format="channels_first"`)."""
+    return {
+        "last": nn.LayerNorm(64, eps=EPS),
+        "no-affine": nn.LayerNorm(64, eps=EPS, elementwise_affine=False),
+        "channels-first": ConvNextLayerNorm(64, eps=EPS, data_format="channels_first"),
+    }
+
+
+@pytest.mark.parametrize("name", ["last", "no-affine", "channels-first"])
+def test_layer_norm_compacted_keeps_the_spread_channels_in_order(name):
+    norm = _spread_norms()[name]
+    affine = norm.weight is not None
     if affine:
         with torch.no_grad():
             norm.weight.uniform_(0.5, 1.5)
             norm.bias.uniform_(-0.5, 0.5)
-    x = torch.randn(3, 64)
+    x = torch.randn(3, 64, 2, 2) if name == "channels-first" else torch.randn(3, 64)
     kept = torch.tensor(SPREAD)
     weight, bias = (norm.weight[kept], norm.bias[kept]) if affine else (1.0, 0.0)
-    with torch.no_grad():
-        expected = _layer(x[:, kept], weight, bias)
+    with torch.no_grad():  # the formula over the channel axis, moved last
+        expected = _layer(x[:, kept].movedim(1, -1), weight, bias).movedim(-1, 1)
     remove_channels(norm, out_positions=sorted(set(range(64)) - set(SPREAD)))
     assert norm.normalized_shape == (len(SPREAD),)
     with torch.no_grad():
