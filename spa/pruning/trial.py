@@ -13,6 +13,7 @@ group at fault); described families (`spa.pruning.units`) never need it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Sequence
@@ -50,13 +51,17 @@ def _failure(model: nn.Module, groups: Sequence[ChannelGroup], example_inputs) -
     from spa.pruning.masking import apply_masks
 
     trial = copy.deepcopy(model).eval()
+    running: list[str] = []
     try:
         with torch.no_grad():
             apply_masks(trial, _one_channel_masks(groups))
             masked = call_model(trial, example_inputs)
-            compacted = call_model(compact(trial), example_inputs)
+            compact(trial)
+            with _tracking(trial, running):
+                compacted = call_model(trial, example_inputs)
     except Exception as error:  # noqa: BLE001 - any failure means: this group cannot be pruned
-        return f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+        where = f" in {running[-1]}" if running and running[-1] else ""
+        return f"{type(error).__name__}{where}: {str(error).splitlines()[0][:160]}"
     masked, compacted = _tensor(masked), _tensor(compacted)
     if masked is None or compacted is None or masked.shape != compacted.shape:
         return "the compacted model's output has another shape"
@@ -64,6 +69,29 @@ def _failure(model: nn.Module, groups: Sequence[ChannelGroup], example_inputs) -
     if not bool(((compacted - masked).abs().max() / scale) <= 1e-4):
         return "the compacted model computes other outputs than the masked one"
     return None
+
+
+@contextlib.contextmanager
+def _tracking(model: nn.Module, running: list[str]):
+    """Keep `running` as the stack of modules whose forward is under way, so after a failure
+    its last entry names the innermost module that failed (e.g. a norm sliced unlike its
+    input)."""
+
+    def enter(name: str):
+        return lambda *_: running.append(name)  # returns None: the input stays
+
+    def leave(*_) -> None:  # returns None: the output stays
+        running.pop()
+
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(name)))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _tensor(output) -> torch.Tensor | None:

@@ -91,7 +91,10 @@ ROWS = [
         _model("MaskFormerSwinModel", "MaskFormerSwinConfig", **SWIN),
         # The stage-0 stream: Torch-Pruning maps the merge's strided token slices to channel
         # positions, so the merge norm and reduction would lose other channels than the stream.
-        left_out=(r"layers\.0\.blocks\.1\.output\.dense .*normalized_shape",),
+        left_out=(
+            r"layers\.0\.blocks\.1\.output\.dense .* in model\.encoder\.layers\.0\."
+            r"downsample\.norm:",
+        ),
     ),
     Row(
         "segformer",

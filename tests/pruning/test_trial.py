@@ -37,6 +37,30 @@ def test_group_that_breaks_compaction_is_left_out_with_a_warning_before_masking(
     assert all(bool(layer.out_mask.all()) for _, layer in spa.adapter_layers(model))
 
 
+class Fold(nn.Module):
+    """Reshapes with a fixed channel count (no parameters of its own)."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y.reshape(y.shape[0], 8, -1, y.shape[-1]).flatten(2)
+
+
+class NestedReshape(HiddenReshape):
+    """`HiddenReshape` with the reshape inside a submodule, which must be named."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fold = nn.Sequential(nn.Identity(), Fold())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fold(self.reduce(self.stem(x))).mean(-1))
+
+
+def test_left_out_group_names_the_innermost_module_where_the_compacted_model_fails():
+    model = spa.adapt(NestedReshape().eval(), spa.SPLoRAConfig(rank=2))
+    with pytest.warns(SpaWarning, match=r"rooted at reduce .*\(RuntimeError in fold\.1: shape"):
+        channel_groups(model, torch.randn(2, 3, 4, 4))
+
+
 def test_segformer_groups_that_pass_compact_into_the_masked_model():
     from tests._traced_models import build
 
