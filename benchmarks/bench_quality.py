@@ -64,8 +64,10 @@ class Settings:
     fraction: float = 0.3  # of the dense MACs kept
     seeds: int = 3
     batch: int = 32
-    distill_weight: float = 0.5
-    temperature: float = 2.0
+    # Chosen on one seed of the full setting: SPLoRA r8 96.6% without distillation, 95.8% at
+    # weight 0.5 / T=2, 96.6% at 0.3 / T=4 (README, "Recovery quality").
+    distill_weight: float = 0.3
+    temperature: float = 4.0
     teacher: str = "dense"  # "dense": the fine-tuned unpruned model; "adapted": its snapshot
 
 
