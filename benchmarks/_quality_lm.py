@@ -23,6 +23,7 @@ query heads with them as spa does: its row keeps more parameters at the same rat
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import statistics
 import tempfile
@@ -66,7 +67,8 @@ def _epoch(model, blocks, settings, lr, seed, epoch) -> None:
     train_lm_epoch(model, loader, optimizer, max_batches=settings.steps_per_density)
 
 
-def _prune_heads_and_ffn(model, settings, blocks) -> None:
+def _pruned(model, settings, blocks, ratio: float):
+    """The model with heads and FFN neurons pruned at `ratio` by Taylor importance, in place."""
     config = model.config
     num_heads = {}
     for name, module in model.named_modules():
@@ -85,36 +87,63 @@ def _prune_heads_and_ffn(model, settings, blocks) -> None:
             example_inputs=example,
             importance=torch_pruning.importance.TaylorImportance(),
             global_pruning=False,
-            pruning_ratio=1 - DENSITY,
+            pruning_ratio=ratio,
             ignored_layers=[model.lm_head, model.model.embed_tokens],
             num_heads=num_heads,
             prune_num_heads=True,
             prune_head_dims=False,
-            head_pruning_ratio=1 - DENSITY,
+            head_pruning_ratio=ratio,
             output_transform=lambda output: output.logits,
         )
     pruner.step()
     model.zero_grad()
+    return model
 
 
-def torch_pruning_row(settings, source: Path, seed: int) -> dict:
-    """Torch-Pruning Taylor + fine-tuning of every weight on the demo's source model."""
+def _parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def torch_pruning_row(settings, source: Path, seed: int, params: int | None = None) -> dict:
+    """Torch-Pruning Taylor + fine-tuning of every weight on the demo's source model.
+
+    At ratio `1 - DENSITY`, or with the ratio bisected to keep `params` parameters.
+    """
     train, held_out = demo_lm._blocks(settings)
     torch.manual_seed(seed)
     model = demo_lm._source_model(settings)
     model.load_state_dict(torch.load(source, weights_only=True))
     lr = settings.fine_pruning_lr
     _epoch(model, train, settings, lr, seed, epoch=0)
-    _prune_heads_and_ffn(model, settings, train)
+    if params is None:
+        model = _pruned(model, settings, train, 1 - DENSITY)
+    else:
+        low, high, best = 0.0, 0.95, None
+        for _ in range(8):
+            ratio = (low + high) / 2
+            candidate = _pruned(copy.deepcopy(model), settings, train, ratio)
+            kept = _parameters(candidate)
+            if best is None or abs(kept - params) < abs(_parameters(best) - params):
+                best = candidate
+            low, high = (ratio, high) if kept > params else (low, ratio)
+        model = best
     _epoch(model, train, settings, lr, seed, epoch=1)
     buffer = io.BytesIO()
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
     torch.save(state, buffer)
     return {
         "metric": evaluate_perplexity(model.eval(), held_out, 64),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": _parameters(model),
         "bytes": len(buffer.getvalue()),
     }
+
+
+def _row(name: str, rows: list[dict]) -> str:
+    return (
+        f"| {name} | {_cell([r['metric'] for r in rows], 1, 2)} "
+        f"| {_cell([r['params'] for r in rows], 1e-3)} "
+        f"| {_cell([r['bytes'] for r in rows], 1e-3)} |"
+    )
 
 
 def lm_table(quick: bool, seeds: int) -> str:
@@ -126,22 +155,19 @@ def lm_table(quick: bool, seeds: int) -> str:
         "|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as folder:
-        source, _, _ = demo_lm.train_source(settings, Path(folder) / "source")
+        source, _, perplexity = demo_lm.train_source(settings, Path(folder) / "source")
+        lines.insert(0, f"source model perplexity {perplexity:.2f}\n")
+        kept = []
         for distil in (0.0, 0.5):
             configs = demo_lm.experiment_configs(replace(settings, distill=distil), source)
             for config in configs:
                 config = replace(config, seeds=tuple(range(seeds)))
                 records = run(config, Path(folder) / config.name).records
-                last = [r for r in records if r["step"] == 1]
-                lines.append(
-                    f"| {config.name} | {_cell([r['metric'] for r in last], 1, 2)} "
-                    f"| {_cell([r['params'] for r in last], 1e-3)} "
-                    f"| {_cell([r['bundle_bytes'] for r in last], 1e-3)} |"
-                )
-        rows = [torch_pruning_row(settings, source, seed) for seed in range(seeds)]
-    lines.append(
-        f"| Torch-Pruning Taylor + fine-tuning | {_cell([r['metric'] for r in rows], 1, 2)} "
-        f"| {_cell([r['params'] for r in rows], 1e-3)} "
-        f"| {_cell([r['bytes'] for r in rows], 1e-3)} |"
-    )
+                last = [{**r, "bytes": r["bundle_bytes"]} for r in records if r["step"] == 1]
+                kept += [r["params"] for r in last]
+                lines.append(_row(config.name, last))
+        goal = round(statistics.mean(kept))
+        for name, params in (("", None), (", equal params", goal)):
+            rows = [torch_pruning_row(settings, source, seed, params) for seed in range(seeds)]
+            lines.append(_row(f"Torch-Pruning Taylor + fine-tuning{name}", rows))
     return "\n".join(lines)
