@@ -335,7 +335,7 @@ def report_goals(results: dict[str, list[dict]]) -> None:
             for key in ("learned", "bytes", "folded")
         }
         name = f"SPLoRA+distill+allocated vs fine-pruning{suffix or ', global ranking'}"
-        report_goal(f"{name}: accuracy (points)", ">= -1.0", f"{gap * 100:+.1f}", gap >= -0.01)
+        report_goal(f"{name}: accuracy (points)", ">= -1.0", f"{gap * 100:+.2f}", gap >= -0.01)
         ratio = ratios["learned"]
         report_goal(f"{name}: stored parameters, x fewer", ">= 10", f"{ratio:.1f}", ratio >= 10)
         for key, label in (("bytes", "bundle bytes"), ("folded", "bundle bytes, folded BN")):
