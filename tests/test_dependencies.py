@@ -29,7 +29,10 @@ DISTRIBUTION = {
 # Declared though spa never imports them, each with its reason.
 RUNTIME_ONLY = {"accelerate": "transformers.Trainer refuses to run without it"}
 # Pinned in requirements.txt though not declared, each with its reason.
-TRANSITIVE_PINS = {"tokenizers": "transformers' tokenizer backend, pinned for reproducible tokens"}
+TRANSITIVE_PINS = {
+    "tokenizers": "transformers' tokenizer backend, pinned for reproducible tokens",
+    "pandas": "mlxtend's (benchmarks) data frames, pinned as tested",
+}
 
 
 def _name(requirement: str) -> str:
