@@ -93,8 +93,12 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
     heads = head_counts_before(model) if describe(model) is None else []  # traced attention
     # By name, not a list of modules: a list would keep every replaced base layer (and its
     # full-size weight) alive until the end, so compaction would need the old and the new
-    # weights at once (issue 22).
-    for name in [name for name, _ in model.named_modules()]:
+    # weights at once. Adapter layers first: each frees its base weight as it shrinks, so the
+    # largest tensors outside them (the token embedding and LM head of a pruned hidden size)
+    # are sliced when that memory is free again (issue 22). Compaction is module-local.
+    names = [name for name, _ in model.named_modules()]
+    masked = {name for name, module in model.named_modules() if isinstance(module, ChannelMasked)}
+    for name in sorted(names, key=lambda name: name not in masked):  # stable: tree order
         module = model.get_submodule(name)
         if isinstance(module, ChannelMasked):
             out_removed, in_removed = _removed(module.out_mask), _removed(module.in_mask)
