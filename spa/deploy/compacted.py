@@ -138,7 +138,7 @@ def compacted_for_save(model: nn.Module, base_model: nn.Module) -> nn.Module:
     slices the placeholders instead of the weights (layers of kinds whose codec reads them,
     `LayerCodec.meta_base_weights`; others are sliced as `spa.compacted` slices them); so do
     the frozen base tensors that hook masks narrow on one axis (the token embedding and LM head
-    of a pruned hidden size), whose kept positions compaction records (`spa.pruning.kept`): saving
+    of a pruned hidden size), whose kept positions compaction records (`spa.codec.kept`): saving
     then needs the base and the small trained tensors only, not the kept base weights as well
     (issue 22). The copy cannot run: use `spa.compacted` for a model to evaluate. `model` is
     unchanged.

@@ -17,9 +17,9 @@ from spa._batch import call_model
 from spa._checks import require_module
 from spa.adapters.modules import narrow_tensor
 from spa.adapters.protocols import ChannelMasked
+from spa.codec import kept as kept_positions
 from spa.errors import SpaError
 from spa.families import describe, sync_attributes
-from spa.pruning import kept as kept_positions
 from spa.pruning.groups import remove_channels
 from spa.pruning.module_masks import (
     module_mask,
@@ -75,7 +75,7 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
     their new head and neuron counts (`spa.families.sync_attributes`), and every channel-masked
     layer's `out_indices` / `in_indices` still name the channels of the original base layer each
     kept row/column comes from, so a task can be rebuilt from the shared base weights; the
-    positions every other narrowed tensor kept are recorded too (`spa.pruning.kept`).
+    positions every other narrowed tensor kept are recorded too (`spa.codec.kept`).
     `spa.fuse` then gives an ordinary PyTorch model with fewer parameters and FLOPs.
 
     Args:

@@ -16,10 +16,16 @@ from torch import nn
 
 from spa.adapters.protocols import AdapterLayer
 from spa.codec.protocols import Entry
-from spa.codec.records import attribute_changes, direct_tensors, narrowing, same_tensor
+from spa.codec.records import (
+    attribute_changes,
+    direct_tensors,
+    narrowing,
+    recorded,
+    same_as_kept,
+    same_tensor,
+)
 from spa.codec.writer import BundleWriter
 from spa.errors import ConfigError
-from spa.pruning.kept import recorded, same_as_kept
 from spa.tasks.codecs import codec_for
 from spa.tasks.save_checks import ModulePair
 

@@ -9,7 +9,7 @@ channel passes through get their hook masks as pruning set them (`spa.pruning.ap
 the channel groups of the restored layers, traced on `example_inputs` unless the family is
 described), so the masked model computes what the compacted one does. Which positions a
 compacted module tensor kept is read off compaction itself: the positions it records
-(`spa.pruning.kept`) on a copy holding `meta` placeholders, or, for a tensor narrowed on two
+(`spa.codec.kept`) on a copy holding `meta` placeholders, or, for a tensor narrowed on two
 axes, the full-size tensor tagged with its flat indices (float64, exact) and compacted; so the
 mapping is compaction's own by construction. Parameters at dropped positions are zero, buffers
 keep the base's values there (the hook masks make both irrelevant to the output).
@@ -28,12 +28,11 @@ from spa.adapters.protocols import AdapterLayer, adapter_layers
 from spa.adapters.registry import ADAPTER_KINDS
 from spa.adapters.sharing import shared_copy, task_model
 from spa.codec.entries import bundle_error
-from spa.codec.records import direct_tensors, replace_parameter, set_tensor
+from spa.codec.records import direct_tensors, recorded, replace_parameter, set_tensor
 from spa.deploy.compacted import compacted
 from spa.errors import ConfigError, SpaWarning
 from spa.families import describe
 from spa.pruning import apply_masks, channel_groups, compute_masks
-from spa.pruning.kept import recorded
 from spa.tasks.codecs import codec_for, entry_kind
 from spa.tasks.format import Bundle
 
@@ -111,7 +110,7 @@ def _mask_modules(model: nn.Module, example_inputs: Any) -> None:
 
 def _kept_positions(model: nn.Module, wanted: list[tuple[str, str]]) -> dict:
     """`(path, key) -> (axis, kept base positions)` of module tensors compaction narrows, read
-    off compaction's records (`spa.pruning.kept`) on a copy of `model` whose narrowed tensors
+    off compaction's records (`spa.codec.kept`) on a copy of `model` whose narrowed tensors
     and adapter layer weights are `meta` placeholders (no weight is sliced or allocated); a
     tensor narrowed on two axes gets its flat kept indices instead (`_flat_positions`)."""
     ghost = shared_copy(model)  # its own module tables: the placeholders never reach `model`

@@ -11,10 +11,9 @@ from torch import nn
 
 import spa
 from spa.adapters.registry import ADAPTER_KINDS
-from spa.codec.records import narrowing
+from spa.codec.records import narrowing, recorded
 from spa.models.tiny_lm import tiny_llama
 from spa.pruning import apply_masks, channel_groups, compute_masks, score
-from spa.pruning.kept import recorded
 from spa.tasks import load_task, save_task
 from tests._transformers import VOCAB, gpt2
 

@@ -7,7 +7,8 @@ records here, per module and tensor key, the axis it narrowed and the kept posit
 instead of searching the base for the kept slices, and can write a tensor it never holds (a
 `meta` placeholder of `spa.compacted_for_save`). The record is a private module attribute: it
 is copied with the module and not a `transformers` config value nor a bundle attribute.
-A tensor narrowed on two axes has no record (a bundle stores it whole).
+A tensor narrowed on two axes has no record (a bundle stores it whole). This module writes the
+records; `spa.codec.records.recorded` reads them (on the save path).
 """
 
 from __future__ import annotations
@@ -17,24 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-_ATTRIBUTE = "_spa_kept"
-# Marks a tensor whose kept positions cannot be one axis's indices (narrowed on two axes).
-_UNKNOWN = "unknown"
-
-
-def recorded(module: nn.Module, key: str) -> tuple[int, torch.Tensor] | None:
-    """`(axis, kept base positions)` compaction recorded for tensor `key` of `module`, or None.
-
-    Args:
-        module: a module compacted by `spa.compact`.
-        key: the name of one of its own parameters or buffers.
-
-    Returns:
-        The axis and the int64 positions of the base tensor that the tensor keeps (in order),
-        or None when compaction did not narrow it on one axis (or never ran).
-    """
-    record = getattr(module, _ATTRIBUTE, {}).get(key)
-    return None if record is None or record == _UNKNOWN else record
+from spa.codec.records import KEPT_ATTRIBUTE as _ATTRIBUTE
+from spa.codec.records import KEPT_UNKNOWN as _UNKNOWN
 
 
 def record(module: nn.Module, key: str, axis: int, kept: torch.Tensor) -> None:
@@ -90,17 +75,3 @@ def record_removed(
             setattr(module, _ATTRIBUTE, {**getattr(module, _ATTRIBUTE, {}), key: _UNKNOWN})
             continue
         record(module, key, axes[0], _kept(old[axes[0]], side))
-
-
-def same_as_kept(
-    tensor: torch.Tensor, base: torch.Tensor, axis: int, kept: torch.Tensor, chunk: int = 1024
-) -> bool:
-    """True if `tensor` equals `base` at the `kept` positions of `axis` (compared `chunk`
-    slices at a time, so no copy of the kept base slices is made at once)."""
-    if tensor.shape[axis] != len(kept) or tensor.dtype != base.dtype:
-        return False
-    for start in range(0, len(kept), chunk):
-        part = kept[start : start + chunk].to(base.device)
-        if not torch.equal(tensor.narrow(axis, start, len(part)), base.index_select(axis, part)):
-            return False
-    return True

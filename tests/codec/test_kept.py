@@ -1,12 +1,12 @@
-"""`spa.pruning.kept`: the base positions compaction kept in narrowed module tensors."""
+"""`spa.codec.kept`: the base positions compaction kept in narrowed module tensors."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from spa.codec.records import recorded, same_as_kept
 from spa.pruning import compact
-from spa.pruning.kept import recorded, same_as_kept
 from spa.pruning.module_masks import set_module_mask
 
 
