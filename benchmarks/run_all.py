@@ -5,7 +5,7 @@ otherwise idle machine: other jobs on the same cores distort every ratio.
 
 Run: .venv/bin/python benchmarks/run_all.py [NAME ...]   (names: core, channel_pruning,
 cnn_families, transformers, splopa, task_switching, fuzz_bundles, flops_budget, serving,
-streaming, large_model, hostile_bundles, startup, quality; default all)
+streaming, large_model, training_memory, hostile_bundles, startup, quality; default all)
 
 Benchmarks that check a goal print `GOAL|...` lines (see `_timing.report_goal`); the run ends
 with one summary table of every goal: the target next to the measured median (min-max).
@@ -33,6 +33,7 @@ BENCHMARKS = {
     "serving": ["bench_serving.py"],
     "streaming": ["bench_streaming.py"],
     "large_model": ["bench_large_model.py"],
+    "training_memory": ["bench_training_memory.py"],
     "hostile_bundles": ["bench_hostile_bundles.py"],
     "startup": ["bench_startup.py"],
     "quality": ["bench_quality.py", "--quick"],  # the full table: make bench-quality

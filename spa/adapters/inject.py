@@ -168,7 +168,9 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
             continue
         if transposed and issubclass(nn.Linear, kind.layer_types):
             report.linearised.append(name)
-            module = as_linear(module)
+            # A view of the Conv1D's weight, not a copy: a task model then shares GPT-2's base
+            # storage too (issue 22); `task_model` gives a weight that trains its own copy.
+            module = as_linear(module, share=True)
         elif not isinstance(module, kind.layer_types):
             report.skipped[name] = (
                 f"{type(module).__name__} is not supported by {type(config).__name__}"

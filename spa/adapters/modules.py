@@ -91,7 +91,7 @@ def narrow_tensor(module: nn.Module, name: str, kept: torch.Tensor, dim: int) ->
     is_buffer = name in module._buffers
     tensor = module._buffers[name] if is_buffer else module._parameters[name]
     with torch.no_grad():
-        narrowed = tensor.index_select(dim, kept.to(tensor.device)).clone()
+        narrowed = tensor.index_select(dim, kept.to(tensor.device))  # a new tensor already
     if is_buffer:
         module._buffers[name] = narrowed
     else:

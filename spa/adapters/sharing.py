@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from spa.adapters.config import AdapterConfig
@@ -72,6 +73,7 @@ def task_model(base: nn.Module, config: AdapterConfig) -> nn.Module:
             if parameter.data_ptr() not in storages and id(parameter) not in owned:
                 continue
             if id(parameter) not in owned:
-                owned[id(parameter)] = nn.Parameter(parameter.detach().clone())
+                copied = parameter.detach().clone(memory_format=torch.contiguous_format)
+                owned[id(parameter)] = nn.Parameter(copied)
             module._parameters[name] = owned[id(parameter)]  # tied owners get the same copy
     return model

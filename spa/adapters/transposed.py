@@ -1,9 +1,10 @@
 """Layers that are Linear maps with a transposed weight (`transformers`' `Conv1D`), in one place.
 
 GPT-2 style models compute `x @ W + b` with `W` stored `(in, out)`. spa adapts, prunes, fuses and
-bundles such a layer as the equivalent `nn.Linear` (weight `(out, in)` = `W^T`): `adapt` swaps
-it in before wrapping, and bundles read the original base layer through `linear_view`, so a task
-loads onto the untouched original base. This module is the only place that knows the layout.
+bundles such a layer as the equivalent `nn.Linear` (weight `(out, in)` = `W^T`, a transposed view
+of the same storage): `adapt` swaps it in before wrapping, and bundles read the original base
+layer through `linear_view`, so a task loads onto the untouched original base. This module is
+the only place that knows the layout.
 """
 
 from __future__ import annotations

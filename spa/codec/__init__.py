@@ -4,8 +4,9 @@ Each adapter kind writes and reads its own bundle entries (`spa.adapters.<kind>.
 registered as `AdapterKind.codec`); they need a typed writer (`writer.BundleWriter`: tensors,
 masks, channel selections, shared records), the view of a stored bundle they read
 (`protocols.StoredBundle`), decoded selections and checked tensors (`entries`), field checks
-(`fields`), and module-record and tensor helpers (`records`). None of
-these import `spa.adapters` or `spa.tasks`, so a kind never climbs up to `spa.tasks`.
+(`fields`), module-record and tensor helpers (`records`) and the base positions compaction
+kept in narrowed module tensors (`kept`). None of these import `spa.adapters` or `spa.tasks`,
+so a kind never climbs up to `spa.tasks`.
 """
 
 from spa.codec.protocols import STORAGE_DTYPES, Entry, LayerCodec, LayerPlan, StoredBundle

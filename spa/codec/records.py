@@ -315,3 +315,38 @@ def select(
         kernels = weight.reshape(out_channels * in_channels, -1).index_select(0, flat)
         return kernels.reshape(len(rows), len(cols), *weight.shape[2:])
     return weight.index_select(0, rows).index_select(1, cols)
+
+
+# Compaction's record of kept base positions (`spa.codec.kept` writes it): a module attribute.
+KEPT_ATTRIBUTE = "_spa_kept"
+# Marks a tensor whose kept positions cannot be one axis's indices (narrowed on two axes).
+KEPT_UNKNOWN = "unknown"
+
+
+def recorded(module: nn.Module, key: str) -> tuple[int, torch.Tensor] | None:
+    """`(axis, kept base positions)` compaction recorded for tensor `key` of `module`, or None.
+
+    Args:
+        module: a module compacted by `spa.compact`.
+        key: the name of one of its own parameters or buffers.
+
+    Returns:
+        The axis and the int64 positions of the base tensor that the tensor keeps (in order),
+        or None when compaction did not narrow it on one axis (or never ran).
+    """
+    record = getattr(module, KEPT_ATTRIBUTE, {}).get(key)
+    return None if record is None or record == KEPT_UNKNOWN else record
+
+
+def same_as_kept(
+    tensor: torch.Tensor, base: torch.Tensor, axis: int, kept: torch.Tensor, chunk: int = 1024
+) -> bool:
+    """True if `tensor` equals `base` at the `kept` positions of `axis` (compared `chunk`
+    slices at a time, so no copy of the kept base slices is made at once)."""
+    if tensor.shape[axis] != len(kept) or tensor.dtype != base.dtype:
+        return False
+    for start in range(0, len(kept), chunk):
+        part = kept[start : start + chunk].to(base.device)
+        if not torch.equal(tensor.narrow(axis, start, len(part)), base.index_select(axis, part)):
+            return False
+    return True

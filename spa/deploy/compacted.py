@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spa.adapters.protocols import ChannelMasked
+from spa.adapters.protocols import AdapterLayer, ChannelMasked
 from spa.adapters.registry import ADAPTER_KINDS
 from spa.adapters.sharing import shared_copy
 from spa.adapters.transposed import linear_view
@@ -84,6 +84,51 @@ def _frozen_placeholders(model: nn.Module, base_model: nn.Module) -> None:
             module.base.weight = nn.Parameter(placeholder, requires_grad=False)
 
 
+def _removes(mask: torch.Tensor | None) -> bool:
+    return mask is not None and not bool(mask.all())
+
+
+def _narrowed_placeholders(
+    model: nn.Module, base_model: nn.Module
+) -> dict[int, tuple[nn.Parameter, nn.Parameter]]:
+    """Put a `meta` tensor in place of every base-storage parameter of a module outside the
+    adapter layers that compaction will narrow on one axis (its hook masks remove channels on
+    one side only: an embedding or LM head of a pruned hidden size); tied parameters stay tied.
+
+    Returns:
+        Per placeholder's `id`, the placeholder (held, so that no new tensor takes its `id`)
+        and the parameter it stands in for (to put back where compaction did not narrow it:
+        a bias beside an input-side mask).
+    """
+    base_modules = dict(base_model.named_modules())
+    placeholders: dict[int, nn.Parameter] = {}
+    stands_for: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}
+    for name, module in model.named_modules():
+        base = base_modules.get(name)
+        sides = [_removes(module_mask(module, "out")), _removes(module_mask(module, "in"))]
+        sides.append(any(_removes(mask) for mask in parameter_masks(module).values()))
+        if base is None or isinstance(module, AdapterLayer) or sum(sides) != 1:
+            continue
+        for key, parameter in module._parameters.items():
+            if parameter is None or not _is_base_storage(parameter, getattr(base, key, None)):
+                continue
+            if id(parameter) not in placeholders:
+                meta = torch.empty_like(parameter, device="meta")
+                placeholder = placeholders[id(parameter)] = nn.Parameter(meta, requires_grad=False)
+                stands_for[id(placeholder)] = (placeholder, parameter)
+            module._parameters[key] = placeholders[id(parameter)]
+    return stands_for
+
+
+def _put_back(model: nn.Module, stands_for: dict[int, tuple[nn.Parameter, nn.Parameter]]) -> None:
+    """The base's own parameter again wherever compaction left a placeholder as it was."""
+    for module in model.modules():
+        for key, parameter in module._parameters.items():
+            placeholder, original = stands_for.get(id(parameter), (None, None))
+            if parameter is not None and parameter is placeholder:
+                module._parameters[key] = original
+
+
 def compacted_for_save(model: nn.Module, base_model: nn.Module) -> nn.Module:
     """A compacted copy of `model` for `spa.save_task` only, that allocates no base weight.
 
@@ -91,7 +136,9 @@ def compacted_for_save(model: nn.Module, base_model: nn.Module) -> nn.Module:
     channels are kept, so this copy holds a `meta` placeholder for each frozen base weight
     that is `base_model`'s own storage (same `data_ptr`, shape and strides) and compaction
     slices the placeholders instead of the weights (layers of kinds whose codec reads them,
-    `LayerCodec.meta_base_weights`; others are sliced as `spa.compacted` slices them): saving
+    `LayerCodec.meta_base_weights`; others are sliced as `spa.compacted` slices them); so do
+    the frozen base tensors that hook masks narrow on one axis (the token embedding and LM head
+    of a pruned hidden size), whose kept positions compaction records (`spa.codec.kept`): saving
     then needs the base and the small trained tensors only, not the kept base weights as well
     (issue 22). The copy cannot run: use `spa.compacted` for a model to evaluate. `model` is
     unchanged.
@@ -110,4 +157,7 @@ def compacted_for_save(model: nn.Module, base_model: nn.Module) -> nn.Module:
         return model
     copy = shared_copy(model, frozen_only=True)
     _frozen_placeholders(copy, base_model)
-    return compact(copy)
+    stands_for = _narrowed_placeholders(copy, base_model)
+    compact(copy)
+    _put_back(copy, stands_for)
+    return copy

@@ -108,10 +108,17 @@ def capture_inputs(
     return calls
 
 
+def _is_cache(value: object) -> bool:
+    return hasattr(value, "get_seq_length")  # a transformers `Cache`
+
+
 def _without_cache(args: tuple, kwargs: dict) -> BlockCall:
+    # GPT-2 passes its cache positionally: kept, a block run twice on one call (Taylor block by
+    # block) would attend to the keys of its first run as well.
+    args = tuple(None if _is_cache(value) else value for value in args)
     kwargs = dict(kwargs)
     for key, value in kwargs.items():
-        if hasattr(value, "get_seq_length") or re.fullmatch(r"(layer_)?past(_key_values?)?", key):
+        if _is_cache(value) or re.fullmatch(r"(layer_)?past(_key_values?)?", key):
             kwargs[key] = None  # a key/value cache: calibration never reuses one
     if "use_cache" in kwargs:
         kwargs["use_cache"] = False

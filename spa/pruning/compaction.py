@@ -17,6 +17,7 @@ from spa._batch import call_model
 from spa._checks import require_module
 from spa.adapters.modules import narrow_tensor
 from spa.adapters.protocols import ChannelMasked
+from spa.codec import kept as kept_positions
 from spa.errors import SpaError
 from spa.families import describe, sync_attributes
 from spa.pruning.groups import remove_channels
@@ -36,9 +37,9 @@ def _removed(mask: torch.Tensor | None) -> list[int]:
 def _slice_parameter(module: nn.Module, name: str, mask: torch.Tensor) -> None:
     """Keep only the masked-in channels of the bare per-channel parameter/buffer `name`."""
     tensor = {**module._buffers, **module._parameters}[name]
-    narrow_tensor(
-        module, name, mask.flatten().nonzero().flatten(), parameter_mask_dim(mask, tensor)
-    )
+    kept, axis = mask.flatten().nonzero().flatten(), parameter_mask_dim(mask, tensor)
+    narrow_tensor(module, name, kept, axis)
+    kept_positions.record(module, name, axis, kept)
     if isinstance(module, nn.Embedding) and name == "weight":
         module.embedding_dim = module.weight.shape[1]  # a hidden-size slice (spa.families.stream)
 
@@ -73,7 +74,8 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
     and its token embedding) are tied again, modules of described transformer families hold
     their new head and neuron counts (`spa.families.sync_attributes`), and every channel-masked
     layer's `out_indices` / `in_indices` still name the channels of the original base layer each
-    kept row/column comes from, so a task can be rebuilt from the shared base weights.
+    kept row/column comes from, so a task can be rebuilt from the shared base weights; the
+    positions every other narrowed tensor kept are recorded too (`spa.codec.kept`).
     `spa.fuse` then gives an ordinary PyTorch model with fewer parameters and FLOPs.
 
     Args:
@@ -91,8 +93,12 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
     heads = head_counts_before(model) if describe(model) is None else []  # traced attention
     # By name, not a list of modules: a list would keep every replaced base layer (and its
     # full-size weight) alive until the end, so compaction would need the old and the new
-    # weights at once (issue 22).
-    for name in [name for name, _ in model.named_modules()]:
+    # weights at once. Adapter layers first: each frees its base weight as it shrinks, so the
+    # largest tensors outside them (the token embedding and LM head of a pruned hidden size)
+    # are sliced when that memory is free again (issue 22). Compaction is module-local.
+    names = [name for name, _ in model.named_modules()]
+    masked = {name for name, module in model.named_modules() if isinstance(module, ChannelMasked)}
+    for name in sorted(names, key=lambda name: name not in masked):  # stable: tree order
         module = model.get_submodule(name)
         if isinstance(module, ChannelMasked):
             out_removed, in_removed = _removed(module.out_mask), _removed(module.in_mask)
@@ -103,7 +109,10 @@ def compact(model: nn.Module, example_inputs=None) -> nn.Module:
                 _slice_parameter(module, name, mask)
             remove_module_masks(module)
         if out_removed or in_removed:
+            before = kept_positions.shapes(module)
             remove_channels(module, out_removed, in_removed)
+            if not isinstance(module, ChannelMasked):  # adapter layers keep out/in_indices
+                kept_positions.record_removed(module, before, out_removed, in_removed)
     sync_attributes(model)  # head / neuron counts of described transformer families
     sync_head_counts(heads)
     _retie(tied)

@@ -16,19 +16,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from spa._batch import call_model
 from spa._registry import Registry
 from spa.errors import ConfigError
 from spa.pruning import activation as _activation
-from spa.pruning._layers import (
-    batches,
-    channels_per_sample,
-    default_loss,
-    effective_bias,
-    effective_weight,
-    model_output,
-    run_layer,
-)
+from spa.pruning._layers import batches, channels_per_sample, effective_weight
+from spa.pruning.backward import averaged, backward_statistics, blockwise_taylor
+from spa.pruning.calibration import sequential_blocks
 from spa.pruning.groups import ChannelGroup
 from spa.pruning.lrp import lrp
 
@@ -73,70 +66,6 @@ def weight_norm(
     }
 
 
-def _backward_statistics(
-    model, layers, data, loss_fn, num_batches, kind: str, output_fn=None
-) -> Statistics:
-    """Run batches and accumulate per-channel statistics from gradients.
-
-    "gradient" recomputes each producer from a leaf copy of its adapted weight (it needs
-    dL/dW_t). "taylor" needs only dL/da of each producer's output `a`: the output the model
-    computed is made part of the graph and differentiated, so no weight is copied and no layer
-    runs twice (issue 22).
-    """
-    if data is None:
-        raise ConfigError(f"criterion {kind!r} needs data: pass data=[(inputs, targets), ...]")
-    loss_fn = loss_fn or default_loss
-    output_fn = output_fn or model_output
-    totals: Statistics = {}
-    samples = 0
-    for inputs, targets in batches(data, num_batches):
-        leaves: dict[str, torch.Tensor] = {}
-        outputs: dict[str, torch.Tensor] = {}
-
-        def make_hook(name, leaves=leaves, outputs=outputs):
-            def hook(module, args, output):
-                if kind == "gradient":
-                    leaves[name] = effective_weight(module).clone().requires_grad_(True)
-                    output = run_layer(module, args[0], leaves[name], effective_bias(module))
-                elif not output.requires_grad:  # nothing before it trains: a leaf of the graph
-                    output.requires_grad_(True)
-                outputs[name] = output
-                return output.clone()  # protect `outputs` from in-place ops later on
-
-            return hook
-
-        handles = [layer.register_forward_hook(make_hook(n)) for n, layer in layers.items()]
-        try:
-            with torch.enable_grad():
-                loss = loss_fn(output_fn(call_model(model, inputs)), targets)
-                names = list(outputs)
-                wrt = (
-                    [leaves[n] for n in names]
-                    if kind == "gradient"
-                    else [outputs[n] for n in names]
-                )
-                grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for name, grad in zip(names, grads):
-            if grad is None:
-                continue
-            if kind == "gradient":
-                value = grad.abs().flatten(1).sum(dim=1)  # |dL/dW| per output channel
-            else:
-                product = channels_per_sample(outputs[name].detach() * grad, layers[name])
-                value = product.mean(dim=2).abs().sum(dim=0)  # sum_n |mean_positions(a g)|
-            totals[name] = totals.get(name, 0) + value.detach()
-        samples += len(targets) if kind == "taylor" and targets is not None else 1
-    if not totals and samples:
-        raise ConfigError(
-            f"criterion {kind!r}: the loss does not depend on any scored layer; check loss_fn "
-            "and output_fn"
-        )
-    return {name: value / max(samples, 1) for name, value in totals.items()}
-
-
 @CRITERIA.register("gradient")
 def gradient_magnitude(
     model: nn.Module, layers: Mapping[str, nn.Module], data=None, loss_fn=None, **options
@@ -155,7 +84,7 @@ def gradient_magnitude(
     Returns:
         Per layer path, one value per output channel.
     """
-    return _backward_statistics(
+    return backward_statistics(
         model,
         layers,
         data,
@@ -173,7 +102,9 @@ def taylor(
     """First-order Taylor estimate of the loss change from removing a channel (Molchanov 2017).
 
     Per sample and output channel, `|mean over positions (a * dL/da)|` of the layer output `a`,
-    averaged over all samples; `score` L2-normalises it per layer.
+    averaged over all samples; `score` L2-normalises it per layer. On a model whose transformer
+    blocks run one after another the backward pass goes block by block
+    (`spa.pruning.taylor_blocks`), so memory holds one block's graph, not the whole model's.
 
     Args:
         model: the adapted model.
@@ -182,14 +113,27 @@ def taylor(
         loss_fn: `loss_fn(output_fn(outputs), targets)`; default cross-entropy over the last
             axis (per-token outputs included).
         **options: `num_batches` (None = all of `data`), `output_fn` (default: the tensor,
-            `.logits` or first element of the model's output).
+            `.logits` or first element of the model's output), `blockwise` (None = where
+            possible, True = insist, False = one backward pass over the whole model).
 
     Returns:
         Per layer path, one value per output channel.
+
+    Raises:
+        ConfigError: without data, or `blockwise=True` on a model without sequential blocks.
     """
-    return _backward_statistics(
-        model, layers, data, loss_fn, options.get("num_batches"), "taylor", options.get("output_fn")
-    )
+    num_batches, output_fn = options.get("num_batches"), options.get("output_fn")
+    blockwise = options.get("blockwise")
+    blocks = sequential_blocks(model) if blockwise is not False else None
+    if blockwise and blocks is None:
+        raise ConfigError(
+            "taylor: blockwise=True needs a model of a described family whose blocks run one "
+            "after another"
+        )
+    if blocks is None or data is None:
+        return backward_statistics(model, layers, data, loss_fn, num_batches, "taylor", output_fn)
+    totals, samples = blockwise_taylor(model, layers, blocks, data, loss_fn, num_batches, output_fn)
+    return averaged(totals, samples, "taylor")
 
 
 @CRITERIA.register("lrp")

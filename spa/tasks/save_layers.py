@@ -16,8 +16,16 @@ from torch import nn
 
 from spa.adapters.protocols import AdapterLayer
 from spa.codec.protocols import Entry
-from spa.codec.records import attribute_changes, direct_tensors, narrowing, same_tensor
+from spa.codec.records import (
+    attribute_changes,
+    direct_tensors,
+    narrowing,
+    recorded,
+    same_as_kept,
+    same_tensor,
+)
 from spa.codec.writer import BundleWriter
+from spa.errors import ConfigError
 from spa.tasks.codecs import codec_for
 from spa.tasks.save_checks import ModulePair
 
@@ -105,7 +113,7 @@ def _record_module(
         base_tensor = base_tensors.get(key, (None, None))[1]
         if same_tensor(tensor, base_tensor):
             continue
-        if (found := narrowing(tensor, base_tensor)) is not None:
+        if (found := _narrowing(name, module, key, tensor, base_tensor)) is not None:
             writer.add_exact(f"modules.{name}.{key}", found[1])  # kept base indices only
             narrowed[key] = [role, found[0]]
             continue
@@ -116,3 +124,20 @@ def _record_module(
     if narrowed:
         entry["narrowed"] = narrowed
     return entry if len(entry) > 1 else None
+
+
+def _narrowing(
+    name: str, module: nn.Module, key: str, tensor: torch.Tensor, base: torch.Tensor | None
+) -> tuple[int, torch.Tensor] | None:
+    """`(axis, kept)` if `tensor` is the base tensor narrowed on one axis: the positions
+    compaction recorded (a `meta` placeholder of `spa.compacted_for_save` is the base's own
+    values by construction), else found by searching the base (a model compacted elsewhere)."""
+    found = recorded(module, key)
+    if found is None or base is None or tensor.dim() < 2 or tensor.dtype != base.dtype:
+        if tensor.is_meta:
+            raise ConfigError(
+                f"save_task: module {name!r}: tensor {key!r} is a meta placeholder that "
+                "compaction did not narrow on one axis; save spa.compacted(model) instead"
+            )
+        return narrowing(tensor, base)
+    return found if tensor.is_meta or same_as_kept(tensor, base, *found) else None

@@ -8,8 +8,9 @@ tensor is scattered back to its kept positions. Norms, the head and every other 
 channel passes through get their hook masks as pruning set them (`spa.pruning.apply_masks` with
 the channel groups of the restored layers, traced on `example_inputs` unless the family is
 described), so the masked model computes what the compacted one does. Which positions a
-compacted module tensor kept is read off compaction itself: the full-size tensor is tagged with
-its flat indices (float64, exact) and the masked model compacted (`spa.compacted`), so the
+compacted module tensor kept is read off compaction itself: the positions it records
+(`spa.codec.kept`) on a copy holding `meta` placeholders, or, for a tensor narrowed on two
+axes, the full-size tensor tagged with its flat indices (float64, exact) and compacted; so the
 mapping is compaction's own by construction. Parameters at dropped positions are zero, buffers
 keep the base's values there (the hook masks make both irrelevant to the output).
 """
@@ -27,7 +28,7 @@ from spa.adapters.protocols import AdapterLayer, adapter_layers
 from spa.adapters.registry import ADAPTER_KINDS
 from spa.adapters.sharing import shared_copy, task_model
 from spa.codec.entries import bundle_error
-from spa.codec.records import direct_tensors, replace_parameter, set_tensor
+from spa.codec.records import direct_tensors, recorded, replace_parameter, set_tensor
 from spa.deploy.compacted import compacted
 from spa.errors import ConfigError, SpaWarning
 from spa.families import describe
@@ -108,6 +109,26 @@ def _mask_modules(model: nn.Module, example_inputs: Any) -> None:
 
 
 def _kept_positions(model: nn.Module, wanted: list[tuple[str, str]]) -> dict:
+    """`(path, key) -> (axis, kept base positions)` of module tensors compaction narrows, read
+    off compaction's records (`spa.codec.kept`) on a copy of `model` whose narrowed tensors
+    and adapter layer weights are `meta` placeholders (no weight is sliced or allocated); a
+    tensor narrowed on two axes gets its flat kept indices instead (`_flat_positions`)."""
+    ghost = shared_copy(model)  # its own module tables: the placeholders never reach `model`
+    for _, layer in adapter_layers(ghost):
+        for key, tensor in list(layer.base._parameters.items()):
+            if tensor is not None:
+                set_tensor(layer.base, key, "parameter", torch.empty_like(tensor, device="meta"))
+    for path, key in wanted:
+        module = ghost.get_submodule(path)
+        kind, tensor = direct_tensors(module)[key]
+        set_tensor(module, key, kind, torch.empty_like(tensor, device="meta"))
+    small = compacted(ghost)
+    kept = {(path, key): recorded(small.get_submodule(path), key) for path, key in wanted}
+    rest = [found for found, record in kept.items() if record is None]
+    return {**kept, **(_flat_positions(model, rest) if rest else {})}
+
+
+def _flat_positions(model: nn.Module, wanted: list[tuple[str, str]]) -> dict:
     """`(path, key) -> flat kept indices` of module tensors compaction narrows, read off a
     compacted copy of `model` whose tensors `wanted` hold their flat indices."""
     tagged = shared_copy(model, frozen_only=True)
@@ -141,19 +162,34 @@ def _restore_modules(model: nn.Module, plan: TaskPlan) -> None:
         kind, old = existing[(path, key)]
         value = stored.to(old.device, old.dtype)
         if (path, key) in kept:
-            index = kept[(path, key)]
-            if index.numel() != stored.numel() or bool((index != index.round()).any()):
-                raise bundle_error(
-                    bundle, f"module {path!r}: tensor {key!r} does not match the compacted layout"
-                )
-            full = torch.zeros_like(old) if kind == "parameter" else old.detach().clone()
-            full.view(-1)[index.long()] = value.flatten()
-            value = full
+            value = _scattered(bundle, path, key, kind, old, value, kept[(path, key)])
         module = model.get_submodule(path)
         if kind == "parameter":
             replace_parameter(module, key, value)
         else:
             set_tensor(module, key, kind, value)
+
+
+def _scattered(bundle, path: str, key: str, kind: str, old, value, kept) -> torch.Tensor:
+    """The full-size tensor: `value` at its kept positions, zero (a parameter) or the base's
+    values (a buffer) elsewhere."""
+    if isinstance(kept, tuple):  # (axis, kept positions on it)
+        axis, index = kept
+        shape = (*old.shape[:axis], len(index), *old.shape[axis + 1 :])
+        fits = tuple(value.shape) == shape
+    else:  # flat indices
+        index = kept
+        fits = index.numel() == value.numel() and not bool((index != index.round()).any())
+    if not fits:
+        raise bundle_error(
+            bundle, f"module {path!r}: tensor {key!r} does not match the compacted layout"
+        )
+    full = torch.zeros_like(old) if kind == "parameter" else old.detach().clone()
+    if isinstance(kept, tuple):
+        full.index_copy_(axis, index.to(full.device), value)
+    else:
+        full.view(-1)[index.long()] = value.flatten()
+    return full
 
 
 def build_trainable(base_model: nn.Module, plan: TaskPlan, example_inputs: Any = None) -> nn.Module:

@@ -94,3 +94,36 @@ def test_a_frozen_only_shared_copy_copies_what_trains():
         shared = original.data_ptr() == copied.data_ptr()
         assert shared != original.requires_grad, name
         torch.testing.assert_close(copied, original, rtol=0, atol=0)
+
+
+def test_a_gpt2_task_model_shares_the_conv1d_weights_as_transposed_views():
+    """transformers' Conv1D stores (in, out): the adapted Linear's weight is its `.t()` view."""
+    from tests._transformers import gpt2
+
+    base = gpt2().eval()
+    task = spa.task_model(base, spa.SPLoRAConfig(rank=2, trainable=()))
+    adapted = dict(spa.adapter_layers(task))
+    assert len(adapted) == 8
+    for name, layer in adapted.items():
+        conv = base.get_submodule(name)
+        assert type(conv).__name__ == "Conv1D"
+        assert layer.base.weight.data_ptr() == conv.weight.data_ptr()
+        assert layer.base.weight.stride() == conv.weight.t().stride()
+        torch.testing.assert_close(layer.base.weight, conv.weight.t(), rtol=0, atol=0)
+        with torch.no_grad():
+            layer.up.zero_()  # the adapted model is then the base
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(task(x), base(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_fine_pruned_gpt2_task_model_trains_contiguous_copies():
+    from tests._transformers import gpt2
+
+    base = gpt2().eval()
+    task = spa.task_model(base, spa.FinePruningConfig())
+    for name, layer in spa.adapter_layers(task):
+        weight, conv = layer.base.weight, base.get_submodule(name)
+        assert weight.requires_grad and weight.is_contiguous()
+        assert weight.data_ptr() != conv.weight.data_ptr()
+        torch.testing.assert_close(weight, conv.weight.t(), rtol=0, atol=0)

@@ -29,7 +29,7 @@ def test_as_linear_computes_what_conv1d_computes():
 def test_as_linear_shares_or_copies_storage_as_asked():
     conv = Conv1D(6, 4)
     assert linear_view(conv).weight.data_ptr() == conv.weight.data_ptr()
-    assert as_linear(conv).weight.data_ptr() != conv.weight.data_ptr()
+    assert as_linear(conv).weight.data_ptr() != conv.weight.data_ptr()  # share=False copies
     plain = nn.Linear(4, 6)
     assert linear_view(plain) is plain and not is_transposed_linear(plain)
 

@@ -11,6 +11,7 @@ from torch import nn
 
 import spa
 from spa.adapters.registry import ADAPTER_KINDS
+from spa.codec.records import narrowing, recorded
 from spa.models.tiny_lm import tiny_llama
 from spa.pruning import apply_masks, channel_groups, compute_masks, score
 from spa.tasks import load_task, save_task
@@ -30,26 +31,36 @@ def _gpt2_ids() -> tuple[nn.Module, torch.Tensor]:
 
 
 # (name, base and inputs, pruned units): a plain MLP, a Llama decoder with heads, FFN and
-# hidden size, and GPT-2 (transformers Conv1D layers, whose base weights are transposed views).
+# hidden size, and GPT-2 (transformers Conv1D layers, whose base weights are transposed views)
+# with and without its hidden size.
 CASES = {
     "mlp": (lambda: (_mlp(), torch.randn(4, 6)), None),
     "llama": (_llama_ids, ("heads", "ffn", "hidden")),
     "gpt2": (_gpt2_ids, ("heads", "ffn")),
+    "gpt2-hidden": (_gpt2_ids, ("heads", "ffn", "hidden")),
+}
+CONFIGS = {
+    "splora": lambda: spa.SPLoRAConfig(rank=2),
+    "splora-frozen-head": lambda: spa.SPLoRAConfig(rank=2, trainable=("norm",)),
+    "fine": spa.FinePruningConfig,
 }
 
 
-def _task(case: str) -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """A plain base, its masked SPLoRA task model sharing its frozen weights, and inputs."""
+def _task(case: str, config: str = "splora") -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """A plain base, its masked task model sharing its frozen weights, and inputs."""
     torch.manual_seed(0)
     make, units = CASES[case]
     base, x = make()
     base = base.eval()
-    model = spa.task_model(base, spa.SPLoRAConfig(rank=2))
-    for _, layer in spa.adapter_layers(model):
-        nn.init.normal_(layer.up, std=0.02)  # non-zero adapters
+    model = spa.task_model(base, CONFIGS[config]())
+    with torch.no_grad():
+        for _, layer in spa.adapter_layers(model):
+            for parameter in layer.parameters():
+                if parameter.requires_grad:
+                    parameter.add_(torch.randn_like(parameter), alpha=0.02)  # trained tensors
     example = None if units else (x,)
     groups = channel_groups(model, example, units=units)
-    masks = compute_masks(groups, score(model, "weight", groups), density=0.5)
+    masks = compute_masks(groups, score(model, "weight", groups), density=0.5, ranking="local")
     apply_masks(model, masks)
     return base, model.eval(), x
 
@@ -79,8 +90,7 @@ def test_frozen_weights_are_base_storage_or_meta(case):
     base, model, _ = _task(case)
     shared = _base_storage_layers(model, base)
     adapted = {name for name, _ in spa.adapter_layers(model)}
-    # GPT-2's Conv1D layers hold a transposed copy of their base weight (not its memory).
-    assert shared == (set() if case == "gpt2" else adapted)
+    assert shared == adapted  # GPT-2's Conv1D layers too: a transposed view of their weight
     for_save = spa.compacted_for_save(model, base)
     layers = dict(spa.adapter_layers(for_save))
     assert set(layers) == adapted
@@ -94,9 +104,10 @@ def test_frozen_weights_are_base_storage_or_meta(case):
     assert not any(p.is_meta for p in model.parameters())  # the task model is untouched
 
 
+@pytest.mark.parametrize("config", sorted(CONFIGS))
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bundle_is_the_compacted_bundle_and_loads_to_the_masked_model(case, tmp_path):
-    base, model, x = _task(case)
+def test_bundle_is_the_compacted_bundle_and_loads_to_the_masked_model(case, config, tmp_path):
+    base, model, x = _task(case, config)
     reference, placeholder = tmp_path / "compacted.safetensors", tmp_path / "for_save.safetensors"
     save_task(spa.compacted(model), reference, base_model=base)
     save_task(spa.compacted_for_save(model, base), placeholder, base_model=base)
@@ -119,3 +130,21 @@ def test_kinds_whose_codec_reads_no_placeholder_are_sliced(monkeypatch):
     monkeypatch.setattr(ADAPTER_KINDS, "get", lambda name: dataclasses.replace(kind, codec=codec))
     for_save = spa.compacted_for_save(model, base)
     assert not any(layer.base.weight.is_meta for _, layer in spa.adapter_layers(for_save))
+
+
+@pytest.mark.parametrize("case", ["llama", "gpt2-hidden"])
+def test_embedding_and_lm_head_of_a_pruned_hidden_size_are_placeholders(case):
+    """Their kept positions are compaction's record, equal to a search of the base's values."""
+    base, model, _ = _task(case, "splora-frozen-head")  # a frozen embedding and LM head
+    for_save = spa.compacted_for_save(model, base)
+    compacted = spa.compacted(model)
+    names = [n for n, _ in base.named_modules() if n.endswith(("embed_tokens", "wte", "lm_head"))]
+    assert len(names) == 2
+    for name in names:
+        weight, base_weight = for_save.get_submodule(name).weight, base.get_submodule(name).weight
+        assert weight.is_meta and weight.shape[1] < base_weight.shape[1], name
+        axis, kept = recorded(for_save.get_submodule(name), "weight")
+        search = narrowing(compacted.get_submodule(name).weight, base_weight)
+        assert axis == search[0] == 1 and torch.equal(kept, search[1]), name
+    tokens, head = (for_save.get_submodule(name).weight for name in names)
+    assert head is tokens  # still tied

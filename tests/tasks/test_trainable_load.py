@@ -121,3 +121,26 @@ def test_trainable_load_of_pruned_traced_model_needs_example_inputs(tmp_path):
     _save(_trained(base, spa.SPLoRAConfig(rank=2), x), base, x, path)
     with pytest.raises(ConfigError, match="pass example_inputs"):
         load_task(base, path, trainable=True)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["splora", "fine-pruning"])
+def test_trainable_load_reads_kept_positions_off_compaction_records(tmp_path, monkeypatch, index):
+    """Narrowed norms and heads are restored from compaction's records on a `meta` copy: no
+    tensor is tagged with its flat indices (that path is for two-axis narrowing only)."""
+    from spa.tasks import trainable
+
+    make, inputs, config = _cases()[index].values
+    torch.manual_seed(0)
+    base, x = make().eval(), inputs()
+    trained = _trained(base, config, x)
+    path = tmp_path / "task.safetensors"
+    _save(trained, base, x, path)
+    narrowed = []
+    kept_positions = trainable._kept_positions
+    monkeypatch.setattr(trainable, "_flat_positions", lambda *a: pytest.fail("tagged a copy"))
+    monkeypatch.setattr(
+        trainable, "_kept_positions", lambda m, w: narrowed.extend(w) or kept_positions(m, w)
+    )
+    model = load_task(base, path, trainable=True, example_inputs=(x,))
+    assert narrowed  # the task has narrowed module tensors to restore
+    torch.testing.assert_close(outputs(model, x), outputs(trained, x), rtol=1e-5, atol=1e-5)
