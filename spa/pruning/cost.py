@@ -51,7 +51,7 @@ def channel_costs(
         for channel in range(group.size):
             if not group.kept[channel]:
                 continue
-            for name, role, count in state.effects.get((index, channel), ()):
+            for name, role, count in state.effects(index, channel):
                 other = state.cols[name] if role == "out" else state.out[name]
                 values[channel] += count * other * state.kernel[name]
         costs[index] = values

@@ -286,7 +286,7 @@ def _density_of(groups, removed, start: _Retained) -> float:
     for index, channels in enumerate(removed):
         for channel in channels:
             if groups[index].kept[channel]:
-                for name, role, count in start.effects.get((index, channel), ()):
+                for name, role, count in start.effects(index, channel):
                     (out if role == "out" else cols)[name] -= count
     total = sum(out[name] * cols[name] * start.kernel[name] for name in out)
     return (start.fixed + total) / (start.fixed + start.base) if start.base else 1.0
