@@ -34,15 +34,9 @@ from fastapi.responses import JSONResponse
 
 from spa.errors import BundleError, ConfigError
 from spa.serve.batching import Inputs, MicroBatcher
-from spa.serve.codec import (
-    InputSpec,
-    RequestError,
-    decode_inputs,
-    encode_outputs,
-    media_type,
-    primary_output,
-)
+from spa.serve.codec import InputSpec, decode_inputs, encode_outputs, media_type, primary_output
 from spa.serve.metrics import CONTENT_TYPE, UNKNOWN_TASK, ServerMetrics
+from spa.serve.refusals import RequestError
 from spa.serve.settings import ServeSettings
 from spa.tasks import TaskHost
 from spa.tasks.task_names import check_task_name
@@ -100,7 +94,8 @@ def create_app(host: TaskHost, settings: ServeSettings | None = None) -> FastAPI
         The application; its batcher and worker threads start and stop with its lifespan.
     """
     settings = settings or ServeSettings()
-    spec = InputSpec(settings.input_shape, getattr(torch, settings.input_dtype))
+    named = {declared.name: declared for declared in settings.named_inputs}
+    spec = InputSpec(settings.input_shape, getattr(torch, settings.input_dtype), named)
     metrics = ServerMetrics(host)
 
     @asynccontextmanager

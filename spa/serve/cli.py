@@ -39,6 +39,15 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _named_input(text: str):
+    from spa.serve.inputs import parse_named_input
+
+    try:
+        return parse_named_input(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `serve` sub-command."""
     parser = subparsers.add_parser(
@@ -76,8 +85,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
-    parser.add_argument("--input-shape", type=_shape, help="one sample's shape, e.g. 3,224,224")
-    parser.add_argument("--input-dtype", default="float32", help="the model's input dtype")
+    parser.add_argument(
+        "--input-shape",
+        type=_shape,
+        help="one sample's shape of a single-tensor request, e.g. 3,224,224 (also runs every "
+        "added task once on a zero sample)",
+    )
+    parser.add_argument(
+        "--input-dtype", default="float32", help="the dtype of a single-tensor request"
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        type=_named_input,
+        default=[],
+        dest="named_inputs",
+        metavar="NAME=SHAPE:DTYPE",
+        help="declare a named (keyword) input, repeatable: one sample's sizes, each an integer, "
+        "* (any) or a size name that must agree between inputs, e.g. --input input_ids=seq:int64 "
+        "--input attention_mask=seq:int64; named requests must then give exactly the declared "
+        "inputs (422 naming the one at fault)",
+    )
     parser.add_argument("--max-batch", type=int, default=8, help="most samples per forward")
     parser.add_argument(
         "--max-wait-ms", type=float, default=2.0, help="how long a request waits for a batch"
@@ -116,6 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_bundle_bytes=args.max_bundle_bytes,
         input_shape=args.input_shape,
         input_dtype=args.input_dtype,
+        named_inputs=tuple(args.named_inputs),
         workers=args.workers,
         allow_task_changes=not args.read_only,
     )

@@ -3,13 +3,15 @@ server's input shape and dtype before anything reaches a model.
 
 JSON: `{"inputs": <nested list, batch first>}` (optionally `"dtype"`, which must be the
 server's), or named inputs `{"inputs": {"input_ids": [[...]], "attention_mask": [[...]]}}`,
-passed to the model as keyword arguments (integer lists become int64, float lists the server's
-float dtype); the answer is `{"task": ..., "shape": [...], "outputs": <nested list>}`.
+passed to the model as keyword arguments (in their declared dtypes, see `spa.serve.inputs`;
+undeclared: integer lists become int64, float lists the server's float dtype); the answer
+is `{"task": ..., "shape": [...], "outputs": <nested list>}`.
 safetensors (`Content-Type: application/x-safetensors` or `application/octet-stream`): one
 tensor named `inputs`, or several named tensors (keyword arguments, dtypes kept); the answer is
 a safetensors file with one tensor `outputs`.
 
-Named inputs must share their batch size. A model returning a mapping (a `transformers`
+Named inputs must share their batch size; declared ones (`--input NAME=SHAPE:DTYPE`) are
+checked against their declarations. A model returning a mapping (a `transformers`
 `ModelOutput`) answers with its `logits`, or else its first tensor field (`primary_output`).
 """
 
@@ -17,25 +19,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from spa.errors import SpaError
 from spa.serve.batching import Inputs
+from spa.serve.inputs import NamedInput, check_declared, json_dtype
+from spa.serve.refusals import RequestError
 
 JSON = "application/json"
 SAFETENSORS = "application/x-safetensors"
 _BINARY = (SAFETENSORS, "application/octet-stream")
-
-
-class RequestError(SpaError):
-    """A request the server refuses; `status` is the HTTP status, the message one line."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -43,12 +38,15 @@ class InputSpec:
     """What one request's inputs must look like.
 
     Attributes:
-        sample_shape: shape of one sample (None: any).
-        dtype: the model's input dtype.
+        sample_shape: shape of one sample of a single-tensor request (None: any).
+        dtype: the model's input dtype (single-tensor requests).
+        named: declared named inputs by name; when there are any, a named request must give
+            exactly these, and a single-tensor request is refused unless `sample_shape` is set.
     """
 
     sample_shape: tuple[int, ...] | None
     dtype: torch.dtype
+    named: Mapping[str, NamedInput] = field(default_factory=dict)
 
     def check(self, inputs: torch.Tensor) -> torch.Tensor:
         """`inputs` if it is a non-empty batch of the expected sample shape and dtype.
@@ -56,6 +54,12 @@ class InputSpec:
         Raises:
             RequestError: 422 naming the shape or dtype received and the one expected.
         """
+        if self.named and self.sample_shape is None:
+            raise RequestError(
+                422,
+                f"this server takes named inputs ({', '.join(self.named)}): send a JSON object "
+                "of them or one safetensors tensor per name",
+            )
         if inputs.dtype != self.dtype:
             raise RequestError(
                 422, f"inputs have dtype {_name(inputs.dtype)}, expected {_name(self.dtype)}"
@@ -74,9 +78,11 @@ class InputSpec:
         return inputs
 
     def check_named(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`inputs` if every name is a keyword and every tensor a batch of the same size.
+        """`inputs` if every name is a keyword, every tensor a batch of the same size, and the
+        inputs are the declared ones (if any are declared) with their sample shapes and dtypes.
 
-        Named inputs keep their own dtypes and trailing shapes (the model checks them).
+        Undeclared named inputs keep their own dtypes and trailing shapes (the model checks
+        them).
 
         Raises:
             RequestError: 422 naming the input at fault.
@@ -92,6 +98,8 @@ class InputSpec:
             sizes[name] = tensor.shape[0]
         if len(set(sizes.values())) > 1:
             raise RequestError(422, f"named inputs have different batch sizes {sizes}")
+        if self.named:
+            check_declared(self.named, inputs)
         return inputs
 
 
@@ -159,10 +167,14 @@ def _from_json(body: bytes, spec: InputSpec) -> Inputs:
 
 
 def _named_tensor(name: str, values: Any, spec: InputSpec) -> torch.Tensor:
-    """Named input `name`: int64 for integer lists, the server's float dtype for floats."""
+    """Named input `name` in its declared dtype; undeclared: int64 for integer lists, the
+    server's float dtype for floats."""
     if not isinstance(values, list):
         raise RequestError(400, f"input {name!r} must be a nested list of numbers, batch first")
     tensor = _tensor(f"input {name!r}", values, None)
+    declared = spec.named.get(name)
+    if declared is not None:
+        return json_dtype(declared, tensor)
     if tensor.is_floating_point():
         float_dtype = spec.dtype if spec.dtype.is_floating_point else torch.float32
         tensor = tensor.to(float_dtype)

@@ -6,8 +6,7 @@ import math
 from dataclasses import dataclass
 
 from spa.errors import ConfigError
-
-INPUT_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
+from spa.serve.inputs import INPUT_DTYPES, NamedInput, check_distinct
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +24,8 @@ class ServeSettings:
             of different shapes are batched separately).
         input_dtype: the dtype the model takes; JSON inputs are converted to it, safetensors
             inputs must have it.
+        named_inputs: declared keyword inputs (`spa.serve.inputs`); when given, named requests
+            must give exactly these, each with its sample shape and dtype.
         workers: threads running forward passes (tasks run in parallel up to this many).
         allow_task_changes: whether `POST`/`DELETE /v1/tasks/{name}` may add and remove tasks.
     """
@@ -35,6 +36,7 @@ class ServeSettings:
     max_bundle_bytes: int = 256 * 2**20
     input_shape: tuple[int, ...] | None = None
     input_dtype: str = "float32"
+    named_inputs: tuple[NamedInput, ...] = ()
     workers: int = 2
     allow_task_changes: bool = True
 
@@ -53,6 +55,7 @@ class ServeSettings:
             raise ConfigError(
                 f"serve: input_shape must be positive integers, got {self.input_shape!r}"
             )
+        check_distinct(self.named_inputs)
         if self.input_dtype not in INPUT_DTYPES:
             raise ConfigError(
                 f"serve: input_dtype must be one of {', '.join(INPUT_DTYPES)}, "

@@ -107,3 +107,10 @@ def test_registering_serve_imports_no_web_stack():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_serve_input_declaration_errors_name_the_declaration(capsys):
+    with pytest.raises(SystemExit) as usage:
+        main(["serve", "--base", "b.safetensors", "--input", "input_ids=seq:int8"])
+    error = capsys.readouterr().err
+    assert usage.value.code == 2 and "input 'input_ids': dtype must be one of" in error

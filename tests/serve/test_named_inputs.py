@@ -12,6 +12,7 @@ from safetensors.torch import load, save
 from torch import nn
 
 import spa
+from spa.serve.inputs import parse_named_input
 from spa.serve.settings import ServeSettings
 from spa.tasks import TaskHost, load_task, save_task
 
@@ -145,3 +146,57 @@ def test_bad_named_inputs_are_one_line_4xx_and_others_are_answered(bert, change,
     assert torch.allclose(
         _answer(answered, True), _expected(references, "a", good), rtol=1e-4, atol=1e-5
     )
+
+
+DECLARED = (
+    parse_named_input("input_ids=seq:int64"),
+    parse_named_input("attention_mask=seq:int64"),
+)
+
+
+@pytest.fixture(scope="module")
+def declared_server(bert):
+    """A server over the tiny BERT tasks with `--input` declarations for both inputs."""
+    base, paths, _ = bert
+    settings = ServeSettings(max_batch=8, max_wait_ms=100, named_inputs=DECLARED)
+    with running(_host(base, paths), settings) as url:
+        yield url
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_declared_named_inputs_are_answered_with_their_tasks_logits(bert, declared_server, binary):
+    _, _, references = bert
+    inputs = _inputs(torch.Generator().manual_seed(5), 3)
+    with httpx.Client(timeout=60) as client:
+        response = _post(client, declared_server, "b", inputs, binary)
+    assert response.status_code == 200, response.text
+    expected = _expected(references, "b", inputs)
+    assert torch.allclose(_answer(response, binary), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "binary", "words"),
+    [
+        (lambda x: {"input_ids": x["input_ids"]}, False, "'attention_mask' is missing"),
+        (lambda x: {**x, "token_type_ids": x["input_ids"].clone()}, True, "'token_type_ids'"),
+        (lambda x: {**x, "input_ids": x["input_ids"].int()}, True, "'input_ids' has dtype int32"),
+        (lambda x: {**x, "input_ids": x["input_ids"] + 0.5}, False, "'input_ids' has non-int"),
+        (lambda x: {**x, "attention_mask": x["attention_mask"][:, :-1]}, False, "seq=5"),
+    ],
+)
+def test_inputs_that_differ_from_their_declaration_are_422_naming_them(
+    bert, declared_server, change, binary, words
+):
+    _, _, references = bert
+    generator = torch.Generator().manual_seed(4)
+    good, bad = _inputs(generator, 2), change(_inputs(generator, 2))
+    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(2) as pool:
+        refused = pool.submit(_post, client, declared_server, "a", bad, binary)
+        answered = pool.submit(_post, client, declared_server, "a", good, not binary)
+        refused, answered = refused.result(), answered.result()
+    assert refused.status_code == 422
+    detail = refused.json()["detail"]
+    assert words in detail and "\n" not in detail
+    assert answered.status_code == 200
+    expected = _expected(references, "a", good)
+    assert torch.allclose(_answer(answered, not binary), expected, rtol=1e-4, atol=1e-5)
