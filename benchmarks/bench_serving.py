@@ -3,10 +3,14 @@
 Three ResNet-50 tasks (random base, SPLoRA r8, 30% channel density with random scores and
 adapters) behind three set-ups, each a real HTTP server on loopback:
 
-- `spa serve`: one process, one base, all three tasks (micro-batching, `--workers 3`);
-- one process per task: three `spa serve` processes with one task each (same batching);
+- `spa serve`: one process, one base, all three tasks (micro-batching, `--workers` batches at
+  once, default 1);
+- one process per task: three `spa serve` processes with one task each (same options);
 - lock around `set_task`: one process, one `TaskHost`; each request takes a lock, calls
   `host.set_task(name)` and runs the active task (what a service had to do before issue 23).
+
+Every process gets `spa serve`'s default allocator settings (`spa.serve.memory`: at most 2
+glibc arenas), the lock server too.
 
 8 concurrent clients (threads with their own `httpx.Client`) send one image per request as
 safetensors, the tasks alternating request by request; every answer is compared with that
@@ -18,7 +22,8 @@ latencies p50/p99 over all rounds, memory the peak RSS (VmHWM) of each set-up's 
 Goals (issue 23): 0 wrong answers; `spa serve` throughput >= 0.9x one process per task with
 <= 0.5x its memory.
 
-Run: `python benchmarks/bench_serving.py [--quick] [--size 224] [--rounds 9] [--requests 160]`.
+Run: `python benchmarks/bench_serving.py [--quick] [--size 224] [--rounds 9] [--requests 160]
+[--workers 1]`.
 """
 
 from __future__ import annotations
@@ -130,11 +135,13 @@ def _wait_healthy(process: subprocess.Popen, port: int) -> None:
     raise SystemExit("a server did not start within 600 s")
 
 
-def _serve_arguments(base: Path, paths: dict[str, Path], size: int, names) -> list[str]:
+def _serve_arguments(
+    base: Path, paths: dict[str, Path], size: int, names, workers: int
+) -> list[str]:
     arguments = ["-m", "spa", "serve", "--base", str(base), "--input-shape", f"3,{size},{size}"]
     for name in names:
         arguments += ["--task", f"{name}={paths[name]}"]
-    return arguments + ["--max-batch", "8", "--max-wait-ms", "2", "--workers", str(len(names))]
+    return arguments + ["--max-batch", "8", "--max-wait-ms", "2", "--workers", str(workers)]
 
 
 def _peak_rss(pid: int) -> int:
@@ -212,8 +219,10 @@ def serve_with_lock(arguments: list[str]) -> None:
     from starlette.concurrency import run_in_threadpool
 
     from spa.models import resnet50
+    from spa.serve.memory import AllocatorSettings, configure_allocator
     from spa.tasks import TaskHost
 
+    configure_allocator(AllocatorSettings())  # what `spa serve` does for itself
     base = resnet50(num_classes=10)
     base.load_state_dict(safetensors.torch.load_file(args.base))
     host = TaskHost(base.eval(), cache_size=len(args.task))
@@ -247,24 +256,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--requests", type=int, default=160, help="requests per set-up per round")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    parser.add_argument("--workers", type=int, default=1, help="spa serve --workers, every set-up")
     args = parser.parse_args()
     if args.quick:
         args.size, args.rounds, args.requests = 64, 3, 48
+    args.load = os.getloadavg()
     torch.set_num_threads(args.threads)
+    threads = args.threads
     with tempfile.TemporaryDirectory() as folder:
         base, paths = _make_tasks(Path(folder), args.size)
         images = torch.randn(16, 3, args.size, args.size)
         references = _references(base, paths, images)
+
+        def serve(names) -> tuple[subprocess.Popen, int]:
+            arguments = _serve_arguments(base, paths, args.size, names, args.workers)
+            return _spawn(arguments, threads)
+
         setups = {
-            "spa serve": [_spawn(_serve_arguments(base, paths, args.size, NAMES), args.threads)],
-            "one process per task": [
-                _spawn(_serve_arguments(base, paths, args.size, [n]), args.threads) for n in NAMES
-            ],
+            "spa serve": [serve(NAMES)],
+            "one process per task": [serve([n]) for n in NAMES],
             "lock around set_task": [
                 _spawn(
                     [__file__, "--serve-lock", "--base", str(base)]
                     + [f"--task={n}={paths[n]}" for n in NAMES],
-                    args.threads,
+                    threads,
                 )
             ],
         }
@@ -308,7 +323,9 @@ def _print(setups, seconds, latencies, wrong, memory, args) -> None:
     reference = "one process per task"
     print(
         f"ResNet-50, 3 tasks at 30% density, {args.size} px, {CLIENTS} clients, {args.rounds} "
-        f"rounds x {args.requests} requests, {args.threads} torch threads per process"
+        f"rounds x {args.requests} requests, {args.threads} torch threads per process, "
+        f"--workers {args.workers}; load average at the start {args.load[0]:.1f}, "
+        f"at the end {os.getloadavg()[0]:.1f}"
     )
     print(
         f"{'set-up':24} {'req/s':>7} {'vs 1/task':>18} {'p50 ms':>8} {'p99 ms':>8} "

@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse
 from spa.errors import BundleError, ConfigError
 from spa.serve.batching import Inputs, MicroBatcher
 from spa.serve.codec import InputSpec, decode_inputs, encode_outputs, media_type, primary_output
+from spa.serve.memory import release_free_memory
 from spa.serve.metrics import CONTENT_TYPE, UNKNOWN_TASK, ServerMetrics
 from spa.serve.refusals import RequestError
 from spa.serve.settings import ServeSettings
@@ -107,6 +108,7 @@ def create_app(host: TaskHost, settings: ServeSettings | None = None) -> FastAPI
             settings.max_batch,
             settings.max_wait_ms / 1000,
             on_batch=metrics.observe_batch,
+            max_in_flight=settings.workers,
         )
         try:
             yield
@@ -267,6 +269,7 @@ def _add(host: TaskHost, name: str, body: bytes, rename: bool) -> None:
         with os.fdopen(descriptor, "wb") as file:
             file.write(body)
         host.add_task(name, path, rename=rename)
+        release_free_memory()  # what reading and the dry run freed
     except BundleError as error:
         raise RequestError(422, _one_line(error).replace(path, f"bundle for {name!r}")) from None
     except ConfigError as error:

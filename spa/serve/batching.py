@@ -5,8 +5,12 @@ request, waits up to `max_wait` for others of the same signature (sample shape a
 named inputs, the names and each one's sample shape and dtype) to join, up to `max_batch`
 samples, concatenates them along the batch axis (each named input on its own), runs them in
 a thread pool (so the event loop keeps accepting requests and other tasks' batches run in
-parallel) and splits the outputs back. A batch that fails is rerun request by request, so one
-bad request never fails the others it was batched with. Different tasks never share a batch.
+parallel) and splits the outputs back. At most `max_in_flight` batches (over all tasks) are
+taken at a time: the rest of the requests keep waiting in their queues, where later arrivals
+can still join them, instead of as batches queued in the pool (which would hold their inputs
+and start their activations as soon as a thread frees up). A batch that fails is rerun
+request by request, so one bad request never fails the others it was batched with. Different
+tasks never share a batch.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class MicroBatcher:
         max_batch: most samples per batch (a larger single request runs alone).
         max_wait: seconds the oldest request waits for others to join its batch.
         on_batch: called with (task, samples) for every batch run (metrics).
+        max_in_flight: most batches running at once (None: no limit beyond the executor's);
+            set it to the executor's thread count.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class MicroBatcher:
         max_batch: int,
         max_wait: float,
         on_batch: Callable[[str, int], None] | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         self._run = run
         self._executor = executor
@@ -95,6 +102,7 @@ class MicroBatcher:
         self.max_wait = max_wait
         self._on_batch = on_batch
         self._queues: dict[str, _Queue] = {}
+        self._slots = None if max_in_flight is None else asyncio.Semaphore(max_in_flight)
 
     async def submit(self, task: str, inputs: Inputs) -> torch.Tensor:
         """The outputs of `task` on `inputs` (a batch, or named batches), batched with others.
@@ -120,8 +128,11 @@ class MicroBatcher:
         try:
             while queue.requests:
                 await self._gather(queue)
-                batch = self._take(queue)
-                await self._answer(task, batch)
+                if self._slots is None:
+                    await self._answer(task, self._take(queue))
+                    continue
+                async with self._slots:  # later requests join the batch while it waits
+                    await self._answer(task, self._take(queue))
         finally:
             queue.worker = None
             if not queue.requests and self._queues.get(task) is queue:

@@ -19,7 +19,13 @@ _EPILOG = """example:
   curl -s localhost:8000/v1/tasks/parity/predict -H 'Content-Type: application/json' \\
       -d '{"inputs": [[0.5, -1.0, 2.0, 0.0]]}'
 endpoints: POST /v1/tasks/NAME/predict, GET /v1/tasks, POST|DELETE /v1/tasks/NAME (bundle
-upload / removal), GET /health, GET /metrics (Prometheus)."""
+upload / removal), GET /health, GET /metrics (Prometheus).
+memory versus speed: the task models hold only what each task changed (next to one base);
+the rest is activations and what malloc keeps. --workers 1 (default) runs one batch at a time
+(intra-op threads, OMP_NUM_THREADS, still use every core); --max-batch bounds one batch's
+activations; --cache-bytes bounds the cached task models (others are rebuilt on use);
+--malloc-arena-max caps glibc's arenas; --malloc-mmap-threshold returns large tensors to the
+system when freed (lowest memory, more CPU time per forward pass)."""
 
 
 def _task(text: str) -> tuple[str, str]:
@@ -115,7 +121,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--cache-bytes", type=int, help="byte budget of cached task models (default: no limit)"
     )
-    parser.add_argument("--workers", type=int, default=2, help="threads running forward passes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="batches run at once (forward-pass threads); each holds its activations",
+    )
+    parser.add_argument(
+        "--malloc-arena-max",
+        type=int,
+        default=2,
+        metavar="N",
+        help="glibc malloc arenas of this process (fewer keep less freed memory; 0: glibc's "
+        "default of 8 per core)",
+    )
+    parser.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        metavar="BYTES",
+        help="allocations this large are returned to the system when freed, e.g. 262144 "
+        "(default: glibc's growing threshold; a fixed one lowers peak memory and costs CPU "
+        "time in page faults)",
+    )
     parser.add_argument(
         "--read-only", action="store_true", help="refuse adding or removing tasks over HTTP"
     )
@@ -129,6 +156,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from spa.serve.memory import AllocatorSettings, configure_allocator, release_free_memory
+
+    allocator = AllocatorSettings(
+        mmap_threshold=args.malloc_mmap_threshold, arena_max=args.malloc_arena_max or None
+    )
+    configure_allocator(allocator)  # before any worker thread makes its own arena
     import torch
     import uvicorn
 
@@ -165,6 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     for name, path in args.task:
         host.add_task(name, Path(path))
+    release_free_memory()  # what loading and the dry runs freed
     logger.info("serving %d task(s) on http://%s:%d", len(names), args.host, args.port)
     uvicorn.run(
         create_app(host, settings),

@@ -26,7 +26,9 @@ class ServeSettings:
             inputs must have it.
         named_inputs: declared keyword inputs (`spa.serve.inputs`); when given, named requests
             must give exactly these, each with its sample shape and dtype.
-        workers: threads running forward passes (tasks run in parallel up to this many).
+        workers: batches run at once (threads running forward passes). 1 holds one batch's
+            activations at a time, and its intra-op threads still use every core; more
+            overlap batches (their serial parts) at the cost of their activations' memory.
         allow_task_changes: whether `POST`/`DELETE /v1/tasks/{name}` may add and remove tasks.
     """
 
@@ -37,7 +39,7 @@ class ServeSettings:
     input_shape: tuple[int, ...] | None = None
     input_dtype: str = "float32"
     named_inputs: tuple[NamedInput, ...] = ()
-    workers: int = 2
+    workers: int = 1
     allow_task_changes: bool = True
 
     def __post_init__(self) -> None:

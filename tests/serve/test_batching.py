@@ -112,3 +112,42 @@ def test_named_inputs_are_concatenated_per_name_and_grouped_by_signature():
             [{"x": (3, 3), "w": (3, 2)}, {"x": (1, 5), "w": (1, 2)}, {"x": (1, 3), "v": (1, 2)}],
         )
     )
+
+
+def _overlap(max_in_flight):
+    """Three tasks whose runs take 100 ms; (most runs at once, samples per run) for a first
+    wave of one request per task and a second wave of three per task sent 10 ms later."""
+    import threading
+    import time
+
+    running, most, sizes, lock = [0], [0], [], threading.Lock()
+
+    def run(task: str, inputs: torch.Tensor) -> torch.Tensor:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            sizes.append(inputs.shape[0])
+        time.sleep(0.1)
+        with lock:
+            running[0] -= 1
+        return inputs * 2
+
+    async def main():
+        with ThreadPoolExecutor(3) as executor:
+            batcher = MicroBatcher(run, executor, 8, 0.0, max_in_flight=max_in_flight)
+            first = [batcher.submit(t, torch.randn(1, 2)) for t in "abc"]
+            firsts = [asyncio.ensure_future(f) for f in first]
+            await asyncio.sleep(0.01)
+            second = [batcher.submit(t, torch.randn(1, 2)) for t in "abc" for _ in range(3)]
+            await asyncio.gather(*firsts, *second)
+
+    asyncio.run(main())
+    return most[0], sizes
+
+
+def test_max_in_flight_caps_concurrent_batches_and_waiting_requests_join_one_batch():
+    most, sizes = _overlap(max_in_flight=1)
+    assert most == 1
+    assert sizes == [1, 4, 4, 3]  # b and c waited for the slot and took the second wave along
+    unlimited, sizes = _overlap(max_in_flight=None)
+    assert unlimited == 3 and sorted(sizes) == [1, 1, 1, 3, 3, 3]
