@@ -9,8 +9,8 @@ adapters) behind three set-ups, each a real HTTP server on loopback:
 - lock around `set_task`: one process, one `TaskHost`; each request takes a lock, calls
   `host.set_task(name)` and runs the active task (what a service had to do before issue 23).
 
-Every process gets `spa serve`'s default allocator settings (`spa.serve.memory`: at most 2
-glibc arenas), the lock server too.
+Every process gets the same allocator settings (`--arena-max`, default `spa serve`'s 2 glibc
+arenas; 0: glibc's default), the lock server too.
 
 8 concurrent clients (threads with their own `httpx.Client`) send one image per request as
 safetensors, the tasks alternating request by request; every answer is compared with that
@@ -23,7 +23,7 @@ Goals (issue 23): 0 wrong answers; `spa serve` throughput >= 0.9x one process pe
 <= 0.5x its memory.
 
 Run: `python benchmarks/bench_serving.py [--quick] [--size 224] [--rounds 9] [--requests 160]
-[--workers 1]`.
+[--workers 1] [--arena-max 2]`.
 """
 
 from __future__ import annotations
@@ -144,6 +144,10 @@ def _serve_arguments(
     return arguments + ["--max-batch", "8", "--max-wait-ms", "2", "--workers", str(workers)]
 
 
+def _allocator_arguments(arena_max: int) -> list[str]:
+    return ["--malloc-arena-max", str(arena_max)]
+
+
 def _peak_rss(pid: int) -> int:
     """Peak resident memory of process `pid` in bytes (Linux: VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -212,6 +216,7 @@ def serve_with_lock(arguments: list[str]) -> None:
     parser.add_argument("--base")
     parser.add_argument("--task", action="append")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--malloc-arena-max", type=int, default=2)
     args = parser.parse_args(arguments)
     import safetensors.torch
     import uvicorn
@@ -222,7 +227,7 @@ def serve_with_lock(arguments: list[str]) -> None:
     from spa.serve.memory import AllocatorSettings, configure_allocator
     from spa.tasks import TaskHost
 
-    configure_allocator(AllocatorSettings())  # what `spa serve` does for itself
+    configure_allocator(AllocatorSettings(arena_max=args.malloc_arena_max or None))  # as spa serve
     base = resnet50(num_classes=10)
     base.load_state_dict(safetensors.torch.load_file(args.base))
     host = TaskHost(base.eval(), cache_size=len(args.task))
@@ -257,6 +262,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=160, help="requests per set-up per round")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--workers", type=int, default=1, help="spa serve --workers, every set-up")
+    parser.add_argument(
+        "--arena-max", type=int, default=2, help="spa serve --malloc-arena-max, every set-up"
+    )
     args = parser.parse_args()
     if args.quick:
         args.size, args.rounds, args.requests = 64, 3, 48
@@ -270,7 +278,7 @@ def main() -> None:
 
         def serve(names) -> tuple[subprocess.Popen, int]:
             arguments = _serve_arguments(base, paths, args.size, names, args.workers)
-            return _spawn(arguments, threads)
+            return _spawn(arguments + _allocator_arguments(args.arena_max), threads)
 
         setups = {
             "spa serve": [serve(NAMES)],
@@ -278,7 +286,8 @@ def main() -> None:
             "lock around set_task": [
                 _spawn(
                     [__file__, "--serve-lock", "--base", str(base)]
-                    + [f"--task={n}={paths[n]}" for n in NAMES],
+                    + [f"--task={n}={paths[n]}" for n in NAMES]
+                    + _allocator_arguments(args.arena_max),
                     threads,
                 )
             ],
@@ -324,8 +333,8 @@ def _print(setups, seconds, latencies, wrong, memory, args) -> None:
     print(
         f"ResNet-50, 3 tasks at 30% density, {args.size} px, {CLIENTS} clients, {args.rounds} "
         f"rounds x {args.requests} requests, {args.threads} torch threads per process, "
-        f"--workers {args.workers}; load average at the start {args.load[0]:.1f}, "
-        f"at the end {os.getloadavg()[0]:.1f}"
+        f"--workers {args.workers}, --malloc-arena-max {args.arena_max}; load average at the "
+        f"start {args.load[0]:.1f}, at the end {os.getloadavg()[0]:.1f}"
     )
     print(
         f"{'set-up':24} {'req/s':>7} {'vs 1/task':>18} {'p50 ms':>8} {'p99 ms':>8} "
