@@ -1,10 +1,11 @@
-"""Shared timing helper for benchmarks: interleaved rounds, median of per-round times."""
+"""Shared benchmark helpers: interleaved rounds, median of per-round times, process memory."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def _interleaved_samples(
@@ -75,3 +76,11 @@ def report_goal(goal: str, target: str, measured: str, met: bool | None) -> None
     """
     verdict = "-" if met is None else ("met" if met else "missed")
     print(f"{GOAL_PREFIX}{goal}|{target}|{measured}|{verdict}", flush=True)
+
+
+def proc_status(field: str) -> int:
+    """A `/proc/self/status` memory field (`VmRSS`, `VmHWM`, ...) in bytes (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from _timing import report_goal
+from _timing import proc_status, report_goal
 
 import spa
 from spa.pruning import apply_masks, channel_groups, compute_masks, score
@@ -46,30 +46,22 @@ GOAL = 1.3
 _GIB = 2**30
 
 
-def _status(field: str) -> int:
-    """A `/proc/self/status` memory field in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 class Stages:
     """Times each stage and records its peak resident set (reset when the stage starts)."""
 
     def __init__(self, weight_bytes: int) -> None:
         self.weight_bytes = weight_bytes
-        self.start = _status("VmRSS")  # the interpreter, torch and transformers
+        self.start = proc_status("VmRSS")  # the interpreter, torch and transformers
         self.rows: list[tuple[str, float, int]] = []
 
     def run(self, name: str, function):
         gc.collect()
         Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
-        before = _status("VmRSS")
+        before = proc_status("VmRSS")
         start = time.perf_counter()
         result = function()
         seconds = time.perf_counter() - start
-        peak = _status("VmHWM")
+        peak = proc_status("VmHWM")
         self.rows.append((name, seconds, peak))
         ratio, above = peak / self.weight_bytes, (peak - self.start) / self.weight_bytes
         print(

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _timing import report_goal
+from _timing import proc_status, report_goal
 
 SHAPE = {
     "hidden_size": 768,
@@ -37,13 +37,6 @@ QUICK = {**SHAPE, "hidden_size": 256, "num_hidden_layers": 2, "num_attention_hea
 QUICK.update(intermediate_size=704, vocab_size=4000)
 METHODS = ("fine-tuning", "splora")
 _GIB = 2**30
-
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _one_step(method: str, sizes: dict) -> dict:
@@ -67,14 +60,14 @@ def _one_step(method: str, sizes: dict) -> dict:
     ids = torch.randint(0, sizes["vocab_size"], (4, 129))
     weights = sum(p.numel() * p.element_size() for p in base.parameters())
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
-    before = _status("VmRSS")
+    before = proc_status("VmRSS")
     loss = model(input_ids=ids[:, :-1], labels=ids[:, 1:]).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return {
-        "peak": _status("VmHWM"),
-        "step": _status("VmHWM") - before,
+        "peak": proc_status("VmHWM"),
+        "step": proc_status("VmHWM") - before,
         "weights": weights,
         "trained": sum(p.numel() for p in trained),
     }
