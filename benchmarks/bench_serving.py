@@ -261,7 +261,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--requests", type=int, default=160, help="requests per set-up per round")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
-    parser.add_argument("--workers", type=int, default=1, help="spa serve --workers, every set-up")
+    parser.add_argument("--workers", type=int, default=2, help="spa serve --workers, every set-up")
     parser.add_argument(
         "--arena-max", type=int, default=2, help="spa serve --malloc-arena-max, every set-up"
     )

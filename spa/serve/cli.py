@@ -21,8 +21,9 @@ _EPILOG = """example:
 endpoints: POST /v1/tasks/NAME/predict, GET /v1/tasks, POST|DELETE /v1/tasks/NAME (bundle
 upload / removal), GET /health, GET /metrics (Prometheus).
 memory versus speed: the task models hold only what each task changed (next to one base);
-the rest is activations and what malloc keeps. --workers 1 (default) runs one batch at a time
-(intra-op threads, OMP_NUM_THREADS, still use every core); --max-batch bounds one batch's
+the rest is activations and what malloc keeps. --workers 1 runs one batch at a time (intra-op
+threads, OMP_NUM_THREADS, still use every core), the default 2 overlaps two batches' serial
+parts for throughput at the cost of their activations; --max-batch bounds one batch's
 activations; --cache-bytes bounds the cached task models (others are rebuilt on use);
 --malloc-arena-max caps glibc's arenas; --malloc-mmap-threshold returns large tensors to the
 system when freed (lowest memory, more CPU time per forward pass)."""
@@ -124,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=1,
+        default=2,
         help="batches run at once (forward-pass threads); each holds its activations",
     )
     parser.add_argument(

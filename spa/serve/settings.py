@@ -29,6 +29,7 @@ class ServeSettings:
         workers: batches run at once (threads running forward passes). 1 holds one batch's
             activations at a time, and its intra-op threads still use every core; more
             overlap batches (their serial parts) at the cost of their activations' memory.
+            The default 2 measured best on a 2-core machine (see the README's serving table).
         allow_task_changes: whether `POST`/`DELETE /v1/tasks/{name}` may add and remove tasks.
     """
 
@@ -39,7 +40,7 @@ class ServeSettings:
     input_shape: tuple[int, ...] | None = None
     input_dtype: str = "float32"
     named_inputs: tuple[NamedInput, ...] = ()
-    workers: int = 1
+    workers: int = 2
     allow_task_changes: bool = True
 
     def __post_init__(self) -> None:
