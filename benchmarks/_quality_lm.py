@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch_pruning
+from _torch_pruning import llama_heads
 from torch.nn import functional
 
 from spa.experiments import demo_lm
@@ -69,13 +70,7 @@ def _epoch(model, blocks, settings, lr, seed, epoch) -> None:
 
 def _pruned(model, settings, blocks, ratio: float):
     """The model with heads and FFN neurons pruned at `ratio` by Taylor importance, in place."""
-    config = model.config
-    num_heads = {}
-    for name, module in model.named_modules():
-        if name.endswith("self_attn"):
-            num_heads[module.q_proj] = config.num_attention_heads
-            num_heads[module.k_proj] = config.num_key_value_heads
-            num_heads[module.v_proj] = config.num_key_value_heads
+    num_heads = llama_heads(model)
     model.zero_grad()
     for inputs, targets in scoring_batches(blocks, settings.batch_size, settings.scoring_batches):
         logits = model(**inputs).logits

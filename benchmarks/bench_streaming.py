@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from _timing import report_goal
+from _torch_pruning import llama_heads
 
 SHAPES = {
     "llama3-8b": dict(
@@ -150,12 +151,7 @@ def torch_pruning(directory: Path, output: Path) -> None:
     # The example's GroupNormImportance is GroupMagnitudeImportance in Torch-Pruning 1.6.
     importance = getattr(tp.importance, "GroupNormImportance", None)
     importance = importance or tp.importance.GroupMagnitudeImportance
-    num_heads = {}
-    for name, module in model.named_modules():
-        if name.endswith("self_attn"):
-            num_heads[module.q_proj] = config.num_attention_heads
-            num_heads[module.k_proj] = config.num_key_value_heads
-            num_heads[module.v_proj] = config.num_key_value_heads
+    num_heads = llama_heads(model)
     pruner = tp.pruner.MetaPruner(
         model,
         example_inputs=torch.randint(0, config.vocab_size, (1, 8)),

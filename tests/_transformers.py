@@ -204,3 +204,20 @@ def assert_same_generation(model: nn.Module, compacted: nn.Module, base: nn.Modu
         spa.save_task(spa.compacted(model), path, base_model=base)
         assert torch.equal(spa.load_task(base, path).model.generate(prompt, **options), expected)
     assert expected.shape == (1, 12)
+
+
+def assert_deploys(model: nn.Module, base: nn.Module, x, masked: torch.Tensor, path) -> nn.Module:
+    """masked == compacted == fused == loaded bundle == `TaskHost` (scaled 1e-4); the compacted."""
+    from spa.pruning import compact
+
+    with torch.no_grad():
+        compacted = compact(copy.deepcopy(model), x)
+        assert_close_scaled(compacted(x), masked)
+        assert_close_scaled(spa.fuse(copy.deepcopy(compacted))(x), masked)
+    spa.save_task(compacted, path, base_model=base)
+    host = spa.TaskHost(base)
+    host.add_task("task", path)
+    with torch.no_grad():
+        assert_close_scaled(spa.load_task(base, path)(x), masked)
+        assert_close_scaled(host.model("task")(x), masked)
+    return compacted

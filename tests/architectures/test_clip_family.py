@@ -12,12 +12,11 @@ import torch
 import transformers
 from torch import nn
 
-import spa
 from spa.errors import ConfigError
 from spa.families import describe
 from spa.families.tiny import FEED_FORWARD, TOKENS
 from spa.pruning import apply_masks, channel_groups, compact, compute_masks, refresh_groups, score
-from tests._transformers import adapted_after_step, assert_close_scaled
+from tests._transformers import adapted_after_step, assert_close_scaled, assert_deploys
 
 VISION = {**FEED_FORWARD, "image_size": 32, "patch_size": 8, "num_channels": 3}
 TEXT = {**FEED_FORWARD, **TOKENS, "pad_token_id": 0}
@@ -200,15 +199,6 @@ def test_clip_model_prunes_each_towers_hidden_size_as_its_own_stream(tmp_path):
     assert all(k < 32 for k in kept)
     with torch.no_grad():
         masked = model(x)
-        compacted = compact(copy.deepcopy(model), x)
-        assert_close_scaled(compacted(x), masked)
-        assert_close_scaled(spa.fuse(copy.deepcopy(compacted))(x), masked)
+    compacted = assert_deploys(model, base, x, masked, tmp_path / "task.safetensors")
     projections = compacted.model.text_projection, compacted.model.visual_projection
     assert [getattr(p, "base", p).weight.shape[1] for p in projections] == kept
-    path = tmp_path / "task.safetensors"
-    spa.save_task(compacted, path, base_model=base)
-    host = spa.TaskHost(base)
-    host.add_task("task", path)
-    with torch.no_grad():
-        assert_close_scaled(spa.load_task(base, path)(x), masked)
-        assert_close_scaled(host.model("task")(x), masked)

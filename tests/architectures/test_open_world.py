@@ -24,7 +24,12 @@ from spa.pruning import (
     refresh_groups,
     score,
 )
-from tests._transformers import adapted_after_step, assert_close_scaled, assert_same_generation
+from tests._transformers import (
+    adapted_after_step,
+    assert_close_scaled,
+    assert_deploys,
+    assert_same_generation,
+)
 from tests.architectures._open_world import (
     ALL_UNITS,
     NAMED,
@@ -83,16 +88,7 @@ def test_architecture_masked_equals_compacted_fused_loaded_and_hosted(case, tmp_
     with torch.no_grad():
         masked = model(x)
         assert not torch.allclose(masked, dense, atol=1e-5)
-        compacted = compact(copy.deepcopy(model), x)
-        assert_close_scaled(compacted(x), masked)
-        assert_close_scaled(spa.fuse(copy.deepcopy(compacted))(x), masked)
-    path = tmp_path / "task.safetensors"
-    spa.save_task(compacted, path, base_model=base)
-    host = spa.TaskHost(base)
-    host.add_task("task", path)
-    with torch.no_grad():
-        assert_close_scaled(spa.load_task(base, path)(x), masked)
-        assert_close_scaled(host.model("task")(x), masked)
+    compacted = assert_deploys(model, base, x, masked, tmp_path / "task.safetensors")
     if case.decoder:
         assert_same_generation(model, compacted, base, tmp_path / "generation.safetensors")
 
