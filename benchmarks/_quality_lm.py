@@ -14,7 +14,8 @@ Torch-Pruning 1.6 never finishes building its groups on transformers 5's Llama (
 mapping of the query/key projections' group goes round the cycle q -> rope -> add -> q with
 indices shifted by the head width each time and never repeats. With whole heads pruned and head
 dims kept, rope only mixes dimensions inside one head, so the graph is traced with
-`apply_rotary_pos_emb` replaced by the identity (`_rope_hidden`), the model itself unchanged.
+`apply_rotary_pos_emb` replaced by the identity (`_torch_pruning.rope_hidden`), the model
+itself unchanged.
 With grouped-query attention Torch-Pruning then prunes key/value heads only (the query heads and
 `o_proj` stay; every query head of a pruned group reads the remaining key/value head), not the
 query heads with them as spa does: its row keeps more parameters at the same ratio.
@@ -22,7 +23,6 @@ query heads with them as spa does: its row keeps more parameters at the same rat
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import statistics
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 import torch_pruning
-from _torch_pruning import llama_heads
+from _torch_pruning import llama_heads, rope_hidden
 from torch.nn import functional
 
 from spa.experiments import demo_lm
@@ -49,19 +49,6 @@ def _cell(values, scale=1.0, digits=1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-@contextlib.contextmanager
-def _rope_hidden():
-    """Trace without the rotary embedding (see the module docstring); restored afterwards."""
-    from transformers.models.llama import modeling_llama
-
-    saved = modeling_llama.apply_rotary_pos_emb
-    modeling_llama.apply_rotary_pos_emb = lambda q, k, *args, **kwargs: (q, k)
-    try:
-        yield
-    finally:
-        modeling_llama.apply_rotary_pos_emb = saved
-
-
 def _epoch(model, blocks, settings, lr, seed, epoch) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     loader = make_loader(blocks, settings.batch_size, shuffle=True, seed=seed, epoch=epoch)
@@ -76,7 +63,7 @@ def _pruned(model, settings, blocks, ratio: float):
         logits = model(**inputs).logits
         functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
     example = torch.zeros(1, 8, dtype=torch.long)
-    with _rope_hidden():
+    with rope_hidden():
         pruner = torch_pruning.pruner.MetaPruner(
             model,
             example_inputs=example,
