@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["umask", "write_atomic"]
@@ -23,12 +24,16 @@ def umask() -> int:
     return mask
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+def write_atomic(
+    path: str | os.PathLike, data: bytes | Callable[[str], None], mode: int | None = None
+) -> None:
     """Write `data` to `path` through a temporary file and `os.replace`.
 
     Args:
         path: destination file (its folder is created if missing).
-        data: the whole content.
+        data: the whole content, or a function that writes it to the temporary file's path it
+            is given (e.g. `safetensors.torch.save_file`), so large content need not be held
+            in memory as bytes first.
         mode: permission bits of the file; None gives what `open()` would (0o666 minus the
             umask), where a plain temporary file would stay 0o600.
     """
@@ -39,7 +44,10 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int | None = None) 
     )
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            if callable(data):
+                data(temporary)
+            else:
+                file.write(data)
             file.flush()
             os.chmod(temporary, 0o666 & ~umask() if mode is None else mode)
             os.fsync(file.fileno())

@@ -167,7 +167,7 @@ def checksum(document: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         tensor = tensors[name].contiguous()
         digest.update(f"\0{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # no bytes copy
     return "sha256:" + digest.hexdigest()
 
 
@@ -219,12 +219,13 @@ def write_bundle(
     signature = None if sign is None else {**sign(signed_message(document, task)), "task": task}
     if signature is not None:
         header[SIGNATURE_KEY] = canonical_json(signature)
-    data = safetensors.torch.save(flat, metadata=header)
-    write_atomic(path, data)
+    # Written straight to the temporary file: no second copy of the values as bytes.
+    write_atomic(path, lambda temporary: safetensors.torch.save_file(flat, temporary, header))
+    size = Path(path).stat().st_size
     # What a reader will see (JSON types: tuples become lists), so the bundle plans as read.
     bundle.metadata, bundle.signature = json.loads(header[METADATA_KEY]), signature
-    bundle.path, bundle.size_bytes = Path(path), len(data)
-    return len(data)
+    bundle.path, bundle.size_bytes = Path(path), size
+    return size
 
 
 def _header(data: bytes, source: str) -> dict[str, Any]:
