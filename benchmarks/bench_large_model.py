@@ -128,6 +128,9 @@ def main() -> None:
         apply_masks(task, masks)
 
     stages.run("masks", mask)
+    # Groups and scores are not needed once the masks are applied; their per-channel Python
+    # tuples (about 0.1 GiB at this size) would otherwise stay alive through every later stage.
+    groups = scores = None
     with tempfile.TemporaryDirectory() as directory:
         bundle = Path(directory) / "task.safetensors"
         # spa.compacted_for_save compacts a copy whose frozen base weights are placeholders:
