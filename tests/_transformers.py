@@ -175,12 +175,12 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def adapted_after_step(
-    model: nn.Module, inputs: Callable[[], torch.Tensor], train: bool = False
+    model: nn.Module, inputs: Callable[[], torch.Tensor], train: bool = False, rank: int = 2
 ) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
-    """(a copy of `model` as the base, `model` with SPLoRA rank 2 after one large SGD step on
+    """(a copy of `model` as the base, `model` with SPLoRA `rank` after one large SGD step on
     `inputs()` with targets [0, 2], the inputs, the targets); `train` steps in train mode."""
     base = copy.deepcopy(model)
-    spa.adapt(model, spa.SPLoRAConfig(rank=2))
+    spa.adapt(model, spa.SPLoRAConfig(rank=rank))
     x, y = inputs(), torch.tensor([0, 2])
     if train:
         model.train()
