@@ -22,7 +22,8 @@ OPT = FAMILIES.register("opt")(
             key="self_attn.k_proj",
             value="self_attn.v_proj",
             output="self_attn.out_proj",
-            attributes={"num_heads": "heads"},
+            # XGLM's attention (OPT's layout) reshapes its output by `embed_dim`.
+            attributes={"num_heads": "heads", "embed_dim": "width"},
         ),
         ffn=FeedForwardDescription(
             module="", inputs=("fc1",), output="fc2", activation="activation_fn"

@@ -24,7 +24,7 @@ from spa.families.description import Family
 from spa.families.layouts import BlockLayout, block_layouts, ffn_layouts, join_path
 from spa.families.match import describe
 from spa.families.rows import ffn_neurons, head_rows, module_rows
-from spa.families.sync import head_counts
+from spa.families.sync import check_head_counts, head_counts
 
 # (quantity of `head_counts`, the Family field naming its config attribute, words for messages)
 _QUANTITIES = (
@@ -106,6 +106,7 @@ def config_values(model: nn.Module, family: Family, config: Any) -> dict[str, in
             "`spa export --format safetensors` (spa's own format) instead"
         )
     layouts = block_layouts(model, family)
+    check_head_counts(model, family, layouts)
     counts = [head_counts(model, layout) for layout in layouts]
     values: dict[str, int] = {}
     for quantity, field, words in _QUANTITIES:

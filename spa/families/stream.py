@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from spa.adapters.modules import is_weightless_norm, norm_channels
+from spa.adapters.modules import is_norm, is_weightless_norm, norm_channels
 from spa.adapters.transposed import is_transposed_linear, out_features
 from spa.errors import ConfigError
 from spa.families.description import Family
@@ -161,6 +161,7 @@ def stream_layouts(
                 "its family description"
             )
         per_stage[stage[0]].append(member)
+    _check_norms_covered(family, modules, layouts, per_stage, widths, poolers)
     for width, members in zip(widths, per_stage):
         for member in members:
             size = _size(model, *member)
@@ -171,6 +172,34 @@ def stream_layouts(
                     "its family description"
                 )
     return [StreamLayout(width, tuple(members)) for width, members in zip(widths, per_stage)]
+
+
+def _check_norms_covered(
+    family: Family,
+    modules: dict,
+    layouts: list,
+    stages: list[list[StreamMember]],
+    widths: list,
+    poolers: list[str],
+) -> None:
+    """Refuse a model-level norm over a stream's width that the description does not name (XGLM's
+    final `layer_norm` under OPT's layout): pruning the hidden size would leave it unsliced, and
+    compaction would fail only after training. A norm beside the pooler (ModernBERT's
+    `head.norm`) normalises the pooler's output, not the stream."""
+    members = {member[0] for stage in stages for member in stage}
+    beside_pooler = {pooler.rpartition(".")[0] for pooler in poolers}
+    for path, module in modules.items():
+        inside = any(path.startswith(f"{layout.path}.") for layout in layouts)
+        if path in members or inside or path.rpartition(".")[0] in beside_pooler:
+            continue
+        if not is_norm(module):
+            continue
+        if norm_channels(module) in widths:
+            raise ConfigError(
+                f"model family {family.name!r}: the norm {path} over {norm_channels(module)} "
+                "channels is outside the blocks and not on the described residual stream, so "
+                "the hidden size cannot be pruned; prune units=('heads', 'ffn') instead"
+            )
 
 
 def _named_stage(pattern: str | None, path: str) -> str | None:

@@ -14,10 +14,36 @@ import copy
 
 from torch import nn
 
+from spa.errors import ConfigError
 from spa.families.description import Family
 from spa.families.layouts import BlockLayout, block_layouts
 from spa.families.match import describe
 from spa.families.rows import ffn_neurons, head_rows, module_rows
+
+
+def check_head_counts(model: nn.Module, family: Family, layouts: list[BlockLayout]) -> None:
+    """The heads the projections' rows divide into must be each attention module's own head
+    count where it keeps one (checked before any mask, and before an export). A fused
+    projection of other proportions (GPTBigCode's multi-query `c_attn`, `[q | k | v]` with one
+    key/value head, under GPT-2's layout) divides into whole heads of the wrong count, and
+    would fail only at compaction.
+
+    Raises:
+        ConfigError: naming the attribute, its value and the count the rows give.
+    """
+    rows = module_rows(model)
+    for layout in layouts:
+        heads = head_rows(layout, rows).heads
+        module = model.get_submodule(layout.attention)
+        for attribute, quantity in family.attention.attributes.items():
+            value = getattr(module, attribute, None)
+            if quantity == "heads" and isinstance(value, int) and value != heads:
+                raise ConfigError(
+                    f"{layout.attention}.{attribute} is {value}, but its projections' rows give "
+                    f"{heads} heads of {layout.head_dim} rows under model family "
+                    f"{family.name!r}: its heads cannot be pruned or exported; prune "
+                    "units=('ffn',) or ('ffn', 'hidden') and save it as a task bundle"
+                )
 
 
 def head_counts(model: nn.Module, layout: BlockLayout) -> dict[str, int]:

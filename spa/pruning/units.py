@@ -50,6 +50,7 @@ from spa.families import (
     stream_layouts,
 )
 from spa.families.layouts import ffn_layouts, tensor_at
+from spa.families.sync import check_head_counts
 from spa.pruning.channel_group import (
     ChannelGroup,
     GroupMember,
@@ -237,6 +238,8 @@ def unit_groups(
             f"{layouts[0].attention} (model family {family.name!r}): attention heads cannot be "
             f"pruned: {family.attention.fixed_heads}; prune units=('ffn',) or ('ffn', 'hidden')"
         )
+    if "heads" in units:
+        check_head_counts(model, family, layouts)
     layers = layer_table(model)
     groups = []
     if "heads" in units and family.attention.tied_heads:

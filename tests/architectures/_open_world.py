@@ -117,6 +117,13 @@ _LIMITS = {
         "refusal": "the config has no FFN width, and head_dim = hidden / heads with fixed heads",
         "note": "heads: ALiBi slopes follow the head count",
     },
+    "dinov2": {
+        "units": ("heads", "ffn"),
+        "export": (),
+        "refused": ("heads", "ffn"),
+        "refusal": "the config holds mlp_ratio, not an FFN width, and head_dim = hidden / heads",
+        "note": "hidden: only without the head (it reads the class and mean tokens, 2 x hidden)",
+    },
     "falcon": {**_ALONE, "note": "FalconLinear run as nn.Linear"},
     "falcon-multi-query": {
         "units": ("ffn", "hidden"),
@@ -200,6 +207,64 @@ NAMED = [
         note=_EXPERTS,
     ),
 ]
+
+
+# XGLM's attention and blocks have OPT's layout; its final norm and sinusoidal positions do not.
+XGLM = Example(
+    model="XGLMForCausalLM",
+    config="XGLMConfig",
+    kind="decoder",
+    options={
+        "d_model": 32,
+        "num_layers": 2,
+        "attention_heads": 4,
+        "ffn_dim": 64,
+        "vocab_size": 40,
+        "max_position_embeddings": 32,
+        "pad_token_id": 1,
+    },
+)
+NAMED.append(
+    Architecture(
+        "xglm",
+        XGLM,
+        "opt",
+        units=("heads", "ffn"),
+        export=("ffn",),
+        refused=("heads",),
+        refusal="heads alone: the config derives head_dim = hidden / heads",
+        note="hidden: refused before any mask (a final `layer_norm` OPT's layout does not name)",
+    )
+)
+
+
+# GPTBigCode (SantaCoder, StarCoder) has GPT-2's modules, but a multi-query `c_attn`.
+NAMED.append(
+    Architecture(
+        "gpt_bigcode",
+        Example(
+            model="GPTBigCodeForCausalLM",
+            config="GPTBigCodeConfig",
+            kind="decoder",
+            options={
+                "n_embd": 32,
+                "n_layer": 2,
+                "n_head": 4,
+                "n_inner": 64,
+                "vocab_size": 40,
+                "n_positions": 32,
+                "bos_token_id": 0,
+                "eos_token_id": 0,
+            },
+        ),
+        "gpt2",
+        units=("ffn", "hidden"),
+        export=(),
+        refused=("ffn", "hidden"),
+        refusal="its multi-query `c_attn` gives GPT-2's layout the wrong head count",
+        note="heads: refused before any mask (multi-query `c_attn`, one key/value head)",
+    )
+)
 
 
 # Architectures no family fits (each falls back to Torch-Pruning's traced groups), and why.

@@ -168,4 +168,31 @@ def test_unmatched_architecture_has_no_family_and_explain_names_what_did_not_fit
     case = Architecture(name, example, family="")
     model = case.build()
     assert describe(model) is None
-    assert "llama:" in explain(model) and "layers.0" in explain(model)
+    assert all(f"{family}: " in explain(model) for family in FAMILIES)
+
+
+def test_fused_rows_that_divide_into_the_wrong_head_count_refuse_heads_in_one_line():
+    """GPTBigCode's multi-query c_attn (32 + 8 + 8 rows) divides into 2 GPT-2 heads of 24 rows;
+    its attention keeps 4 heads: heads are refused when the groups are built (they failed at
+    compaction, after training)."""
+    case = next(case for case in NAMED if case.name == "gpt_bigcode")
+    model = spa.adapt(case.build(), spa.SPLoRAConfig(rank=2))
+    pattern = r"attn\.num_heads is 4, but its projections' rows give 2 heads of 8 rows"
+    with pytest.raises(ConfigError, match=pattern) as error:
+        channel_groups(model, case.inputs(), units=("heads", "ffn"))
+    assert "\n" not in str(error.value)
+
+
+def test_a_norm_outside_the_described_stream_refuses_the_hidden_size_in_one_line():
+    """XGLM has OPT's blocks but a final `layer_norm` OPT's layout does not name: the hidden size
+    is refused when the groups are built (it failed at compaction, after training)."""
+    case = next(case for case in NAMED if case.name == "xglm")
+    model = spa.adapt(case.build(), spa.SPLoRAConfig(rank=2))
+    pattern = r"^model family 'opt': the norm model\.model\.layer_norm over 32 channels"
+    with pytest.raises(ConfigError, match=pattern) as error:
+        channel_groups(model, case.inputs(), units=("hidden",))
+    assert "\n" not in str(error.value)
+    assert {g.unit for g in channel_groups(model, case.inputs(), units=("heads", "ffn"))} == {
+        "heads",
+        "ffn",
+    }
