@@ -246,16 +246,7 @@ NAMED.append(
             model="GPTBigCodeForCausalLM",
             config="GPTBigCodeConfig",
             kind="decoder",
-            options={
-                "n_embd": 32,
-                "n_layer": 2,
-                "n_head": 4,
-                "n_inner": 64,
-                "vocab_size": 40,
-                "n_positions": 32,
-                "bos_token_id": 0,
-                "eos_token_id": 0,
-            },
+            options=FAMILIES.get("gpt2").examples[0].options,  # GPT-2's config field names
         ),
         "gpt2",
         units=("ffn", "hidden"),
