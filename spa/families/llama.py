@@ -37,7 +37,13 @@ LLAMA = FAMILIES.register("llama")(
                 "num_heads": "heads",
                 "num_key_value_heads": "kv_heads",
             },
-            head_norms=("self_attn.q_norm", "self_attn.k_norm"),
+            # Qwen3's and Gemma3's q/k norms; HunYuan's are `query_layernorm` / `key_layernorm`.
+            head_norms=(
+                "self_attn.q_norm",
+                "self_attn.k_norm",
+                "self_attn.query_layernorm",
+                "self_attn.key_layernorm",
+            ),
         ),
         ffn=FeedForwardDescription(
             module="mlp",

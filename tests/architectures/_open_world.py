@@ -194,6 +194,13 @@ NAMED = [
     Architecture("ernie4_5", _decoder("Ernie4_5Config", "Ernie4_5ForCausalLM"), "llama"),
     Architecture("olmo3", _decoder("Olmo3Config", "Olmo3ForCausalLM"), "olmo2"),
     Architecture("cohere2", _decoder("Cohere2Config", "Cohere2ForCausalLM"), "cohere"),
+    # HunYuanDenseV1Config defaults head_dim to 128: keep it hidden / heads.
+    Architecture(
+        "hunyuan_v1_dense",
+        _decoder("HunYuanDenseV1Config", "HunYuanDenseV1ForCausalLM", head_dim=8),
+        "llama",
+        note="q/k norms named query_layernorm / key_layernorm",
+    ),
     Architecture(
         "qwen3_moe",
         _decoder(
