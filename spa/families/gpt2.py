@@ -12,6 +12,7 @@ from spa.families.description import (
     FeedForwardDescription,
     StreamDescription,
 )
+from spa.families.tiny import GPT2_NAMES
 
 GPT2 = FAMILIES.register("gpt2")(
     Family(
@@ -42,16 +43,7 @@ GPT2 = FAMILIES.register("gpt2")(
                 model="GPT2LMHeadModel",
                 config="GPT2Config",
                 kind="decoder",
-                options={
-                    "n_embd": 32,
-                    "n_layer": 2,
-                    "n_head": 4,
-                    "n_inner": 64,
-                    "vocab_size": 40,
-                    "n_positions": 32,
-                    "bos_token_id": 0,
-                    "eos_token_id": 0,
-                },
+                options=GPT2_NAMES,
             ),
         ),
     )

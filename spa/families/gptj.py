@@ -9,7 +9,7 @@ from spa.families.description import (
     FeedForwardDescription,
     StreamDescription,
 )
-from spa.families.tiny import VOCABULARY
+from spa.families.tiny import GPT2_NAMES
 
 GPTJ = FAMILIES.register("gptj")(
     Family(
@@ -41,16 +41,7 @@ GPTJ = FAMILIES.register("gptj")(
                 model="GPTJForCausalLM",
                 config="GPTJConfig",
                 kind="decoder",
-                options={
-                    "n_embd": 32,
-                    "n_layer": 2,
-                    "n_head": 4,
-                    "n_inner": 64,
-                    "rotary_dim": 4,
-                    "n_positions": 32,
-                    **VOCABULARY,
-                    "pad_token_id": 0,
-                },
+                options={**GPT2_NAMES, "rotary_dim": 4, "pad_token_id": 0},
             ),
         ),
     )

@@ -103,7 +103,7 @@ def stream_layouts(
     stages: dict[str, list[StreamMember]] = {}
     layouts = block_layouts(model, family)
     # A "head" inside a block (a bare encoder's last projection) is one of its projections.
-    head = [h for h in head if not any(h.startswith(f"{b.path}.") for b in layouts)]
+    head = [h for h in head if not _in_block(h, layouts)]
     for layout in layouts:
         found = re.search(stream.stages, layout.path) if stream.stages else None
         members = stages.setdefault(found.group(1) if found else "", [])
@@ -189,8 +189,7 @@ def _check_norms_covered(
     members = {member[0] for stage in stages for member in stage}
     beside_pooler = {pooler.rpartition(".")[0] for pooler in poolers}
     for path, module in modules.items():
-        inside = any(path.startswith(f"{layout.path}.") for layout in layouts)
-        if path in members or inside or path.rpartition(".")[0] in beside_pooler:
+        if path in members or _in_block(path, layouts) or path.rpartition(".")[0] in beside_pooler:
             continue
         if not is_norm(module):
             continue
@@ -200,6 +199,11 @@ def _check_norms_covered(
                 "channels is outside the blocks and not on the described residual stream, so "
                 "the hidden size cannot be pruned; prune units=('heads', 'ffn') instead"
             )
+
+
+def _in_block(path: str, layouts: list) -> bool:
+    """Whether `path` lies inside one of the blocks (described there, not at model level)."""
+    return any(path.startswith(f"{layout.path}.") for layout in layouts)
 
 
 def _named_stage(pattern: str | None, path: str) -> str | None:

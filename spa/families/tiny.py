@@ -12,3 +12,12 @@ TOKENS = {**VOCABULARY, "max_position_embeddings": 32}
 DECODER = {**FEED_FORWARD, "num_key_value_heads": 2, **TOKENS, "pad_token_id": 0}
 # 8x8 three-channel images in 4x4 patches, three labels.
 IMAGE = {**FEED_FORWARD, "image_size": 8, "patch_size": 4, "num_channels": 3, "num_labels": 3}
+# The same sizes under GPT-2's config field names (GPT-2, GPT-J, GPTBigCode).
+GPT2_NAMES = {
+    "n_embd": 32,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_inner": 64,
+    "n_positions": 32,
+    **VOCABULARY,
+}

@@ -19,6 +19,7 @@ from torch import nn
 
 from spa.families import FAMILIES, Example, split_experts
 from spa.families.llama import DECODER
+from spa.families.tiny import GPT2_NAMES
 from tests._transformers import Net
 
 ALL_UNITS = ("heads", "ffn", "hidden")
@@ -253,7 +254,7 @@ NAMED.append(
             model="GPTBigCodeForCausalLM",
             config="GPTBigCodeConfig",
             kind="decoder",
-            options=FAMILIES.get("gpt2").examples[0].options,  # GPT-2's config field names
+            options=GPT2_NAMES,  # GPT-2's config field names
         ),
         "gpt2",
         units=("ffn", "hidden"),
